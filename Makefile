@@ -1,0 +1,46 @@
+# `make demo` and `make test` work on a fresh machine: each installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv testbed test unit lint demo crds bench clean
+
+help:
+	@echo "make demo   - local control plane + fake GPU nodes + operator + a sample LLMDeployment"
+	@echo "make test   - lint, unit, integration and end-to-end tests"
+	@echo "make bench  - benchmarks; tables go to bench/results/"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+testbed:
+	hack/testbed/build
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: venv testbed lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: venv testbed
+	$(VENV)/bin/llmpack demo
+
+crds: venv
+	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml
+
+bench: venv testbed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,55 @@
+"""The `llmpack` command. Each subcommand lives beside the code it drives, in a module that
+provides `add_arguments(parser)` and `run(args) -> int`; it is imported only when used, so
+`llmpack advise` never pays for importing kopf or the Kubernetes client."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "advise": ("llmpack.advisor.cli", "recommend max-num-seqs, KV cache size and packing from a profile"),
+    "predict": ("llmpack.advisor.predict_cli", "predict throughput and latency of R replicas on one GPU"),
+    "profile": ("llmpack.profiler.cli", "measure a model on this GPU and publish the Profile"),
+    "launch": ("llmpack.launcher.cli", "start packed vLLM replicas one after another behind a router"),
+    "operator": ("llmpack.controller.cli", "run the operator"),
+    "crd": ("llmpack.api.crd", "print the LLMDeployment CustomResourceDefinition"),
+    "demo": ("llmpack.demo", "run the operator on a local control plane with fake GPU nodes"),
+}
+
+
+class UserError(Exception):
+    """A problem the user can fix: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmpack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv)  # prints usage or the error for an unknown command
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"llmpack {name}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"llmpack {name}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
