@@ -1,0 +1,176 @@
+"""Generate the LLMDeployment CustomResourceDefinition from the pydantic models.
+
+pydantic writes JSON Schema (draft 2020-12); Kubernetes wants a *structural* OpenAPI v3 schema:
+no $ref, no anyOf around nullable fields, boolean exclusiveMinimum, every object typed. This module
+does that translation and adds what only a CRD has: printer columns, the status subresource, CEL
+rules (carried in the models as `x-kubernetes-validations`) and defaults for nested objects so
+CEL rules and `kubectl get` see them even when the user leaves a section out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from llmpack.api import llmdeployment as api
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "Mode", "type": "string", "jsonPath": ".status.recommendation.mode"},
+    {
+        "name": "B_opt",
+        "type": "integer",
+        "jsonPath": ".status.recommendation.maxNumSeqs",
+        "description": "Batch size (--max-num-seqs) of each replica",
+    },
+    {"name": "Replicas/GPU", "type": "integer", "jsonPath": ".status.recommendation.replicasPerGPU"},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".status.recommendation.gpus"},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    {
+        "name": "Gain",
+        "type": "string",
+        "jsonPath": ".status.recommendation.predictedGain",
+        "description": "Predicted tokens/s per GPU over one replica with vLLM defaults",
+    },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "KV/replica",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.kvCacheBytes",
+        "description": "KV cache bytes of each replica",
+    },
+    {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
+]
+
+_DROP_KEYS = {"title", "$defs", "discriminator"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    return {k: _resolve(v, defs) for k, v in node.items() if k not in _DROP_KEYS}
+
+
+def _structural(node: Any) -> Any:
+    """Rewrite one resolved JSON Schema node into Kubernetes' structural OpenAPI v3 dialect."""
+    if isinstance(node, list):
+        return [_structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "anyOf" in node:  # Optional[X] -> X: absent fields are how Kubernetes spells null
+        variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {variants}")
+        inner = variants[0]
+        node = {**inner, **node}
+        if node.get("default", 0) is None:
+            node.pop("default")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if node.get("type") == "object" or "properties" in node:
+        node["type"] = "object"
+        if "properties" in node:
+            node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
+            node.pop("additionalProperties", None)
+        elif isinstance(node.get("additionalProperties"), dict) and node["additionalProperties"]:
+            node["additionalProperties"] = _structural(node["additionalProperties"])
+        else:
+            node.pop("additionalProperties", None)
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    if "items" in node:
+        node["items"] = _structural(node["items"])
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node.setdefault("type", "object")
+    return node
+
+
+def _default_nested_objects(node: dict[str, Any]) -> None:
+    """Give optional sub-objects `default: {}` so the API server fills in their own defaults."""
+    for prop in node.get("properties", {}).values():
+        if prop.get("type") == "object" and "properties" in prop:
+            _default_nested_objects(prop)
+            if not prop.get("required"):
+                prop.setdefault("default", {})
+
+
+def openapi_schema(model: type, *, mode: str = "validation") -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode=mode)
+    resolved = _resolve(raw, raw.get("$defs", {}))
+    return _structural(resolved)
+
+
+def crd() -> dict[str, Any]:
+    spec = openapi_schema(api.LLMDeploymentSpec)
+    _default_nested_objects(spec)
+    status = openapi_schema(api.LLMDeploymentStatus, mode="serialization")
+    status.pop("required", None)  # the operator writes status piecewise
+    schema = {
+        "type": "object",
+        "description": api.LLMDeployment.__doc__,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": api.SHORT_NAMES,
+                "categories": ["llmpack"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def render_yaml() -> str:
+    header = "# Generated by `llmpack crd` from operator/llmpack/api/llmdeployment.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Print the LLMDeployment CRD generated from the API models (YAML)."
+
+
+def run(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_yaml())
+    return 0

@@ -1,0 +1,431 @@
+"""The `LLMDeployment` custom resource (group llmpack.io, version v1alpha1).
+
+These pydantic models are the single source of truth for the API: the CRD's OpenAPI schema is
+generated from them (`llmpack crd`), `kubectl explain` shows their descriptions, and the operator
+validates every object it reads with them. Field names are camelCase in YAML, as Kubernetes does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "llmpack.io"
+VERSION = "v1alpha1"
+KIND = "LLMDeployment"
+PLURAL = "llmdeployments"
+SINGULAR = "llmdeployment"
+SHORT_NAMES = ["llmd"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# vLLM's default candidate batch sizes for a sweep: powers of two with the paper's extra points
+# between 64 and 512, where the throughput plateau of small models usually starts.
+DEFAULT_CANDIDATE_BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512]
+MPS_MAX_CLIENTS = 48  # NVIDIA MPS client limit on compute capability >= 7.5 (FACTS.md 3.1)
+
+Phase = Literal["Pending", "Profiling", "Advising", "Deploying", "Ready", "Degraded", "Failed"]
+SharingMode = Literal["auto", "mps", "mig", "exclusive"]
+MPSProvider = Literal["dra", "devicePlugin"]
+Policy = Literal["efficiency", "plateau"]
+Backend = Literal["vllm", "simulated"]
+Sweep = Literal["adaptive", "exhaustive"]
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Name = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+def k8s_field_name(name: str) -> str:
+    """snake_case -> camelCase, keeping the initialism GPU upper-case as Kubernetes APIs do."""
+    camel = to_camel(name)
+    return camel[:1] + camel[1:].replace("Gpu", "GPU")
+
+
+class CamelModel(BaseModel):
+    """Base: camelCase aliases, unknown fields refused (a typo in YAML is an error, not a no-op)."""
+
+    model_config = ConfigDict(
+        alias_generator=k8s_field_name, populate_by_name=True, extra="forbid", validate_assignment=True
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SecretKeyRef(CamelModel):
+    """A key in a Secret of the LLMDeployment's namespace."""
+
+    name: Name = Field(description="Name of the Secret in the LLMDeployment's namespace.")
+    key: str = Field("token", min_length=1, description="Key inside the Secret. Default: token.")
+
+
+class Architecture(CamelModel):
+    """Model shape, for models the operator cannot look up in its built-in catalogue."""
+
+    num_layers: PositiveInt = Field(description="Transformer layers (config.json num_hidden_layers).")
+    num_kv_heads: PositiveInt = Field(
+        description="Key/value attention heads (num_key_value_heads; equals the attention heads "
+        "without grouped-query attention)."
+    )
+    head_dim: PositiveInt = Field(description="Dimension of one attention head (hidden_size / heads).")
+    parameter_bytes: PositiveInt = Field(
+        description="Bytes of the weights as served (parameters x bytes per parameter of the dtype)."
+    )
+    max_position_embeddings: PositiveInt | None = Field(
+        None, description="Longest sequence the model supports (max_position_embeddings)."
+    )
+
+
+class ModelSpec(CamelModel):
+    name: Name = Field(
+        description="Hugging Face model id (e.g. facebook/opt-1.3b) or a local path in the image."
+    )
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) to serve.")
+    dtype: DType = Field(
+        "auto", description="Weight and KV-cache dtype passed to vLLM --dtype. auto: the model's own."
+    )
+    max_model_len: PositiveInt | None = Field(
+        None,
+        description="Longest prompt+output in tokens (vLLM --max-model-len). Default: the "
+        "workload's prompt+output tokens rounded up to a multiple of 256.",
+    )
+    architecture: Architecture | None = Field(
+        None, description="Shape of the model when it is not in the operator's built-in catalogue."
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding a Hugging Face token, for gated models."
+    )
+
+
+class WorkloadSpec(CamelModel):
+    """The typical request: the KV-cache budget and the profile depend on it."""
+
+    prompt_tokens: PositiveInt = Field(256, le=1_048_576, description="Typical prompt length in tokens.")
+    output_tokens: PositiveInt = Field(256, le=1_048_576, description="Typical output length in tokens.")
+
+
+class SLOSpec(CamelModel):
+    """Latency objectives. Batch sizes whose measured latency breaks them are never chosen."""
+
+    itl_mean_ms: float | None = Field(
+        None, gt=0, description="Upper bound on mean inter-token latency, in milliseconds."
+    )
+    itl_p99_ms: float | None = Field(
+        None, gt=0, description="Upper bound on p99 inter-token latency, in milliseconds."
+    )
+    ttft_p99_ms: float | None = Field(
+        None, gt=0, description="Upper bound on p99 time to first token, in milliseconds."
+    )
+
+
+class AdvisorSpec(CamelModel):
+    """How the Batching Configuration Advisor picks the batch size (arXiv 2503.08311)."""
+
+    policy: Policy = Field(
+        "efficiency",
+        description="efficiency: the paper's rule, the largest batch whose per-sequence efficiency "
+        "T(B)/(B*T(1)) stays above epsilon within the latency cap. plateau: the smallest batch "
+        "reaching (1-epsilon) of the best throughput within the SLO.",
+    )
+    epsilon: float | None = Field(
+        None, gt=0, lt=1, description="Threshold of the policy. Default: 0.2 (efficiency), 0.05 (plateau)."
+    )
+    latency_factor: float = Field(
+        5.0,
+        gt=1,
+        description="Without an SLO, the latency cap is this factor times the mean ITL measured at "
+        "the batch size nearest 32.",
+    )
+    candidate_batch_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: list(DEFAULT_CANDIDATE_BATCH_SIZES),
+        min_length=1,
+        max_length=64,
+        description="Values of --max-num-seqs the profiler may measure.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    min_replica_gain: float = Field(
+        0.05,
+        ge=0,
+        lt=10,
+        description="Stop adding replicas to a GPU when one more is predicted to add less than this "
+        "fraction of tokens/s.",
+    )
+    max_num_seqs: PositiveInt | None = Field(
+        None, le=4096, description="Fixed --max-num-seqs: skips the advisor's choice of batch size."
+    )
+    replicas_per_gpu: PositiveInt | None = Field(
+        None, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."
+    )
+
+    @field_validator("candidate_batch_sizes")
+    @classmethod
+    def _sorted_unique(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+
+class SharingSpec(CamelModel):
+    """How replicas share a GPU."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.migProfile) || self.mode == 'mig' || self.mode == 'auto'",
+                    "message": "migProfile applies only to mode mig (or auto); remove it or set mode: mig",
+                }
+            ]
+        }
+    )
+
+    mode: SharingMode = Field(
+        "auto",
+        description="auto: pick among what the cluster offers by predicted tokens/s per GPU. "
+        "mps: several replicas per GPU under NVIDIA MPS. mig: one replica per MIG slice. "
+        "exclusive: one replica per whole GPU with vLLM defaults (the baseline).",
+    )
+    mps_provider: MPSProvider = Field(
+        "dra",
+        description="dra: one pod per GPU whose replicas share a DRA ResourceClaim configured for "
+        "MPS (NVIDIA DRA driver). devicePlugin: one pod per replica on nodes whose device plugin "
+        "shares GPUs with MPS (label nvidia.com/gpu.sharing-strategy=mps).",
+    )
+    max_replicas_per_gpu: PositiveInt = Field(
+        8, le=MPS_MAX_CLIENTS, description="Upper bound on replicas packed onto one GPU."
+    )
+    mig_profile: str | None = Field(
+        None,
+        pattern=r"^[1-7]g\.[0-9]+gb(\.me)?$",
+        description="Force a MIG profile (e.g. 1g.10gb) instead of the smallest that holds a replica.",
+    )
+
+
+class Toleration(CamelModel):
+    key: str | None = Field(None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+
+
+class GPUSpec(CamelModel):
+    product: str = Field(
+        "NVIDIA-H100-80GB-HBM3",
+        min_length=1,
+        description="GPU product as in the node label nvidia.com/gpu.product "
+        "(set by NVIDIA GPU Feature Discovery), e.g. NVIDIA-H100-80GB-HBM3.",
+    )
+    count: PositiveInt = Field(1, le=4096, description="How many GPUs to serve the model on.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Extra node labels the serving and profiling pods require."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for the serving and profiling pods."
+    )
+
+
+class ProfilingSpec(CamelModel):
+    backend: Backend = Field(
+        "vllm",
+        description="vllm: measure the model with vLLM on the GPU. simulated: derive the profile from "
+        "the performance model (no GPU work; for tests and dry runs).",
+    )
+    image: str | None = Field(None, description="Profiler image. Default: the operator's configured one.")
+    sweep: Sweep = Field(
+        "adaptive",
+        description="adaptive: double the batch until the advisor's stop test holds, then refine. "
+        "exhaustive: measure every candidate batch size.",
+    )
+    timeout_seconds: PositiveInt = Field(
+        3600, le=86_400, description="Deadline of the profiling Job (activeDeadlineSeconds)."
+    )
+    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed profiling pod.")
+    reuse_cached_profile: bool = Field(
+        True, description="Reuse a cached profile measured with the same model, GPU, engine and workload."
+    )
+
+
+class EnvVar(CamelModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    name: str = Field(min_length=1, description="Environment variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        None, description="Source of the value (as in a container's env[].valueFrom)."
+    )
+
+
+class ServingSpec(CamelModel):
+    image: str | None = Field(None, description="Serving image. Default: the operator's configured one.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Extra vLLM arguments for every replica. The operator owns --max-num-seqs, "
+        "--kv-cache-memory-bytes, --gpu-memory-utilization, --max-model-len and --port.",
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment of the vLLM containers.")
+    resources: dict[str, Any] | None = Field(
+        None,
+        description="CPU and memory requests/limits of each vLLM container (GPU resources are set "
+        "by the operator).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    port: int = Field(8000, ge=1024, le=65535, description="Port of the Service in front of the replicas.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, value: list[str]) -> list[str]:
+        owned = ("--max-num-seqs", "--kv-cache-memory-bytes", "--gpu-memory-utilization", "--port")
+        for arg in value:
+            if arg.split("=", 1)[0] in owned:
+                raise ValueError(
+                    f"serving.extraArgs must not set {arg.split('=', 1)[0]}: the operator sets it from "
+                    "the advisor's recommendation (use advisor.maxNumSeqs to fix the batch size)"
+                )
+        return value
+
+
+class LLMDeploymentSpec(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
+                    " || self.sharing.mode != 'exclusive' || self.advisor.replicasPerGPU == 1",
+                    "message": "sharing.mode exclusive runs one replica per GPU: remove "
+                    "advisor.replicasPerGPU or choose mode mps or auto",
+                },
+                {
+                    "rule": "!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
+                    " || !has(self.sharing.maxReplicasPerGPU)"
+                    " || self.advisor.replicasPerGPU <= self.sharing.maxReplicasPerGPU",
+                    "message": "advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
+                },
+                {
+                    "rule": "!has(self.model.maxModelLen) || !has(self.workload) "
+                    "|| (has(self.workload.promptTokens) ? self.workload.promptTokens : 256) + "
+                    "(has(self.workload.outputTokens) ? self.workload.outputTokens : 256)"
+                    " <= self.model.maxModelLen",
+                    "message": "model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
+                },
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="The model to serve.")
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec, description="The typical request.")
+    slo: SLOSpec = Field(default_factory=SLOSpec, description="Latency objectives.")
+    advisor: AdvisorSpec = Field(default_factory=AdvisorSpec, description="Batch-size advisor settings.")
+    sharing: SharingSpec = Field(default_factory=SharingSpec, description="How replicas share GPUs.")
+    gpu: GPUSpec = Field(default_factory=GPUSpec, description="Which GPUs, and how many.")
+    profiling: ProfilingSpec = Field(default_factory=ProfilingSpec, description="How the model is profiled.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="The vLLM serving containers.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LLMDeploymentSpec:
+        # The same rules as the CRD's CEL validations, for objects read before the CRD existed
+        # and for `llmpack` commands that take a spec from a file.
+        fixed = self.advisor.replicas_per_gpu
+        if fixed is not None and self.sharing.mode == "exclusive" and fixed != 1:
+            raise ValueError(
+                "sharing.mode exclusive runs one replica per GPU: remove advisor.replicasPerGPU "
+                "or choose mode mps or auto"
+            )
+        if fixed is not None and fixed > self.sharing.max_replicas_per_gpu:
+            raise ValueError("advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU")
+        if self.sharing.mig_profile and self.sharing.mode not in ("mig", "auto"):
+            raise ValueError("migProfile applies only to mode mig (or auto); remove it or set mode: mig")
+        needed = self.workload.prompt_tokens + self.workload.output_tokens
+        if self.model.max_model_len is not None and self.model.max_model_len < needed:
+            raise ValueError("model.maxModelLen must hold workload.promptTokens + workload.outputTokens")
+        return self
+
+    def effective_max_model_len(self) -> int:
+        if self.model.max_model_len is not None:
+            return self.model.max_model_len
+        needed = self.workload.prompt_tokens + self.workload.output_tokens
+        return -(-needed // 256) * 256
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+class Condition(CamelModel):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(description="ProfileReady, Advised, Available, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word a program can match on.")
+    message: str = Field("", description="What happened, and what to change if it is a problem.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="The spec generation this reflects.")
+
+
+class ProfileRef(CamelModel):
+    config_map: str = Field(description="ConfigMap holding the cached profile.")
+    namespace: str = Field(description="Namespace of that ConfigMap (the operator's).")
+    key: str = Field(description="Profile cache key (hash of what changes a measurement).")
+    cache_hit: bool = Field(False, description="Whether the profile came from the cache.")
+
+
+class RecommendationStatus(CamelModel):
+    mode: str = Field(description="Sharing mode in use: mps, mig or exclusive.")
+    mps_provider: str | None = Field(None, description="dra or devicePlugin when mode is mps.")
+    mig_profile: str | None = Field(None, description="MIG profile of each replica when mode is mig.")
+    max_num_seqs: int = Field(description="B_opt: the batch size (--max-num-seqs) of each replica.")
+    kv_cache_bytes: int = Field(description="KV cache of each replica (--kv-cache-memory-bytes).")
+    gpu_memory_utilization: float = Field(description="--gpu-memory-utilization of each replica.")
+    max_model_len: int = Field(description="--max-model-len of each replica.")
+    replicas_per_gpu: int = Field(description="Replicas sharing one GPU (1 for exclusive and mig).")
+    gpus: int = Field(description="GPUs (or MIG slices' parent GPUs) the deployment uses.")
+    replicas: int = Field(description="vLLM replicas in total.")
+    per_replica_memory_bytes: int | None = Field(None, description="Memory one replica needs.")
+    predicted_tokens_per_second_per_gpu: float | None = Field(
+        None, description="Predicted prompt+output tokens/s per GPU with this packing."
+    )
+    baseline_tokens_per_second_per_gpu: float | None = Field(
+        None, description="Predicted tokens/s per GPU of one replica with vLLM defaults."
+    )
+    predicted_gain: str | None = Field(None, description="Predicted gain over the baseline, e.g. +33.7%.")
+    predicted_gain_fraction: float | None = Field(None, description="The same gain as a fraction.")
+    predicted_itl_ms: float | None = Field(None, description="Predicted mean ITL of each replica.")
+    memory_freed_fraction: float | None = Field(
+        None, description="GPU memory a replica leaves free versus vLLM's default KV reservation."
+    )
+    vllm_args: list[str] = Field(default_factory=list, description="Flags each vLLM replica gets.")
+    explanation: str = Field("", description="Why the advisor chose this.")
+
+
+class ProfilingProgress(CamelModel):
+    job: str | None = Field(None, description="The profiling Job.")
+    message: str = Field("", description="Last progress line of the profiler, e.g. point 4/9.")
+    attempts: int = Field(0, description="Profiling pods that failed so far.")
+
+
+class LLMDeploymentStatus(CamelModel):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Field("Pending", description="Where the deployment is in its lifecycle.")
+    message: str = Field("", description="A one-line summary of the current state.")
+    observed_generation: int | None = Field(None, description="The spec generation last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    profile_ref: ProfileRef | None = Field(None, description="The profile the recommendation rests on.")
+    profiling: ProfilingProgress | None = Field(None, description="Progress of the profiling Job.")
+    recommendation: RecommendationStatus | None = Field(None, description="What the advisor decided.")
+    replicas: int | None = Field(None, description="vLLM replicas wanted.")
+    ready_replicas: int | None = Field(None, description="vLLM replicas serving.")
+    ready: str | None = Field(None, description="Ready replicas over wanted, e.g. 2/4.")
+
+
+class LLMDeployment(CamelModel):
+    """A small LLM served by vLLM, profiled and packed onto GPUs by llmpack."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["llmpack.io/v1alpha1"] = API_VERSION
+    kind: Literal["LLMDeployment"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LLMDeploymentSpec
+    status: LLMDeploymentStatus | None = None

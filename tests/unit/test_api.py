@@ -1,0 +1,142 @@
+"""The LLMDeployment API models: defaults, validation messages, and the generated CRD."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from llmpack.api import crd as crdgen
+from llmpack.api.llmdeployment import LLMDeployment, LLMDeploymentSpec
+
+REPO = Path(__file__).resolve().parents[2]
+CHECKED_IN_CRD = REPO / "crds" / "llmpack.io_llmdeployments.yaml"
+
+
+def minimal_spec(**overrides):
+    spec = {"model": {"name": "facebook/opt-1.3b"}}
+    spec.update(overrides)
+    return spec
+
+
+def test_minimal_spec_gets_documented_defaults():
+    spec = LLMDeploymentSpec.model_validate(minimal_spec())
+    assert spec.sharing.mode == "auto"
+    assert spec.advisor.policy == "efficiency"
+    assert spec.gpu.product == "NVIDIA-H100-80GB-HBM3"
+    assert spec.gpu.count == 1
+    assert spec.profiling.backend == "vllm"
+    # 256 + 256 tokens rounded up to 256
+    assert spec.effective_max_model_len() == 512
+
+
+def test_yaml_round_trip_uses_camel_case():
+    spec = LLMDeploymentSpec.model_validate(
+        minimal_spec(sharing={"mode": "mps", "mpsProvider": "devicePlugin", "maxReplicasPerGPU": 4})
+    )
+    dumped = spec.to_k8s()
+    assert dumped["sharing"] == {"mode": "mps", "mpsProvider": "devicePlugin", "maxReplicasPerGPU": 4}
+    assert LLMDeploymentSpec.model_validate(dumped) == spec
+
+
+def test_candidate_batch_sizes_are_sorted_and_unique():
+    spec = LLMDeploymentSpec.model_validate(minimal_spec(advisor={"candidateBatchSizes": [64, 8, 64, 1]}))
+    assert spec.advisor.candidate_batch_sizes == [1, 8, 64]
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        (minimal_spec(sharing={"mode": "shared"}), "sharing.mode"),
+        (minimal_spec(unknownField=1), "unknownField"),
+        (minimal_spec(gpu={"count": 0}), "gpu.count"),
+        (
+            minimal_spec(sharing={"mode": "exclusive"}, advisor={"replicasPerGPU": 2}),
+            "exclusive runs one replica per GPU",
+        ),
+        (
+            minimal_spec(model={"name": "m", "maxModelLen": 300}, workload={"promptTokens": 256}),
+            "maxModelLen must hold",
+        ),
+        (minimal_spec(serving={"extraArgs": ["--max-num-seqs=8"]}), "advisor.maxNumSeqs"),
+        (minimal_spec(sharing={"mode": "mps", "migProfile": "1g.10gb"}), "migProfile applies only"),
+        (minimal_spec(sharing={"migProfile": "huge"}), "sharing.migProfile"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_field(spec, fragment):
+    with pytest.raises(ValidationError) as err:
+        LLMDeploymentSpec.model_validate(spec)
+    text = str(err.value).replace("sharing.mig_profile", "sharing.migProfile")
+    assert fragment in text or fragment.replace(".", "\n  ") in text
+
+
+def test_full_object_parses_with_status():
+    obj = LLMDeployment.model_validate(
+        {
+            "apiVersion": "llmpack.io/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": "opt", "namespace": "default"},
+            "spec": minimal_spec(),
+            "status": {"phase": "Ready", "ready": "2/2", "somethingNew": 1},
+        }
+    )
+    assert obj.status.phase == "Ready"
+
+
+def test_checked_in_crd_matches_a_fresh_generation():
+    assert CHECKED_IN_CRD.read_text() == crdgen.render_yaml(), (
+        "crds/llmpack.io_llmdeployments.yaml is stale: run `make crds`"
+    )
+
+
+def test_crd_is_structural():
+    schema = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def walk(node, path):
+        assert "$ref" not in node and "anyOf" not in node, path
+        if "properties" in node or node.get("x-kubernetes-preserve-unknown-fields"):
+            assert node.get("type") == "object", path
+        elif "enum" not in node:
+            assert "type" in node, path
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+
+    walk(schema, "")
+
+
+def test_crd_documents_every_spec_field():
+    spec = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    missing = []
+
+    def walk(node, path):
+        for name, child in node.get("properties", {}).items():
+            if not child.get("description"):
+                missing.append(f"{path}.{name}")
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(spec, "spec")
+    assert not missing, f"fields without a description for kubectl explain: {missing}"
+
+
+def test_crd_has_the_columns_users_read():
+    version = crdgen.crd()["spec"]["versions"][0]
+    names = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert names == ["Model", "Mode", "B_opt", "Replicas/GPU", "GPUs", "Ready", "Gain", "Phase", "Age"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_crd_command_prints_yaml():
+    out = subprocess.run(
+        [sys.executable, "-m", "llmpack.cli", "crd"], check=True, capture_output=True, text=True
+    ).stdout
+    assert yaml.safe_load(out)["metadata"]["name"] == "llmdeployments.llmpack.io"
