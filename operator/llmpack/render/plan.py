@@ -1,0 +1,120 @@
+"""Plans: everything the render layer needs to produce Kubernetes objects, as plain data.
+
+The controller builds a plan from the spec, the recommendation and what the cluster offers; the
+render functions turn it into manifests. Neither side talks to the API server here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANAGED_BY = "llmpack"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_DEPLOYMENT = "llmpack.io/llmdeployment"
+LABEL_PROFILE_KEY = "llmpack.io/profile-key"
+ANNOTATION_CONFIG_HASH = "llmpack.io/config-hash"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
+
+ServingMode = Literal["exclusive", "mps", "mig"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OwnerRef(Frozen):
+    """The LLMDeployment every rendered object belongs to (garbage collection does deletion)."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+    def to_k8s(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class SecretKey(Frozen):
+    name: str
+    key: str = "token"
+
+
+class ServingPlan(Frozen):
+    """How one LLMDeployment is served: which objects, which flags, on which GPUs."""
+
+    name: str
+    namespace: str
+    owner: OwnerRef
+    model: str
+    revision: str | None = None
+    dtype: str = "auto"
+    hf_token_secret: SecretKey | None = None
+
+    mode: ServingMode
+    mps_provider: Literal["dra", "devicePlugin"] | None = None
+    gpu_product: str
+    gpus: int = Field(ge=1, description="Whole GPUs (exclusive, mps) the replicas occupy.")
+    replicas_per_gpu: int = Field(ge=1)
+    replicas: int = Field(ge=1, description="vLLM replicas in total.")
+    mig_profile: str | None = None
+    gpu_slices_per_replica: int | None = Field(
+        None, description="devicePlugin MPS: nvidia.com/gpu slices one replica's pod asks for."
+    )
+    mps_pinned_memory_bytes: int | None = Field(None, description="MPS per-client pinned memory limit.")
+    mps_active_thread_percentage: int | None = Field(None, ge=1, le=100)
+
+    vllm_args: list[str] = Field(
+        description="Flags of every replica after `vllm serve MODEL`, without --port (the renderer "
+        "assigns ports)."
+    )
+    image: str
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, Any] | None = None
+    port: int = 8000
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+    def config_hash(self) -> str:
+        """Changes whenever a rendered pod would change, so pods roll on any serving change."""
+        return stable_hash(self.model_dump(mode="json", exclude={"owner"}))[:16]
+
+
+class ProfilingPlan(Frozen):
+    """One profiling Job and the least-privileged identity it publishes its result with."""
+
+    name: str = Field(description="Name of the Job, its ServiceAccount, Role and result ConfigMap.")
+    namespace: str
+    owner: OwnerRef
+    profile_key: str
+    image: str
+    args: list[str] = Field(description="Arguments of `llmpack profile` (the image's entrypoint).")
+    gpu_product: str
+    mig_profile: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    active_deadline_seconds: int = Field(ge=1)
+    backoff_limit: int = Field(ge=0)
+    hf_token_secret: SecretKey | None = None
+
+    @property
+    def result_configmap(self) -> str:
+        return f"{self.name}-result"
+
+
+def stable_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
