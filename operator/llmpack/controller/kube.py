@@ -1,0 +1,251 @@
+"""A small, explicit client for the few API calls the operator makes.
+
+It rides on the official client's configuration, authentication and connection pool, and issues
+plain REST calls: server-side apply needs `application/apply-patch+yaml`, status needs the
+`/status` subresource, and every object is a dict (what the render layer produces), so typed
+models would only add conversions. This module is the only place that talks to the API server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import kubernetes
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "llmpack"
+
+# kind -> (plural, namespaced). Only what llmpack reads or writes.
+KINDS: dict[str, tuple[str, bool]] = {
+    "ConfigMap": ("configmaps", True),
+    "Secret": ("secrets", True),
+    "ServiceAccount": ("serviceaccounts", True),
+    "Service": ("services", True),
+    "Pod": ("pods", True),
+    "Event": ("events", True),
+    "Namespace": ("namespaces", False),
+    "Node": ("nodes", False),
+    "Deployment": ("deployments", True),
+    "Job": ("jobs", True),
+    "Role": ("roles", True),
+    "RoleBinding": ("rolebindings", True),
+    "ResourceClaimTemplate": ("resourceclaimtemplates", True),
+    "ResourceClaim": ("resourceclaims", True),
+    "DeviceClass": ("deviceclasses", False),
+    "LLMDeployment": ("llmdeployments", True),
+}
+API_VERSIONS: dict[str, str] = {
+    "ConfigMap": "v1",
+    "Secret": "v1",
+    "ServiceAccount": "v1",
+    "Service": "v1",
+    "Pod": "v1",
+    "Event": "v1",
+    "Namespace": "v1",
+    "Node": "v1",
+    "Deployment": "apps/v1",
+    "Job": "batch/v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "ResourceClaimTemplate": "resource.k8s.io/v1",
+    "ResourceClaim": "resource.k8s.io/v1",
+    "DeviceClass": "resource.k8s.io/v1",
+    "LLMDeployment": "llmpack.io/v1alpha1",
+}
+
+
+@dataclass
+class KubeError(Exception):
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}: {self.message}"
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+def path_for(kind: str, namespace: str | None = None, name: str | None = None, api_version: str = "") -> str:
+    plural, namespaced = KINDS[kind]
+    api_version = api_version or API_VERSIONS[kind]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespaced and namespace:
+        prefix += f"/namespaces/{namespace}"
+    path = f"{prefix}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class KubeClient:
+    """Synchronous API calls; the operator runs them in worker threads."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, field_manager: str = FIELD_MANAGER):
+        self.api = api_client
+        self.field_manager = field_manager
+        self.requests = 0  # counted for the scale benchmark (API requests per reconcile)
+
+    @classmethod
+    def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        except (kubernetes.config.ConfigException, FileNotFoundError, TypeError):
+            if kubeconfig:
+                raise
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    # -- raw ------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> Any:
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, _, _ = self.api.param_serialize(
+            method, path, header_params=headers, auth_settings=["BearerToken"]
+        )
+        payload = None if body is None else json.dumps(body)
+        self.requests += 1
+        try:
+            response = self.api.call_api(method, url, headers, payload, _request_timeout=timeout)
+        except kubernetes.client.ApiException as err:
+            raise self._error(err.status or 0, err.body or err.reason or "") from err
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise self._error(response.status, data)
+        return json.loads(data) if data else None
+
+    @staticmethod
+    def _error(status: int, data: bytes | str) -> KubeError:
+        try:
+            parsed = json.loads(data)
+            return KubeError(status, parsed.get("reason", ""), parsed.get("message", str(data)))
+        except (ValueError, AttributeError):
+            text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+            return KubeError(status, "", text[:500])
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", path_for(kind, namespace, name))
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+
+    def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return self.request("GET", path_for(kind, namespace), query=query).get("items", [])
+
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply with force: llmpack owns the fields it renders, so hand edits of them
+        are undone on the next reconcile (drift), while fields it does not render stay."""
+        meta = obj["metadata"]
+        query = {"fieldManager": self.field_manager, "force": "true"}
+        if dry_run:
+            query["dryRun"] = "All"
+        path = path_for(obj["kind"], meta.get("namespace"), meta["name"], obj["apiVersion"])
+        return self.request("PATCH", path, query=query, body=obj, content_type="application/apply-patch+yaml")
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self.request(
+            "POST", path_for(obj["kind"], meta.get("namespace"), api_version=obj["apiVersion"]), body=obj
+        )
+
+    def delete(self, kind: str, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
+        try:
+            self.request("DELETE", path_for(kind, namespace, name), body={"propagationPolicy": propagation})
+            return True
+        except KubeError as err:
+            if err.not_found:
+                return False
+            raise
+
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        """Replace the status wholesale (merge patch of the `status` key), guarded by the
+        resourceVersion we computed it from so a concurrent writer gets a 409, not a lost update."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.request(
+            "PATCH",
+            path_for(kind, namespace, name) + "/status",
+            body=body,
+            content_type="application/merge-patch+json",
+        )
+
+    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict:
+        return self.request(
+            "PATCH", path_for(kind, namespace, name), body=patch, content_type="application/merge-patch+json"
+        )
+
+    def event(
+        self,
+        involved: dict[str, Any],
+        *,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        component: str = "llmpack-operator",
+    ) -> None:
+        """Post a core/v1 Event on an object. Events are best effort: a failure is logged only."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.create(event)
+        except KubeError as err:
+            logger.warning(
+                "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err
+            )

@@ -1,0 +1,70 @@
+"""Status bookkeeping: phases and standard conditions, as Kubernetes API conventions define them.
+
+Pure: computes the next status from the previous one; the reconciler decides what happened and
+writes the result once per reconcile.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from llmpack.api.llmdeployment import Condition, LLMDeploymentStatus
+
+PROFILE_READY = "ProfileReady"
+ADVISED = "Advised"
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (PROFILE_READY, ADVISED, AVAILABLE, PROGRESSING, DEGRADED)
+
+
+def now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    status: LLMDeploymentStatus,
+    type_: str,
+    value: bool | None,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+) -> None:
+    """Set one condition; lastTransitionTime moves only when the status value changes."""
+    text = "Unknown" if value is None else ("True" if value else "False")
+    for index, existing in enumerate(status.conditions):
+        if existing.type == type_:
+            changed = existing.status != text
+            status.conditions[index] = Condition(
+                type=type_,
+                status=text,
+                reason=reason,
+                message=message,
+                last_transition_time=now() if changed else existing.last_transition_time,
+                observed_generation=generation,
+            )
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=text,
+            reason=reason,
+            message=message,
+            last_transition_time=now(),
+            observed_generation=generation,
+        )
+    )
+    status.conditions.sort(key=lambda c: CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else 99)
+
+
+def get_condition(status: LLMDeploymentStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def comparable(status: dict) -> dict:
+    """The status without timestamps, to decide whether a write is needed at all."""
+    stripped = dict(status)
+    stripped["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])
+    ]
+    return stripped
