@@ -1,0 +1,16 @@
+"""The Batching Configuration Advisor (BCA), the memory model and replica packing. Pure: no
+Kubernetes client, no kopf. Entry point: `advise(profile, options, gpu) -> Recommendation`."""
+
+from llmpack.advisor.errors import AdvisorError, PaperDataError, UnknownModelError
+from llmpack.advisor.options import DEFAULT_EPSILON, AdvisorOptions
+from llmpack.advisor.recommend import advise, gpu_for_profile
+
+__all__ = [
+    "DEFAULT_EPSILON",
+    "AdvisorError",
+    "AdvisorOptions",
+    "PaperDataError",
+    "UnknownModelError",
+    "advise",
+    "gpu_for_profile",
+]

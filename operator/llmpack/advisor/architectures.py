@@ -1,0 +1,203 @@
+"""A small catalogue of model architectures, for models whose shape the operator must know without
+downloading their config.json: the four models of the paper and a few popular small ones.
+
+Figures are those of each model's Hugging Face ``config.json`` (num_hidden_layers,
+num_attention_heads, num_key_value_heads, hidden_size, vocab_size, max_position_embeddings) and
+the parameter count on its model card. Models with grouped-query attention have fewer KV heads
+than attention heads, which is what makes their KV cache small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmpack.advisor.errors import UnknownModelError
+from llmpack.advisor.memory import dtype_bytes, kv_bytes_per_token
+from llmpack.api.profile import ModelFacts
+
+
+@dataclass(frozen=True)
+class Architecture:
+    hf_id: str
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    num_parameters: int
+    max_position_embeddings: int
+    aliases: tuple[str, ...] = ()  # other ids with the same shape (instruct/chat variants, short names)
+
+    def kv_bytes_per_token(self, dtype: str = "float16") -> int:
+        return kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, dtype)
+
+    def weight_bytes(self, dtype: str = "float16") -> int:
+        return self.num_parameters * dtype_bytes(dtype)
+
+    def model_facts(
+        self,
+        *,
+        name: str | None = None,
+        dtype: str = "float16",
+        max_model_len: int | None = None,
+        weight_bytes: int | None = None,
+        revision: str | None = None,
+    ) -> ModelFacts:
+        """ModelFacts for this architecture; measured weight bytes win over parameters x dtype."""
+        return ModelFacts(
+            name=name or self.hf_id,
+            revision=revision,
+            dtype=dtype,
+            num_layers=self.num_layers,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            num_attention_heads=self.num_attention_heads,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            num_parameters=self.num_parameters,
+            weight_bytes=weight_bytes or self.weight_bytes(dtype),
+            kv_bytes_per_token=self.kv_bytes_per_token(dtype),
+            max_model_len=max_model_len or self.max_position_embeddings,
+        )
+
+
+# The paper's short names come first in `aliases`; `paper_name` relies on that.
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("facebook/opt-1.3b", 24, 32, 32, 64, 2048, 50272, 1_315_758_080, 2048, ("opt-1.3b",)),
+    Architecture("facebook/opt-2.7b", 32, 32, 32, 80, 2560, 50272, 2_651_596_800, 2048, ("opt-2.7b",)),
+    Architecture(
+        "meta-llama/Llama-2-7b-hf",
+        32,
+        32,
+        32,
+        128,
+        4096,
+        32000,
+        6_738_415_616,
+        4096,
+        ("llama-2-7b", "meta-llama/Llama-2-7b-chat-hf"),
+    ),
+    Architecture(
+        "meta-llama/Llama-2-13b-hf",
+        40,
+        40,
+        40,
+        128,
+        5120,
+        32000,
+        13_015_864_320,
+        4096,
+        ("llama-2-13b", "meta-llama/Llama-2-13b-chat-hf"),
+    ),
+    Architecture(
+        "Qwen/Qwen2.5-0.5B-Instruct", 24, 14, 2, 64, 896, 151936, 494_032_768, 32768, ("Qwen/Qwen2.5-0.5B",)
+    ),
+    Architecture(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        28,
+        12,
+        2,
+        128,
+        1536,
+        151936,
+        1_543_714_304,
+        32768,
+        ("Qwen/Qwen2.5-1.5B",),
+    ),
+    Architecture(
+        "Qwen/Qwen2.5-7B-Instruct", 28, 28, 4, 128, 3584, 152064, 7_615_616_512, 32768, ("Qwen/Qwen2.5-7B",)
+    ),
+    Architecture(
+        "meta-llama/Llama-3.2-1B-Instruct",
+        16,
+        32,
+        8,
+        64,
+        2048,
+        128256,
+        1_235_814_400,
+        131072,
+        ("meta-llama/Llama-3.2-1B",),
+    ),
+    Architecture(
+        "meta-llama/Llama-3.2-3B-Instruct",
+        28,
+        24,
+        8,
+        128,
+        3072,
+        128256,
+        3_212_749_824,
+        131072,
+        ("meta-llama/Llama-3.2-3B",),
+    ),
+    Architecture(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        32,
+        32,
+        8,
+        128,
+        4096,
+        128256,
+        8_030_261_248,
+        131072,
+        ("meta-llama/Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B-Instruct"),
+    ),
+    Architecture(
+        "mistralai/Mistral-7B-v0.1",
+        32,
+        32,
+        8,
+        128,
+        4096,
+        32000,
+        7_241_732_096,
+        32768,
+        ("mistralai/Mistral-7B-Instruct-v0.1",),
+    ),
+)
+
+PAPER_MODELS = ("opt-1.3b", "opt-2.7b", "llama-2-7b", "llama-2-13b")
+
+_INDEX: dict[str, Architecture] = {}
+for _arch in ARCHITECTURES:
+    for _name in (_arch.hf_id, *_arch.aliases):
+        _INDEX[_name.lower()] = _arch
+        # also without the organisation ("Llama-2-7b-hf"), unless that would be ambiguous
+        _INDEX.setdefault(_name.rsplit("/", 1)[-1].lower(), _arch)
+
+
+def known_models() -> list[str]:
+    return [arch.hf_id for arch in ARCHITECTURES]
+
+
+def find_architecture(name: str) -> Architecture | None:
+    """The architecture of a Hugging Face id, one of its aliases or the paper's short names, in
+    any letter case; a local path matches by its last component. None when unknown."""
+    key = name.strip().rstrip("/").lower()
+    if key in _INDEX:
+        return _INDEX[key]
+    return _INDEX.get(key.rsplit("/", 1)[-1])
+
+
+def lookup_architecture(name: str) -> Architecture:
+    arch = find_architecture(name)
+    if arch is None:
+        raise UnknownModelError(
+            f"unknown model {name.strip()!r}: the built-in catalogue knows {', '.join(known_models())} "
+            f"(and the paper's short names {', '.join(PAPER_MODELS)}); for another model give its "
+            "architecture (layers, KV heads, head dim, parameter bytes) explicitly"
+        )
+    return arch
+
+
+def paper_name(name: str) -> str | None:
+    """The paper's short name (opt-1.3b, ...) of a model, or None when it is not a paper model."""
+    arch = find_architecture(name)
+    if arch is None:
+        return None
+    for alias in arch.aliases:
+        if alias in PAPER_MODELS:
+            return alias
+    return None

@@ -1,0 +1,44 @@
+"""What the caller tells the advisor: the policy, its thresholds, the SLO, the workload to size
+the KV cache for, and fixed choices that skip parts of the advice."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmpack.hardware import MPS_MAX_CLIENTS
+
+Policy = Literal["efficiency", "plateau"]
+
+# efficiency: the paper's threshold on T(B)/(B*T(B_min)).
+# plateau: accept up to 5% less than the best throughput within the SLO. On the paper's
+# measurements this lands on the knee of the curve (e.g. OPT-1.3B: 192, whose throughput is 95.4%
+# of the best point within the cap) while the efficiency rule stops earlier (96); a looser value
+# such as 0.2 would accept batches well before the plateau, defeating the policy's purpose.
+DEFAULT_EPSILON: dict[str, float] = {"efficiency": 0.2, "plateau": 0.05}
+
+DEFAULT_LATENCY_FACTOR = 5.0  # the paper's L
+LATENCY_REFERENCE_BATCH = 32  # the cap without an SLO is L x the mean ITL at the batch nearest this
+
+
+class AdvisorOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    policy: Policy = "efficiency"
+    epsilon: float | None = Field(None, gt=0, lt=1, description="Default: 0.2 (efficiency), 0.05 (plateau).")
+    slo_itl_mean_ms: float | None = Field(None, gt=0, description="Cap on mean inter-token latency.")
+    slo_itl_p99_ms: float | None = Field(None, gt=0, description="Cap on p99 inter-token latency.")
+    latency_factor: float = Field(DEFAULT_LATENCY_FACTOR, gt=1, description="L of the derived cap.")
+    max_replicas_per_gpu: int = Field(8, ge=1, le=MPS_MAX_CLIENTS)
+    prompt_tokens: int | None = Field(None, ge=1, description="Default: the profile's workload.")
+    output_tokens: int | None = Field(None, ge=1, description="Default: the profile's workload.")
+    max_model_len: int | None = Field(None, ge=1, description="Default: the profiled --max-model-len.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Fixed batch size: skips the choice of B_opt.")
+    replicas_per_gpu: int | None = Field(
+        None, ge=1, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."
+    )
+
+    @property
+    def effective_epsilon(self) -> float:
+        return self.epsilon if self.epsilon is not None else DEFAULT_EPSILON[self.policy]

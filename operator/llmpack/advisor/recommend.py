@@ -1,0 +1,231 @@
+"""advise(profile, options) -> Recommendation: the whole advisor in one pure function.
+
+points --(bca)--> B_opt --(memory)--> KV cache and per-replica memory
+       --(packing)--> replicas per GPU, MIG slice, memory freed --> vLLM flags
+"""
+
+from __future__ import annotations
+
+from llmpack.advisor import bca, memory, packing
+from llmpack.advisor.errors import AdvisorError
+from llmpack.advisor.options import AdvisorOptions
+from llmpack.api.profile import Profile
+from llmpack.api.recommendation import CandidateVerdict, Recommendation
+from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
+
+GIB = memory.GIB
+
+
+def gpu_for_profile(profile: Profile) -> GPU:
+    """The catalogue entry of the GPU the profile was measured on; for a product the catalogue
+    does not know, a GPU built from the profile's own facts."""
+    try:
+        return lookup_gpu(profile.gpu.product)
+    except UnknownGPUError:
+        total = profile.gpu.memory_bytes
+        return GPU(
+            product=profile.gpu.product,
+            description=f"{profile.gpu.product} (from the profile)",
+            memory_bytes=total,
+            reported_memory_mib=total >> 20,
+            usable_memory_bytes=total,
+            bandwidth_bytes_per_s=profile.gpu.bandwidth_bytes_per_s or 0.0,
+            fp16_dense_tflops=0.0,
+        )
+
+
+def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | None = None) -> Recommendation:
+    """Recommend --max-num-seqs, the KV cache, and replicas per GPU for one profile.
+
+    `gpu` is the GPU to pack onto (default: the one the profile was measured on). Raises
+    AdvisorError with a message a user can act on when no point is usable, no point meets the
+    SLO, or one replica does not fit the GPU."""
+    options = options or AdvisorOptions()
+    model = profile.model
+    measured_gpu = gpu_for_profile(profile)
+    target = gpu or measured_gpu
+    same_gpu = target.product == measured_gpu.product
+    notes = list(profile.notes)
+    if not same_gpu:
+        notes.append(
+            f"throughput and latency were measured on {measured_gpu.product}; memory and packing are "
+            f"computed for {target.product}"
+        )
+
+    # 1. The batch size ---------------------------------------------------------------------
+    if options.max_num_seqs is not None:
+        b_opt, b_source = options.max_num_seqs, "override"
+        try:
+            selection = bca.select_batch(profile.points, options)
+            candidates = [
+                v.model_copy(update={"chosen": v.max_num_seqs == b_opt}) for v in selection.verdicts
+            ]
+            cap, cap_source, b_min = selection.latency_cap_ms, selection.latency_cap_source, selection.b_min
+        except AdvisorError:
+            candidates, cap, cap_source, b_min = [], None, "", None
+        batch_text = f"B = {b_opt}: fixed by the user (advisor.maxNumSeqs); the advisor's choice was skipped."
+    else:
+        selection = bca.select_batch(profile.points, options)
+        b_opt, b_source = selection.b_opt, "advisor"
+        candidates = selection.verdicts
+        cap, cap_source, b_min = selection.latency_cap_ms, selection.latency_cap_source, selection.b_min
+        batch_text = selection.explanation
+    point = profile.point(b_opt)
+
+    # 2. The KV cache and the memory of one replica -----------------------------------------
+    prompt = options.prompt_tokens or profile.workload.prompt_tokens
+    output = options.output_tokens or profile.workload.output_tokens
+    max_model_len = options.max_model_len or model.max_model_len
+    same_workload = (prompt, output) == (profile.workload.prompt_tokens, profile.workload.output_tokens)
+    measured_peak = _measured_peak_tokens(profile, b_opt) if same_workload else None
+    budget = memory.kv_budget(
+        batch=b_opt,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        bytes_per_token=model.kv_bytes_per_token,
+        max_model_len=max_model_len,
+        block_size=profile.block_size,
+        measured_peak_tokens=measured_peak,
+    )
+    non_kv = memory.non_kv_memory(profile, b_opt)
+    budget = _fit_measured_batch(
+        budget, non_kv.bytes, target, measured_peak, model.kv_bytes_per_token, profile.block_size
+    )
+    per_replica = non_kv.bytes + budget.bytes
+
+    # 3. Packing -----------------------------------------------------------------------------
+    packed = packing.pack_replicas(
+        per_replica,
+        target.usable_memory_bytes,
+        max_replicas_per_gpu=options.max_replicas_per_gpu,
+        fixed_replicas=options.replicas_per_gpu,
+        device_name=target.product,
+    )
+    mig = packing.smallest_mig_profile(per_replica, target)
+
+    # 4. Memory freed versus one instance with vLLM's defaults -------------------------------
+    if same_gpu and profile.kv_capacity_tokens is not None:
+        baseline_pool = profile.kv_capacity_tokens * model.kv_bytes_per_token
+    else:
+        gmu = profile.gpu_memory_utilization or memory.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+        baseline_pool = packing.default_kv_pool_bytes(target.usable_memory_bytes, non_kv.bytes, gmu)
+    # KV in use at B_opt: the paper's definition, which reproduces its Fig. 12 figures to 0.05
+    # points, is the measured peak usage fraction times the default instance's pool. (The run at
+    # B_opt had its own pool, < 0.5% smaller; applying the fraction to that pool instead gives
+    # 63.3 / 45.2 / 10.6% rather than the paper's 63.2 / 45.1 / 10.5%.)
+    usage = point.kv_cache_usage_peak if point is not None else None
+    if same_gpu and same_workload and usage is not None and profile.kv_capacity_tokens is not None:
+        in_use = round(usage * baseline_pool)
+    else:
+        in_use = budget.bytes
+    freed = packing.memory_freed(baseline_pool, in_use, target.memory_bytes)
+
+    args = memory.vllm_args(
+        max_num_seqs=b_opt,
+        kv_cache_bytes=budget.bytes,
+        gpu_memory_utilization=packed.gpu_memory_utilization,
+        max_model_len=max_model_len,
+    )
+    if not non_kv.measured:
+        notes.append(
+            "memory besides the KV cache is an estimate (the profile measured none); a profile with "
+            "peak GPU memory per point gives a tighter packing"
+        )
+    explanation = " ".join(
+        [
+            batch_text,
+            f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
+            f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one replica "
+            f"needs {per_replica / GIB:.2f} GiB.",
+            f"{packed.replicas_per_gpu} replica{'s' if packed.replicas_per_gpu != 1 else ''} fit on one "
+            f"{target.product} (limited by {packed.limited_by}), each with "
+            f"--gpu-memory-utilization {packed.gpu_memory_utilization:.3f}.",
+            f"Versus one vLLM instance with defaults (KV pool {baseline_pool / GIB:.2f} GiB) this frees "
+            f"{freed.freed_bytes / GIB:.2f} GiB, {freed.fraction:.1%} of the GPU's "
+            f"{target.memory_bytes / GIB:.0f} GiB.",
+        ]
+    )
+    return Recommendation(
+        model_name=model.name,
+        policy=options.policy,
+        epsilon=options.effective_epsilon,
+        latency_cap_ms=cap,
+        latency_cap_source=cap_source,
+        itl_p99_cap_ms=options.slo_itl_p99_ms,
+        b_min=b_min,
+        b_opt=b_opt,
+        b_opt_source=b_source,
+        candidates=candidates,
+        measured_tokens_per_s=point.total_tokens_per_s if point and same_gpu else None,
+        measured_itl_mean_ms=point.itl_or_tpot_mean_ms if point and same_gpu else None,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        max_model_len=max_model_len,
+        kv_tokens=budget.tokens,
+        kv_cache_bytes=budget.bytes,
+        kv_sizing=budget.sizing,
+        weight_bytes=model.weight_bytes,
+        non_kv_memory_bytes=non_kv.bytes,
+        non_kv_memory_source=non_kv.source,
+        per_replica_memory_bytes=per_replica,
+        gpu_product=target.product,
+        gpu_memory_bytes=target.memory_bytes,
+        gpu_usable_memory_bytes=target.usable_memory_bytes,
+        replicas_per_gpu=packed.replicas_per_gpu,
+        replicas_limited_by=packed.limited_by,
+        slot_bytes=packed.slot_bytes,
+        gpu_memory_utilization=packed.gpu_memory_utilization,
+        mig_profile=mig.profile.name if mig else None,
+        mig_instances_per_gpu=mig.instances_per_gpu if mig else None,
+        mig_gpu_memory_utilization=mig.gpu_memory_utilization if mig else None,
+        baseline_kv_pool_bytes=baseline_pool,
+        kv_in_use_bytes=in_use,
+        memory_freed_bytes=freed.freed_bytes,
+        memory_freed_fraction=freed.fraction,
+        vllm_args=args,
+        explanation=explanation,
+        notes=notes,
+    )
+
+
+def _fit_measured_batch(
+    budget: memory.KVBudget,
+    non_kv_bytes: int,
+    gpu: GPU,
+    measured_peak: int | None,
+    bytes_per_token: int,
+    block_size: int,
+) -> memory.KVBudget:
+    """B x (prompt + output) assumes every sequence is at full length at once. When that does not
+    fit on one GPU but the KV peak measured at this batch does, the replica gets all the KV cache
+    one GPU can offer instead: the batch demonstrably ran in less, and running short of KV makes
+    vLLM preempt (slower), not fail."""
+    if packing.fit_by_memory(non_kv_bytes + budget.bytes, gpu.usable_memory_bytes) >= 1:
+        return budget
+    if measured_peak is None:
+        return budget  # packing reports that it does not fit
+    room = gpu.usable_memory_bytes - packing.STARTUP_RESERVE_BYTES - non_kv_bytes
+    tokens = max(room // bytes_per_token // block_size * block_size, 0)
+    if tokens < memory.round_up_to_block(measured_peak, block_size):
+        return budget
+    return memory.KVBudget(
+        tokens=tokens,
+        bytes=tokens * bytes_per_token,
+        sizing=f"all the KV cache one GPU offers ({budget.sizing} would need "
+        f"{budget.bytes / GIB:.2f} GiB; the peak measured at this batch, {measured_peak:,} tokens, fits)",
+    )
+
+
+def _measured_peak_tokens(profile: Profile, batch: int) -> int | None:
+    """Peak KV tokens in use at `batch` (sizes the KV cache): the run's peak usage fraction times
+    that run's own capacity."""
+    point = profile.point(batch)
+    if point is None or point.kv_cache_usage_peak is None:
+        return None
+    capacity = point.kv_capacity_tokens or profile.kv_capacity_tokens
+    if capacity is None:
+        return None
+    return round(point.kv_cache_usage_peak * capacity)
+
+
+__all__ = ["CandidateVerdict", "advise", "gpu_for_profile"]
