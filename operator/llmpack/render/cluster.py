@@ -1,0 +1,112 @@
+"""What the cluster offers for a GPU product, read from node labels, capacity and DeviceClasses.
+
+Pure: the controller keeps the raw Node and DeviceClass objects from its watches and asks this
+module which sharing modes can run where. Labels are the ones NVIDIA GPU Feature Discovery and the
+device plugin set (FACTS.md 3.2, 4.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
+
+GPU_RESOURCE = "nvidia.com/gpu"
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+SHARED_SUFFIX = "-SHARED"
+DRA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    labels: dict[str, str]
+    allocatable: dict[str, str]
+    schedulable: bool = True
+
+    @classmethod
+    def from_node(cls, node: dict[str, Any]) -> NodeFacts:
+        meta = node.get("metadata", {})
+        return cls(
+            name=meta.get("name", ""),
+            labels=dict(meta.get("labels") or {}),
+            allocatable=dict((node.get("status") or {}).get("allocatable") or {}),
+            schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        )
+
+    def quantity(self, resource: str) -> int:
+        try:
+            return int(self.allocatable.get(resource, "0"))
+        except ValueError:
+            return 0
+
+
+@dataclass
+class Offers:
+    """Capacity for one product, per sharing mode."""
+
+    product: str
+    exclusive_gpus: int = 0
+    mps_dra_nodes: list[str] = field(default_factory=list)
+    mps_dra_gpus: int = 0
+    device_plugin_mps_replicas: int | None = None  # replicas per GPU the device plugin slices into
+    device_plugin_mps_gpus: int = 0
+    mig_slices: dict[str, int] = field(default_factory=dict)  # profile -> allocatable slices
+
+    @property
+    def modes(self) -> list[str]:
+        available = []
+        if self.exclusive_gpus:
+            available.append("exclusive")
+        if self.mps_dra_gpus:
+            available.append("mps/dra")
+        if self.device_plugin_mps_gpus:
+            available.append("mps/devicePlugin")
+        if self.mig_slices:
+            available.append("mig")
+        return available
+
+    def describe(self) -> str:
+        return ", ".join(self.modes) or "nothing"
+
+
+@dataclass
+class ClusterFacts:
+    nodes: dict[str, NodeFacts] = field(default_factory=dict)
+    device_classes: set[str] = field(default_factory=set)
+    # node name -> GPUs published by the DRA driver in ResourceSlices
+    dra_devices: dict[str, int] = field(default_factory=dict)
+
+    def offers(self, product: str) -> Offers:
+        offers = Offers(product=product)
+        for node in self.nodes.values():
+            if not node.schedulable:
+                continue
+            label = node.labels.get(GPU_PRODUCT_LABEL, "")
+            shared = node.labels.get(SHARING_STRATEGY_LABEL) == "mps"
+            if shared and label == product + SHARED_SUFFIX:
+                replicas = _int(node.labels.get(GPU_REPLICAS_LABEL)) or 1
+                offers.device_plugin_mps_replicas = replicas
+                offers.device_plugin_mps_gpus += node.quantity(GPU_RESOURCE) // replicas
+                continue
+            if label != product:
+                continue
+            if not shared:
+                offers.exclusive_gpus += node.quantity(GPU_RESOURCE)
+            for resource, value in node.allocatable.items():
+                if resource.startswith(MIG_RESOURCE_PREFIX) and _int(value):
+                    profile = resource.removeprefix(MIG_RESOURCE_PREFIX)
+                    offers.mig_slices[profile] = offers.mig_slices.get(profile, 0) + _int(value)
+            if DRA_GPU_DEVICE_CLASS in self.device_classes and self.dra_devices.get(node.name):
+                offers.mps_dra_nodes.append(node.name)
+                offers.mps_dra_gpus += self.dra_devices[node.name]
+        return offers
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0

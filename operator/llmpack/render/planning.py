@@ -1,0 +1,323 @@
+"""From spec + profile + recommendation + cluster offers to a ServingPlan or a ProfilingPlan.
+
+Pure. The decisions a user reads in `kubectl get llmd` are made here: which sharing mode, how
+many replicas per GPU, which vLLM flags each replica gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus
+from llmpack.hardware import GPU
+from llmpack.render.cluster import Offers
+from llmpack.render.plan import OwnerRef, ProfilingPlan, SecretKey, ServingPlan, stable_hash
+
+# Memory kept free on a GPU shared through MPS beyond the replicas' own caps: the MPS server
+# itself and allocator fragmentation. vLLM adds a 150 MiB buffer to its own suggestions.
+MPS_GPU_RESERVE_BYTES = 512 << 20
+MAX_NAME = 63
+
+
+class PlanningError(ValueError):
+    """The deployment cannot be placed as asked; the message says what to change."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve: a mode, its packing, and its predicted figures."""
+
+    mode: str  # exclusive | mps | mig
+    provider: str | None  # dra | devicePlugin for mps
+    replicas_per_gpu: int
+    mig_profile: str | None
+    device_memory_bytes: int  # what one replica's CUDA context sees as the device
+    tokens_per_s_per_gpu: float | None
+    itl_ms: float | None
+    replica_limit: int | None = None  # MIG: slices of this profile the cluster offers
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode}/{self.provider}" if self.provider else self.mode
+
+
+# predict(replicas_per_gpu, mig_profile) -> (tokens/s per GPU, mean ITL ms per replica)
+Predictor = Callable[[int, str | None], tuple[float | None, float | None]]
+
+
+def short_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """A DNS-1123 name from parts, shortened with a hash suffix when too long."""
+    name = "-".join(p for p in parts if p).lower()
+    if len(name) <= limit:
+        return name
+    digest = stable_hash(name)[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
+    """Hash of everything that changes a measurement. Serving-only fields are deliberately out:
+    changing them rolls the pods without profiling again."""
+    data = {
+        "model": spec.model.name,
+        "revision": spec.model.revision,
+        "dtype": spec.model.dtype,
+        "architecture": spec.model.architecture.to_k8s() if spec.model.architecture else None,
+        "maxModelLen": spec.effective_max_model_len(),
+        "gpu": spec.gpu.product,
+        "mig": spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
+        "engine": profiler_image,
+        "backend": spec.profiling.backend,
+        "workload": spec.workload.to_k8s(),
+        "sweep": spec.profiling.sweep,
+        "candidates": spec.advisor.candidate_batch_sizes,
+    }
+    if not spec.profiling.reuse_cached_profile:
+        data["owner"] = owner_uid  # a profile of its own, measured once
+    return stable_hash(data)[:40]
+
+
+def profiling_plan(
+    *,
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    spec: LLMDeploymentSpec,
+    key: str,
+    image: str,
+) -> ProfilingPlan:
+    args = [
+        "--backend",
+        spec.profiling.backend,
+        "--model",
+        spec.model.name,
+        "--gpu",
+        spec.gpu.product,
+        "--dtype",
+        spec.model.dtype,
+        "--max-model-len",
+        str(spec.effective_max_model_len()),
+        "--prompt-tokens",
+        str(spec.workload.prompt_tokens),
+        "--output-tokens",
+        str(spec.workload.output_tokens),
+        "--sweep",
+        spec.profiling.sweep,
+        "--candidates",
+        ",".join(str(b) for b in spec.advisor.candidate_batch_sizes),
+        "--result-configmap",
+        f"{short_name(name, 'profile', key[:8], limit=MAX_NAME - 7)}-result",
+        "--profile-key",
+        key,
+    ]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    arch = spec.model.architecture
+    if arch:
+        args += [
+            "--num-layers",
+            str(arch.num_layers),
+            "--num-kv-heads",
+            str(arch.num_kv_heads),
+            "--head-dim",
+            str(arch.head_dim),
+            "--weight-bytes",
+            str(arch.parameter_bytes),
+        ]
+    secret = spec.model.hf_token_secret_ref
+    return ProfilingPlan(
+        name=short_name(name, "profile", key[:8], limit=MAX_NAME - 7),
+        namespace=namespace,
+        owner=owner,
+        profile_key=key,
+        image=spec.profiling.image or image,
+        args=args,
+        gpu_product=spec.gpu.product,
+        mig_profile=spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
+        node_selector=spec.gpu.node_selector,
+        tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
+        active_deadline_seconds=spec.profiling.timeout_seconds,
+        backoff_limit=spec.profiling.backoff_limit,
+        hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
+    )
+
+
+def candidates(
+    spec: LLMDeploymentSpec,
+    gpu: GPU,
+    offers: Offers,
+    per_replica_bytes: int,
+    replicas_per_gpu: int,
+    predict: Predictor,
+) -> list[Candidate]:
+    """Every way the cluster can serve this deployment, with its predicted tokens/s per GPU."""
+    wanted = spec.sharing.mode
+    found: list[Candidate] = []
+
+    def add(mode: str, provider: str | None, rpg: int, mig: str | None, device_bytes: int) -> None:
+        tps, itl = predict(rpg, mig)
+        limit = offers.mig_slices.get(mig) if mig else None
+        found.append(Candidate(mode, provider, rpg, mig, device_bytes, tps, itl, limit))
+
+    if wanted in ("auto", "exclusive") and offers.exclusive_gpus:
+        add("exclusive", None, 1, None, gpu.memory_bytes)
+    if wanted in ("auto", "mps"):
+        allow_dra = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "dra"
+        allow_dp = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "devicePlugin"
+        if allow_dra and offers.mps_dra_gpus:
+            add("mps", "dra", replicas_per_gpu, None, gpu.memory_bytes)
+        slices = offers.device_plugin_mps_replicas
+        # The device plugin caps every client at total/replicas: a replica fits only if its
+        # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
+        fits_slice = bool(slices) and per_replica_bytes <= gpu.memory_bytes // slices
+        if allow_dp and offers.device_plugin_mps_gpus and fits_slice:
+            add("mps", "devicePlugin", min(slices, replicas_per_gpu), None, gpu.memory_bytes)
+    if wanted in ("auto", "mig") and offers.mig_slices:
+        profile = _mig_profile_for(spec, gpu, offers, per_replica_bytes)
+        if profile:
+            per_gpu = gpu.mig_profile(profile).max_instances
+            add(
+                "mig",
+                None,
+                min(per_gpu, spec.sharing.max_replicas_per_gpu),
+                profile,
+                _mig_bytes(gpu, profile),
+            )
+    return found
+
+
+def _mig_bytes(gpu: GPU, profile: str) -> int:
+    return gpu.mig_profile(profile).memory_bytes
+
+
+def _mig_profile_for(spec: LLMDeploymentSpec, gpu: GPU, offers: Offers, per_replica_bytes: int) -> str | None:
+    if spec.sharing.mig_profile:
+        return spec.sharing.mig_profile if spec.sharing.mig_profile in offers.mig_slices else None
+    fitting = [p for p in offers.mig_slices if p in {m.name for m in gpu.mig_profiles}]
+    fitting = [p for p in fitting if _mig_bytes(gpu, p) >= per_replica_bytes]
+    return min(fitting, key=lambda p: _mig_bytes(gpu, p), default=None)
+
+
+def choose(spec: LLMDeploymentSpec, found: list[Candidate], offers: Offers) -> Candidate:
+    if not found:
+        raise PlanningError(
+            "NoMatchingNodes",
+            f"no node offers {spec.gpu.product} for sharing mode {spec.sharing.mode}"
+            + (f" ({spec.sharing.mps_provider})" if spec.sharing.mode == "mps" else "")
+            + f"; the cluster offers {offers.describe()} for it. Change sharing.mode or gpu.product, "
+            "or add nodes",
+        )
+    if len(found) == 1:
+        return found[0]
+    # auto: the most predicted tokens/s per GPU; a mode without a prediction ranks last, and
+    # ties go to the simpler mode (the order candidates() lists them in).
+    return max(found, key=lambda c: c.tokens_per_s_per_gpu or -1.0)
+
+
+def serving_plan(
+    *,
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    spec: LLMDeploymentSpec,
+    chosen: Candidate,
+    vllm_args: list[str],
+    per_replica_bytes: int,
+    image: str,
+) -> ServingPlan:
+    gpus = spec.gpu.count
+    replicas = gpus * chosen.replicas_per_gpu
+    if chosen.replica_limit is not None and replicas > chosen.replica_limit:
+        # MIG: the slices are partitioned by the cluster admin; serve on what exists.
+        replicas = chosen.replica_limit
+        gpus = math.ceil(replicas / chosen.replicas_per_gpu)
+    secret = spec.model.hf_token_secret_ref
+    extra: dict = {}
+    if chosen.provider == "dra":
+        extra = {
+            "mps_pinned_memory_bytes": per_replica_bytes,
+            # No thread cap: the paper's gain comes from replicas filling each other's idle gaps
+            # between decode steps; capping each to 1/R of the SMs would forbid exactly that.
+            "mps_active_thread_percentage": 100,
+        }
+    if chosen.provider == "devicePlugin":
+        extra = {"gpu_slices_per_replica": 1}
+    return ServingPlan(
+        name=name,
+        namespace=namespace,
+        owner=owner,
+        model=spec.model.name,
+        revision=spec.model.revision,
+        dtype=spec.model.dtype,
+        hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
+        mode=chosen.mode,
+        mps_provider=chosen.provider,
+        gpu_product=spec.gpu.product,
+        gpus=gpus,
+        replicas_per_gpu=chosen.replicas_per_gpu,
+        replicas=replicas,
+        mig_profile=chosen.mig_profile,
+        vllm_args=[*vllm_args, *spec.serving.extra_args],
+        image=spec.serving.image or image,
+        env=[e.to_k8s() for e in spec.serving.env],
+        resources=spec.serving.resources,
+        port=spec.serving.port,
+        node_selector=spec.gpu.node_selector,
+        tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
+        **extra,
+    )
+
+
+def format_gain(fraction: float | None) -> str | None:
+    if fraction is None or math.isnan(fraction):
+        return None
+    return f"{fraction * 100:+.1f}%"
+
+
+def recommendation_status(
+    *,
+    plan: ServingPlan,
+    chosen: Candidate,
+    b_opt: int,
+    kv_cache_bytes: int,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    per_replica_bytes: int,
+    baseline_tokens_per_s: float | None,
+    memory_freed_fraction: float | None,
+    vllm_args: list[str],
+    explanation: str,
+) -> RecommendationStatus:
+    gain = None
+    if chosen.tokens_per_s_per_gpu and baseline_tokens_per_s:
+        gain = chosen.tokens_per_s_per_gpu / baseline_tokens_per_s - 1
+    return RecommendationStatus(
+        mode=chosen.mode,
+        mps_provider=chosen.provider,
+        mig_profile=chosen.mig_profile,
+        max_num_seqs=b_opt,
+        kv_cache_bytes=kv_cache_bytes,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        replicas_per_gpu=chosen.replicas_per_gpu,
+        gpus=plan.gpus,
+        replicas=plan.replicas,
+        per_replica_memory_bytes=per_replica_bytes,
+        predicted_tokens_per_second_per_gpu=_round(chosen.tokens_per_s_per_gpu),
+        baseline_tokens_per_second_per_gpu=_round(baseline_tokens_per_s),
+        predicted_gain=format_gain(gain),
+        predicted_gain_fraction=None if gain is None else round(gain, 4),
+        predicted_itl_ms=_round(chosen.itl_ms, 2),
+        memory_freed_fraction=None if memory_freed_fraction is None else round(memory_freed_fraction, 4),
+        vllm_args=vllm_args,
+        explanation=explanation,
+    )
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)

@@ -1,0 +1,151 @@
+"""Planning: what the cluster offers per mode, which mode is chosen, and the profile key."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.hardware import lookup_gpu
+from llmpack.render.cluster import ClusterFacts, NodeFacts
+from llmpack.render.plan import OwnerRef
+from llmpack.render.planning import (
+    PlanningError,
+    candidates,
+    choose,
+    profile_key,
+    profiling_plan,
+    serving_plan,
+    short_name,
+)
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+GIB = 1 << 30
+OWNER = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="m", uid="u-1")
+
+
+def node(name, labels, allocatable):
+    return NodeFacts(name=name, labels=labels, allocatable={k: str(v) for k, v in allocatable.items()})
+
+
+def cluster(*, whole=8, mig=None, mps_replicas=None, dra=0):
+    facts = ClusterFacts()
+    if whole:
+        facts.nodes["a"] = node("a", {"nvidia.com/gpu.product": H100}, {"nvidia.com/gpu": whole})
+    if mig:
+        facts.nodes["m"] = node(
+            "m",
+            {"nvidia.com/gpu.product": H100, "nvidia.com/mig.strategy": "mixed"},
+            {f"nvidia.com/mig-{p}": n for p, n in mig.items()},
+        )
+    if mps_replicas:
+        facts.nodes["s"] = node(
+            "s",
+            {
+                "nvidia.com/gpu.product": H100 + "-SHARED",
+                "nvidia.com/gpu.sharing-strategy": "mps",
+                "nvidia.com/gpu.replicas": str(mps_replicas),
+            },
+            {"nvidia.com/gpu": 2 * mps_replicas},
+        )
+    if dra:
+        facts.nodes["d"] = node("d", {"nvidia.com/gpu.product": H100}, {})
+        facts.device_classes.add("gpu.nvidia.com")
+        facts.dra_devices["d"] = dra
+    return facts
+
+
+def spec(**overrides):
+    return LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}, **overrides})
+
+
+def flat(tps_single=1000.0, gain_per_replica=0.2):
+    def predict(replicas, mig):
+        if mig:
+            return 700.0 * 3, 20.0
+        return tps_single * (1 + gain_per_replica * (replicas - 1)), 15.0 * replicas
+
+    return predict
+
+
+def test_offers_are_read_from_gfd_labels_and_capacity():
+    offers = cluster(whole=8, mig={"1g.10gb": 7, "3g.40gb": 1}, mps_replicas=4, dra=8).offers(H100)
+    assert offers.exclusive_gpus == 8
+    assert offers.mig_slices == {"1g.10gb": 7, "3g.40gb": 1}
+    assert offers.device_plugin_mps_replicas == 4 and offers.device_plugin_mps_gpus == 2
+    assert offers.mps_dra_gpus == 8
+    assert cluster().offers("NVIDIA-A100-SXM4-80GB").modes == []
+
+
+def test_auto_takes_the_mode_with_most_predicted_tokens_per_gpu():
+    gpu = lookup_gpu(H100)
+    s = spec()
+    offers = cluster(whole=8, dra=8).offers(H100)
+    found = candidates(s, gpu, offers, 10 * GIB, 3, flat())
+    assert {c.label for c in found} == {"exclusive", "mps/dra"}
+    assert choose(s, found, offers).label == "mps/dra"
+
+
+def test_device_plugin_mps_needs_the_whole_replica_within_one_slice():
+    gpu = lookup_gpu(H100)
+    s = spec(sharing={"mode": "mps", "mpsProvider": "devicePlugin"})
+    offers = cluster(whole=0, mps_replicas=4).offers(H100)
+    assert [c.label for c in candidates(s, gpu, offers, 15 * GIB, 8, flat())] == ["mps/devicePlugin"]
+    assert candidates(s, gpu, offers, 30 * GIB, 8, flat()) == []
+    with pytest.raises(PlanningError, match="no node offers"):
+        choose(s, candidates(s, gpu, offers, 30 * GIB, 8, flat()), offers)
+
+
+def test_mig_takes_the_smallest_offered_slice_that_holds_a_replica_and_caps_replicas():
+    gpu = lookup_gpu(H100)
+    s = spec(sharing={"mode": "mig"}, gpu={"count": 2})
+    offers = cluster(whole=0, mig={"1g.10gb": 7, "2g.20gb": 2, "3g.40gb": 1}).offers(H100)
+    (chosen,) = candidates(s, gpu, offers, 12 * GIB, 1, flat())
+    assert chosen.mig_profile == "2g.20gb"
+    plan = serving_plan(
+        name="m",
+        namespace="ns",
+        owner=OWNER,
+        spec=s,
+        chosen=chosen,
+        vllm_args=["--max-num-seqs", "8"],
+        per_replica_bytes=12 * GIB,
+        image="img",
+    )
+    assert plan.replicas == 2  # only two 2g.20gb slices exist, not 2 GPUs x 3
+    assert plan.mig_profile == "2g.20gb"
+
+
+def test_explicit_mode_the_cluster_lacks_is_refused_with_what_it_offers():
+    gpu = lookup_gpu(H100)
+    s = spec(sharing={"mode": "mig"})
+    offers = cluster(whole=8).offers(H100)
+    with pytest.raises(PlanningError) as err:
+        choose(s, candidates(s, gpu, offers, GIB, 1, flat()), offers)
+    assert "exclusive" in str(err.value) and err.value.reason == "NoMatchingNodes"
+
+
+def test_profile_key_ignores_serving_fields_and_tracks_measurement_fields():
+    base = profile_key(spec(), "img:1")
+    assert profile_key(spec(serving={"port": 9000, "extraArgs": ["--enforce-eager"]}), "img:1") == base
+    assert profile_key(spec(sharing={"mode": "exclusive"}), "img:1") == base
+    assert profile_key(spec(workload={"promptTokens": 512}), "img:1") != base
+    assert profile_key(spec(gpu={"product": "NVIDIA-A100-SXM4-80GB"}), "img:1") != base
+    assert profile_key(spec(), "img:2") != base
+    own = spec(profiling={"reuseCachedProfile": False})
+    assert profile_key(own, "img:1", "uid-a") != profile_key(own, "img:1", "uid-b")
+
+
+def test_profiling_plan_names_fit_and_args_carry_the_measurement():
+    s = spec(model={"name": "facebook/opt-1.3b", "revision": "main"})
+    plan = profiling_plan(name="x" * 80, namespace="ns", owner=OWNER, spec=s, key="k" * 40, image="img")
+    assert len(plan.name) <= 56 and len(plan.result_configmap) <= 63
+    args = plan.args
+    assert args[args.index("--model") + 1] == "facebook/opt-1.3b"
+    assert args[args.index("--result-configmap") + 1] == plan.result_configmap
+    assert args[args.index("--revision") + 1] == "main"
+
+
+def test_short_name_is_stable_and_bounded():
+    assert short_name("a", "b") == "a-b"
+    long = short_name("x" * 100, "profile")
+    assert len(long) == 63 and long == short_name("x" * 100, "profile")
