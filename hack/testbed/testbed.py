@@ -695,9 +695,13 @@ def up(
             lambda: _exists(tb, "/api/v1/namespaces/default/serviceaccounts/default"),
             timeout,
         )
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):
             tb.stop(grace=3)
+        if isinstance(e, TestbedError):
+            raise TestbedError(
+                f"{e}\n(everything was stopped; logs are kept in {run_dir / 'logs'})"
+            ) from None
         raise
     log(f"up in {time.monotonic() - t0:.1f}s: {run_dir}")
     return tb

@@ -390,6 +390,27 @@ def test_a_second_testbed_does_not_collide_and_down_stops_it(testbed, tmp_path):
     assert set(testbed.alive()) == set(testbed_lib.COMPONENTS)
 
 
+def test_a_component_that_fails_to_start_is_named_and_nothing_is_left(testbed, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for exe in testbed.bin_dir.iterdir():
+        (bin_dir / exe.name).symlink_to(exe)
+    (bin_dir / "kube-scheduler").unlink()
+    (bin_dir / "kube-scheduler").write_text(
+        "#!/bin/sh\necho 'E0101 simulated: bind: address already in use'\nexit 3\n"
+    )
+    (bin_dir / "kube-scheduler").chmod(0o755)
+    with pytest.raises(testbed_lib.TestbedError) as failed:
+        testbed_lib.up(bin_dir, base_dir=tmp_path / "runs")
+    message = str(failed.value)
+    assert "kube-scheduler exited with code 3" in message
+    assert "simulated: bind: address already in use" in message
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    pids = testbed_lib.Testbed.load(run_dir).pids
+    assert set(pids) == set(testbed_lib.COMPONENTS)
+    assert not any(testbed_lib.pid_alive(pid) for pid in pids.values())
+
+
 def test_extra_whole_gpu_nodes_can_be_added(testbed, admin_api):
     extra = testbed_lib.whole_gpu_nodes(3, prefix="gpu-extra")
     testbed.add_objects(extra)
