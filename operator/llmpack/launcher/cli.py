@@ -1,0 +1,121 @@
+"""`llmpack launch`: run N vLLM replicas that share one GPU (MPS) behind a local router.
+
+Command line (what the render layer emits as the serving container's args; the serving image's
+ENTRYPOINT is `llmpack launch`):
+
+    llmpack launch --replicas 2 --first-port 8100 --router-port 8000 --model facebook/opt-1.3b \\
+        -- --max-num-seqs 96 --kv-cache-memory-bytes 4294967296 --gpu-memory-utilization 0.45
+
+- Everything after `--` is the replica command. If it starts with a flag (or is empty), it means
+  `vllm serve MODEL FLAGS` with MODEL from --model: the render layer passes ServingPlan.vllm_args
+  unchanged. A full command (`-- vllm serve facebook/opt-1.3b --max-num-seqs 96`, or any other
+  OpenAI-compatible server) is run as given, without --model.
+- Replica i runs that command plus `--host 127.0.0.1 --port FIRST_PORT+i`; the launcher owns
+  --host and --port, and rejects a command that sets them. Only the router's port is reachable from
+  outside the pod.
+- Replicas that differ: `--replica-args=FLAGS` once per replica (a shell-quoted string appended to
+  replica i's command; write it with `=` because its value starts with a dash). Their number is the
+  replica count, and --replicas may then be left out.
+
+Replicas start one after another, each only when the previous answers GET /health with 200, because
+two vLLM instances starting together on one GPU corrupt each other's memory profiling (vllm issue
+55827). The router on --router-port proxies every path to the healthy replica with the fewest
+requests in flight and answers itself on /healthz and /health (200 only when every replica serves),
+/readyz (the same, and 503 once shutting down) and /metrics (the replicas' metrics, each sample
+labelled replica="i", plus the router's own). Probes: use a startupProbe on /healthz whose budget
+covers all replicas' start (replicas x --start-timeout at most), then liveness on /healthz and
+readiness on /readyz. Exit status: 0 after SIGTERM, 1 when a replica fails to start or all have
+exited, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from llmpack.launcher.command import replica_commands
+from llmpack.launcher.supervisor import Launcher, LaunchSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LaunchSettings()
+    parser.add_argument(
+        "--replicas", type=int, help="how many replicas (default: 1, or one per --replica-args)"
+    )
+    parser.add_argument("--model", help="model for the default command `vllm serve MODEL`")
+    parser.add_argument(
+        "--replica-args",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="flags for one replica only, shell-quoted; repeat once per replica (write --replica-args=...)",
+    )
+    parser.add_argument("--first-port", type=int, default=8100, help="replica i listens on this + i")
+    parser.add_argument("--replica-host", default="127.0.0.1", help="address replicas listen on")
+    parser.add_argument("--router-port", type=int, default=defaults.router_port, help="the service port")
+    parser.add_argument("--router-host", default=defaults.router_host)
+    parser.add_argument("--health-path", default=defaults.health_path, help="replica health endpoint")
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=defaults.start_timeout_s,
+        metavar="SECONDS",
+        help="how long one replica may take to become healthy (weights download, CUDA graph capture)",
+    )
+    parser.add_argument("--start-poll", type=float, default=defaults.start_poll_s, metavar="SECONDS")
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=defaults.health_interval_s,
+        metavar="SECONDS",
+        help="how often a serving replica's health is checked after start",
+    )
+    parser.add_argument(
+        "--recheck-interval",
+        type=float,
+        default=defaults.recheck_s,
+        metavar="SECONDS",
+        help="how often an unhealthy replica is checked for recovery",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=defaults.connect_timeout_s, metavar="SECONDS"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=defaults.shutdown_grace_s,
+        metavar="SECONDS",
+        help="after SIGTERM, how long replicas may finish before SIGKILL (keep below the pod's "
+        "terminationGracePeriodSeconds)",
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="after --: vLLM flags (with --model) or a full server command",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    commands = replica_commands(
+        model=args.model,
+        command=args.command,
+        replicas=args.replicas,
+        replica_args=args.replica_args,
+        first_port=args.first_port,
+        replica_host=args.replica_host,
+        router_port=args.router_port,
+    )
+    settings = LaunchSettings(
+        router_host=args.router_host,
+        router_port=args.router_port,
+        health_path=args.health_path,
+        start_timeout_s=args.start_timeout,
+        start_poll_s=args.start_poll,
+        health_interval_s=args.health_interval,
+        recheck_s=args.recheck_interval,
+        connect_timeout_s=args.connect_timeout,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-launch %(levelname)s %(message)s")
+    return asyncio.run(Launcher(commands, settings).run())

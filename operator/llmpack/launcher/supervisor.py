@@ -1,0 +1,154 @@
+"""The life of a packed serving pod: router up, replicas started one by one, watched, stopped on SIGTERM.
+
+Exit status: 0 after SIGTERM/SIGINT; 1 when a replica fails to start (the others are stopped and the
+kubelet restarts the container) or when every replica has exited. A replica that dies after start
+is not restarted here: starting a vLLM next to running ones is safe, but the memory its dead engine
+held may not be free yet, so the pod's liveness probe (/healthz) restarts the whole pod instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from llmpack.launcher.command import ReplicaCommand
+from llmpack.launcher.health import HealthMonitor
+from llmpack.launcher.process import ReplicaProcess, ReplicaStartError
+from llmpack.launcher.replica import Replica, ReplicaState
+from llmpack.launcher.router import Router, upstream_session
+
+log = logging.getLogger("llmpack.launcher")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    router_host: str = "0.0.0.0"
+    router_port: int = 8000
+    health_path: str = "/health"
+    start_timeout_s: float = 1200.0
+    start_poll_s: float = 1.0
+    health_interval_s: float = 5.0
+    recheck_s: float = 1.0
+    health_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    shutdown_grace_s: float = 25.0
+
+
+class Launcher:
+    def __init__(self, commands: list[ReplicaCommand], settings: LaunchSettings) -> None:
+        self.settings = settings
+        self.processes = [ReplicaProcess(command) for command in commands]
+        self.replicas = [Replica(command.index, command.base_url) for command in commands]
+        self._stop_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> int:
+        self._handle_stop_signals()
+        async with upstream_session(self.settings.connect_timeout_s) as session:
+            router = Router(self.replicas, session)
+            port = await router.start(self.settings.router_host, self.settings.router_port)
+            log.info("router listening on %s:%s", self.settings.router_host, port)
+            try:
+                return await self._serve(session)
+            finally:
+                router.draining = True
+                await self._stop_replicas()
+                await router.stop()
+
+    async def _serve(self, session) -> int:
+        try:
+            started = await self._unless_stopped(self._start_in_order(session))
+        except ReplicaStartError as err:
+            log.error("%s\nStopping the other replicas; the container exits so that it restarts.", err)
+            return 1
+        if not started:
+            return 0
+        log.info("all %d replicas healthy", len(self.replicas))
+        monitor = HealthMonitor(
+            session,
+            path=self.settings.health_path,
+            interval_s=self.settings.health_interval_s,
+            recheck_s=self.settings.recheck_s,
+            timeout_s=self.settings.health_timeout_s,
+        )
+        self._tasks += [asyncio.create_task(monitor.watch(replica)) for replica in self.replicas]
+        if await self._unless_stopped(self._all_exited()):
+            log.error("every replica has exited; nothing left to serve")
+            return 1
+        return 0
+
+    async def _start_in_order(self, session) -> None:
+        """One replica at a time: vLLM measures free GPU memory while it starts, and a neighbour
+        loading its weights at the same moment corrupts that measurement (vllm issue 55827)."""
+        for process, replica in zip(self.processes, self.replicas, strict=True):
+            log.info("starting replica %d: %s", process.index, " ".join(process.command.argv))
+            await process.start()
+            self._tasks.append(asyncio.create_task(self._watch_exit(process, replica)))
+            await process.wait_until_healthy(
+                session,
+                health_path=self.settings.health_path,
+                timeout_s=self.settings.start_timeout_s,
+                poll_s=self.settings.start_poll_s,
+            )
+            replica.mark_healthy()
+            log.info("replica %d healthy on %s", process.index, replica.base_url)
+            self._raise_if_an_earlier_replica_died()
+
+    def _raise_if_an_earlier_replica_died(self) -> None:
+        for process in self.processes:
+            if process.exited is not None and process.exited.done():
+                raise ReplicaStartError(
+                    f"replica {process.index} exited with code {process.exited.result()} while later "
+                    f"replicas were starting; its last output:\n{process.tail()}"
+                )
+
+    async def _watch_exit(self, process: ReplicaProcess, replica: Replica) -> None:
+        code = await process.wait_exited()
+        was_started = replica.state is not ReplicaState.STARTING  # a failed start is reported there
+        replica.mark_exited(code)
+        process.kill_leftovers()
+        if was_started and not self._stop_requested.is_set():
+            log.error("replica %d exited with code %s; the router no longer sends to it", process.index, code)
+
+    async def _all_exited(self) -> None:
+        # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves.
+        await asyncio.wait([p.exited for p in self.processes if p.exited is not None])
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Run work until it finishes (True) or a stop signal arrives first (False, work cancelled)."""
+        work_task = asyncio.ensure_future(work)
+        stop_task = asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (work_task, stop_task):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop_task
+        if work_task.done() and not work_task.cancelled():
+            work_task.result()  # re-raise what the work raised
+            return True
+        with contextlib.suppress(asyncio.CancelledError):
+            await work_task
+        return False
+
+    async def _stop_replicas(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        grace = self.settings.shutdown_grace_s
+        codes = await asyncio.gather(*(p.stop(grace) for p in self.processes))
+        for process, code in zip(self.processes, codes, strict=True):
+            if code is not None:
+                log.info("replica %d stopped (exit code %s)", process.index, code)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _handle_stop_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("%s received: stopping the replicas", signal.Signals(signum).name)
+        self._stop_requested.set()

@@ -1,0 +1,201 @@
+"""`llmpack launch` as the kubelet runs it: a real process starting real stand-in servers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+FAKE_VLLM = Path(__file__).with_name("launcher_fake_vllm.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def free_port_range(count: int) -> int:
+    """A first port such that it and the next count - 1 are free now."""
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        try:
+            holders = []
+            for port in range(first, first + count):
+                holder = socket.socket()
+                holders.append(holder)
+                holder.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for holder in holders:
+                holder.close()
+    raise RuntimeError("no free port range")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met within {timeout_s} s: {what}")
+        time.sleep(0.02)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for a parent that is not ours to reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+class Launch:
+    def __init__(self, tmp_path: Path, replicas: int, fake_flags: list[str], launcher_flags: list[str]):
+        self.record = tmp_path / "events.jsonl"
+        self.first_port = free_port_range(replicas)
+        self.router_port = free_port()
+        while self.first_port <= self.router_port < self.first_port + replicas:
+            self.router_port = free_port()
+        command = [sys.executable, str(FAKE_VLLM), "--record", str(self.record), *fake_flags]
+        argv = [
+            *(sys.executable, "-m", "llmpack.cli", "launch"),
+            *("--replicas", str(replicas), "--first-port", str(self.first_port)),
+            *("--router-host", "127.0.0.1", "--router-port", str(self.router_port)),
+            *("--start-poll", "0.05", "--health-interval", "0.2", "--shutdown-grace", "5"),
+            *launcher_flags,
+            "--",
+            *command,
+        ]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def wait_for_health(self, status: int) -> None:
+        def answers_status() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"launcher exited early: {self.finish()}")
+            return get(self.url("/healthz"))[0] == status
+
+        wait_until(answers_status, what=f"/healthz answers {status}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.router_port}{path}"
+
+    def finish(self, timeout_s: float = 15) -> tuple[int, str]:
+        stdout, stderr = self.process.communicate(timeout=timeout_s)
+        return self.process.returncode, stdout.decode() + stderr.decode()
+
+    def all_pids(self) -> set[int]:
+        events = records(self.record)
+        return {e["pid"] for e in events} | {e["helper_pid"] for e in events if "helper_pid" in e}
+
+
+@pytest.fixture
+def launches(tmp_path: Path) -> Iterator[Callable[..., Launch]]:
+    started: list[Launch] = []
+
+    def launch(replicas: int, fake_flags: list[str], launcher_flags: list[str] = ()) -> Launch:
+        started.append(Launch(tmp_path, replicas, fake_flags, list(launcher_flags)))
+        return started[-1]
+
+    yield launch
+    for each in started:  # a failed test must not leave servers behind
+        if each.process.poll() is None:
+            each.process.kill()
+            each.process.wait()
+        for pid in each.all_pids():
+            if not is_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_replicas_start_one_after_another_serve_and_stop_on_sigterm(launches) -> None:
+    launch = launches(3, ["--ready-after", "0.2", "--spawn-helper"])
+    launch.wait_for_health(200)
+
+    events = records(launch.record)
+    starts = {e["port"]: e["time"] for e in events if e["event"] == "start"}
+    listening = {e["port"]: e["time"] for e in events if e["event"] == "listening"}
+    ports = [launch.first_port + i for i in range(3)]
+    assert sorted(starts) == ports
+    for earlier, later in itertools.pairwise(ports):
+        assert starts[later] >= listening[earlier], "a replica started before the previous was healthy"
+
+    status, body = get(launch.url("/v1/models"))
+    assert status == 200 and json.loads(body)["data"]
+
+    launch.process.send_signal(signal.SIGTERM)
+    code, output = launch.finish()
+    assert code == 0, output
+    assert "SIGTERM received" in output
+    pids = launch.all_pids()
+    assert len(pids) == 6  # three servers, three helpers
+    wait_until(lambda: all(is_gone(pid) for pid in pids), timeout_s=5, what="no process left")
+
+
+def test_a_replica_that_dies_after_start_turns_health_false(launches) -> None:
+    launch = launches(2, [])
+    launch.wait_for_health(200)
+    victim = next(e["pid"] for e in records(launch.record) if e["port"] == launch.first_port + 1)
+    os.kill(victim, signal.SIGKILL)
+
+    launch.wait_for_health(503)
+    health = json.loads(get(launch.url("/healthz"))[1])
+    assert health["notServing"] == [1]
+    assert health["replicas"][1]["reason"] == "process exited with code -9"
+    for _ in range(4):  # the survivor takes everything
+        assert get(launch.url("/v1/models"))[0] == 200
+
+    launch.process.send_signal(signal.SIGTERM)
+    code, output = launch.finish()
+    assert code == 0, output
+    assert "replica 1 exited with code -9" in output
+
+
+def test_a_replica_crashing_during_start_fails_the_launch_with_its_output(launches) -> None:
+    launch = launches(
+        2,
+        [],
+        ["--replica-args=", "--replica-args=--exit-after 0.05 --exit-code 7"],
+    )
+    code, output = launch.finish()
+    assert code == 1
+    assert "replica 1" in output and "exited with code 7" in output
+    assert "CUDA out of memory (fake)" in output  # the tail of its output, in the launcher's error
+    wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
+
+
+def test_a_replica_not_healthy_in_time_fails_the_launch(launches) -> None:
+    launch = launches(1, ["--ready-after", "60"], ["--start-timeout", "0.5"])
+    code, output = launch.finish()
+    assert code == 1
+    assert "was not healthy within 0.5 s (--start-timeout)" in output
+    wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")

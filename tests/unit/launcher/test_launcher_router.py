@@ -1,0 +1,268 @@
+"""The launcher's router against real HTTP servers on loopback standing in for vLLM (in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from launcher_fake_vllm import FakeVllm, sse_chunk
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmpack.launcher.health import HealthMonitor
+from llmpack.launcher.replica import Replica, ReplicaState
+from llmpack.launcher.router import REPLICA_HEADER, Router, upstream_session
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Upstream:
+    """One fake vLLM listening on loopback, which a test can kill and bring back on the same port."""
+
+    def __init__(self, name: str) -> None:
+        self.fake = FakeVllm(name)
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.fake.make_app(), access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def kill(self) -> None:
+        """Stop listening and drop open connections, as a crashed server would."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@contextlib.asynccontextmanager
+async def routed(count: int) -> AsyncIterator[tuple[list[Upstream], Router, str, aiohttp.ClientSession]]:
+    upstreams = [Upstream(f"fake-{i}") for i in range(count)]
+    for upstream in upstreams:
+        await upstream.start()
+    replicas = [Replica(i, u.url) for i, u in enumerate(upstreams)]
+    for replica in replicas:
+        replica.mark_healthy()
+    async with upstream_session(connect_timeout_s=2) as upstream_client, aiohttp.ClientSession() as client:
+        router = Router(replicas, upstream_client)
+        port = await router.start("127.0.0.1", 0)
+        try:
+            yield upstreams, router, f"http://127.0.0.1:{port}", client
+        finally:
+            await router.stop()
+            for upstream in upstreams:
+                await upstream.kill()
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def complete(client: aiohttp.ClientSession, url: str, **payload: object) -> tuple[int, str, dict]:
+    async with client.post(url + "/v1/completions", json={"prompt": "hi", **payload}) as response:
+        return response.status, response.headers.get(REPLICA_HEADER, ""), await response.json()
+
+
+def test_requests_go_to_the_replica_with_fewest_in_flight() -> None:
+    async def scenario() -> None:
+        async with routed(2) as (upstreams, router, url, client):
+            first_wave = [asyncio.create_task(complete(client, url, hold=True)) for _ in range(6)]
+            await eventually(lambda: sum(u.fake.completions for u in upstreams) == 6)
+            assert [u.fake.completions for u in upstreams] == [3, 3]
+
+            for _ in range(3):  # replica 0 finishes its three; replica 1 still holds three
+                upstreams[0].fake.release_held.put_nowait(None)
+            await eventually(lambda: router.replicas[0].in_flight == 0)
+            second_wave = [asyncio.create_task(complete(client, url, hold=True)) for _ in range(3)]
+            await eventually(lambda: upstreams[0].fake.completions == 6)
+            assert upstreams[1].fake.completions == 3
+
+            for _ in range(3):
+                upstreams[0].fake.release_held.put_nowait(None)
+                upstreams[1].fake.release_held.put_nowait(None)
+            answers = await asyncio.gather(*first_wave, *second_wave)
+            assert all(status == 200 for status, _, _ in answers)
+            assert sorted(replica for _, replica, _ in answers) == ["0"] * 6 + ["1"] * 3
+
+    asyncio.run(scenario())
+
+
+def test_idle_replicas_take_turns() -> None:
+    async def scenario() -> None:
+        async with routed(3) as (upstreams, _router, url, client):
+            for _ in range(9):
+                assert (await complete(client, url))[0] == 200
+            assert [u.fake.completions for u in upstreams] == [3, 3, 3]
+
+    asyncio.run(scenario())
+
+
+def test_stream_arrives_chunk_by_chunk_and_byte_for_byte() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, _router, url, client):
+            fake = upstreams[0].fake
+            payload = {"prompt": "hi", "stream": True, "chunks": 4, "gated": True}
+            async with client.post(url + "/v1/completions", json=payload) as response:
+                assert response.headers["Content-Type"] == "text/event-stream"
+                received = await response.content.readuntil(b"\n\n")
+                # Chunk 0 is here while the replica has not been allowed to write chunk 1: nothing
+                # between client and replica waited for the whole body.
+                assert received == sse_chunk("fake-0", 0)
+                for index in range(1, 4):
+                    fake.next_chunk.put_nowait(None)
+                    chunk = await response.content.readuntil(b"\n\n")
+                    assert chunk == sse_chunk("fake-0", index)
+                    received += chunk
+                received += await response.content.read()
+            expected = b"".join(sse_chunk("fake-0", i) for i in range(4)) + b"data: [DONE]\n\n"
+            assert received == expected
+
+    asyncio.run(scenario())
+
+
+def test_streams_with_delays_are_relayed_intact_under_concurrency() -> None:
+    async def read_stream(client: aiohttp.ClientSession, url: str) -> tuple[str, bytes]:
+        payload = {"stream": True, "chunks": 5, "chunk_delay": 0.01}
+        async with client.post(url + "/v1/chat/completions", json=payload) as response:
+            return response.headers[REPLICA_HEADER], await response.read()
+
+    async def scenario() -> None:
+        async with routed(2) as (_upstreams, _router, url, client):
+            results = await asyncio.gather(*(read_stream(client, url) for _ in range(8)))
+            for replica, body in results:
+                expected = b"".join(sse_chunk(f"fake-{replica}", i) for i in range(5))
+                assert body == expected + b"data: [DONE]\n\n"
+            assert {replica for replica, _ in results} == {"0", "1"}
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_replica_gets_no_requests_and_none_is_lost() -> None:
+    async def scenario() -> None:
+        async with routed(2) as (upstreams, router, url, client):
+            await upstreams[1].kill()  # the router has not noticed yet: no health monitor runs here
+            answers = await asyncio.gather(*(complete(client, url, prompt=str(i)) for i in range(20)))
+            assert [status for status, _, _ in answers] == [200] * 20
+            assert {replica for _, replica, _ in answers} == {"0"}
+            assert sorted(body["prompt"] for _, _, body in answers) == sorted(str(i) for i in range(20))
+            assert router.replicas[1].state is ReplicaState.UNHEALTHY
+            assert router.metrics.retries.labels("1")._value.get() >= 1
+
+            async with client.get(url + "/healthz") as response:
+                assert response.status == 503
+                assert (await response.json())["notServing"] == [1]
+            async with client.get(url + "/readyz") as response:
+                assert response.status == 503
+
+    asyncio.run(scenario())
+
+
+def test_no_healthy_replica_is_a_503_that_names_them() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, _router, url, client):
+            await upstreams[0].kill()
+            async with client.post(url + "/v1/completions", json={}) as response:
+                assert response.status == 503
+                body = await response.json()
+            assert body["error"] == "no healthy replica"
+            assert body["replicas"][0]["state"] == "unhealthy"
+
+    asyncio.run(scenario())
+
+
+def test_health_monitor_brings_a_recovered_replica_back() -> None:
+    async def scenario() -> None:
+        async with routed(2) as (upstreams, router, url, client), upstream_session(1) as session:
+            monitor = HealthMonitor(session, path="/health", interval_s=60, recheck_s=0.02, timeout_s=1)
+            watchers = [asyncio.create_task(monitor.watch(r)) for r in router.replicas]
+            await upstreams[1].kill()
+            await complete(client, url)
+            await complete(client, url)  # one of the two met the dead replica
+            assert router.replicas[1].state is ReplicaState.UNHEALTHY
+
+            await upstreams[1].start()  # same port
+            await eventually(lambda: router.replicas[1].serving)
+            async with client.get(url + "/healthz") as response:
+                assert response.status == 200
+            for watcher in watchers:
+                watcher.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_an_exited_replica_is_never_picked_again() -> None:
+    async def scenario() -> None:
+        async with routed(2) as (upstreams, router, url, client):
+            router.replicas[0].mark_exited(-9)
+            router.replicas[0].mark_healthy()  # a late health answer must not revive it
+            answers = [await complete(client, url) for _ in range(4)]
+            assert {replica for _, replica, _ in answers} == {"1"}
+            assert upstreams[0].fake.completions == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_response_broken_mid_stream_breaks_the_clients_response_too() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, router, url, client):
+            payload = {"stream": True, "chunks": 3, "gated": True}
+            async with client.post(url + "/v1/completions", json=payload) as response:
+                await response.content.readuntil(b"\n\n")
+                await upstreams[0].kill()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+            await eventually(lambda: router.metrics.upstream_errors.labels("0", "response")._value.get() == 1)
+
+    asyncio.run(scenario())
+
+
+def test_metrics_merge_every_replica_with_a_replica_label() -> None:
+    async def scenario() -> None:
+        async with routed(2) as (_upstreams, _router, url, client):
+            for _ in range(4):
+                await complete(client, url)
+            async with client.get(url + "/metrics") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = await response.text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        success = families["vllm:request_success"].samples
+        assert {(s.labels["replica"], s.value) for s in success} == {("0", 2.0), ("1", 2.0)}
+        latency = families["vllm:e2e_request_latency_seconds"].samples
+        assert {s.labels["replica"] for s in latency} == {"0", "1"}
+        routed_requests = families["llmpack_router_requests"].samples
+        totals = {s.labels["replica"]: s.value for s in routed_requests if s.name.endswith("_total")}
+        assert totals == {"0": 2.0, "1": 2.0}
+        assert "llmpack_router_requests_in_flight" in families
+        assert "llmpack_router_retries" in families
+        assert "llmpack_router_upstream_errors" in families
+        # One header per family, as the text format requires.
+        assert text.count("# TYPE vllm:num_requests_running ") == 1
+
+    asyncio.run(scenario())
+
+
+def test_other_paths_and_methods_are_proxied() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (_upstreams, _router, url, client):
+            async with client.get(url + "/v1/models?x=1") as response:
+                assert response.status == 200
+                assert json.loads(await response.text())["data"][0]["owned_by"] == "fake-0"
+            async with client.get(url + "/no/such/path") as response:
+                assert response.status == 404  # the replica's answer, relayed
+                assert response.headers[REPLICA_HEADER] == "0"
+
+    asyncio.run(scenario())
