@@ -42,9 +42,7 @@ class ProfileModel(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, validate_assignment=True)
 
 
-def _fraction(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
+def _not_a_percentage(value: float) -> float:
     if 1.0 < value <= 100.0:
         raise ValueError(
             f"must be a fraction between 0 and 1; {value:g} looks like a percentage, divide it by 100"
@@ -163,9 +161,9 @@ class ProfilePoint(ProfileModel):
         mode="before",
     )
     @classmethod
-    def _not_percent(cls, value: Any, info: Any) -> Any:
+    def _not_percent(cls, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return _fraction(float(value), info.field_name)
+            return _not_a_percentage(float(value))
         return value
 
     @property
