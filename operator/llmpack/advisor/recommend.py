@@ -137,7 +137,7 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
             f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one replica "
             f"needs {per_replica / GIB:.2f} GiB.",
-            f"{packed.replicas_per_gpu} replica{'s' if packed.replicas_per_gpu != 1 else ''} fit on one "
+            f"{packed.replicas_per_gpu} replica{'s fit' if packed.replicas_per_gpu != 1 else ' fits'} on one "
             f"{target.product} (limited by {packed.limited_by}), each with "
             f"--gpu-memory-utilization {packed.gpu_memory_utilization:.3f}.",
             f"Versus one vLLM instance with defaults (KV pool {baseline_pool / GIB:.2f} GiB) this frees "
