@@ -59,7 +59,7 @@ def testbed():
         yield reused
         return
     try:
-        tb = testbed_lib.up(_bin_dir())
+        tb = testbed_lib.up(_bin_dir(), die_with_parent=True)
     except testbed_lib.TestbedError as e:
         pytest.fail(f"the testbed did not start: {e}", pytrace=False)
     _set_kubeconfig(str(tb.kubeconfig))

@@ -412,6 +412,24 @@ def _pid_is_ours(pid: int, run_dir: Path) -> bool:
     return str(run_dir) in cmdline
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel kills the child when its parent dies (Linux prctl; throw-away data)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _load_libc() -> None:
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to import in the child
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -448,6 +466,7 @@ class Testbed:
     bin_dir: Path
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
+    die_with_parent: bool = False
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     # -- where things are
@@ -606,6 +625,7 @@ class Testbed:
                 cwd=self.dir,
                 env=env,
                 start_new_session=True,  # own session and process group: no terminal signals
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self._procs[name] = proc
         self.pids[name] = proc.pid
@@ -668,11 +688,14 @@ def up(
     base_dir: str | os.PathLike | None = None,
     objects: Sequence[dict] | None = None,
     timeout: float = 60,
+    die_with_parent: bool = False,
 ) -> Testbed:
     """Start a fresh testbed and return it once every component is ready and the nodes exist.
 
     On failure every started process is stopped and the folder (with its logs) is kept; the
-    TestbedError says which component failed, with the tail of its log.
+    TestbedError says which component failed, with the tail of its log. With `die_with_parent`
+    (what the test fixture uses) the kernel kills each component when this process dies,
+    so a killed test run leaves no orphans; `hack/testbed/up` leaves it off, its processes outlive it.
     """
     t0 = time.monotonic()
     bin_dir = Path(bin_dir).resolve()
@@ -683,8 +706,10 @@ def up(
         Path(base_dir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="llmpack-testbed-", dir=base_dir)).resolve()
     ports = dict(zip(COMPONENTS, free_ports(len(COMPONENTS)), strict=True))
-    tb = Testbed(dir=run_dir, bin_dir=bin_dir, ports=ports)
+    tb = Testbed(dir=run_dir, bin_dir=bin_dir, ports=ports, die_with_parent=die_with_parent)
     tb.save()
+    if die_with_parent:
+        _load_libc()
     try:
         _bring_up(tb, timeout)
         tb.add_objects(default_cluster_objects() if objects is None else objects, wait_nodes_ready=timeout)
