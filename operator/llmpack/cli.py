@@ -16,7 +16,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("llmpack.launcher.cli", "start packed vLLM replicas one after another behind a router"),
     "operator": ("llmpack.controller.cli", "run the operator"),
     "crd": ("llmpack.api.crd", "print the LLMDeployment CustomResourceDefinition"),
-    "demo": ("llmpack.demo", "run the operator on a local control plane with fake GPU nodes"),
 }
 
 
@@ -52,4 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so that `python -m llmpack.cli` and the console script
+    # share one UserError class (subcommands import it from llmpack.cli, not __main__).
+    from llmpack.cli import main as package_main
+
+    sys.exit(package_main())
