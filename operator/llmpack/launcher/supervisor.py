@@ -15,6 +15,8 @@ import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
+import aiohttp
+
 from llmpack.launcher.command import ReplicaCommand
 from llmpack.launcher.health import HealthMonitor
 from llmpack.launcher.process import ReplicaProcess, ReplicaStartError
@@ -59,7 +61,7 @@ class Launcher:
                 await self._stop_replicas()
                 await router.stop()
 
-    async def _serve(self, session) -> int:
+    async def _serve(self, session: aiohttp.ClientSession) -> int:
         try:
             started = await self._unless_stopped(self._start_in_order(session))
         except ReplicaStartError as err:
@@ -81,7 +83,7 @@ class Launcher:
             return 1
         return 0
 
-    async def _start_in_order(self, session) -> None:
+    async def _start_in_order(self, session: aiohttp.ClientSession) -> None:
         """One replica at a time: vLLM measures free GPU memory while it starts, and a neighbour
         loading its weights at the same moment corrupts that measurement (vllm issue 55827)."""
         for process, replica in zip(self.processes, self.replicas, strict=True):
@@ -112,7 +114,12 @@ class Launcher:
         replica.mark_exited(code)
         process.kill_leftovers()
         if was_started and not self._stop_requested.is_set():
-            log.error("replica %d exited with code %s; the router no longer sends to it", process.index, code)
+            log.error(
+                "replica %d exited with code %s; the router no longer sends to it. Its last output:\n%s",
+                process.index,
+                code,
+                process.tail(),
+            )
 
     async def _all_exited(self) -> None:
         # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves.

@@ -199,3 +199,22 @@ def test_a_replica_not_healthy_in_time_fails_the_launch(launches) -> None:
     assert code == 1
     assert "was not healthy within 0.5 s (--start-timeout)" in output
     wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
+
+
+def test_the_launcher_exits_1_when_every_replica_has_exited(launches) -> None:
+    launch = launches(1, [])
+    launch.wait_for_health(200)
+    os.kill(next(iter(launch.all_pids())), signal.SIGKILL)
+    code, output = launch.finish()
+    assert code == 1
+    assert "every replica has exited" in output
+
+
+def test_sigterm_during_the_staggered_start_stops_the_starting_replica(launches) -> None:
+    launch = launches(2, ["--ready-after", "60", "--spawn-helper"])
+    wait_until(lambda: any(e["event"] == "helper" for e in records(launch.record)), what="replica 0 started")
+    launch.process.send_signal(signal.SIGTERM)
+    code, output = launch.finish()
+    assert code == 0, output
+    assert [e["port"] for e in records(launch.record) if e["event"] == "start"] == [launch.first_port]
+    wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
