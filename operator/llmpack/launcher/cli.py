@@ -26,6 +26,10 @@ labelled replica="i", plus the router's own). Probes: use a startupProbe on /hea
 covers all replicas' start (replicas x --start-timeout at most), then liveness on /healthz and
 readiness on /readyz. Exit status: 0 after SIGTERM, 1 when a replica fails to start or all have
 exited, 2 for bad arguments.
+
+Router only (what a DRA MPS pod runs, where each replica is its own container started in order by
+Kubernetes as a native sidecar): `llmpack launch --router-only --router-port 8000 --upstream
+http://127.0.0.1:8001 --upstream http://127.0.0.1:8002` routes and health-checks, and starts nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ import argparse
 import asyncio
 import logging
 
+from llmpack.cli import UserError
 from llmpack.launcher.command import replica_commands
-from llmpack.launcher.supervisor import Launcher, LaunchSettings
+from llmpack.launcher.supervisor import Launcher, LaunchSettings, RouterOnly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "terminationGracePeriodSeconds)",
     )
     parser.add_argument(
+        "--router-only",
+        action="store_true",
+        help="start no replica: route to the --upstream servers other containers run",
+    )
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="with --router-only: base URL of one replica (repeat per replica)",
+    )
+    parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         help="after --: vLLM flags (with --model) or a full server command",
@@ -97,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.router_only:
+        return _run_router_only(args)
+    if args.upstream:
+        raise UserError("--upstream goes with --router-only")
     commands = replica_commands(
         model=args.model,
         command=args.command,
@@ -119,3 +140,24 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-launch %(levelname)s %(message)s")
     return asyncio.run(Launcher(commands, settings).run())
+
+
+def _run_router_only(args: argparse.Namespace) -> int:
+    command = [part for part in args.command if part != "--"]
+    if command or args.replica_args:
+        raise UserError("--router-only starts no replica: drop the command and --replica-args")
+    if not args.upstream:
+        raise UserError("--router-only needs at least one --upstream URL (e.g. http://127.0.0.1:8001)")
+    for url in args.upstream:
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"--upstream {url!r} is not an http:// or https:// URL")
+    settings = LaunchSettings(
+        router_host=args.router_host,
+        router_port=args.router_port,
+        health_path=args.health_path,
+        health_interval_s=args.health_interval,
+        recheck_s=args.recheck_interval,
+        connect_timeout_s=args.connect_timeout,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-router %(levelname)s %(message)s")
+    return asyncio.run(RouterOnly(args.upstream, settings).run())

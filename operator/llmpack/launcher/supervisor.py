@@ -159,3 +159,48 @@ class Launcher:
     def _on_stop_signal(self, signum: int) -> None:
         log.info("%s received: stopping the replicas", signal.Signals(signum).name)
         self._stop_requested.set()
+
+
+class RouterOnly:
+    """The router alone, in front of replicas that other containers of the pod run.
+
+    In a DRA MPS pod each vLLM replica is its own container, started one after another by
+    Kubernetes itself (native sidecars gated by startup probes), so this process only routes and
+    watches their health. Exit status 0 after SIGTERM/SIGINT."""
+
+    def __init__(self, upstreams: list[str], settings: LaunchSettings) -> None:
+        self.settings = settings
+        self.replicas = [Replica(index, url.rstrip("/")) for index, url in enumerate(upstreams)]
+        self._stop_requested = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop_requested.set)
+        async with upstream_session(self.settings.connect_timeout_s) as session:
+            router = Router(self.replicas, session)
+            port = await router.start(self.settings.router_host, self.settings.router_port)
+            log.info(
+                "router listening on %s:%s for %d replicas",
+                self.settings.router_host,
+                port,
+                len(self.replicas),
+            )
+            monitor = HealthMonitor(
+                session,
+                path=self.settings.health_path,
+                interval_s=self.settings.health_interval_s,
+                recheck_s=self.settings.recheck_s,
+                timeout_s=self.settings.health_timeout_s,
+            )
+            tasks = [asyncio.create_task(monitor.watch(replica)) for replica in self.replicas]
+            try:
+                await self._stop_requested.wait()
+                log.info("stop signal received: draining the router")
+            finally:
+                router.draining = True
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await router.stop()
+        return 0
