@@ -1,0 +1,621 @@
+"""ServingPlan -> the Kubernetes objects that serve it, for each sharing mode.
+
+Pure: no kopf, no kubernetes client. Every function returns plain dicts shaped as the API server's
+JSON, ready for server-side apply (field manager `llmpack`, force): fields rendered here are owned by
+the operator, so a hand edit of any of them (a hostIPC: true, a dropped probe) is undone on the next
+reconcile. That is also why some defaults are written out explicitly (privileged: false, hostPID:
+false...): an explicit value is an owned value.
+
+Objects per mode (DESIGN.md "Sharing modes"):
+
+- exclusive: Deployment (one pod = one replica = one whole GPU) + Service.
+- mps/dra: ResourceClaimTemplate (NVIDIA GpuConfig asking for MPS) + Deployment (one pod per GPU,
+  one vLLM container per replica started one after another, a local router in front) + Service.
+- mps/devicePlugin: Deployment (one pod per replica asking for `nvidia.com/gpu` MPS slices on nodes
+  the device plugin shares with MPS) + Service.
+- mig: Deployment (one pod per replica asking for one `nvidia.com/mig-<profile>`) + Service.
+
+The pod-level building blocks at the end (names, labels, security, workspace volumes, env) are also
+used by the profiling Job (render/profiling.py), so every pod llmpack creates looks the same.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from copy import deepcopy
+from typing import Any
+
+from llmpack.render.cluster import GPU_RESOURCE, MIG_RESOURCE_PREFIX, SHARED_SUFFIX
+from llmpack.render.plan import (
+    ANNOTATION_CONFIG_HASH,
+    GPU_PRODUCT_LABEL,
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    SHARING_STRATEGY_LABEL,
+    OwnerRef,
+    SecretKey,
+    ServingPlan,
+    stable_hash,
+)
+
+COMPONENT_SERVING = "serving"
+COMPONENT_PROFILER = "profiler"
+
+# -- pod identity ------------------------------------------------------------------------------------
+# Every pod llmpack renders runs as this one UID/GID. MPS runs one server per UID: a client with a
+# different UID waits until the existing server exits (FACTS.md 3.1), so all vLLM processes that
+# share a GPU, whether containers of one pod (DRA) or pods on one device-plugin-shared node, must
+# run as the same UID. A fixed, non-root UID also makes the pods pass the `restricted` Pod Security
+# Standard without depending on the image's USER (the vLLM images run as root).
+RUN_AS_UID = 1000
+RUN_AS_USER_NAME = "llmpack"  # getpass.getuser() (torch inductor, triton) needs it: no passwd entry
+
+# The root filesystem is read-only; everything a model server writes goes to emptyDirs.
+WORKSPACE_DIR = "/var/cache/llmpack"  # HOME: the Hugging Face download, vLLM/torch/triton caches
+TMP_DIR = "/tmp"
+
+# vLLM start-up (weights download, load, torch.compile, CUDA graph capture) can take many minutes.
+# A startupProbe holds liveness/readiness off until the first success, rather than a long
+# initialDelaySeconds that would also delay a fast restart.
+STARTUP_PERIOD_S = 10
+STARTUP_BUDGET_S = 30 * 60
+HEALTH_TIMEOUT_S = 5
+
+MAX_NAME = 63
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+DRA_DEVICE_CLASS = "gpu.nvidia.com"
+DRA_DRIVER = "gpu.nvidia.com"
+DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
+
+
+def render_serving(plan: ServingPlan) -> list[dict[str, Any]]:
+    """The objects that serve `plan`, in apply order (a claim template before the pods using it)."""
+    if plan.mode == "exclusive":
+        return [exclusive_deployment(plan), serving_service(plan)]
+    if plan.mode == "mig":
+        return [mig_deployment(plan), serving_service(plan)]
+    if plan.mode == "mps" and plan.mps_provider == "dra":
+        return [mps_claim_template(plan), mps_dra_deployment(plan), serving_service(plan)]
+    if plan.mode == "mps" and plan.mps_provider == "devicePlugin":
+        return [mps_device_plugin_deployment(plan), serving_service(plan)]
+    raise ValueError(f"cannot render mode {plan.mode!r} with MPS provider {plan.mps_provider!r}")
+
+
+# -- one Deployment per mode -------------------------------------------------------------------------
+
+
+def exclusive_deployment(plan: ServingPlan) -> dict[str, Any]:
+    """One pod per replica, each holding one whole GPU: the baseline every figure is compared with."""
+    return one_replica_per_pod(plan, {GPU_RESOURCE: 1}, _product_selector(plan), shm=True)
+
+
+def mig_deployment(plan: ServingPlan) -> dict[str, Any]:
+    """One pod per replica, each asking for one MIG slice of the chosen profile (mixed strategy
+    resource names, FACTS.md 4.2). vLLM sees the slice as the whole device."""
+    if not plan.mig_profile:
+        raise ValueError("mode mig needs plan.mig_profile")
+    limits = {MIG_RESOURCE_PREFIX + plan.mig_profile: 1}
+    return one_replica_per_pod(plan, limits, _product_selector(plan), shm=True)
+
+
+def mps_device_plugin_deployment(plan: ServingPlan) -> dict[str, Any]:
+    """One pod per replica on nodes whose device plugin shares GPUs through MPS. The plugin splits
+    every GPU evenly (total/replicas of memory per client), so a replica asks for as many slices as
+    its memory needs; the node carries the product label suffixed `-SHARED` (FACTS.md 3.2).
+
+    No /dev/shm emptyDir here: the plugin bind-mounts the MPS daemon's shared memory at /dev/shm,
+    and the MPS client must see that one."""
+    selector = {
+        **plan.node_selector,
+        SHARING_STRATEGY_LABEL: "mps",
+        GPU_PRODUCT_LABEL: plan.gpu_product + SHARED_SUFFIX,
+    }
+    return one_replica_per_pod(plan, {GPU_RESOURCE: plan.gpu_slices_per_replica or 1}, selector, shm=False)
+
+
+def one_replica_per_pod(
+    plan: ServingPlan, gpu_limits: dict[str, int], node_selector: dict[str, str], *, shm: bool
+) -> dict[str, Any]:
+    """A Deployment of plan.replicas pods, each one `vllm` container on the service port."""
+    container = vllm_container(plan, "vllm", plan.port, shm=shm, gpu_limits=gpu_limits)
+    pod = serving_pod_spec(plan, [container], node_selector=node_selector, shm=shm)
+    return serving_deployment(plan, pod, replicas=plan.replicas, default_container="vllm")
+
+
+def mps_dra_deployment(plan: ServingPlan) -> dict[str, Any]:
+    """One pod per GPU: the pod's one ResourceClaim (MPS through NVIDIA's DRA driver) is shared by
+    its vLLM containers, one per replica, each on its own port, behind a router on the service port.
+
+    Why native sidecars (init containers with restartPolicy Always): two vLLM instances starting at
+    once on one GPU corrupt each other's start-up memory profiling (vllm issue 55827, FACTS.md 1.5).
+    The kubelet starts init containers in order and starts the next sidecar only after the previous
+    one's startupProbe succeeded, so replica i+1 begins loading only once replica i is serving,
+    without a supervisor process; each replica stays its own container (own logs, own restarts,
+    own resources), and the router, a regular container, starts once all replicas serve. On
+    termination the router stops first, then the replicas in reverse order.
+
+    The replicas listen on every interface because the kubelet probes the pod IP; the Service
+    targets only the router's port. All containers run as the pod's one UID (one MPS server per
+    UID). No /dev/shm emptyDir: the DRA driver bind-mounts the MPS shared memory there."""
+    ports = replica_ports(plan)
+    replicas = [vllm_sidecar(plan, i, port) for i, port in enumerate(ports)]
+    pod = serving_pod_spec(
+        plan,
+        [router_container(plan, ports)],
+        init_containers=replicas,
+        node_selector=_product_selector(plan),
+        shm=False,
+    )
+    pod["resourceClaims"] = [{"name": DRA_CLAIM, "resourceClaimTemplateName": claim_template_name(plan)}]
+    # Replicas start one after another, so a pod may take up to all their start-up budgets.
+    return serving_deployment(
+        plan,
+        pod,
+        replicas=plan.gpus,
+        default_container="router",
+        startup_budget_s=STARTUP_BUDGET_S * len(ports),
+    )
+
+
+def replica_ports(plan: ServingPlan) -> list[int]:
+    """Ports of the replicas of one DRA pod: right after the service port (the router's)."""
+    ports = [plan.port + 1 + i for i in range(plan.replicas_per_gpu)]
+    if ports[-1] > 65535:
+        raise ValueError(
+            f"serving port {plan.port} leaves no room for {plan.replicas_per_gpu} replica ports above it"
+        )
+    return ports
+
+
+# -- the DRA claim template --------------------------------------------------------------------------
+
+
+def mps_claim_template(plan: ServingPlan) -> dict[str, Any]:
+    """One whole GPU per claim, configured by the NVIDIA DRA driver's GpuConfig for MPS: the
+    per-client pinned device memory limit and active thread percentage (FACTS.md, DRA section)."""
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": object_meta(plan, claim_template_name(plan)),
+        "spec": {
+            "metadata": {"labels": serving_labels(plan)},
+            "spec": _claim_spec(plan),
+        },
+    }
+
+
+def claim_template_name(plan: ServingPlan) -> str:
+    """`<name>-gpu-<hash of the claim spec>`. A ResourceClaimTemplate's spec is immutable, so a new
+    memory limit or thread percentage must be a new template: the pods then roll onto it and the
+    controller prunes the old one by label."""
+    return kube_name(plan.name, "gpu", stable_hash(_claim_spec(plan))[:8])
+
+
+def _claim_spec(plan: ServingPlan) -> dict[str, Any]:
+    mps: dict[str, Any] = {}
+    if plan.mps_active_thread_percentage is not None:
+        mps["defaultActiveThreadPercentage"] = plan.mps_active_thread_percentage
+    if plan.mps_pinned_memory_bytes is not None:
+        mps["defaultPinnedDeviceMemoryLimit"] = mebibytes(plan.mps_pinned_memory_bytes)
+    sharing: dict[str, Any] = {"strategy": "MPS"}
+    if mps:
+        sharing["mpsConfig"] = mps
+    return {
+        "devices": {
+            "requests": [
+                {
+                    "name": DRA_CLAIM,
+                    "exactly": {
+                        "deviceClassName": DRA_DEVICE_CLASS,
+                        "allocationMode": "ExactCount",
+                        "count": 1,
+                    },
+                }
+            ],
+            "config": [
+                {
+                    "requests": [DRA_CLAIM],
+                    "opaque": {
+                        "driver": DRA_DRIVER,
+                        "parameters": {
+                            "apiVersion": "resource.nvidia.com/v1beta1",
+                            "kind": "GpuConfig",
+                            "sharing": sharing,
+                        },
+                    },
+                }
+            ],
+        }
+    }
+
+
+def mebibytes(size_bytes: int) -> str:
+    """A quantity in whole MiB, rounded up (the driver converts to whole megabytes and rejects
+    anything under 1 MiB; rounding down could cap a replica below what it was sized for)."""
+    return f"{max(1, math.ceil(size_bytes / 2**20))}Mi"
+
+
+# -- Deployment, Service -----------------------------------------------------------------------------
+
+
+def serving_deployment(
+    plan: ServingPlan,
+    pod_spec: dict[str, Any],
+    *,
+    replicas: int,
+    default_container: str,
+    startup_budget_s: int = STARTUP_BUDGET_S,
+) -> dict[str, Any]:
+    """Why maxSurge 0 / maxUnavailable 1: every serving pod holds GPUs that are, by design, all in
+    use; a surge pod would ask for a GPU that is not free and stay Pending, and the rollout would
+    wait on it forever. Replacing one pod at a time frees its GPU for the new one (one pod's
+    capacity is down during each step). The progress deadline covers a pod's whole start-up so a
+    slow model load is not reported as a stalled rollout."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(plan, serving_name(plan)),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": serving_selector(plan)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "progressDeadlineSeconds": startup_budget_s + 600,
+            "template": {
+                "metadata": {
+                    "labels": serving_labels(plan),
+                    "annotations": {
+                        # Any change of the plan (flags, image, env...) changes the pod template,
+                        # so the pods roll; the owner's uid is not part of it.
+                        ANNOTATION_CONFIG_HASH: plan.config_hash(),
+                        "kubectl.kubernetes.io/default-container": default_container,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def serving_service(plan: ServingPlan) -> dict[str, Any]:
+    """ClusterIP on the service port, to the container port named `http`: the router's in DRA mode,
+    the vLLM container's otherwise (the replica ports of a DRA pod are never exposed)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(plan, serving_name(plan)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": serving_selector(plan),
+            "ports": [{"name": "http", "port": plan.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def serving_pod_spec(
+    plan: ServingPlan,
+    containers: list[dict[str, Any]],
+    *,
+    node_selector: dict[str, str],
+    shm: bool,
+    init_containers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Serving pods never call the API server: no ServiceAccount token is mounted."""
+    spec = hardened_pod_spec(
+        containers,
+        node_selector=node_selector,
+        tolerations=plan.tolerations,
+        shm=shm,
+        automount_token=False,
+    )
+    if init_containers:
+        spec["initContainers"] = init_containers
+    return spec
+
+
+def _product_selector(plan: ServingPlan) -> dict[str, str]:
+    return {**plan.node_selector, GPU_PRODUCT_LABEL: plan.gpu_product}
+
+
+# -- containers --------------------------------------------------------------------------------------
+
+
+def vllm_command(plan: ServingPlan, port: int) -> list[str]:
+    """`vllm serve MODEL [--revision R] [--dtype D] FLAGS --port P`. The model's own flags come
+    first and only when FLAGS do not set them; the port is the renderer's."""
+    args = [plan.model]
+    if plan.revision and not _has_flag(plan.vllm_args, "--revision"):
+        args += ["--revision", plan.revision]
+    if plan.dtype and not _has_flag(plan.vllm_args, "--dtype"):
+        args += ["--dtype", plan.dtype]
+    return ["vllm", "serve", *args, *plan.vllm_args, "--port", str(port)]
+
+
+def vllm_container(
+    plan: ServingPlan,
+    name: str,
+    port: int,
+    *,
+    shm: bool,
+    port_name: str = "http",
+    gpu_limits: dict[str, int] | None = None,
+    claims: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """A vLLM server on `port`, ready when /health answers. `shm`: mount the pod's /dev/shm
+    emptyDir (not where an MPS provider mounts its own)."""
+    command = vllm_command(plan, port)
+    return {
+        "name": name,
+        "image": plan.image,
+        "command": command[:2],
+        "args": command[2:],
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+        "env": merge_env(workspace_env(), hf_token_env(plan.hf_token_secret), plan.env),
+        "resources": container_resources(plan.resources, gpu_limits or {}, claims),
+        "volumeMounts": workspace_mounts(shm=shm),
+        "startupProbe": http_probe("/health", port, period_s=STARTUP_PERIOD_S, failures=_startup_failures()),
+        "readinessProbe": http_probe("/health", port, period_s=5, failures=3),
+        "livenessProbe": http_probe("/health", port, period_s=15, failures=4),
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def vllm_sidecar(plan: ServingPlan, index: int, port: int) -> dict[str, Any]:
+    """Replica `index` of a DRA pod as a native sidecar sharing the pod's GPU claim: its startupProbe
+    gates the next replica's start (see mps_dra_deployment). Its readiness is the router's business
+    (the router only sends to replicas that answer /health), so it has no readinessProbe of its own."""
+    name = f"vllm-{index}"
+    container = vllm_container(plan, name, port, shm=False, port_name=name, claims=[{"name": DRA_CLAIM}])
+    container["restartPolicy"] = "Always"
+    del container["readinessProbe"]
+    return container
+
+
+def router_container(plan: ServingPlan, upstream_ports: list[int]) -> dict[str, Any]:
+    """The local router of a DRA pod (`llmpack launch --router-only`), on the service port: it
+    spreads requests over the pod's replicas. Ready on /readyz (every replica serves, and 503 while
+    shutting down so the Service stops sending first); alive while it accepts connections (its
+    /healthz follows the replicas, and restarting the router would not mend a replica)."""
+    args = ["--router-only", "--router-port", str(plan.port)]
+    for port in upstream_ports:
+        args += ["--upstream", f"http://127.0.0.1:{port}"]
+    return {
+        "name": "router",
+        "image": plan.image,
+        "command": ["llmpack", "launch"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": plan.port, "protocol": "TCP"}],
+        "env": workspace_env(),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "volumeMounts": workspace_mounts(shm=False),
+        "readinessProbe": http_probe("/readyz", plan.port, period_s=5, failures=3),
+        "livenessProbe": {
+            "tcpSocket": {"port": plan.port},
+            "periodSeconds": 15,
+            "timeoutSeconds": HEALTH_TIMEOUT_S,
+            "failureThreshold": 4,
+        },
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def container_resources(
+    user: dict[str, Any] | None,
+    gpu_limits: dict[str, int],
+    claims: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The spec's CPU/memory requests and limits, with the GPU ones set by the plan (they win: any
+    `nvidia.com/...` the user wrote is dropped, and so are user claims, which could only name claims
+    this pod does not have)."""
+    user = deepcopy(user or {})
+    requests = {k: v for k, v in (user.get("requests") or {}).items() if not k.startswith("nvidia.com/")}
+    limits = {k: v for k, v in (user.get("limits") or {}).items() if not k.startswith("nvidia.com/")}
+    limits.update(gpu_limits)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    if claims:
+        resources["claims"] = claims
+    return resources
+
+
+def http_probe(path: str, port: int, *, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": HEALTH_TIMEOUT_S,
+        "failureThreshold": failures,
+    }
+
+
+def _startup_failures() -> int:
+    return STARTUP_BUDGET_S // STARTUP_PERIOD_S
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+# -- shared with the profiling Job: names, labels, metadata -----------------------------------------
+
+
+def kube_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """`parts` joined by '-' as an object name valid everywhere (a DNS-1035 label: Service names
+    need it, and pod names, container names and label values derive from it). A name that is valid
+    already is kept as is; any other is cleaned, shortened and suffixed with a hash of the original,
+    so two different inputs never end up with the same name."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= limit and _DNS_1035_LABEL.fullmatch(name):
+        return name
+    digest = stable_hash(name)[:8]
+    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not clean[:1].isalpha():
+        clean = f"llm-{clean}".rstrip("-")
+    return f"{clean[: limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """`value` as a label value (63 characters at most, alphanumeric at both ends), shortened with
+    a hash suffix when it is not one already."""
+    if len(value) <= MAX_NAME and _LABEL_VALUE.fullmatch(value):
+        return value
+    digest = stable_hash(value)[:8]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[: MAX_NAME - len(digest) - 1].strip("-._")
+    return f"{clean}-{digest}" if clean else digest
+
+
+def serving_name(plan: ServingPlan) -> str:
+    """Deployment and Service: the LLMDeployment's name whenever it is a valid DNS-1035 label."""
+    return kube_name(plan.name)
+
+
+def common_labels(instance: str, deployment: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: MANAGED_BY,
+        LABEL_INSTANCE: label_value(instance),
+        LABEL_COMPONENT: component,
+        LABEL_DEPLOYMENT: label_value(deployment),
+    }
+
+
+def serving_labels(plan: ServingPlan) -> dict[str, str]:
+    return common_labels(plan.name, plan.name, COMPONENT_SERVING)
+
+
+def serving_selector(plan: ServingPlan) -> dict[str, str]:
+    """The Deployment's selector (immutable once created) and the Service's."""
+    labels = serving_labels(plan)
+    return {k: labels[k] for k in (LABEL_MANAGED_BY, LABEL_INSTANCE, LABEL_COMPONENT)}
+
+
+def metadata(name: str, namespace: str, labels: dict[str, str], owner: OwnerRef) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner.to_k8s()],
+    }
+
+
+def object_meta(plan: ServingPlan, name: str) -> dict[str, Any]:
+    return metadata(name, plan.namespace, serving_labels(plan), plan.owner)
+
+
+# -- shared with the profiling Job: pod security, workspace, env -------------------------------------
+
+
+def hardened_pod_spec(
+    containers: list[dict[str, Any]],
+    *,
+    node_selector: dict[str, str],
+    tolerations: list[dict[str, Any]],
+    shm: bool,
+    automount_token: bool,
+) -> dict[str, Any]:
+    """A pod that passes the `restricted` Pod Security Standard: non-root with a fixed UID (see
+    RUN_AS_UID), RuntimeDefault seccomp, no host namespaces (MPS comes from DRA or the device
+    plugin, never from hostIPC), no Service links (Kubernetes would inject `<SERVICE>_PORT`
+    variables, and one named `vllm` sets VLLM_PORT, which vLLM reads as its own setting)."""
+    spec: dict[str, Any] = {
+        "containers": containers,
+        "automountServiceAccountToken": automount_token,
+        "enableServiceLinks": False,
+        "hostNetwork": False,
+        "hostIPC": False,
+        "hostPID": False,
+        "securityContext": pod_security_context(),
+        "nodeSelector": dict(node_selector),
+        "volumes": workspace_volumes(shm=shm),
+    }
+    if tolerations:
+        spec["tolerations"] = deepcopy(tolerations)
+    return spec
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_UID,
+        "fsGroup": RUN_AS_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def workspace_volumes(*, shm: bool) -> list[dict[str, Any]]:
+    """emptyDirs for everything the read-only root filesystem cannot hold: the workspace (HOME,
+    model download, compile caches), /tmp, and, where no MPS provider mounts its own, /dev/shm in
+    memory (vLLM's processes exchange data through shared memory; the container runtime's default
+    is 64 MiB). A memory-backed emptyDir counts against the container's memory limit."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if shm:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+    return volumes
+
+
+def workspace_mounts(*, shm: bool) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": "workspace", "mountPath": WORKSPACE_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    if shm:
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    return mounts
+
+
+def workspace_env() -> list[dict[str, Any]]:
+    """Point every cache at the workspace emptyDir (the root filesystem is read-only), and name the
+    user (the fixed UID has no passwd entry in the image)."""
+    values = {
+        "HOME": WORKSPACE_DIR,
+        "USER": RUN_AS_USER_NAME,
+        "LOGNAME": RUN_AS_USER_NAME,
+        "XDG_CACHE_HOME": f"{WORKSPACE_DIR}/.cache",
+        "XDG_CONFIG_HOME": f"{WORKSPACE_DIR}/.config",
+        "HF_HOME": f"{WORKSPACE_DIR}/huggingface",
+        "VLLM_CACHE_ROOT": f"{WORKSPACE_DIR}/vllm",
+        "VLLM_CONFIG_ROOT": f"{WORKSPACE_DIR}/.config/vllm",
+        "TMPDIR": TMP_DIR,
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def hf_token_env(secret: SecretKey | None) -> list[dict[str, Any]]:
+    """HF_TOKEN from the referenced Secret: the token itself never appears in a rendered object."""
+    if secret is None:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
+
+
+def merge_env(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Env lists merged by name, later groups winning, in first-seen order. Server-side apply treats
+    `env` as a map keyed by name and rejects duplicates, so they must never reach the API."""
+    merged: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        for var in group:
+            merged[var["name"]] = deepcopy(var)
+    return list(merged.values())
