@@ -34,7 +34,7 @@ test: venv testbed lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: venv testbed
-	$(VENV)/bin/llmpack demo
+	$(PY) hack/demo.py
 
 crds: venv
 	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml

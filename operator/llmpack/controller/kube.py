@@ -128,7 +128,9 @@ class KubeClient:
         method, url, headers, _, _ = self.api.param_serialize(
             method, path, header_params=headers, auth_settings=["BearerToken"]
         )
-        payload = None if body is None else json.dumps(body)
+        # The client serialises JSON bodies itself; other content types (apply-patch+yaml) go as
+        # text, and JSON is valid YAML.
+        payload = body if body is None or "json" in content_type else json.dumps(body)
         self.requests += 1
         try:
             response = self.api.call_api(method, url, headers, payload, _request_timeout=timeout)

@@ -1,0 +1,215 @@
+"""The kopf side of the operator: watches feed a work queue, workers run reconciles.
+
+kopf provides the watch streams, reconnection, liveness and peering. Every watched event only
+enqueues the affected LLMDeployment; the reconcile itself is level-triggered and idempotent
+(reconciler.py), so kopf's per-handler progress bookkeeping (annotations, finalizers) is not
+needed: deletion is left to Kubernetes' garbage collector through owner references, and an
+LLMDeployment can always be deleted, operator running or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
+from llmpack.controller import metrics
+from llmpack.controller.kube import KubeClient, KubeError
+from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.controller.status import comparable
+from llmpack.controller.workqueue import WorkQueue
+from llmpack.render.cluster import ClusterFacts, NodeFacts
+from llmpack.render.plan import LABEL_MANAGED_BY, MANAGED_BY
+
+logger = logging.getLogger("llmpack.operator")
+
+Key = tuple[str, str]  # (namespace, name)
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+CONFLICT_RETRY_SECONDS = 1.0
+ERROR_RETRY_SECONDS = 10.0
+
+
+@dataclass
+class OperatorState:
+    kube: KubeClient
+    config: OperatorConfig
+    workers: int = 4
+    cluster: ClusterFacts = field(default_factory=ClusterFacts)
+    objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    queue: WorkQueue | None = None
+    reconciler: Reconciler | None = None
+
+    def __post_init__(self) -> None:
+        self.reconciler = Reconciler(self.kube, self.config, self.cluster)
+
+    def enqueue(self, key: Key) -> None:
+        if self.queue is not None:
+            self.queue.add(key)
+
+    def enqueue_all(self) -> None:
+        for key in list(self.objects):
+            self.enqueue(key)
+
+    async def process(self, key: Key) -> None:
+        body = self.objects.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # deleted: garbage collection removes what it owned
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(self.reconciler.reconcile, body)
+            await asyncio.to_thread(self._write_status, key, body, result)
+        except KubeError as err:
+            retry = CONFLICT_RETRY_SECONDS if err.conflict else ERROR_RETRY_SECONDS
+            metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.status}").inc()
+            logger.warning("reconcile %s/%s: API error %s; retrying in %ss", *key, err, retry)
+            self.queue.add_after(key, retry)
+            return
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        if result.retry_after:
+            self.queue.add_after(key, result.retry_after)
+
+    def _write_status(self, key: Key, body: dict[str, Any], result) -> None:
+        namespace, name = key
+        for type_, reason, message in result.events:
+            self.kube.event(body, reason=reason, message=message, type_=type_)
+        old = body.get("status") or {}
+        if comparable(old) == comparable(result.status):
+            return
+        updated = self.kube.patch_status(
+            "LLMDeployment", namespace, name, result.status, body["metadata"].get("resourceVersion")
+        )
+        # Keep the newest copy so the next pass does not start from the status we replaced.
+        if self.objects.get(key) is body:
+            self.objects[key] = updated
+        metrics.observe_phases(self.objects.values())
+
+
+def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """kopf logs in with the same credentials as our own client (--kubeconfig, in-cluster)."""
+        return connection_info(state.kube)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # events are posted by the reconciler, with our reasons
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        settings.persistence.finalizer = "llmpack.io/kopf-finalizer"  # never added: no on.delete
+        state.queue = WorkQueue(state.process, workers=state.workers)
+        state.queue.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        if state.queue is not None:
+            await state.queue.stop()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def llmdeployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        key = (body.metadata.namespace, body.metadata.name)
+        if event["type"] == "DELETED":
+            state.objects.pop(key, None)
+            metrics.observe_phases(state.objects.values())
+            return
+        state.objects[key] = copy.deepcopy(dict(body))
+        state.enqueue(key)
+
+    def owner_key(body: kopf.Body) -> Key | None:
+        for ref in body.metadata.get("ownerReferences") or []:
+            if ref.get("kind") == "LLMDeployment" and ref.get("apiVersion", "").startswith(GROUP + "/"):
+                return (body.metadata.namespace, ref["name"])
+        return None
+
+    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    @kopf.on.event("v1", "configmaps", labels=MANAGED, registry=registry)
+    @kopf.on.event("v1", "services", labels=MANAGED, registry=registry)
+    def owned_event(body: kopf.Body, **_: Any) -> None:
+        key = owner_key(body)
+        if key is not None and key in state.objects:
+            state.enqueue(key)
+
+    @kopf.on.event("v1", "nodes", registry=registry)
+    def node_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        name = body.metadata.name
+        before = state.cluster.nodes.get(name)
+        if event["type"] == "DELETED":
+            state.cluster.nodes.pop(name, None)
+        else:
+            state.cluster.nodes[name] = NodeFacts.from_node(dict(body))
+        if before != state.cluster.nodes.get(name):
+            state.enqueue_all()  # what the cluster offers changed: plans may change
+
+    @kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)
+    def device_class_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            state.cluster.device_classes.discard(body.metadata.name)
+        else:
+            state.cluster.device_classes.add(body.metadata.name)
+        state.enqueue_all()
+
+    @kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)
+    def resource_slice_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        node = (body.get("spec") or {}).get("nodeName")
+        if not node:
+            return
+        count = 0 if event["type"] == "DELETED" else len((body.get("spec") or {}).get("devices") or [])
+        if state.cluster.dra_devices.get(node) != count:
+            state.cluster.dra_devices[node] = count
+            state.enqueue_all()
+
+    @kopf.on.probe(id="queue", registry=registry)
+    def queue_depth(**_: Any) -> int:
+        return len(state.queue) if state.queue else 0
+
+    return registry
+
+
+def connection_info(kube: KubeClient) -> kopf.ConnectionInfo:
+    config = kube.api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or ("Bearer" if token else None),
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+def run(
+    state: OperatorState,
+    *,
+    namespaces: list[str],
+    standalone: bool,
+    liveness: str | None,
+    peering: str | None = None,
+    priority: int = 0,
+) -> None:
+    registry = build_registry(state)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=standalone,
+                peering_name=peering,
+                priority=priority,
+                liveness_endpoint=liveness,
+            )
+        )

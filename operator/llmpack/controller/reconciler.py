@@ -1,0 +1,453 @@
+"""One level-triggered reconcile of one LLMDeployment.
+
+Each pass recomputes everything from the spec, the cached profile and what the cluster offers,
+applies the desired objects, and writes the status once. Nothing depends on having seen an
+earlier event: a pass after an operator restart, a lost watch or a hand edit does the same work.
+
+    spec -> profile key -> Profile (cache ConfigMap, or a profiling Job that writes it)
+         -> advise -> candidates per sharing mode -> ServingPlan -> render -> apply -> status
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmpack.advisor import AdvisorError, AdvisorOptions, advise
+from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.memory import gpu_memory_utilization_for, vllm_args
+from llmpack.api.llmdeployment import (
+    API_VERSION,
+    KIND,
+    LLMDeploymentSpec,
+    LLMDeploymentStatus,
+    ProfileRef,
+    ProfilingProgress,
+)
+from llmpack.api.profile import Profile
+from llmpack.api.recommendation import Recommendation
+from llmpack.controller import status as st
+from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
+from llmpack.controller.kube import KubeClient, KubeError
+from llmpack.controller.prediction import Predictions
+from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
+from llmpack.render import render_profiling, render_serving
+from llmpack.render.cluster import ClusterFacts
+from llmpack.render.plan import LABEL_DEPLOYMENT, OwnerRef, ServingPlan
+from llmpack.render.planning import (
+    PlanningError,
+    candidates,
+    choose,
+    profile_key,
+    profiling_plan,
+    recommendation_status,
+    serving_plan,
+)
+
+logger = logging.getLogger(__name__)
+
+MANAGED_KINDS = ("Deployment", "Service", "ResourceClaimTemplate")
+
+
+@dataclass
+class OperatorConfig:
+    operator_namespace: str = "llmpack-system"
+    profiler_image: str = "ghcr.io/llmpack/llmpack-profiler:0.1.0"
+    serving_image: str = "ghcr.io/llmpack/llmpack-serving:0.1.0"
+    retry_seconds: float = 30.0
+
+
+class Blocked(Exception):
+    """The reconcile cannot go further now; the status says why and what to change."""
+
+    def __init__(
+        self,
+        phase: str,
+        condition: str,
+        reason: str,
+        message: str,
+        *,
+        value: bool | None = False,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.phase = phase
+        self.condition = condition
+        self.reason = reason
+        self.message = message
+        self.value = value
+        self.retry_after = retry_after
+
+
+@dataclass
+class Result:
+    status: dict[str, Any]
+    retry_after: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+class Reconciler:
+    def __init__(self, kube: KubeClient, config: OperatorConfig, cluster: ClusterFacts):
+        self.kube = kube
+        self.config = config
+        self.cluster = cluster
+        self.cache = ProfileCache(kube, config.operator_namespace)
+
+    # -- entry point ------------------------------------------------------------------------------
+
+    def reconcile(self, body: dict[str, Any]) -> Result:
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        previous = body.get("status") or {}
+        try:
+            status = LLMDeploymentStatus.model_validate(previous)
+        except ValidationError:
+            status = LLMDeploymentStatus()  # a mangled status is rebuilt, not trusted
+        events: list[tuple[str, str, str]] = []
+        retry_after = None
+        try:
+            self._reconcile(body, status, generation, events)
+            st.set_condition(
+                status, st.DEGRADED, status.phase == "Degraded", _degraded_reason(status), "", generation
+            )
+        except Blocked as blocked:
+            status.phase = blocked.phase
+            status.message = blocked.message
+            st.set_condition(
+                status, blocked.condition, blocked.value, blocked.reason, blocked.message, generation
+            )
+            failing = blocked.phase in ("Failed", "Degraded")
+            st.set_condition(
+                status,
+                st.DEGRADED,
+                failing,
+                blocked.reason if failing else "AsExpected",
+                blocked.message if failing else "",
+                generation,
+            )
+            if blocked.phase in ("Failed",):
+                st.set_condition(status, st.PROGRESSING, False, blocked.reason, blocked.message, generation)
+            retry_after = blocked.retry_after
+        status.observed_generation = generation
+        new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if previous.get("phase") != new.get("phase"):
+            kind = "Warning" if new["phase"] in ("Failed", "Degraded") else "Normal"
+            events.append((kind, new["phase"], new.get("message", "")))
+        return Result(new, retry_after, events)
+
+    # -- the steps --------------------------------------------------------------------------------
+
+    def _reconcile(
+        self, body: dict, status: LLMDeploymentStatus, generation: int | None, events: list
+    ) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        spec = self._parse_spec(body)
+        gpu = self._gpu(spec)
+        self._check_model(spec)
+        owner = OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=meta["uid"])
+        profile = self._profile(spec, namespace, name, owner, status, generation, events)
+        recommendation = self._advise(spec, profile, gpu, generation, status)
+        plan, rec_status = self._plan(spec, profile, recommendation, gpu, namespace, name, owner)
+        status.recommendation = rec_status
+        st.set_condition(status, st.ADVISED, True, "Advised", rec_status.explanation[:1000], generation)
+        applied = self._apply(plan, status)
+        self._readiness(status, plan, applied, generation)
+
+    def _parse_spec(self, body: dict) -> LLMDeploymentSpec:
+        try:
+            return LLMDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as err:
+            raise Blocked(
+                "Failed", st.PROGRESSING, "InvalidSpec", "invalid spec: " + _first_error(err)
+            ) from err
+
+    def _gpu(self, spec: LLMDeploymentSpec) -> GPU:
+        try:
+            return lookup_gpu(spec.gpu.product)
+        except UnknownGPUError as err:
+            raise Blocked("Failed", st.PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
+
+    def _check_model(self, spec: LLMDeploymentSpec) -> None:
+        if spec.model.architecture is None and find_architecture(spec.model.name) is None:
+            raise Blocked(
+                "Failed",
+                st.PROGRESSING,
+                "UnknownModel",
+                f"model {spec.model.name} is not in llmpack's catalogue: set spec.model.architecture "
+                "(numLayers, numKVHeads, headDim, parameterBytes) from the model's config.json",
+            )
+
+    # -- profile --------------------------------------------------------------------------------
+
+    def _profile(self, spec, namespace, name, owner, status, generation, events) -> Profile:
+        key = profile_key(spec, spec.profiling.image or self.config.profiler_image, owner.uid)
+        lookup = self.cache.get(key)
+        if lookup.problem:
+            events.append(("Warning", "ProfileCacheInvalid", lookup.problem + "; profiling again"))
+            self.cache.evict(key)
+        profile = lookup.profile
+        cache_hit = profile is not None
+        if profile is None:
+            profile = self._profile_with_job(spec, namespace, name, owner, key, status)
+            self.cache.put(key, profile)
+            events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
+        status.profile_ref = ProfileRef(
+            config_map=cache_configmap_name(key),
+            namespace=self.config.operator_namespace,
+            key=key,
+            cache_hit=cache_hit
+            and (status.profile_ref is None or status.profile_ref.key != key or status.profile_ref.cache_hit),
+        )
+        status.profiling = None
+        st.set_condition(
+            status,
+            st.PROFILE_READY,
+            True,
+            "CacheHit" if status.profile_ref.cache_hit else "Profiled",
+            f"{len(profile.points)} points of {profile.model.name} on {profile.gpu.product}",
+            generation,
+        )
+        return profile
+
+    def _profile_with_job(self, spec, namespace, name, owner, key, status) -> Profile:
+        plan = profiling_plan(
+            name=name, namespace=namespace, owner=owner, spec=spec, key=key, image=self.config.profiler_image
+        )
+        job = self.kube.get("Job", namespace, plan.name)
+        if job is None:
+            for obj in render_profiling(plan):
+                self.kube.apply(obj)
+            status.profiling = ProfilingProgress(job=plan.name, message="started")
+            raise Blocked(
+                "Profiling",
+                st.PROFILE_READY,
+                "Profiling",
+                f"profiling {spec.model.name} on {spec.gpu.product} in Job {plan.name}",
+                value=None,
+            )
+        conditions = {
+            c["type"]: c for c in (job.get("status") or {}).get("conditions", []) if c["status"] == "True"
+        }
+        failed_pods = (job.get("status") or {}).get("failed", 0)
+        result = self.kube.get("ConfigMap", namespace, plan.result_configmap) or {}
+        data = result.get("data") or {}
+        if "Complete" in conditions:
+            profile = self._read_result(plan.name, data)
+            self._delete_profiling(plan)
+            return profile
+        if "Failed" in conditions:
+            why = self._termination_message(namespace, plan.name) or conditions["Failed"].get("message", "")
+            status.profiling = ProfilingProgress(job=plan.name, message=why[:500], attempts=failed_pods)
+            raise Blocked(
+                "Failed",
+                st.PROFILE_READY,
+                "ProfilingFailed",
+                f"profiling Job {plan.name} failed after {failed_pods} attempt(s) "
+                f"({conditions['Failed'].get('reason', 'Failed')}): {why or 'no message'}. "
+                "Check the model name and token, that it fits the GPU, or raise profiling.timeoutSeconds; "
+                "delete the Job to retry",
+            )
+        progress = data.get("progress", "waiting for the profiler to start")
+        status.profiling = ProfilingProgress(job=plan.name, message=progress[:500], attempts=failed_pods)
+        raise Blocked(
+            "Profiling",
+            st.PROFILE_READY,
+            "Profiling",
+            f"profiling {spec.model.name} on {spec.gpu.product}: {progress}",
+            value=None,
+        )
+
+    def _read_result(self, job: str, data: dict[str, str]) -> Profile:
+        raw = data.get(DATA_KEY)
+        if not raw:
+            raise Blocked(
+                "Failed",
+                st.PROFILE_READY,
+                "ProfileMissing",
+                f"profiling Job {job} completed without publishing a profile; see its logs",
+            )
+        try:
+            return Profile.model_validate_json(raw)
+        except ValidationError as err:
+            raise Blocked(
+                "Failed",
+                st.PROFILE_READY,
+                "ProfileInvalid",
+                f"profiling Job {job} published an invalid profile: {_first_error(err)}",
+            ) from err
+
+    def _termination_message(self, namespace: str, job: str) -> str:
+        pods = self.kube.list("Pod", namespace, label_selector=f"job-name={job}")
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
+        for pod in pods:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated.get("message"):
+                    return terminated["message"].strip()
+            if (pod.get("status") or {}).get("message"):
+                return pod["status"]["message"].strip()
+        return ""
+
+    def _delete_profiling(self, plan) -> None:
+        """The profile now lives in the cache; the Job and its identity have no further use."""
+        for kind, obj_name in (
+            ("Job", plan.name),
+            ("RoleBinding", plan.name),
+            ("Role", plan.name),
+            ("ServiceAccount", plan.name),
+            ("ConfigMap", plan.result_configmap),
+        ):
+            try:
+                self.kube.delete(kind, plan.namespace, obj_name)
+            except KubeError as err:
+                logger.warning("could not delete %s %s/%s: %s", kind, plan.namespace, obj_name, err)
+
+    # -- advise and plan --------------------------------------------------------------------------
+
+    def _advise(self, spec, profile, gpu, generation, status) -> Recommendation:
+        options = AdvisorOptions(
+            policy=spec.advisor.policy,
+            epsilon=spec.advisor.epsilon,
+            latency_factor=spec.advisor.latency_factor,
+            slo_itl_mean_ms=spec.slo.itl_mean_ms,
+            slo_itl_p99_ms=spec.slo.itl_p99_ms,
+            max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
+            prompt_tokens=spec.workload.prompt_tokens,
+            output_tokens=spec.workload.output_tokens,
+            max_model_len=spec.effective_max_model_len(),
+            max_num_seqs=spec.advisor.max_num_seqs,
+            replicas_per_gpu=spec.advisor.replicas_per_gpu,
+        )
+        try:
+            return advise(profile, options, gpu)
+        except AdvisorError as err:
+            raise Blocked("Failed", st.ADVISED, "AdvisorRefused", str(err)) from err
+
+    def _plan(self, spec, profile, rec, gpu, namespace, name, owner) -> tuple[ServingPlan, Any]:
+        predictions = Predictions.build(profile, rec, gpu, spec)
+        offers = self.cluster.offers(spec.gpu.product)
+        replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
+        found = candidates(
+            spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict
+        )
+        try:
+            chosen = choose(spec, found, offers)
+        except PlanningError as err:
+            raise Blocked(
+                "Failed", st.AVAILABLE, err.reason, str(err), retry_after=self.config.retry_seconds
+            ) from err
+        slot = rec.slot_bytes if chosen.mode == "mps" else rec.per_replica_memory_bytes
+        utilization = gpu_memory_utilization_for(
+            min(slot, chosen.device_memory_bytes), chosen.device_memory_bytes
+        )
+        args = vllm_args(
+            max_num_seqs=rec.b_opt,
+            kv_cache_bytes=rec.kv_cache_bytes,
+            gpu_memory_utilization=utilization,
+            max_model_len=rec.max_model_len,
+        )
+        plan = serving_plan(
+            name=name,
+            namespace=namespace,
+            owner=owner,
+            spec=spec,
+            chosen=chosen,
+            vllm_args=args,
+            per_replica_bytes=rec.per_replica_memory_bytes,
+            image=self.config.serving_image,
+        )
+        explanation = f"{chosen.label}: {rec.explanation}"
+        if len(found) > 1:
+            explanation += (
+                " Modes compared (tokens/s per GPU): "
+                + ", ".join(
+                    f"{c.label} {c.tokens_per_s_per_gpu:,.0f}" if c.tokens_per_s_per_gpu else f"{c.label} n/a"
+                    for c in found
+                )
+                + "."
+            )
+        rec_status = recommendation_status(
+            plan=plan,
+            chosen=chosen,
+            b_opt=rec.b_opt,
+            kv_cache_bytes=rec.kv_cache_bytes,
+            gpu_memory_utilization=utilization,
+            max_model_len=rec.max_model_len,
+            per_replica_bytes=rec.per_replica_memory_bytes,
+            baseline_tokens_per_s=predictions.baseline_tokens_per_s,
+            memory_freed_fraction=rec.memory_freed_fraction,
+            vllm_args=args,
+            explanation=explanation,
+        )
+        return plan, rec_status
+
+    # -- apply and observe ------------------------------------------------------------------------
+
+    def _apply(self, plan: ServingPlan, status: LLMDeploymentStatus) -> list[dict]:
+        desired = render_serving(plan)
+        applied = [self.kube.apply(obj) for obj in desired]
+        self._prune(plan, desired)
+        return applied
+
+    def _prune(self, plan: ServingPlan, desired: list[dict]) -> None:
+        """Delete what an earlier plan rendered and this one does not (e.g. the claim template
+        after a switch from MPS to MIG). Only kinds this plan could have left behind are listed."""
+        keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        stale_kinds = [k for k in MANAGED_KINDS if k != "Service" and (k, plan.name) not in keep]
+        for kind in stale_kinds:
+            for obj in self.kube.list(kind, plan.namespace, label_selector=f"{LABEL_DEPLOYMENT}={plan.name}"):
+                if (kind, obj["metadata"]["name"]) not in keep:
+                    self.kube.delete(kind, plan.namespace, obj["metadata"]["name"])
+
+    def _readiness(
+        self, status: LLMDeploymentStatus, plan: ServingPlan, applied: list[dict], generation
+    ) -> None:
+        deployment = next(o for o in applied if o["kind"] == "Deployment")
+        dstatus = deployment.get("status") or {}
+        per_pod = plan.replicas_per_gpu if plan.mps_provider == "dra" else 1
+        ready = min(plan.replicas, (dstatus.get("readyReplicas") or 0) * per_pod)
+        status.replicas = plan.replicas
+        status.ready_replicas = ready
+        status.ready = f"{ready}/{plan.replicas}"
+        up_to_date = (
+            dstatus.get("observedGeneration") == deployment["metadata"].get("generation")
+            and (dstatus.get("updatedReplicas") or 0) == deployment["spec"]["replicas"]
+        )
+        if ready >= plan.replicas and up_to_date:
+            status.phase = "Ready"
+            status.message = f"{ready}/{plan.replicas} replicas serving"
+            st.set_condition(status, st.AVAILABLE, True, "ReplicasReady", status.message, generation)
+            st.set_condition(
+                status, st.PROGRESSING, False, "Deployed", "all replicas are up to date", generation
+            )
+            return
+        was_serving = status.phase in ("Ready", "Degraded")
+        status.phase = "Degraded" if was_serving and ready < plan.replicas and up_to_date else "Deploying"
+        status.message = f"{ready}/{plan.replicas} replicas serving" + (
+            "" if up_to_date else "; rolling out the new configuration"
+        )
+        st.set_condition(
+            status,
+            st.AVAILABLE,
+            ready > 0,
+            "ReplicasReady" if ready else "NoReplicaReady",
+            status.message,
+            generation,
+        )
+        st.set_condition(status, st.PROGRESSING, True, "RollingOut", status.message, generation)
+
+
+def _degraded_reason(status: LLMDeploymentStatus) -> str:
+    return "ReplicasUnavailable" if status.phase == "Degraded" else "AsExpected"
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = first.get("msg", "").removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else message + more
