@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -520,6 +521,14 @@ def test_all_llmpack_pods_share_one_uid():
         for p in pod_specs(everything_rendered())
     }
     assert len(uids) == 1
+
+
+def test_pods_run_as_the_user_of_the_llmpack_images():
+    root = Path(__file__).resolve().parents[2]
+    (uid,) = {p["securityContext"]["runAsUser"] for p in pod_specs(everything_rendered())}
+    for dockerfile in ("Dockerfile.serving", "Dockerfile.profiler"):
+        users = re.findall(r"^USER (\d+)", (root / "images" / dockerfile).read_text(), re.M)
+        assert users == [str(uid)], f"{dockerfile}: a different UID would need its own MPS server"
 
 
 def test_only_the_profiling_pod_mounts_a_service_account_token():

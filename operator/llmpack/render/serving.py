@@ -50,14 +50,17 @@ COMPONENT_PROFILER = "profiler"
 # Every pod llmpack renders runs as this one UID/GID. MPS runs one server per UID: a client with a
 # different UID waits until the existing server exits (FACTS.md 3.1), so all vLLM processes that
 # share a GPU, whether containers of one pod (DRA) or pods on one device-plugin-shared node, must
-# run as the same UID. A fixed, non-root UID also makes the pods pass the `restricted` Pod Security
-# Standard without depending on the image's USER (the vLLM images run as root).
-RUN_AS_UID = 1000
-RUN_AS_USER_NAME = "llmpack"  # getpass.getuser() (torch inductor, triton) needs it: no passwd entry
+# run as the same UID. It is the user the llmpack serving and profiler images create (with a passwd
+# entry: torch's compile cache looks the user name up); fixing it in the pod rather than trusting
+# the image's USER keeps it true for any serving image a spec names, and lets the kubelet enforce
+# runAsNonRoot.
+RUN_AS_UID = 10001
+RUN_AS_USER_NAME = "llmpack"  # for images without a passwd entry for RUN_AS_UID (getpass.getuser())
 
-# The root filesystem is read-only; everything a model server writes goes to emptyDirs.
-WORKSPACE_DIR = "/var/cache/llmpack"  # HOME: the Hugging Face download, vLLM/torch/triton caches
-TMP_DIR = "/tmp"
+# The root filesystem is read-only; everything a model server writes (Hugging Face download, vLLM,
+# torch and Triton caches under HOME, temporary files) goes to one emptyDir at /tmp, as the images
+# expect (images/README.md). Sized by the node's disk: the weights land here.
+HOME_DIR = "/tmp"
 
 # vLLM start-up (weights download, load, torch.compile, CUDA graph capture) can take many minutes.
 # A startupProbe holds liveness/readiness off until the first success, rather than a long
@@ -564,42 +567,32 @@ def container_security_context() -> dict[str, Any]:
 
 
 def workspace_volumes(*, shm: bool) -> list[dict[str, Any]]:
-    """emptyDirs for everything the read-only root filesystem cannot hold: the workspace (HOME,
-    model download, compile caches), /tmp, and, where no MPS provider mounts its own, /dev/shm in
-    memory (vLLM's processes exchange data through shared memory; the container runtime's default
-    is 64 MiB). A memory-backed emptyDir counts against the container's memory limit."""
-    volumes: list[dict[str, Any]] = [
-        {"name": "workspace", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
+    """emptyDirs for what the read-only root filesystem cannot hold: /tmp (HOME, the model download,
+    caches) and, where no MPS provider mounts its own, /dev/shm in memory (vLLM's processes exchange
+    data through shared memory; the container runtime's default is 64 MiB). A memory-backed emptyDir
+    counts against the container's memory limit. The DRA driver bind-mounts its MPS pipe directory
+    at /tmp/nvidia-mps, inside the /tmp emptyDir: runtimes mount parents before children."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if shm:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     return volumes
 
 
 def workspace_mounts(*, shm: bool) -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = [
-        {"name": "workspace", "mountPath": WORKSPACE_DIR},
-        {"name": "tmp", "mountPath": TMP_DIR},
-    ]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": HOME_DIR}]
     if shm:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     return mounts
 
 
 def workspace_env() -> list[dict[str, Any]]:
-    """Point every cache at the workspace emptyDir (the root filesystem is read-only), and name the
-    user (the fixed UID has no passwd entry in the image)."""
+    """HOME (and with it the vLLM, torch and Triton caches) and the Hugging Face cache on the /tmp
+    emptyDir, and a user name, whatever the image sets: a spec may name another serving image."""
     values = {
-        "HOME": WORKSPACE_DIR,
+        "HOME": HOME_DIR,
+        "HF_HOME": f"{HOME_DIR}/huggingface",
         "USER": RUN_AS_USER_NAME,
         "LOGNAME": RUN_AS_USER_NAME,
-        "XDG_CACHE_HOME": f"{WORKSPACE_DIR}/.cache",
-        "XDG_CONFIG_HOME": f"{WORKSPACE_DIR}/.config",
-        "HF_HOME": f"{WORKSPACE_DIR}/huggingface",
-        "VLLM_CACHE_ROOT": f"{WORKSPACE_DIR}/vllm",
-        "VLLM_CONFIG_ROOT": f"{WORKSPACE_DIR}/.config/vllm",
-        "TMPDIR": TMP_DIR,
     }
     return [{"name": k, "value": v} for k, v in values.items()]
 
