@@ -15,7 +15,6 @@ from llmpack.render.planning import (
     profile_key,
     profiling_plan,
     serving_plan,
-    short_name,
 )
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -143,9 +142,3 @@ def test_profiling_plan_names_fit_and_args_carry_the_measurement():
     assert args[args.index("--model") + 1] == "facebook/opt-1.3b"
     assert args[args.index("--result-configmap") + 1] == plan.result_configmap
     assert args[args.index("--revision") + 1] == "main"
-
-
-def test_short_name_is_stable_and_bounded():
-    assert short_name("a", "b") == "a-b"
-    long = short_name("x" * 100, "profile")
-    assert len(long) == 63 and long == short_name("x" * 100, "profile")

@@ -36,7 +36,7 @@ from llmpack.controller.prediction import Predictions
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.cluster import ClusterFacts
-from llmpack.render.plan import LABEL_DEPLOYMENT, OwnerRef, ServingPlan
+from llmpack.render.plan import LABEL_DEPLOYMENT, OwnerRef, ServingPlan, label_value
 from llmpack.render.planning import (
     PlanningError,
     candidates,
@@ -399,7 +399,9 @@ class Reconciler:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
         stale_kinds = [k for k in MANAGED_KINDS if k != "Service" and (k, plan.name) not in keep]
         for kind in stale_kinds:
-            for obj in self.kube.list(kind, plan.namespace, label_selector=f"{LABEL_DEPLOYMENT}={plan.name}"):
+            for obj in self.kube.list(
+                kind, plan.namespace, label_selector=f"{LABEL_DEPLOYMENT}={label_value(plan.name)}"
+            ):
                 if (kind, obj["metadata"]["name"]) not in keep:
                     self.kube.delete(kind, plan.namespace, obj["metadata"]["name"])
 

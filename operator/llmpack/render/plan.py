@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +23,10 @@ LABEL_PROFILE_KEY = "llmpack.io/profile-key"
 ANNOTATION_CONFIG_HASH = "llmpack.io/config-hash"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
+
+MAX_NAME = 63
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 ServingMode = Literal["exclusive", "mps", "mig"]
 
@@ -118,3 +123,28 @@ class ProfilingPlan(Frozen):
 
 def stable_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def kube_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """`parts` joined by '-' as an object name valid everywhere (a DNS-1035 label: Service names
+    need it, and pod names, container names and label values derive from it). A name that is valid
+    already is kept as is; any other is cleaned, shortened and suffixed with a hash of the original,
+    so two different inputs never end up with the same name."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= limit and _DNS_1035_LABEL.fullmatch(name):
+        return name
+    digest = stable_hash(name)[:8]
+    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not clean[:1].isalpha():
+        clean = f"llm-{clean}".rstrip("-")
+    return f"{clean[: limit - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """`value` as a label value (63 characters at most, alphanumeric at both ends), shortened with
+    a hash suffix when it is not one already."""
+    if len(value) <= MAX_NAME and _LABEL_VALUE.fullmatch(value):
+        return value
+    digest = stable_hash(value)[:8]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[: MAX_NAME - len(digest) - 1].strip("-._")
+    return f"{clean}-{digest}" if clean else digest

@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus
 from llmpack.hardware import GPU
 from llmpack.render.cluster import Offers
-from llmpack.render.plan import OwnerRef, ProfilingPlan, SecretKey, ServingPlan, stable_hash
+from llmpack.render.plan import (
+    MAX_NAME,
+    OwnerRef,
+    ProfilingPlan,
+    SecretKey,
+    ServingPlan,
+    kube_name,
+    stable_hash,
+)
 
 # Memory kept free on a GPU shared through MPS beyond the replicas' own caps: the MPS server
 # itself and allocator fragmentation. vLLM adds a 150 MiB buffer to its own suggestions.
 MPS_GPU_RESERVE_BYTES = 512 << 20
-MAX_NAME = 63
 
 
 class PlanningError(ValueError):
@@ -49,15 +56,6 @@ class Candidate:
 
 # predict(replicas_per_gpu, mig_profile) -> (tokens/s per GPU, mean ITL ms per replica)
 Predictor = Callable[[int, str | None], tuple[float | None, float | None]]
-
-
-def short_name(*parts: str, limit: int = MAX_NAME) -> str:
-    """A DNS-1123 name from parts, shortened with a hash suffix when too long."""
-    name = "-".join(p for p in parts if p).lower()
-    if len(name) <= limit:
-        return name
-    digest = stable_hash(name)[:8]
-    return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
 def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
@@ -111,7 +109,7 @@ def profiling_plan(
         "--candidates",
         ",".join(str(b) for b in spec.advisor.candidate_batch_sizes),
         "--result-configmap",
-        f"{short_name(name, 'profile', key[:8], limit=MAX_NAME - 7)}-result",
+        f"{kube_name(name, 'profile', key[:8], limit=MAX_NAME - 7)}-result",
         "--profile-key",
         key,
     ]
@@ -131,7 +129,7 @@ def profiling_plan(
         ]
     secret = spec.model.hf_token_secret_ref
     return ProfilingPlan(
-        name=short_name(name, "profile", key[:8], limit=MAX_NAME - 7),
+        name=kube_name(name, "profile", key[:8], limit=MAX_NAME - 7),
         namespace=namespace,
         owner=owner,
         profile_key=key,

@@ -15,16 +15,14 @@ import re
 from typing import Any
 
 from llmpack.render.cluster import GPU_RESOURCE, MIG_RESOURCE_PREFIX
-from llmpack.render.plan import GPU_PRODUCT_LABEL, LABEL_PROFILE_KEY, ProfilingPlan
+from llmpack.render.plan import GPU_PRODUCT_LABEL, LABEL_PROFILE_KEY, MAX_NAME, ProfilingPlan, label_value
 from llmpack.render.serving import (
     COMPONENT_PROFILER,
-    MAX_NAME,
     common_labels,
     container_resources,
     container_security_context,
     hardened_pod_spec,
     hf_token_env,
-    label_value,
     merge_env,
     metadata,
     workspace_env,

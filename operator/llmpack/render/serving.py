@@ -22,7 +22,6 @@ used by the profiling Job (render/profiling.py), so every pod llmpack creates lo
 from __future__ import annotations
 
 import math
-import re
 from copy import deepcopy
 from typing import Any
 
@@ -40,6 +39,8 @@ from llmpack.render.plan import (
     OwnerRef,
     SecretKey,
     ServingPlan,
+    kube_name,
+    label_value,
     stable_hash,
 )
 
@@ -69,9 +70,6 @@ STARTUP_PERIOD_S = 10
 STARTUP_BUDGET_S = 30 * 60
 HEALTH_TIMEOUT_S = 5
 
-MAX_NAME = 63
-_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 DRA_DEVICE_CLASS = "gpu.nvidia.com"
 DRA_DRIVER = "gpu.nvidia.com"
@@ -450,31 +448,6 @@ def _has_flag(args: list[str], flag: str) -> bool:
 
 
 # -- shared with the profiling Job: names, labels, metadata -----------------------------------------
-
-
-def kube_name(*parts: str, limit: int = MAX_NAME) -> str:
-    """`parts` joined by '-' as an object name valid everywhere (a DNS-1035 label: Service names
-    need it, and pod names, container names and label values derive from it). A name that is valid
-    already is kept as is; any other is cleaned, shortened and suffixed with a hash of the original,
-    so two different inputs never end up with the same name."""
-    name = "-".join(p for p in parts if p)
-    if len(name) <= limit and _DNS_1035_LABEL.fullmatch(name):
-        return name
-    digest = stable_hash(name)[:8]
-    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
-    if not clean[:1].isalpha():
-        clean = f"llm-{clean}".rstrip("-")
-    return f"{clean[: limit - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-def label_value(value: str) -> str:
-    """`value` as a label value (63 characters at most, alphanumeric at both ends), shortened with
-    a hash suffix when it is not one already."""
-    if len(value) <= MAX_NAME and _LABEL_VALUE.fullmatch(value):
-        return value
-    digest = stable_hash(value)[:8]
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[: MAX_NAME - len(digest) - 1].strip("-._")
-    return f"{clean}-{digest}" if clean else digest
 
 
 def serving_name(plan: ServingPlan) -> str:
