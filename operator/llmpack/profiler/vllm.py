@@ -569,8 +569,7 @@ class VllmBackend(Backend):
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.version = self._vllm_version()
-        if not self.nvml.open():
-            self.notes.append(f"NVML: {next(iter(self.nvml.absent.values()), 'unavailable')}")
+        self.nvml.open()  # when it cannot, the profile's notes say which metrics are absent and why
         self._start_server()
 
     def _vllm_version(self) -> str | None:
