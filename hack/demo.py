@@ -34,7 +34,7 @@ def main() -> int:
 
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)
     bin_dir = subprocess.run([str(ROOT / "hack/testbed/build")], check=True, capture_output=True, text=True)
     bin_path = Path(bin_dir.stdout.strip().splitlines()[-1])
     console.rule("[bold]llmpack demo")
@@ -81,7 +81,7 @@ def main() -> int:
         player = ProfilerPlayer(kube=kube, server=tb.server, ca_file=tb.ca_file)
         phase = _wait_ready(kube, player, name, args.timeout, console)
         console.print()
-        console.print(tb.kubectl("get", "llmd", "-n", "default", "-o", "wide").stdout)
+        print(tb.kubectl("get", "llmd", "-n", "default", "-o", "wide").stdout, flush=True)
         _summary(console, kube, name)
         if phase != "Ready":
             console.print(f"[red]not Ready after {args.timeout:.0f}s[/red]; operator log tail:")

@@ -22,6 +22,7 @@ class Predictions:
     b_opt: int
     spec: LLMDeploymentSpec
     baseline_tokens_per_s: float | None
+    packing_reason: str = ""
 
     @classmethod
     def build(cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec) -> Predictions:
@@ -35,6 +36,7 @@ class Predictions:
         """Replicas per GPU under MPS: what memory allows, trimmed to where one more still pays
         (spec.advisor.minReplicaGain) and the SLO holds. A fixed advisor.replicasPerGPU wins."""
         if self.spec.advisor.replicas_per_gpu is not None:
+            self.packing_reason = "replicas per GPU fixed by advisor.replicasPerGPU."
             return self.spec.advisor.replicas_per_gpu
         memory_fit = max(1, memory_fit)
         decision = perfmodel.pack(
@@ -45,6 +47,7 @@ class Predictions:
             slo_itl_ms=self.spec.slo.itl_mean_ms,
             memory_fit=memory_fit,
         )
+        self.packing_reason = decision.reason
         return max(1, decision.replicas)
 
     def predict(self, replicas_per_gpu: int, mig_profile: str | None) -> tuple[float | None, float | None]:

@@ -361,6 +361,8 @@ class Reconciler:
             image=self.config.serving_image,
         )
         explanation = f"{chosen.label}: {rec.explanation}"
+        if chosen.mode == "mps" and predictions.packing_reason:
+            explanation += f" Packing: {predictions.packing_reason}"
         if len(found) > 1:
             explanation += (
                 " Modes compared (tokens/s per GPU): "

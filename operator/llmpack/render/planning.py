@@ -44,7 +44,7 @@ class Candidate:
     provider: str | None  # dra | devicePlugin for mps
     replicas_per_gpu: int
     mig_profile: str | None
-    device_memory_bytes: int  # what one replica's CUDA context sees as the device
+    device_memory_bytes: int  # what one replica's CUDA context sees as the device (cudaMemGetInfo)
     tokens_per_s_per_gpu: float | None
     itl_ms: float | None
     replica_limit: int | None = None  # MIG: slices of this profile the cluster offers
@@ -163,18 +163,18 @@ def candidates(
         found.append(Candidate(mode, provider, rpg, mig, device_bytes, tps, itl, limit))
 
     if wanted in ("auto", "exclusive") and offers.exclusive_gpus:
-        add("exclusive", None, 1, None, gpu.memory_bytes)
+        add("exclusive", None, 1, None, gpu.usable_memory_bytes)
     if wanted in ("auto", "mps"):
         allow_dra = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "dra"
         allow_dp = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "devicePlugin"
         if allow_dra and offers.mps_dra_gpus:
-            add("mps", "dra", replicas_per_gpu, None, gpu.memory_bytes)
+            add("mps", "dra", replicas_per_gpu, None, gpu.usable_memory_bytes)
         slices = offers.device_plugin_mps_replicas
         # The device plugin caps every client at total/replicas: a replica fits only if its
         # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
         fits_slice = bool(slices) and per_replica_bytes <= gpu.memory_bytes // slices
         if allow_dp and offers.device_plugin_mps_gpus and fits_slice:
-            add("mps", "devicePlugin", min(slices, replicas_per_gpu), None, gpu.memory_bytes)
+            add("mps", "devicePlugin", min(slices, replicas_per_gpu), None, gpu.usable_memory_bytes)
     if wanted in ("auto", "mig") and offers.mig_slices:
         profile = _mig_profile_for(spec, gpu, offers, per_replica_bytes)
         if profile:
