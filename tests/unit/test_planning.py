@@ -134,6 +134,18 @@ def test_profile_key_ignores_serving_fields_and_tracks_measurement_fields():
     assert profile_key(own, "img:1", "uid-a") != profile_key(own, "img:1", "uid-b")
 
 
+def test_non_default_advisor_settings_get_the_exhaustive_sweep():
+    def sweep_of(s):
+        args = profiling_plan(name="m", namespace="ns", owner=OWNER, spec=s, key="k" * 40, image="i").args
+        return args[args.index("--sweep") + 1]
+
+    assert sweep_of(spec()) == "adaptive"
+    with_slo = spec(slo={"itlMeanMs": 20})
+    assert sweep_of(with_slo) == "exhaustive"
+    assert sweep_of(spec(advisor={"policy": "plateau"})) == "exhaustive"
+    assert profile_key(with_slo, "img") != profile_key(spec(), "img")
+
+
 def test_profiling_plan_names_fit_and_args_carry_the_measurement():
     s = spec(model={"name": "facebook/opt-1.3b", "revision": "main"})
     plan = profiling_plan(name="x" * 80, namespace="ns", owner=OWNER, spec=s, key="k" * 40, image="img")

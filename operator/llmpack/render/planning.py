@@ -58,6 +58,20 @@ class Candidate:
 Predictor = Callable[[int, str | None], tuple[float | None, float | None]]
 
 
+def effective_sweep(spec: LLMDeploymentSpec) -> str:
+    """The adaptive sweep stops where the advisor's default rule (efficiency, epsilon 0.2, L = 5,
+    no SLO) would; other settings may want points it skips, so they get the exhaustive sweep."""
+    advisor = spec.advisor
+    defaults = (
+        advisor.policy == "efficiency"
+        and advisor.epsilon in (None, 0.2)
+        and advisor.latency_factor == 5.0
+        and spec.slo.itl_mean_ms is None
+        and spec.slo.itl_p99_ms is None
+    )
+    return spec.profiling.sweep if defaults else "exhaustive"
+
+
 def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
     """Hash of everything that changes a measurement. Serving-only fields are deliberately out:
     changing them rolls the pods without profiling again."""
@@ -72,7 +86,7 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
         "engine": profiler_image,
         "backend": spec.profiling.backend,
         "workload": spec.workload.to_k8s(),
-        "sweep": spec.profiling.sweep,
+        "sweep": effective_sweep(spec),
         "candidates": spec.advisor.candidate_batch_sizes,
     }
     if not spec.profiling.reuse_cached_profile:
@@ -105,7 +119,7 @@ def profiling_plan(
         "--output-tokens",
         str(spec.workload.output_tokens),
         "--sweep",
-        spec.profiling.sweep,
+        effective_sweep(spec),
         "--candidates",
         ",".join(str(b) for b in spec.advisor.candidate_batch_sizes),
         "--result-configmap",
