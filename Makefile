@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv testbed test unit lint demo crds bench clean
+.PHONY: help venv testbed test unit lint demo crds docs bench clean
 
 help:
 	@echo "make demo   - local control plane + fake GPU nodes + operator + a sample LLMDeployment"
@@ -38,6 +38,9 @@ demo: venv testbed
 
 crds: venv
 	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml
+
+docs: venv
+	$(VENV)/bin/llmpack crd --reference > docs/api.md
 
 bench: venv testbed
 	$(PY) -m bench

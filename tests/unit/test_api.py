@@ -140,3 +140,9 @@ def test_crd_command_prints_yaml():
         [sys.executable, "-m", "llmpack.cli", "crd"], check=True, capture_output=True, text=True
     ).stdout
     assert yaml.safe_load(out)["metadata"]["name"] == "llmdeployments.llmpack.io"
+
+
+def test_checked_in_field_reference_matches_the_models():
+    assert (REPO / "docs" / "api.md").read_text() == crdgen.field_reference(), (
+        "docs/api.md is stale: run `make docs`"
+    )
