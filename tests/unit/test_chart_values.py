@@ -1,0 +1,70 @@
+"""values.yaml and values.schema.json describe the same values (the schema refuses unknown keys, so
+a value documented in values.yaml but missing from the schema would make the chart uninstallable),
+and the defaults are the ones the operator and the README promise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "llmpack"
+
+
+def load():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    return values, schema
+
+
+def resolve(schema: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        target = schema
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+        return target
+    return node
+
+
+def walk(schema: dict, node: dict, value, path: str) -> list[str]:
+    """Every key of `value` that the schema (objects with additionalProperties: false) refuses."""
+    node = resolve(schema, node)
+    if not isinstance(value, dict) or node.get("type") != "object":
+        return []
+    problems = []
+    properties = node.get("properties", {})
+    for key, child in value.items():
+        if key in properties:
+            problems += walk(schema, properties[key], child, f"{path}/{key}")
+        elif node.get("additionalProperties") is False:
+            problems.append(f"{path}/{key}")
+    return problems
+
+
+def test_every_default_value_is_known_to_the_schema():
+    values, schema = load()
+    assert walk(schema, schema, values, "") == []
+
+
+def test_every_top_level_schema_property_has_a_default():
+    values, schema = load()
+    assert set(schema["properties"]) - {"global"} == set(values)
+
+
+def test_defaults_match_the_operator():
+    values, _ = load()
+    assert values["replicaCount"] == 1
+    assert values["logLevel"] == "INFO"
+    assert values["metrics"]["port"] == 8080  # llmpack operator --metrics-port default
+    assert values["health"]["port"] == 8081  # llmpack operator --liveness default
+    assert values["metrics"]["serviceMonitor"]["enabled"] is False
+    assert values["watchNamespaces"] == []
+    for image in ("operator", "profiler", "serving"):
+        assert values["images"][image]["tag"] == ""  # the chart's appVersion
+
+
+def test_log_level_choices_are_the_operators():
+    _, schema = load()
+    assert schema["properties"]["logLevel"]["enum"] == ["DEBUG", "INFO", "WARNING", "ERROR"]
