@@ -87,10 +87,16 @@ class ProfilerPlayer:
         return done
 
     def _annotate(self, pod: dict, annotations: dict[str, str]) -> None:
+        from llmpack.controller.kube import KubeError
+
         meta = pod["metadata"]
-        self.kube.merge_patch(
-            "Pod", meta["namespace"], meta["name"], {"metadata": {"annotations": annotations}}
-        )
+        try:
+            self.kube.merge_patch(
+                "Pod", meta["namespace"], meta["name"], {"metadata": {"annotations": annotations}}
+            )
+        except KubeError as err:
+            if not err.not_found:  # the Job (and its pod) was deleted meanwhile: nothing to finish
+                raise
 
     def _service_account_kubeconfig(self, pod: dict, folder: Path) -> Path:
         meta = pod["metadata"]

@@ -467,6 +467,7 @@ class Testbed:
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
     die_with_parent: bool = False
+    launches: dict[str, list] = field(default_factory=dict)  # name -> [args, env] (for restart)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     # -- where things are
@@ -504,6 +505,7 @@ class Testbed:
             "server": self.server,
             "ports": self.ports,
             "pids": self.pids,
+            "launches": self.launches,
         }
         tmp = self.dir / f"{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -518,7 +520,13 @@ class Testbed:
             raise TestbedError(f"{run_dir} is not an llmpack testbed ({STATE_FILE}: {e})") from e
         if state.get("marker") != MARKER:
             raise TestbedError(f"{run_dir / STATE_FILE} lacks the marker {MARKER!r}")
-        return cls(dir=run_dir, bin_dir=Path(state["bin_dir"]), ports=state["ports"], pids=state["pids"])
+        return cls(
+            dir=run_dir,
+            bin_dir=Path(state["bin_dir"]),
+            ports=state["ports"],
+            pids=state["pids"],
+            launches=state.get("launches", {}),
+        )
 
     @classmethod
     def from_kubeconfig(cls, path: str | os.PathLike) -> Testbed | None:
@@ -629,7 +637,42 @@ class Testbed:
             )
         self._procs[name] = proc
         self.pids[name] = proc.pid
+        self.launches[name] = [list(args), env]
         self.save()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (fault injection): no shutdown, no cleanup, like a node crash."""
+        pid = self.pids[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        proc = self._procs.get(name)
+        if proc is not None:
+            proc.wait(timeout=10)
+        else:
+            deadline = time.monotonic() + 10
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def restart(self, name: str, timeout: float = 60) -> None:
+        """Kill `name` and start it again with its original arguments; wait until it serves."""
+        self.kill(name)
+        args, env = self.launches[name]
+        probes = {
+            "etcd": lambda: _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")[0] == 200,
+            "kube-apiserver": self.apiserver_ready,
+        }
+        for attempt in range(5):
+            self._start(name, args, env)
+            if name not in probes:
+                return
+            try:
+                self._wait(name, f"{name} to serve again", probes[name], timeout)
+                return
+            except TestbedError:
+                # Its port is in the ephemeral range: a client connection may hold it for a moment.
+                if attempt == 4:
+                    raise
+                time.sleep(1)
 
     def _wait(self, component: str, what: str, probe: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -823,6 +866,10 @@ def _bring_up(tb: Testbed, timeout: float) -> None:
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--leader-elect=false",
             "--profiling=false",
+            # kwok renews the fake nodes' heartbeats about once a minute, close to the default
+            # 50 s grace: every minute all nodes flapped NotReady for a few seconds, and the node
+            # lifecycle controller marked every pod NotReady for good (kwok does not undo that).
+            "--node-monitor-grace-period=10m",
         ],
     )
     sched_kubeconfig = d / "scheduler.kubeconfig"

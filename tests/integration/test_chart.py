@@ -595,11 +595,6 @@ def test_metrics_answer_after_a_reconcile(installed):
     assert samples.get("llmpack_gpus_in_use", 0) >= 1, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.PROFILE_CACHE (llmpack_profile_cache_lookups_total) is declared in "
-    "operator/llmpack/controller/metrics.py but nothing increments it, so no sample is exported",
-)
 def test_metrics_count_profile_cache_lookups(installed):
     samples = metric_samples(installed.operator.metrics())
     lookups = {k: v for k, v in samples.items() if k.startswith("llmpack_profile_cache_lookups_total{")}

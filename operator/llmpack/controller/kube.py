@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import kubernetes
+import urllib3
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ResourceClaimTemplate": ("resourceclaimtemplates", True),
     "ResourceClaim": ("resourceclaims", True),
     "DeviceClass": ("deviceclasses", False),
+    "ResourceSlice": ("resourceslices", False),
     "LLMDeployment": ("llmdeployments", True),
 }
 API_VERSIONS: dict[str, str] = {
@@ -56,6 +58,7 @@ API_VERSIONS: dict[str, str] = {
     "ResourceClaimTemplate": "resource.k8s.io/v1",
     "ResourceClaim": "resource.k8s.io/v1",
     "DeviceClass": "resource.k8s.io/v1",
+    "ResourceSlice": "resource.k8s.io/v1",
     "LLMDeployment": "llmpack.io/v1alpha1",
 }
 
@@ -136,6 +139,9 @@ class KubeClient:
             response = self.api.call_api(method, url, headers, payload, _request_timeout=timeout)
         except kubernetes.client.ApiException as err:
             raise self._error(err.status or 0, err.body or err.reason or "") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            # The API server is unreachable (restarting, network): a retryable condition, not a bug.
+            raise KubeError(0, "Unavailable", f"API server unreachable: {type(err).__name__}") from err
         data = response.read()
         if not 200 <= response.status < 300:
             raise self._error(response.status, data)

@@ -49,6 +49,19 @@ class OperatorState:
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.kube, self.config, self.cluster)
 
+    def seed_cluster_facts(self) -> None:
+        for node in self.kube.list("Node"):
+            self.cluster.nodes[node["metadata"]["name"]] = NodeFacts.from_node(node)
+        try:
+            for device_class in self.kube.list("DeviceClass"):
+                self.cluster.device_classes.add(device_class["metadata"]["name"])
+            for slice_ in self.kube.list("ResourceSlice"):
+                spec = slice_.get("spec") or {}
+                if spec.get("nodeName"):
+                    self.cluster.dra_devices[spec["nodeName"]] = len(spec.get("devices") or [])
+        except KubeError as err:  # a cluster without DRA (resource.k8s.io/v1) still serves other modes
+            logger.info("DRA objects not listed (%s); MPS through DRA is not offered", err)
+
     def enqueue(self, key: Key) -> None:
         if self.queue is not None:
             self.queue.add(key)
@@ -107,6 +120,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         settings.persistence.finalizer = "llmpack.io/kopf-finalizer"  # never added: no on.delete
+        # Plans depend on what the nodes offer: know the whole cluster before the first reconcile,
+        # or a restart would briefly plan against the few nodes whose watch events came first.
+        await asyncio.to_thread(state.seed_cluster_facts)
         state.queue = WorkQueue(state.process, workers=state.workers)
         state.queue.start()
 

@@ -29,6 +29,7 @@ from llmpack.api.llmdeployment import (
 )
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
+from llmpack.controller import metrics
 from llmpack.controller import status as st
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
 from llmpack.controller.kube import KubeClient, KubeError
@@ -186,6 +187,9 @@ class Reconciler:
     def _profile(self, spec, namespace, name, owner, status, generation, events) -> Profile:
         key = profile_key(spec, spec.profiling.image or self.config.profiler_image, owner.uid)
         lookup = self.cache.get(key)
+        metrics.PROFILE_CACHE.labels(
+            result="invalid" if lookup.problem else ("hit" if lookup.profile else "miss")
+        ).inc()
         if lookup.problem:
             events.append(("Warning", "ProfileCacheInvalid", lookup.problem + "; profiling again"))
             self.cache.evict(key)
@@ -193,7 +197,6 @@ class Reconciler:
         cache_hit = profile is not None
         if profile is None:
             profile = self._profile_with_job(spec, namespace, name, owner, key, status)
-            self.cache.put(key, profile)
             events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
         status.profile_ref = ProfileRef(
             config_map=cache_configmap_name(key),
@@ -237,6 +240,8 @@ class Reconciler:
         data = result.get("data") or {}
         if "Complete" in conditions:
             profile = self._read_result(plan.name, data)
+            # Cache first, clean up second: a crash in between must not lose the measurement.
+            self.cache.put(key, profile)
             self._delete_profiling(plan)
             return profile
         if "Failed" in conditions:
