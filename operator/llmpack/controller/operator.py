@@ -79,6 +79,8 @@ class OperatorState:
             result = await asyncio.to_thread(self.reconciler.reconcile, body)
             await asyncio.to_thread(self._write_status, key, body, result)
         except KubeError as err:
+            if err.status == 403 and "being terminated" in err.message:
+                return  # its namespace is going away, and the LLMDeployment with it
             retry = CONFLICT_RETRY_SECONDS if err.conflict else ERROR_RETRY_SECONDS
             metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.status}").inc()
             logger.warning("reconcile %s/%s: API error %s; retrying in %ss", *key, err, retry)
