@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpack.advisor import perfmodel
+from llmpack.advisor import AdvisorError, perfmodel
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
@@ -17,7 +17,7 @@ from llmpack.hardware import GPU
 
 @dataclass
 class Predictions:
-    model: perfmodel.PerfModel
+    model: perfmodel.PerfModel | None  # None: the profile could not calibrate the model
     gpu: GPU
     b_opt: int
     spec: LLMDeploymentSpec
@@ -26,6 +26,16 @@ class Predictions:
 
     @classmethod
     def build(cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec) -> Predictions:
+        try:
+            return cls._calibrated(profile, rec, gpu, spec)
+        except AdvisorError as err:
+            # Serving does not depend on predictions: pack by memory, show no gain, say why.
+            return cls(
+                None, gpu, rec.b_opt, spec, None, f"no performance prediction ({err}); packed by memory."
+            )
+
+    @classmethod
+    def _calibrated(cls, profile, rec, gpu, spec) -> Predictions:
         model = perfmodel.calibrate(profile)
         if profile.gpu.product != gpu.product:
             model = model.on_gpu(gpu)  # a profile measured on another GPU, rescaled by bandwidth
@@ -38,6 +48,8 @@ class Predictions:
         if self.spec.advisor.replicas_per_gpu is not None:
             self.packing_reason = "replicas per GPU fixed by advisor.replicasPerGPU."
             return self.spec.advisor.replicas_per_gpu
+        if self.model is None:
+            return max(1, min(memory_fit, self.spec.sharing.max_replicas_per_gpu))
         memory_fit = max(1, memory_fit)
         decision = perfmodel.pack(
             self.model,
@@ -51,6 +63,8 @@ class Predictions:
         return max(1, decision.replicas)
 
     def predict(self, replicas_per_gpu: int, mig_profile: str | None) -> tuple[float | None, float | None]:
+        if self.model is None:
+            return None, None
         if mig_profile:
             one = self.model.mig(self.gpu.mig_profile(mig_profile), self.b_opt)
             return one.total_tokens_per_s * replicas_per_gpu, one.itl_mean_ms

@@ -366,7 +366,7 @@ class Reconciler:
             image=self.config.serving_image,
         )
         explanation = f"{chosen.label}: {rec.explanation}"
-        if chosen.mode == "mps" and predictions.packing_reason:
+        if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
             explanation += f" Packing: {predictions.packing_reason}"
         if len(found) > 1:
             explanation += (
