@@ -30,7 +30,8 @@ def wait_phase(kube, player, namespace, name, phase="Ready", timeout=120, play=T
             player.play_once(namespace)
         obj = get_llmd(kube, namespace, name)
         status = (obj or {}).get("status") or {}
-        if status.get("phase") == phase:
+        current = status.get("observedGeneration") == (obj or {}).get("metadata", {}).get("generation")
+        if status.get("phase") == phase and current:
             return obj
         if status.get("phase") == "Failed" and phase != "Failed":
             pytest.fail(f"{name} failed: {status.get('message')}\nplayer: {player.log}")
@@ -186,3 +187,46 @@ def test_ten_deployments_at_once_all_become_ready(operator_process, kube_admin, 
     kubectl("apply", "-n", namespace, "-f", "-", input="---\n".join(docs))
     for i in range(10):
         wait_phase(kube_admin, player, namespace, f"burst-{i}", timeout=180)
+
+
+def test_serving_change_rolls_pods_without_profiling_and_workload_change_profiles_again(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    name = apply_example(kubectl, namespace, "llama-2-7b-exclusive.yaml")
+    kubectl("create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=token=hf_test")
+    wait_phase(kube_admin, player, namespace, name)
+    before = kube_admin.get("Deployment", namespace, name)["spec"]["template"]["metadata"]["annotations"]
+    played = len(player.log)
+    kubectl(
+        "patch",
+        "llmd",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"serving":{"extraArgs":["--enable-prefix-caching"]}}}',
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        template = kube_admin.get("Deployment", namespace, name)["spec"]["template"]
+        if template["metadata"]["annotations"] != before:
+            break
+        time.sleep(0.3)
+    assert "--enable-prefix-caching" in str(template["spec"]["containers"])
+    assert not kube_admin.list("Job", namespace), "a serving-only change must not profile again"
+    wait_phase(kube_admin, player, namespace, name, play=False)
+    kubectl(
+        "patch",
+        "llmd",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"workload":{"promptTokens":1024}}}',
+    )
+    obj = wait_phase(kube_admin, player, namespace, name)
+    assert len(player.log) > played, "a workload change must measure a new profile"
+    assert obj["status"]["profileRef"]["cacheHit"] is False
+    assert obj["status"]["recommendation"]["maxModelLen"] == 1280
