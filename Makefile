@@ -30,8 +30,10 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Unit first (fast feedback), then the testbed suites; e2e last, as its operator process watches
+# the whole cluster until the session ends.
 test: venv testbed lint
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
 demo: venv testbed
 	$(PY) hack/demo.py

@@ -124,7 +124,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "llmpack.io/kopf-finalizer"  # never added: no on.delete
         # Plans depend on what the nodes offer: know the whole cluster before the first reconcile,
         # or a restart would briefly plan against the few nodes whose watch events came first.
-        await asyncio.to_thread(state.seed_cluster_facts)
+        while True:
+            try:
+                await asyncio.to_thread(state.seed_cluster_facts)
+                break
+            except KubeError as err:  # the API server may be restarting: wait for it
+                logger.warning("cannot list nodes yet (%s); retrying in 2s", err)
+                await asyncio.sleep(2)
         state.queue = WorkQueue(state.process, workers=state.workers)
         state.queue.start()
 
