@@ -1,0 +1,884 @@
+"""Bad input the operator answers without a cluster: the same spec corpus the API server sees in
+tests/e2e/test_badinput.py, fed through the reconciler's own validation (a spec stored before a
+CRD rule existed, or by a cluster that skipped validation, must still end in Failed with a message
+naming the field), tampered and absurd profiles, and specs the advisor or the planner refuses.
+
+Each case asserts what a user reads: the phase, the condition reason, and a message that names the
+field or says what to change. The corpus tables here are shared with the end-to-end run.
+
+Known bugs are strict xfails (they fail loudly once fixed; remove the marker then):
+- the UnknownModel message names `numKVHeads`, a field the CRD rejects (it is `numKvHeads`);
+- serving.extraArgs may set --max-model-len, which the operator documents as its own;
+- planning says "no node offers <product> for sharing mode mig" while listing mig as offered, when
+  the truth is that no offered slice holds a replica (or the forced migProfile is not offered, or
+  a device-plugin MPS slice is too small);
+- serving.port near 65535 with MPS through DRA raises ValueError out of reconcile (a Traceback in
+  the operator log, no status) instead of a Failed condition.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.api.profile import Profile
+from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
+from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.hardware import lookup_gpu
+from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+from llmpack.profiler.simulated import SimulatedBackend
+from llmpack.render.cluster import GPU_REPLICAS_LABEL, ClusterFacts, NodeFacts
+from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
+from llmpack.render.planning import profile_key
+
+pytestmark = pytest.mark.badinput
+
+ROOT = Path(__file__).resolve().parents[2]
+H100 = "NVIDIA-H100-80GB-HBM3"
+BASE_SPEC: dict[str, Any] = {"model": {"name": "facebook/opt-1.3b"}}
+
+
+# -- the spec corpus (shared with tests/e2e/test_badinput.py) -------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """A spec the API server must refuse at `kubectl apply`.
+
+    field: what the API server's message names (a field path, or for a CEL rule its message,
+    which names the fields). hints: what else the message must say (the bound, the allowed
+    values). operator: whether the operator's own validation refuses it too (False where pydantic
+    is deliberately lenient and the CRD is the only guard, e.g. duplicates in a set are dropped)."""
+
+    id: str
+    spec: dict[str, Any]
+    field: str
+    hints: tuple[str, ...] = ()
+    operator: bool = True
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` deep-merged over `base`; a None value removes the key."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def case_spec(case: Case) -> dict[str, Any]:
+    return merged(BASE_SPEC, case.spec)
+
+
+ARCH = {"numLayers": 24, "numKvHeads": 32, "headDim": 64, "parameterBytes": 2_631_720_960}
+GE1 = ("greater than or equal to 1",)
+INT = ("must be of type integer",)
+ENUM = ("supported values",)
+
+
+def arch(**changes: Any) -> dict[str, Any]:
+    return {"model": {"name": "acme/custom-1b", "architecture": {**ARCH, **changes}}}
+
+
+SCHEMA_CASES: list[Case] = [
+    # model
+    Case("model-missing", {"model": None}, "spec.model", ("Required value",)),
+    Case("model-name-empty", {"model": {"name": ""}}, "spec.model.name", ("at least 1 chars",)),
+    Case("model-name-too-long", {"model": {"name": "m" * 254}}, "spec.model.name", ("Too long", "253")),
+    Case("model-dtype-int8", {"model": {"dtype": "int8"}}, "spec.model.dtype", ENUM),
+    Case("model-max-model-len-zero", {"model": {"maxModelLen": 0}}, "spec.model.maxModelLen", GE1),
+    Case("model-max-model-len-string", {"model": {"maxModelLen": "long"}}, "spec.model.maxModelLen", INT),
+    Case("architecture-layers-zero", arch(numLayers=0), "spec.model.architecture.numLayers", GE1),
+    Case(
+        "architecture-parameter-bytes-negative",
+        arch(parameterBytes=-1),
+        "spec.model.architecture.parameterBytes",
+        GE1,
+    ),
+    Case(
+        "architecture-head-dim-missing",
+        {"model": {"name": "acme/x", "architecture": {k: v for k, v in ARCH.items() if k != "headDim"}}},
+        "spec.model.architecture.headDim",
+        ("Required value",),
+    ),
+    Case(
+        "secret-ref-name-missing",
+        {"model": {"hfTokenSecretRef": {"key": "token"}}},
+        "spec.model.hfTokenSecretRef.name",
+        ("Required value",),
+    ),
+    Case(
+        "secret-ref-key-empty",
+        {"model": {"hfTokenSecretRef": {"name": "hf", "key": ""}}},
+        "spec.model.hfTokenSecretRef.key",
+        ("at least 1 chars",),
+    ),
+    # workload
+    Case("prompt-tokens-zero", {"workload": {"promptTokens": 0}}, "spec.workload.promptTokens", GE1),
+    Case("output-tokens-negative", {"workload": {"outputTokens": -5}}, "spec.workload.outputTokens", GE1),
+    Case(
+        "prompt-tokens-absurd",
+        {"workload": {"promptTokens": 2_000_000}},
+        "spec.workload.promptTokens",
+        ("less than or equal to 1048576",),
+    ),
+    Case("output-tokens-string", {"workload": {"outputTokens": "many"}}, "spec.workload.outputTokens", INT),
+    # slo
+    Case("slo-itl-mean-zero", {"slo": {"itlMeanMs": 0}}, "spec.slo.itlMeanMs", ("greater than 0",)),
+    Case("slo-itl-p99-negative", {"slo": {"itlP99Ms": -1}}, "spec.slo.itlP99Ms", ("greater than 0",)),
+    Case("slo-ttft-zero", {"slo": {"ttftP99Ms": 0}}, "spec.slo.ttftP99Ms", ("greater than 0",)),
+    Case("slo-itl-string", {"slo": {"itlMeanMs": "fast"}}, "spec.slo.itlMeanMs", ("must be of type number",)),
+    # advisor
+    Case("policy-unknown", {"advisor": {"policy": "greedy"}}, "spec.advisor.policy", ENUM),
+    Case("epsilon-zero", {"advisor": {"epsilon": 0}}, "spec.advisor.epsilon", ("greater than 0",)),
+    Case("epsilon-above-one", {"advisor": {"epsilon": 1.5}}, "spec.advisor.epsilon", ("less than 1",)),
+    Case(
+        "latency-factor-one",
+        {"advisor": {"latencyFactor": 1}},
+        "spec.advisor.latencyFactor",
+        ("greater than 1",),
+    ),
+    Case(
+        "candidates-empty",
+        {"advisor": {"candidateBatchSizes": []}},
+        "spec.advisor.candidateBatchSizes",
+        ("at least 1 items",),
+    ),
+    Case(
+        "candidates-zero",
+        {"advisor": {"candidateBatchSizes": [0, 8]}},
+        "spec.advisor.candidateBatchSizes[0]",
+        GE1,
+    ),
+    Case(
+        "candidates-duplicate",
+        {"advisor": {"candidateBatchSizes": [8, 8]}},
+        "spec.advisor.candidateBatchSizes[1]",
+        ("Duplicate value",),
+        operator=False,  # pydantic sorts and de-duplicates the set
+    ),
+    Case(
+        "candidates-too-many",
+        {"advisor": {"candidateBatchSizes": list(range(1, 66))}},
+        "spec.advisor.candidateBatchSizes",
+        ("Too many", "64"),
+    ),
+    Case(
+        "max-num-seqs-absurd",
+        {"advisor": {"maxNumSeqs": 5000}},
+        "spec.advisor.maxNumSeqs",
+        ("less than or equal to 4096",),
+    ),
+    Case("max-num-seqs-zero", {"advisor": {"maxNumSeqs": 0}}, "spec.advisor.maxNumSeqs", GE1),
+    Case("replicas-per-gpu-zero", {"advisor": {"replicasPerGPU": 0}}, "spec.advisor.replicasPerGPU", GE1),
+    Case(
+        "replicas-per-gpu-above-mps-limit",
+        {"advisor": {"replicasPerGPU": 49}, "sharing": {"maxReplicasPerGPU": 48}},
+        "spec.advisor.replicasPerGPU",
+        ("less than or equal to 48",),
+    ),
+    Case(
+        "min-replica-gain-negative",
+        {"advisor": {"minReplicaGain": -0.1}},
+        "spec.advisor.minReplicaGain",
+        ("greater than or equal to 0",),
+    ),
+    Case(
+        "min-replica-gain-absurd",
+        {"advisor": {"minReplicaGain": 10}},
+        "spec.advisor.minReplicaGain",
+        ("less than 10",),
+    ),
+    # sharing
+    Case("sharing-mode-shared", {"sharing": {"mode": "shared"}}, "spec.sharing.mode", ENUM),
+    Case("sharing-mode-upper-case", {"sharing": {"mode": "MPS"}}, "spec.sharing.mode", ENUM),
+    Case("mps-provider-host-ipc", {"sharing": {"mpsProvider": "hostIPC"}}, "spec.sharing.mpsProvider", ENUM),
+    Case(
+        "max-replicas-per-gpu-zero",
+        {"sharing": {"maxReplicasPerGPU": 0}},
+        "spec.sharing.maxReplicasPerGPU",
+        GE1,
+    ),
+    Case(
+        "max-replicas-per-gpu-above-mps-limit",
+        {"sharing": {"maxReplicasPerGPU": 100}},
+        "spec.sharing.maxReplicasPerGPU",
+        ("less than or equal to 48",),
+    ),
+    Case(
+        "mig-profile-no-dot",
+        {"sharing": {"mode": "mig", "migProfile": "1g10gb"}},
+        "spec.sharing.migProfile",
+        ("should match",),
+    ),
+    Case(
+        "mig-profile-8g",
+        {"sharing": {"mode": "mig", "migProfile": "8g.80gb"}},
+        "spec.sharing.migProfile",
+        ("should match",),
+    ),
+    Case(
+        "mig-profile-upper-case",
+        {"sharing": {"mode": "mig", "migProfile": "1G.10GB"}},
+        "spec.sharing.migProfile",
+        ("should match",),
+    ),
+    # gpu
+    Case("gpu-product-empty", {"gpu": {"product": ""}}, "spec.gpu.product", ("at least 1 chars",)),
+    Case("gpu-count-zero", {"gpu": {"count": 0}}, "spec.gpu.count", GE1),
+    Case("gpu-count-negative", {"gpu": {"count": -1}}, "spec.gpu.count", GE1),
+    Case("gpu-count-word", {"gpu": {"count": "two"}}, "spec.gpu.count", INT),
+    Case("gpu-count-fraction", {"gpu": {"count": 1.5}}, "spec.gpu.count", INT),
+    Case("gpu-count-absurd", {"gpu": {"count": 5000}}, "spec.gpu.count", ("less than or equal to 4096",)),
+    Case(
+        "node-selector-number",
+        {"gpu": {"nodeSelector": {"pool": 1}}},
+        "spec.gpu.nodeSelector.pool",
+        ("must be of type string",),
+    ),
+    Case(
+        "toleration-operator-maybe",
+        {"gpu": {"tolerations": [{"key": "k", "operator": "Maybe"}]}},
+        "spec.gpu.tolerations[0].operator",
+        ENUM,
+    ),
+    Case(
+        "toleration-effect-unknown",
+        {"gpu": {"tolerations": [{"key": "k", "effect": "NoRun"}]}},
+        "spec.gpu.tolerations[0].effect",
+        ENUM,
+    ),
+    Case("tolerations-not-a-list", {"gpu": {"tolerations": "all"}}, "spec.gpu.tolerations", ("type array",)),
+    # profiling
+    Case("profiling-backend-paper", {"profiling": {"backend": "paper"}}, "spec.profiling.backend", ENUM),
+    Case("profiling-sweep-random", {"profiling": {"sweep": "random"}}, "spec.profiling.sweep", ENUM),
+    Case(
+        "profiling-timeout-zero", {"profiling": {"timeoutSeconds": 0}}, "spec.profiling.timeoutSeconds", GE1
+    ),
+    Case(
+        "profiling-timeout-absurd",
+        {"profiling": {"timeoutSeconds": 100_000}},
+        "spec.profiling.timeoutSeconds",
+        ("less than or equal to 86400",),
+    ),
+    Case(
+        "profiling-backoff-absurd",
+        {"profiling": {"backoffLimit": 11}},
+        "spec.profiling.backoffLimit",
+        ("less than or equal to 10",),
+    ),
+    Case(
+        "profiling-backoff-negative",
+        {"profiling": {"backoffLimit": -1}},
+        "spec.profiling.backoffLimit",
+        ("greater than or equal to 0",),
+    ),
+    Case(
+        "profiling-reuse-yes",
+        {"profiling": {"reuseCachedProfile": "yes"}},
+        "spec.profiling.reuseCachedProfile",
+        ("must be of type boolean",),
+        operator=False,  # pydantic's lax mode reads "yes" as true
+    ),
+    # serving
+    Case(
+        "serving-port-privileged",
+        {"serving": {"port": 80}},
+        "spec.serving.port",
+        ("greater than or equal to 1024",),
+    ),
+    Case(
+        "serving-port-out-of-range",
+        {"serving": {"port": 70000}},
+        "spec.serving.port",
+        ("less than or equal to 65535",),
+    ),
+    Case("serving-port-name", {"serving": {"port": "http"}}, "spec.serving.port", INT),
+    Case("extra-args-string", {"serving": {"extraArgs": "--foo"}}, "spec.serving.extraArgs", ("type array",)),
+    Case(
+        "env-name-missing",
+        {"serving": {"env": [{"value": "x"}]}},
+        "spec.serving.env[0].name",
+        ("Required value",),
+    ),
+    Case("env-not-a-list", {"serving": {"env": "A=1"}}, "spec.serving.env", ("type array",)),
+]
+
+# Rules that span fields (the CRD's x-kubernetes-validations, mirrored by the pydantic model). The
+# API server reports them on `spec` with the rule's message, which names the fields to change.
+CEL_CASES: list[Case] = [
+    Case(
+        "exclusive-with-two-replicas-per-gpu",
+        {"sharing": {"mode": "exclusive"}, "advisor": {"replicasPerGPU": 2}},
+        "sharing.mode exclusive runs one replica per GPU: remove advisor.replicasPerGPU",
+    ),
+    Case(
+        "replicas-per-gpu-above-max",
+        {"sharing": {"mode": "mps", "maxReplicasPerGPU": 4}, "advisor": {"replicasPerGPU": 10}},
+        "advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
+    ),
+    Case(
+        "replicas-per-gpu-above-default-max",
+        {"advisor": {"replicasPerGPU": 9}},
+        "advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
+    ),
+    Case(
+        "max-model-len-below-workload",
+        {"model": {"maxModelLen": 256}, "workload": {"promptTokens": 200, "outputTokens": 200}},
+        "model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
+    ),
+    Case(
+        "max-model-len-below-default-workload",
+        {"model": {"maxModelLen": 300}},
+        "model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
+    ),
+    Case(
+        "mig-profile-with-mps",
+        {"sharing": {"mode": "mps", "migProfile": "1g.10gb"}},
+        "migProfile applies only to mode mig (or auto); remove it or set mode: mig",
+    ),
+    Case(
+        "mig-profile-with-exclusive",
+        {"sharing": {"mode": "exclusive", "migProfile": "3g.40gb"}},
+        "migProfile applies only to mode mig (or auto); remove it or set mode: mig",
+    ),
+]
+
+# Unknown fields. The CRD is structural: `kubectl apply` (field validation Strict by default since
+# kubectl 1.27) refuses them naming the field; with --validate=warn they are pruned with a warning.
+UNKNOWN_FIELD_CASES: list[Case] = [
+    Case("unknown-top-level-field", {"replicas": 3}, 'unknown field "spec.replicas"'),
+    Case(
+        "unknown-nested-field", {"model": {"quantization": "awq"}}, 'unknown field "spec.model.quantization"'
+    ),
+    Case("typo-in-field-name", {"gpu": {"prodcut": "NVIDIA-L4"}}, 'unknown field "spec.gpu.prodcut"'),
+    Case(
+        "snake-case-field",
+        {"sharing": {"max_replicas_per_gpu": 2}},
+        'unknown field "spec.sharing.max_replicas_per_gpu"',
+        operator=False,  # pydantic's populate_by_name reads the Python name too
+    ),
+]
+
+
+def operator_field(case: Case) -> str:
+    """The API server's field path as the operator's own validation names it."""
+    return re.sub(r"\[(\d+)\]", r".\1", case.field.removeprefix("spec."))
+
+
+# -- a fake API for the reconciler --------------------------------------------------------------
+
+
+@dataclass
+class FakeKube:
+    """Enough of KubeClient for a reconcile: a dict of objects, and a record of every call."""
+
+    objects: dict[tuple[str, str | None, str], dict[str, Any]] = field(default_factory=dict)
+    calls: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+    applied: list[dict[str, Any]] = field(default_factory=list)  # every object as applied, in order
+
+    def put(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = copy.deepcopy(obj)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind, namespace, name))
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
+        self.calls.append(("list", kind, namespace, label_selector))
+        wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if part)
+        return [
+            copy.deepcopy(obj)
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind
+            and (namespace is None or ns == namespace)
+            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
+
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        meta = obj["metadata"]
+        self.calls.append(("apply", obj["kind"], meta.get("namespace"), meta["name"]))
+        self.applied.append(copy.deepcopy(obj))
+        stored = copy.deepcopy(obj)
+        before = self.objects.get((obj["kind"], meta.get("namespace"), meta["name"]))
+        if before is not None:
+            stored["status"] = before.get("status", {})
+            if "data" in before and "data" not in stored:
+                stored["data"] = before["data"]
+        if not dry_run:
+            self.put(stored)
+        return copy.deepcopy(stored)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.apply(obj)
+
+    def delete(self, kind: str, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
+        self.calls.append(("delete", kind, namespace, name))
+        return self.objects.pop((kind, namespace, name), None) is not None
+
+    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict:
+        raise AssertionError(f"the reconciler does not merge-patch ({kind} {name})")
+
+    def request(self, method: str, path: str, **_: Any) -> Any:
+        raise AssertionError(f"the reconciler makes no raw request ({method} {path})")
+
+
+def body(spec: dict[str, Any], name: str = "bad", namespace: str = "team-a") -> dict[str, Any]:
+    return {
+        "apiVersion": "llmpack.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def cluster_offering_everything(product: str = H100, device_plugin_replicas: int = 2) -> ClusterFacts:
+    """Whole GPUs, every MIG profile of the product, device-plugin MPS and DRA, on one node each."""
+    gpu = lookup_gpu(product)
+    nodes = [
+        NodeFacts("whole", {GPU_PRODUCT_LABEL: product}, {"nvidia.com/gpu": "8"}),
+        NodeFacts("mig", {GPU_PRODUCT_LABEL: product}, {p.resource_name: "7" for p in gpu.mig_profiles}),
+        NodeFacts(
+            "mps",
+            {
+                GPU_PRODUCT_LABEL: product + "-SHARED",
+                SHARING_STRATEGY_LABEL: "mps",
+                GPU_REPLICAS_LABEL: str(device_plugin_replicas),
+            },
+            {"nvidia.com/gpu": str(8 * device_plugin_replicas)},
+        ),
+        NodeFacts("dra", {GPU_PRODUCT_LABEL: product}, {}),
+    ]
+    return ClusterFacts({n.name: n for n in nodes}, {"gpu.nvidia.com"}, {"dra": 8})
+
+
+def simulated_profile(spec: LLMDeploymentSpec) -> Profile:
+    """What the profiling Job's simulated backend would publish for `spec`."""
+    arch_ = spec.model.architecture
+    override = (
+        ArchitectureOverride(arch_.num_layers, arch_.num_kv_heads, arch_.head_dim, arch_.parameter_bytes)
+        if arch_
+        else ArchitectureOverride()
+    )
+    request = ProfileRequest(
+        model=spec.model.name,
+        gpu_product=spec.gpu.product,
+        dtype=spec.model.dtype,
+        max_model_len=spec.effective_max_model_len(),
+        prompt_tokens=spec.workload.prompt_tokens,
+        output_tokens=spec.workload.output_tokens,
+        revision=spec.model.revision,
+        architecture=override,
+    )
+    backend = SimulatedBackend(request)
+    backend.start()
+    return backend.profile([backend.measure(b) for b in spec.advisor.candidate_batch_sizes], [])
+
+
+def finish_profiling(kube: FakeKube, namespace: str, profile_json: str | None) -> None:
+    """Play the profiling Job: publish `profile_json` into its result ConfigMap, mark it Complete."""
+    (job,) = [o for (k, ns, _), o in kube.objects.items() if k == "Job" and ns == namespace]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    result = kube.objects[("ConfigMap", namespace, args[args.index("--result-configmap") + 1])]
+    if profile_json is not None:
+        result["data"] = {DATA_KEY: profile_json}
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+
+
+@dataclass
+class Run:
+    kube: FakeKube
+    reconciler: Reconciler
+    results: list[Any]
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.results[-1].status
+
+    @property
+    def events(self) -> list[tuple[str, str, str]]:
+        return [e for r in self.results for e in r.events]
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return {c["type"]: c for c in self.status["conditions"]}[type_]
+
+
+def reconcile_through(
+    spec: dict[str, Any],
+    *,
+    cluster: ClusterFacts | None = None,
+    kube: FakeKube | None = None,
+    profile_json: str | None = "simulated",
+    name: str = "bad",
+    namespace: str = "team-a",
+    play: bool = True,
+) -> Run:
+    """Reconcile `spec` as the operator does; when it starts profiling (and `play`), play the Job
+    (publish `profile_json`, by default what the simulated backend measures) and reconcile again."""
+    kube = kube or FakeKube()
+    reconciler = Reconciler(kube, OperatorConfig(), cluster or cluster_offering_everything())
+    obj = body(spec, name, namespace)
+    results = [reconciler.reconcile(obj)]
+    if play and results[-1].status.get("phase") == "Profiling":
+        if profile_json == "simulated":
+            profile_json = simulated_profile(LLMDeploymentSpec.model_validate(spec)).model_dump_json()
+        finish_profiling(kube, namespace, profile_json)
+        results.append(reconciler.reconcile({**obj, "status": results[-1].status}))
+    return Run(kube, reconciler, results)
+
+
+def assert_failed(run: Run, reason: str, *needles: str) -> str:
+    status = run.status
+    assert status["phase"] == "Failed", status
+    message = status["message"]
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    degraded = run.condition("Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == reason, degraded
+    assert degraded["message"] == message
+    return message
+
+
+# -- the spec corpus through the operator's own validation --------------------------------------
+
+
+@pytest.mark.parametrize("case", [c for c in SCHEMA_CASES + CEL_CASES if c.operator], ids=lambda c: c.id)
+def test_a_spec_the_crd_refuses_is_refused_by_the_operator_too_naming_the_field(case):
+    run = reconcile_through(case_spec(case), kube=FakeKube())
+    assert_failed(run, "InvalidSpec", "invalid spec: ", operator_field(case))
+    assert run.condition("Progressing")["status"] == "False"
+    assert run.kube.calls == [], "a spec that does not validate is never acted on"
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in SCHEMA_CASES + UNKNOWN_FIELD_CASES if not c.operator], ids=lambda c: c.id
+)
+def test_where_the_operator_is_lenient_the_crd_is_the_guard(case):
+    LLMDeploymentSpec.model_validate(case_spec(case))  # accepted (the API server refuses it first)
+
+
+@pytest.mark.parametrize("case", [c for c in UNKNOWN_FIELD_CASES if c.operator], ids=lambda c: c.id)
+def test_an_unknown_field_is_refused_by_the_operator_too(case):
+    run = reconcile_through(case_spec(case))
+    message = assert_failed(run, "InvalidSpec", "Extra inputs are not permitted")
+    path = case.field.split('"')[1].removeprefix("spec.")
+    assert path in message
+
+
+def test_the_corpus_is_big_enough():
+    assert len(SCHEMA_CASES) + len(CEL_CASES) + len(UNKNOWN_FIELD_CASES) >= 50
+    ids = [c.id for c in SCHEMA_CASES + CEL_CASES + UNKNOWN_FIELD_CASES]
+    assert len(ids) == len(set(ids))
+
+
+# -- specs the CRD accepts and the operator refuses ---------------------------------------------
+
+OWNED_FLAGS = [
+    ["--max-num-seqs", "64"],
+    ["--max-num-seqs=8"],
+    ["--kv-cache-memory-bytes=1"],
+    ["--gpu-memory-utilization", "0.9"],
+    ["--port", "9000"],
+]
+
+
+@pytest.mark.parametrize("extra", OWNED_FLAGS, ids=lambda a: a[0])
+def test_extra_args_may_not_set_a_flag_the_operator_owns(extra):
+    flag = extra[0].split("=")[0]
+    run = reconcile_through(merged(BASE_SPEC, {"serving": {"extraArgs": ["--enforce-eager", *extra]}}))
+    assert_failed(run, "InvalidSpec", "serving.extraArgs", f"must not set {flag}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: ServingSpec._no_owned_flags omits --max-model-len, which its own description says "
+    "the operator owns; vLLM then sees the operator's --max-model-len and the user's, the last wins, "
+    "and the KV cache sized for the first is wrong",
+)
+def test_extra_args_may_not_set_max_model_len():
+    run = reconcile_through(merged(BASE_SPEC, {"serving": {"extraArgs": ["--max-model-len", "8192"]}}))
+    assert_failed(run, "InvalidSpec", "serving.extraArgs", "--max-model-len")
+
+
+def test_an_unknown_field_inside_env_is_refused_by_the_operator():
+    """serving.env items preserve unknown fields in the CRD (valueFrom is free-form), so the
+    operator's validation is what answers."""
+    spec = merged(BASE_SPEC, {"serving": {"env": [{"name": "A", "value": "1", "bogus": True}]}})
+    assert_failed(reconcile_through(spec), "InvalidSpec", "serving.env.0.bogus")
+
+
+def test_an_unknown_gpu_product_names_the_known_ones():
+    run = reconcile_through(merged(BASE_SPEC, {"gpu": {"product": "NVIDIA-RTX-9090"}}))
+    assert_failed(run, "UnknownGPU", "gpu.product", "NVIDIA-RTX-9090", H100, "nvidia.com/gpu.product")
+    assert run.kube.calls == []
+
+
+def test_an_unknown_model_without_architecture_says_to_set_it():
+    run = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}})
+    assert_failed(run, "UnknownModel", "acme/secret-sauce-7b", "spec.model.architecture")
+    assert run.kube.calls == []
+
+
+def _crd_properties(*path: str) -> set[str]:
+    crd = yaml.safe_load((ROOT / "crds" / "llmpack.io_llmdeployments.yaml").read_text())
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in path:
+        node = node["properties"][part]
+    return set(node["properties"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the UnknownModel message (controller/reconciler.py _check_model) tells the user to "
+    "set numKVHeads, which the API server rejects as an unknown field; the field is numKvHeads",
+)
+def test_the_unknown_model_message_names_fields_the_api_accepts():
+    message = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}}).status["message"]
+    named = set(re.findall(r"\(([^)]*)\)", message)[0].replace(" ", "").split(","))
+    assert named <= _crd_properties("spec", "model", "architecture"), named
+
+
+# -- specs the advisor and the planner refuse ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "needles"),
+    [
+        ({"slo": {"itlMeanMs": 0.01}}, ("0.01 ms", "lowest mean ITL measured", "relax the SLO")),
+        ({"slo": {"itlP99Ms": 0.01}}, ("p99 ITL SLO (0.01 ms)", "relax the SLO")),
+        (
+            {"sharing": {"mode": "mps", "maxReplicasPerGPU": 48}, "advisor": {"replicasPerGPU": 48}},
+            ("replicasPerGPU=48 does not fit", "lower replicasPerGPU to"),
+        ),
+        ({"advisor": {"maxNumSeqs": 4096}}, ("one replica needs", "GiB", "batch size")),
+    ],
+    ids=["slo-mean", "slo-p99", "replicas-per-gpu", "max-num-seqs"],
+)
+def test_the_advisor_refuses_what_cannot_be_met_and_says_what_to_relax(spec, needles):
+    run = reconcile_through(merged(BASE_SPEC, spec))
+    assert_failed(run, "AdvisorRefused", *needles)
+    assert run.condition("Advised")["status"] == "False"
+    assert not [k for (k, _, _) in run.kube.objects if k == "Deployment"], "nothing is deployed"
+
+
+def test_a_product_the_cluster_lacks_is_reported_with_what_it_offers():
+    run = reconcile_through(
+        merged(BASE_SPEC, {"gpu": {"product": "NVIDIA-A100-SXM4-80GB"}}),
+        cluster=cluster_offering_everything(H100),
+    )
+    assert_failed(
+        run,
+        "NoMatchingNodes",
+        "NVIDIA-A100-SXM4-80GB",
+        "offers nothing",
+        "Change sharing.mode or gpu.product",
+    )
+    assert run.results[-1].retry_after, "what the cluster offers may change: it is retried"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: render/planning.py choose() says 'no node offers <product> for sharing mode <m>' and "
+    "then lists that very mode as offered, when the real cause is that no offered MIG slice holds a "
+    "replica, the forced migProfile is not offered, or a device-plugin MPS slice is too small; the "
+    "message should name the constraint (replica memory vs slice memory, sharing.migProfile)",
+)
+@pytest.mark.parametrize(
+    ("spec", "cluster", "needle"),
+    [
+        (
+            {
+                "model": {"name": "acme/big", "architecture": {**ARCH, "parameterBytes": 50 * 10**9}},
+                "sharing": {"mode": "mig"},
+            },
+            ClusterFacts(
+                {"mig": NodeFacts("mig", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/mig-3g.40gb": "2"})}
+            ),
+            "GiB",
+        ),
+        (
+            {"sharing": {"mode": "mig", "migProfile": "7g.80gb"}},
+            ClusterFacts(
+                {"mig": NodeFacts("mig", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/mig-1g.10gb": "7"})}
+            ),
+            "migProfile",
+        ),
+        (
+            {"sharing": {"mode": "mps", "mpsProvider": "devicePlugin"}},
+            cluster_offering_everything(H100, device_plugin_replicas=8),
+            "GiB",
+        ),
+    ],
+    ids=["no-slice-holds-a-replica", "forced-profile-not-offered", "device-plugin-slice-too-small"],
+)
+def test_a_planning_refusal_names_the_constraint_that_failed(spec, cluster, needle):
+    message = assert_failed(reconcile_through(merged(BASE_SPEC, spec), cluster=cluster), "NoMatchingNodes")
+    assert needle in message, message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: serving.port 65535 (valid in the CRD) with MPS through DRA makes render/serving.py "
+    "replica_ports raise ValueError out of Reconciler.reconcile: the work queue logs a Traceback and "
+    "retries every 30 s, and the status never says why; it should be a Failed condition naming "
+    "serving.port (or the CRD should cap the port at 65535 - maxReplicasPerGPU)",
+)
+def test_a_service_port_without_room_for_the_replica_ports_is_a_failed_condition():
+    spec = merged(BASE_SPEC, {"sharing": {"mode": "mps", "mpsProvider": "dra"}, "serving": {"port": 65535}})
+    try:
+        run = reconcile_through(spec)
+    except ValueError as err:
+        raise AssertionError(f"reconcile raised instead of answering: {err}") from err
+    assert_failed(run, "InvalidSpec", "serving.port")
+
+
+# -- profiles: tampered cache entries and absurd profiler output --------------------------------
+
+
+def good_profile() -> dict[str, Any]:
+    return json.loads(simulated_profile(LLMDeploymentSpec.model_validate(BASE_SPEC)).model_dump_json())
+
+
+def _set(path: str, value: Any):
+    def mutate(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+@dataclass(frozen=True)
+class Raw:
+    make: Callable[[], str]
+
+
+# (id, how the JSON is spoilt, what the message must name)
+PROFILE_CASES: list[tuple[str, Any, str]] = [
+    ("garbage", "{not json", "Invalid JSON"),
+    ("truncated", Raw(lambda: json.dumps(good_profile())[:200]), "EOF while parsing"),
+    ("not-an-object", "[1, 2, 3]", "Input should be an object"),
+    ("nan-throughput", _set("points.0.total_tokens_per_s", math.nan), "points.0.total_tokens_per_s"),
+    ("infinite-itl", _set("points.1.itl_mean_ms", math.inf), "points.1.itl_mean_ms"),
+    ("negative-throughput", _set("points.0.total_tokens_per_s", -5.0), "points.0.total_tokens_per_s"),
+    ("absurd-throughput", _set("points.2.total_tokens_per_s", 1e12), "points.2.total_tokens_per_s"),
+    ("absurd-itl", _set("points.0.itl_p99_ms", 1e12), "points.0.itl_p99_ms"),
+    ("percent-gpu-utilization", _set("points.0.gpu_utilization", 87), "divide it by 100"),
+    ("percent-kv-usage", _set("points.3.kv_cache_usage_peak", 45.0), "points.3.kv_cache_usage_peak"),
+    ("no-points", _set("points", []), "points"),
+    ("points-missing", _set("points", _DELETE), "points"),
+    ("batch-zero", _set("points.0.max_num_seqs", 0), "points.0.max_num_seqs"),
+    ("negative-weights", _set("model.weight_bytes", -1), "model.weight_bytes"),
+    ("zero-gpu-memory", _set("gpu.memory_bytes", 0), "gpu.memory_bytes"),
+    ("future-schema", _set("schema_version", 99), "schema_version"),
+    ("kv-capacity-below-a-block", _set("kv_capacity_tokens", 1), "smaller than one KV block"),
+    ("negative-preemptions", _set("points.0.preemptions", -3), "points.0.preemptions"),
+    ("string-throughput", _set("points.0.total_tokens_per_s", "fast"), "points.0.total_tokens_per_s"),
+]
+
+
+def spoilt(how: str | Raw | Callable[[dict[str, Any]], None]) -> str:
+    """The text of a spoilt profile: as given, made by `Raw`, or a good profile mutated."""
+    if isinstance(how, str):
+        return how
+    if isinstance(how, Raw):
+        return how.make()
+    data = good_profile()
+    how(data)
+    return json.dumps(data)  # NaN and Infinity as JavaScript literals, as a careless writer would
+
+
+def test_duplicate_batch_sizes_are_refused():
+    data = good_profile()
+    data["points"][1]["max_num_seqs"] = data["points"][0]["max_num_seqs"]
+    lookup = ProfileCache(_cache_kube(json.dumps(data)), "llmpack-system").get("k" * 40)
+    assert lookup.profile is None and "repeated max_num_seqs" in lookup.problem
+
+
+def _cache_kube(raw: str | None) -> FakeKube:
+    kube = FakeKube()
+    data = {} if raw is None else {DATA_KEY: raw}
+    kube.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": cache_configmap_name("k" * 40), "namespace": "llmpack-system"},
+            "data": data,
+        }
+    )
+    return kube
+
+
+@pytest.mark.parametrize(("case", "how", "needle"), PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
+def test_a_tampered_cache_entry_is_reported_naming_the_field_and_not_used(case, how, needle):
+    lookup = ProfileCache(_cache_kube(spoilt(how)), "llmpack-system").get("k" * 40)
+    assert lookup.profile is None
+    assert lookup.problem.startswith(f"cached profile {cache_configmap_name('k' * 40)} is invalid")
+    assert needle in lookup.problem, lookup.problem
+
+
+def test_a_cache_entry_without_its_data_key_is_reported():
+    lookup = ProfileCache(_cache_kube(None), "llmpack-system").get("k" * 40)
+    assert lookup.profile is None and DATA_KEY in lookup.problem
+
+
+@pytest.mark.parametrize(("case", "how", "needle"), PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
+def test_absurd_profiler_output_fails_with_profile_invalid_naming_the_field(case, how, needle):
+    run = reconcile_through(BASE_SPEC, profile_json=spoilt(how))
+    message = assert_failed(run, "ProfileInvalid", "published an invalid profile", needle)
+    assert run.condition("ProfileReady")["status"] == "False"
+    assert not [k for (k, ns, _) in run.kube.objects if ns == "llmpack-system"], "nothing is cached"
+    assert message
+
+
+def test_profiler_output_that_is_missing_fails_with_profile_missing():
+    run = reconcile_through(BASE_SPEC, profile_json=None)
+    assert_failed(run, "ProfileMissing", "completed without publishing a profile")
+
+
+def test_a_tampered_cache_entry_is_evicted_and_profiled_again():
+    """The end-to-end run plays the new Job; here the steps: event, eviction, a new Job."""
+    spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
+    key = profile_key(spec, OperatorConfig().profiler_image, "uid-bad")
+    kube = FakeKube()
+    kube.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": cache_configmap_name(key), "namespace": "llmpack-system"},
+            "data": {DATA_KEY: spoilt(_set("points.0.total_tokens_per_s", -1.0))},
+        }
+    )
+    run = reconcile_through(BASE_SPEC, kube=kube)
+    warnings = [e for e in run.events if e[1] == "ProfileCacheInvalid"]
+    assert warnings and warnings[0][0] == "Warning"
+    assert "points.0.total_tokens_per_s" in warnings[0][2] and "profiling again" in warnings[0][2]
+    assert ("delete", "ConfigMap", "llmpack-system", cache_configmap_name(key)) in kube.calls
+    cached = Profile.model_validate_json(
+        kube.objects[("ConfigMap", "llmpack-system", cache_configmap_name(key))]["data"][DATA_KEY]
+    )
+    assert cached.points[0].total_tokens_per_s > 0, "the re-measured profile replaced the tampered one"
+    assert run.status["phase"] in ("Deploying", "Ready"), run.status
