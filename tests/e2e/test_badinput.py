@@ -670,7 +670,8 @@ def test_the_operator_still_serves_after_the_corpus(
     assert now["metadata"]["generation"] == before["metadata"]["generation"]
 
     # A Failed spec is not a dead end: fixing it serves it.
-    fixed = resource_name("op", OPERATOR_CASES[2].id)
+    fixed = resource_name("op", "extra-args-max-num-seqs-64")
+    assert fixed in outcomes.objects, sorted(outcomes.objects)
     kube_admin.merge_patch("LLMDeployment", corpus_ns, fixed, {"spec": {"serving": {"extraArgs": []}}})
     good = merged(BASE_SPEC, {"model": {"hfTokenSecretRef": {"name": SECRET}}, **EXCLUSIVE})
     kubectl("apply", "-n", corpus_ns, "-f", "-", input=json.dumps(llmd("good-after", good)))
