@@ -18,13 +18,9 @@ Afterwards the operator must still serve: a deployment that was Ready throughout
 fixed spec recovers, a new one becomes Ready, the process is alive, its log has no Traceback and
 no token. The last line printed is the tally of inputs tried and answered.
 
-Cases that show a bug are strict xfails (they fail loudly once fixed; remove the marker then):
-- a GPU product or MIG profile no node offers leaves the deployment in Profiling, its Job's pod
-  Pending, with the message "waiting for the profiler to start" (no capacity check before profiling);
-- an hfTokenSecretRef naming a Secret that does not exist is not detected (the deployment is Ready);
-- a spec the CRD accepts whose rendered objects the API server refuses (bad resources, node
-  selector, env source, secret name, toleration) gets no status at all: the operator retries the
-  apply every 10 s and only its log says why.
+One case is a strict xfail, a known limitation: an hfTokenSecretRef naming a Secret that does not
+exist is not detected on the testbed (the operator may not read Secrets; on a real kubelet the
+status reports the pods' CreateContainerConfigError, which kwok never produces).
 Pure cases of the same corpus run in milliseconds in tests/unit/test_badinput_pure.py.
 """
 
@@ -614,13 +610,6 @@ def test_the_profiler_identity_can_write_only_its_own_result(outcomes):
     assert all(outcomes.rbac.values()), outcomes.rbac
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the reconciler profiles before it looks at what the cluster offers, so a product or "
-    "MIG profile no node has leaves a Pending profiling pod and the status 'waiting for the profiler "
-    "to start' until profiling.timeoutSeconds (1 h); check offers (and a forced migProfile) first "
-    "and fail with NoMatchingNodes, or at least report the pod's Unschedulable message",
-)
 @pytest.mark.parametrize("case", NO_CAPACITY_CASES, ids=lambda c: c.id)
 def test_a_product_or_mig_profile_no_node_offers_is_reported_before_profiling(case: Served, outcomes):
     status = status_of(outcomes, resource_name("x", case.id))
@@ -632,9 +621,9 @@ def test_a_product_or_mig_profile_no_node_offers_is_reported_before_profiling(ca
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: an hfTokenSecretRef naming a Secret that does not exist is not detected: the "
-    "deployment goes Ready on the testbed (on a real kubelet its pods stay in "
-    "CreateContainerConfigError, which the status never mentions)",
+    reason="limitation: the operator may not read Secrets (least privilege), so a missing token "
+    "Secret shows only through the pods: on a real kubelet the status reports their "
+    "CreateContainerConfigError (secret 'x' not found); kwok never produces that state",
 )
 def test_a_token_secret_that_does_not_exist_is_reported(outcomes):
     status = status_of(outcomes, resource_name("x", MISSING_SECRET.id))
@@ -643,13 +632,6 @@ def test_a_token_secret_that_does_not_exist_is_reported(outcomes):
     assert answered, status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when the API server rejects an object rendered from an accepted spec (422/500 on "
-    "apply), the reconciler lets the KubeError escape: no phase, no condition, no event, a retry "
-    "every 10 s, and only the operator log says why; it should be Failed with the API server's "
-    "message (and the CRD could refuse these fields up front)",
-)
 @pytest.mark.parametrize("case", REJECTED_RENDER_CASES, ids=lambda c: c.id)
 def test_a_spec_whose_objects_the_api_server_rejects_is_failed_naming_the_field(case: Served, outcomes):
     status = status_of(outcomes, resource_name("x", case.id))

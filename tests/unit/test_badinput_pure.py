@@ -6,14 +6,9 @@ naming the field), tampered and absurd profiles, and specs the advisor or the pl
 Each case asserts what a user reads: the phase, the condition reason, and a message that names the
 field or says what to change. The corpus tables here are shared with the end-to-end run.
 
-Known bugs are strict xfails (they fail loudly once fixed; remove the marker then):
-- the UnknownModel message names `numKVHeads`, a field the CRD rejects (it is `numKvHeads`);
-- serving.extraArgs may set --max-model-len, which the operator documents as its own;
-- planning says "no node offers <product> for sharing mode mig" while listing mig as offered, when
-  the truth is that no offered slice holds a replica (or the forced migProfile is not offered, or
-  a device-plugin MPS slice is too small);
-- serving.port near 65535 with MPS through DRA raises ValueError out of reconcile (a Traceback in
-  the operator log, no status) instead of a Failed condition.
+Cases that once showed bugs (now fixed, kept as regressions): the UnknownModel message naming a
+field the CRD accepts, serving.extraArgs setting --max-model-len, planning refusals naming the
+constraint that failed, and a service port without room for the replica ports.
 """
 
 from __future__ import annotations
@@ -305,7 +300,7 @@ SCHEMA_CASES: list[Case] = [
         "serving-port-out-of-range",
         {"serving": {"port": 70000}},
         "spec.serving.port",
-        ("less than or equal to 65535",),
+        ("less than or equal to 65000",),
     ),
     Case("serving-port-name", {"serving": {"port": "http"}}, "spec.serving.port", INT),
     Case("extra-args-string", {"serving": {"extraArgs": "--foo"}}, "spec.serving.extraArgs", ("type array",)),
@@ -605,12 +600,6 @@ def test_extra_args_may_not_set_a_flag_the_operator_owns(extra):
     assert_failed(run, "InvalidSpec", "serving.extraArgs", f"must not set {flag}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ServingSpec._no_owned_flags omits --max-model-len, which its own description says "
-    "the operator owns; vLLM then sees the operator's --max-model-len and the user's, the last wins, "
-    "and the KV cache sized for the first is wrong",
-)
 def test_extra_args_may_not_set_max_model_len():
     run = reconcile_through(merged(BASE_SPEC, {"serving": {"extraArgs": ["--max-model-len", "8192"]}}))
     assert_failed(run, "InvalidSpec", "serving.extraArgs", "--max-model-len")
@@ -643,11 +632,6 @@ def _crd_properties(*path: str) -> set[str]:
     return set(node["properties"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the UnknownModel message (controller/reconciler.py _check_model) tells the user to "
-    "set numKVHeads, which the API server rejects as an unknown field; the field is numKvHeads",
-)
 def test_the_unknown_model_message_names_fields_the_api_accepts():
     message = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}}).status["message"]
     named = set(re.findall(r"\(([^)]*)\)", message)[0].replace(" ", "").split(","))
@@ -692,13 +676,6 @@ def test_a_product_the_cluster_lacks_is_reported_with_what_it_offers():
     assert run.results[-1].retry_after, "what the cluster offers may change: it is retried"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: render/planning.py choose() says 'no node offers <product> for sharing mode <m>' and "
-    "then lists that very mode as offered, when the real cause is that no offered MIG slice holds a "
-    "replica, the forced migProfile is not offered, or a device-plugin MPS slice is too small; the "
-    "message should name the constraint (replica memory vs slice memory, sharing.migProfile)",
-)
 @pytest.mark.parametrize(
     ("spec", "cluster", "needle"),
     [
@@ -732,14 +709,6 @@ def test_a_planning_refusal_names_the_constraint_that_failed(spec, cluster, need
     assert needle in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: serving.port 65535 (valid in the CRD) with MPS through DRA makes render/serving.py "
-    "replica_ports raise ValueError out of Reconciler.reconcile: the work queue logs a Traceback and "
-    "retries every 30 s, and the status never says why; it should be a Failed condition naming "
-    "serving.port (or the CRD should cap the port at 65535 - maxReplicasPerGPU)",
-)
 def test_a_service_port_without_room_for_the_replica_ports_is_a_failed_condition():
     spec = merged(BASE_SPEC, {"sharing": {"mode": "mps", "mpsProvider": "dra"}, "serving": {"port": 65535}})
     try:

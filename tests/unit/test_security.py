@@ -13,10 +13,9 @@ every sharing mode, and the assertions look at every object it applied.
 The chart's RBAC is checked in tests/integration/test_chart.py; render-level unit tests of the
 same properties on hand-made plans are in test_render.py.
 
-One strict xfail (a bug; remove the marker once fixed): serving.env may set NVIDIA_VISIBLE_DEVICES,
-which the NVIDIA container runtime honours in unprivileged containers by default, so a user who
-may only create LLMDeployments can get every GPU of the node, outside the device plugin's, MIG's
-and DRA's allocation.
+serving.env may not set NVIDIA_*, CUDA_MPS_* or CUDA_VISIBLE_DEVICES: the NVIDIA container runtime
+honours NVIDIA_VISIBLE_DEVICES in unprivileged containers by default, so a user who may only create
+LLMDeployments could otherwise get every GPU of the node beyond its MIG slice, MPS share or claim.
 """
 
 from __future__ import annotations
@@ -324,13 +323,6 @@ def test_user_input_cannot_put_a_gpu_claim_or_resource_of_its_own(mode):
         assert all(c["name"] == "gpu" for c in resources.get("claims", [])), resources
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: serving.env is copied into the vLLM containers unfiltered, so NVIDIA_VISIBLE_DEVICES=all "
-    "(honoured by the NVIDIA container runtime in unprivileged containers unless the node sets "
-    "accept-nvidia-visible-devices-envvar-when-unprivileged=false) exposes every GPU of the node "
-    "beyond what MIG, MPS or DRA allocated; ServingSpec should refuse NVIDIA_* and CUDA_MPS_* names",
-)
 def test_user_env_cannot_widen_gpu_visibility():
     spec = spec_for("mig", serving={"env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]})
     run = reconcile_through(spec, kube=kube_with_the_secret())

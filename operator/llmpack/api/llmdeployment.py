@@ -258,7 +258,25 @@ class EnvVar(CamelModel):
     )
 
 
+# The GPUs a container sees are the device plugin's or the DRA driver's business: these variables
+# would widen it beyond what MIG, MPS or a claim allocated (FACTS.md 3.1, 3.2).
+RESERVED_ENV_PREFIXES = ("NVIDIA_", "CUDA_MPS_", "CUDA_VISIBLE_DEVICES")
+
+
 class ServingSpec(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('NVIDIA_') "
+                    "&& !e.name.startsWith('CUDA_MPS_') && !e.name.startsWith('CUDA_VISIBLE_DEVICES'))",
+                    "message": "serving.env must not set NVIDIA_*, CUDA_MPS_* or CUDA_VISIBLE_DEVICES: "
+                    "the GPUs a replica sees come from its MIG slice, MPS share or claim",
+                }
+            ]
+        }
+    )
+
     image: str | None = Field(None, description="Serving image. Default: the operator's configured one.")
     extra_args: list[str] = Field(
         default_factory=list,
@@ -272,12 +290,36 @@ class ServingSpec(CamelModel):
         "by the operator).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    port: int = Field(8000, ge=1024, le=65535, description="Port of the Service in front of the replicas.")
+    port: int = Field(
+        8000,
+        ge=1024,
+        le=65000,
+        description="Port of the Service in front of the replicas. Replicas sharing a pod listen on "
+        "the ports right above it, hence the upper bound.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_gpu_visibility_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        for item in value:
+            if item.name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(
+                    f"serving.env must not set {item.name}: the GPUs a replica sees come from its MIG "
+                    "slice, MPS share or claim (NVIDIA_*, CUDA_MPS_* and CUDA_VISIBLE_DEVICES are reserved)"
+                )
+        return value
 
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, value: list[str]) -> list[str]:
-        owned = ("--max-num-seqs", "--kv-cache-memory-bytes", "--gpu-memory-utilization", "--port")
+        owned = (
+            "--max-num-seqs",
+            "--kv-cache-memory-bytes",
+            "--gpu-memory-utilization",
+            "--max-model-len",
+            "--port",
+            "--host",
+        )
         for arg in value:
             if arg.split("=", 1)[0] in owned:
                 raise ValueError(

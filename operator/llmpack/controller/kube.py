@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +62,21 @@ API_VERSIONS: dict[str, str] = {
     "ResourceSlice": "resource.k8s.io/v1",
     "LLMDeployment": "llmpack.io/v1alpha1",
 }
+
+
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def yaml_safe_json(body: Any) -> str:
+    """JSON text the API server's YAML decoder accepts (apply bodies are YAML). Plain json.dumps
+    escapes a character beyond the Basic Multilingual Plane as a UTF-16 surrogate pair, which YAML
+    refuses; YAML spells it \\UXXXXXXXX. Control characters stay escaped, as YAML requires."""
+
+    def astral(match: re.Match[str]) -> str:
+        high, low = int(match[1], 16), int(match[2], 16)
+        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
+
+    return _SURROGATE_PAIR.sub(astral, json.dumps(body))
 
 
 @dataclass
@@ -133,7 +149,7 @@ class KubeClient:
         )
         # The client serialises JSON bodies itself; other content types (apply-patch+yaml) go as
         # text, and JSON is valid YAML.
-        payload = body if body is None or "json" in content_type else json.dumps(body)
+        payload = body if body is None or "json" in content_type else yaml_safe_json(body)
         self.requests += 1
         try:
             response = self.api.call_api(method, url, headers, payload, _request_timeout=timeout)

@@ -179,7 +179,7 @@ class Reconciler:
                 st.PROGRESSING,
                 "UnknownModel",
                 f"model {spec.model.name} is not in llmpack's catalogue: set spec.model.architecture "
-                "(numLayers, numKVHeads, headDim, parameterBytes) from the model's config.json",
+                "(numLayers, numKvHeads, headDim, parameterBytes) from the model's config.json",
             )
 
     # -- profile --------------------------------------------------------------------------------
@@ -222,8 +222,9 @@ class Reconciler:
         )
         job = self.kube.get("Job", namespace, plan.name)
         if job is None:
+            self._check_profiling_capacity(spec, plan.mig_profile)
             for obj in render_profiling(plan):
-                self.kube.apply(obj)
+                self._apply_object(obj)
             status.profiling = ProfilingProgress(job=plan.name, message="started")
             raise Blocked(
                 "Profiling",
@@ -256,7 +257,11 @@ class Reconciler:
                 "Check the model name and token, that it fits the GPU, or raise profiling.timeoutSeconds; "
                 "delete the Job to retry",
             )
-        progress = data.get("progress", "waiting for the profiler to start")
+        progress = (
+            data.get("progress")
+            or self._pod_problem(namespace, f"job-name={plan.name}")
+            or ("waiting for the profiler to start")
+        )
         status.profiling = ProfilingProgress(job=plan.name, message=progress[:500], attempts=failed_pods)
         raise Blocked(
             "Profiling",
@@ -265,6 +270,68 @@ class Reconciler:
             f"profiling {spec.model.name} on {spec.gpu.product}: {progress}",
             value=None,
         )
+
+    def _check_profiling_capacity(self, spec: LLMDeploymentSpec, mig_profile: str | None) -> None:
+        """Refuse to profile for a product (or forced MIG slice) no node offers: the Job's pod would
+        sit Pending until the profiling deadline. A product offered only in other shapes (MIG or
+        DRA only) still gets its Job; a Pending pod's scheduler message then shows in the status."""
+        offers = self.cluster.offers(spec.gpu.product)
+        if mig_profile and not offers.mig_slices.get(mig_profile):
+            offered = ", ".join(sorted(offers.mig_slices)) or "none"
+            problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
+        elif not offers.modes:
+            problem = f"no node offers {spec.gpu.product} (the cluster offers nothing for it)"
+        else:
+            return
+        raise Blocked(
+            "Failed",
+            st.PROFILE_READY,
+            "NoMatchingNodes",
+            f"cannot profile: {problem}. Change sharing.mode or gpu.product (nvidia.com/gpu.product of a "
+            "node), change sharing.migProfile, or add nodes",
+            retry_after=self.config.retry_seconds,
+        )
+
+    def _pod_problem(self, namespace: str, selector: str) -> str | None:
+        """Why the pods behind `selector` do not run, in the kubelet's and scheduler's words."""
+        for pod in self.kube.list("Pod", namespace, label_selector=selector):
+            status = pod.get("status") or {}
+            for condition in status.get("conditions") or []:
+                if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                    return f"pod {pod['metadata']['name']} is not scheduled: {condition.get('message', '')}"
+            for container in (status.get("initContainerStatuses") or []) + (
+                status.get("containerStatuses") or []
+            ):
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting["reason"] not in (
+                    "ContainerCreating",
+                    "PodInitializing",
+                ):
+                    return (
+                        f"pod {pod['metadata']['name']} container {container['name']}: {waiting['reason']}"
+                        + (f": {waiting['message']}" if waiting.get("message") else "")
+                    )
+        return None
+
+    def _apply_object(self, obj: dict) -> dict:
+        """Server-side apply; an object the API server refuses is the spec's fault (a field the CRD
+        lets through but the target API rejects), reported as Failed with the server's words."""
+        try:
+            return self.kube.apply(obj)
+        except KubeError as err:
+            refused = err.status in (400, 422) or (
+                err.status == 500
+                and ("failed to create typed patch" in err.message or "convert" in err.message)
+            )
+            if not refused:
+                raise
+            raise Blocked(
+                "Failed",
+                st.PROGRESSING,
+                "ObjectRejected",
+                f"the API server refused the {obj['kind']} {obj['metadata']['name']}: {err.message}. "
+                "Fix the spec field it names",
+            ) from err
 
     def _read_result(self, job: str, data: dict[str, str]) -> Profile:
         raw = data.get(DATA_KEY)
@@ -336,11 +403,12 @@ class Reconciler:
         predictions = Predictions.build(profile, rec, gpu, spec)
         offers = self.cluster.offers(spec.gpu.product)
         replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
+        refusals: list[str] = []
         found = candidates(
-            spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict
+            spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict, refusals
         )
         try:
-            chosen = choose(spec, found, offers)
+            chosen = choose(spec, found, offers, refusals)
         except PlanningError as err:
             raise Blocked(
                 "Failed", st.AVAILABLE, err.reason, str(err), retry_after=self.config.retry_seconds
@@ -395,8 +463,11 @@ class Reconciler:
     # -- apply and observe ------------------------------------------------------------------------
 
     def _apply(self, plan: ServingPlan, status: LLMDeploymentStatus) -> list[dict]:
-        desired = render_serving(plan)
-        applied = [self.kube.apply(obj) for obj in desired]
+        try:
+            desired = render_serving(plan)
+        except ValueError as err:  # a combination the renderer cannot express, e.g. no free ports
+            raise Blocked("Failed", st.PROGRESSING, "InvalidSpec", f"cannot render: {err}") from err
+        applied = [self._apply_object(obj) for obj in desired]
         self._prune(plan, desired)
         return applied
 
@@ -439,6 +510,11 @@ class Reconciler:
         status.message = f"{ready}/{plan.replicas} replicas serving" + (
             "" if up_to_date else "; rolling out the new configuration"
         )
+        problem = self._pod_problem(
+            plan.namespace, f"{LABEL_DEPLOYMENT}={label_value(plan.name)},app.kubernetes.io/component=serving"
+        )
+        if problem:
+            status.message += f"; {problem}"
         st.set_condition(
             status,
             st.AVAILABLE,

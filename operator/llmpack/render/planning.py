@@ -166,10 +166,14 @@ def candidates(
     per_replica_bytes: int,
     replicas_per_gpu: int,
     predict: Predictor,
+    refusals: list[str] | None = None,
 ) -> list[Candidate]:
-    """Every way the cluster can serve this deployment, with its predicted tokens/s per GPU."""
+    """Every way the cluster can serve this deployment, with its predicted tokens/s per GPU. A mode
+    the cluster offers but that cannot hold a replica is explained in `refusals`."""
     wanted = spec.sharing.mode
     found: list[Candidate] = []
+    refusals = [] if refusals is None else refusals
+    need = _gib(per_replica_bytes)
 
     def add(mode: str, provider: str | None, rpg: int, mig: str | None, device_bytes: int) -> None:
         tps, itl = predict(rpg, mig)
@@ -184,13 +188,19 @@ def candidates(
         if allow_dra and offers.mps_dra_gpus:
             add("mps", "dra", replicas_per_gpu, None, gpu.usable_memory_bytes)
         slices = offers.device_plugin_mps_replicas
-        # The device plugin caps every client at total/replicas: a replica fits only if its
-        # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
-        fits_slice = bool(slices) and per_replica_bytes <= gpu.memory_bytes // slices
-        if allow_dp and offers.device_plugin_mps_gpus and fits_slice:
-            add("mps", "devicePlugin", min(slices, replicas_per_gpu), None, gpu.usable_memory_bytes)
+        if allow_dp and offers.device_plugin_mps_gpus and slices:
+            # The device plugin caps every client at total/replicas: a replica fits only if its
+            # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
+            share = gpu.memory_bytes // slices
+            if per_replica_bytes <= share:
+                add("mps", "devicePlugin", min(slices, replicas_per_gpu), None, gpu.usable_memory_bytes)
+            else:
+                refusals.append(
+                    f"mps/devicePlugin: one replica needs {need} but the device plugin splits each GPU "
+                    f"{slices} ways, {_gib(share)} per client"
+                )
     if wanted in ("auto", "mig") and offers.mig_slices:
-        profile = _mig_profile_for(spec, gpu, offers, per_replica_bytes)
+        profile = _mig_profile_for(spec, gpu, offers, per_replica_bytes, refusals)
         if profile:
             per_gpu = gpu.mig_profile(profile).max_instances
             add(
@@ -203,26 +213,56 @@ def candidates(
     return found
 
 
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.1f} GiB"
+
+
 def _mig_bytes(gpu: GPU, profile: str) -> int:
     return gpu.mig_profile(profile).memory_bytes
 
 
-def _mig_profile_for(spec: LLMDeploymentSpec, gpu: GPU, offers: Offers, per_replica_bytes: int) -> str | None:
-    if spec.sharing.mig_profile:
-        return spec.sharing.mig_profile if spec.sharing.mig_profile in offers.mig_slices else None
-    fitting = [p for p in offers.mig_slices if p in {m.name for m in gpu.mig_profiles}]
-    fitting = [p for p in fitting if _mig_bytes(gpu, p) >= per_replica_bytes]
+def _mig_profile_for(
+    spec: LLMDeploymentSpec, gpu: GPU, offers: Offers, per_replica_bytes: int, refusals: list[str]
+) -> str | None:
+    offered = ", ".join(f"{p} x{n}" for p, n in sorted(offers.mig_slices.items()))
+    forced = spec.sharing.mig_profile
+    if forced:
+        if forced not in offers.mig_slices:
+            refusals.append(f"mig: sharing.migProfile {forced} is not offered (offered: {offered})")
+            return None
+        if _mig_bytes(gpu, forced) < per_replica_bytes:
+            refusals.append(
+                f"mig: sharing.migProfile {forced} holds {_gib(_mig_bytes(gpu, forced))} but one replica "
+                f"needs {_gib(per_replica_bytes)}"
+            )
+            return None
+        return forced
+    known = [p for p in offers.mig_slices if p in {m.name for m in gpu.mig_profiles}]
+    fitting = [p for p in known if _mig_bytes(gpu, p) >= per_replica_bytes]
+    if known and not fitting:
+        largest = max(known, key=lambda p: _mig_bytes(gpu, p))
+        refusals.append(
+            f"mig: one replica needs {_gib(per_replica_bytes)}; the largest offered slice, {largest}, "
+            f"holds {_gib(_mig_bytes(gpu, largest))}"
+        )
     return min(fitting, key=lambda p: _mig_bytes(gpu, p), default=None)
 
 
-def choose(spec: LLMDeploymentSpec, found: list[Candidate], offers: Offers) -> Candidate:
+def choose(
+    spec: LLMDeploymentSpec, found: list[Candidate], offers: Offers, refusals: list[str] | None = None
+) -> Candidate:
     if not found:
+        mode = spec.sharing.mode + (f" ({spec.sharing.mps_provider})" if spec.sharing.mode == "mps" else "")
+        if refusals:
+            raise PlanningError(
+                "NoMatchingNodes",
+                f"no node can serve {spec.gpu.product} with sharing mode {mode}: {'; '.join(refusals)}. "
+                "Lower workload tokens or the batch size, choose another sharing.mode, or add nodes",
+            )
         raise PlanningError(
             "NoMatchingNodes",
-            f"no node offers {spec.gpu.product} for sharing mode {spec.sharing.mode}"
-            + (f" ({spec.sharing.mps_provider})" if spec.sharing.mode == "mps" else "")
-            + f"; the cluster offers {offers.describe()} for it. Change sharing.mode or gpu.product, "
-            "or add nodes",
+            f"no node offers {spec.gpu.product} for sharing mode {mode}; the cluster offers "
+            f"{offers.describe()} for it. Change sharing.mode or gpu.product, or add nodes",
         )
     if len(found) == 1:
         return found[0]

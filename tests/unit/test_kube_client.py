@@ -1,0 +1,28 @@
+"""Bodies the API server's YAML decoder must accept, whatever a user typed into a spec."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmpack.controller.kube import yaml_safe_json
+
+
+@given(
+    st.recursive(
+        st.text() | st.integers() | st.booleans(), lambda c: st.dictionaries(st.text(), c), max_leaves=8
+    )
+)
+def test_apply_bodies_are_yaml_that_decodes_to_the_same_json(value):
+    text = yaml_safe_json({"v": value})
+    assert yaml.safe_load(text) == {"v": value}
+    assert text.isascii()
+
+
+def test_characters_beyond_the_bmp_use_yaml_escapes_not_surrogates():
+    text = yaml_safe_json({"greeting": "hello \N{ROCKET}"})
+    assert "\\U0001F680" in text and "\\ud83d" not in text
+    assert json.dumps({"a": 1}) == yaml_safe_json({"a": 1})
