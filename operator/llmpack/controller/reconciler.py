@@ -436,6 +436,13 @@ class Reconciler:
         explanation = f"{chosen.label}: {rec.explanation}"
         if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
             explanation += f" Packing: {predictions.packing_reason}"
+        if chosen.mode == "exclusive":
+            explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
+        elif chosen.mode == "mig":
+            explanation += (
+                f" Deployed one replica per {chosen.mig_profile} slice, {plan.replicas} in all "
+                f"(--gpu-memory-utilization {utilization:.3f} of the slice)."
+            )
         if len(found) > 1:
             explanation += (
                 " Modes compared (tokens/s per GPU): "
