@@ -79,8 +79,9 @@ from dataclasses import dataclass, field, replace
 
 from llmpack.advisor import memory
 from llmpack.advisor.errors import AdvisorError
+from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.api.profile import Profile, ProfilePoint
-from llmpack.hardware import GPU, MPS_MAX_CLIENTS, MIGProfile, UnknownGPUError, lookup_gpu
+from llmpack.hardware import GPU, MPS_MAX_CLIENTS, MIGProfile
 
 GIB = 1 << 30
 
@@ -291,7 +292,7 @@ def calibrate(
     """Fit the model on a profile's measured points; predictions are for `gpu` (default: the GPU
     the profile was measured on). `exclude` leaves batch sizes out (for leave-one-out). Raises
     AdvisorError when the profile has fewer than two usable points or no known bandwidth."""
-    measured_gpu = _measured_gpu(profile)
+    measured_gpu = gpu_for_profile(profile)
     bandwidth = profile.gpu.bandwidth_bytes_per_s or measured_gpu.bandwidth_bytes_per_s
     if not bandwidth or bandwidth <= 0:
         raise AdvisorError(
@@ -480,24 +481,6 @@ def _check_count(name: str, value: int, upper: int | None = None) -> None:
         raise AdvisorError(f"{name} must be a whole number of at least 1, got {value!r}")
     if upper is not None and value > upper:
         raise AdvisorError(f"{name} must be at most {upper}, got {value}")
-
-
-def _measured_gpu(profile: Profile) -> GPU:
-    """The catalogue entry of the profile's GPU, or one built from the profile's facts. (The same
-    rule as recommend.gpu_for_profile, kept here so that recommend may import this module.)"""
-    try:
-        return lookup_gpu(profile.gpu.product)
-    except UnknownGPUError:
-        total = profile.gpu.memory_bytes
-        return GPU(
-            product=profile.gpu.product,
-            description=f"{profile.gpu.product} (from the profile)",
-            memory_bytes=total,
-            reported_memory_mib=total >> 20,
-            usable_memory_bytes=total,
-            bandwidth_bytes_per_s=profile.gpu.bandwidth_bytes_per_s or 0.0,
-            fp16_dense_tflops=0.0,
-        )
 
 
 # Leave-one-out --------------------------------------------------------------------------------

@@ -8,30 +8,13 @@ from __future__ import annotations
 
 from llmpack.advisor import bca, memory, packing
 from llmpack.advisor.errors import AdvisorError
+from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.advisor.options import AdvisorOptions
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import CandidateVerdict, Recommendation
-from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
+from llmpack.hardware import GPU
 
 GIB = memory.GIB
-
-
-def gpu_for_profile(profile: Profile) -> GPU:
-    """The catalogue entry of the GPU the profile was measured on; for a product the catalogue
-    does not know, a GPU built from the profile's own facts."""
-    try:
-        return lookup_gpu(profile.gpu.product)
-    except UnknownGPUError:
-        total = profile.gpu.memory_bytes
-        return GPU(
-            product=profile.gpu.product,
-            description=f"{profile.gpu.product} (from the profile)",
-            memory_bytes=total,
-            reported_memory_mib=total >> 20,
-            usable_memory_bytes=total,
-            bandwidth_bytes_per_s=profile.gpu.bandwidth_bytes_per_s or 0.0,
-            fp16_dense_tflops=0.0,
-        )
 
 
 def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | None = None) -> Recommendation:
@@ -228,4 +211,4 @@ def _measured_peak_tokens(profile: Profile, batch: int) -> int | None:
     return round(point.kv_cache_usage_peak * capacity)
 
 
-__all__ = ["CandidateVerdict", "advise", "gpu_for_profile"]
+__all__ = ["CandidateVerdict", "advise"]
