@@ -40,6 +40,20 @@ class LaunchSettings:
     shutdown_grace_s: float = 25.0
 
 
+def watch_health(
+    session: aiohttp.ClientSession, settings: LaunchSettings, replicas: list[Replica]
+) -> list[asyncio.Task[None]]:
+    """One background health watch per replica (see HealthMonitor)."""
+    monitor = HealthMonitor(
+        session,
+        path=settings.health_path,
+        interval_s=settings.health_interval_s,
+        recheck_s=settings.recheck_s,
+        timeout_s=settings.health_timeout_s,
+    )
+    return [asyncio.create_task(monitor.watch(replica)) for replica in replicas]
+
+
 class Launcher:
     def __init__(self, commands: list[ReplicaCommand], settings: LaunchSettings) -> None:
         self.settings = settings
@@ -70,14 +84,7 @@ class Launcher:
         if not started:
             return 0
         log.info("all %d replicas healthy", len(self.replicas))
-        monitor = HealthMonitor(
-            session,
-            path=self.settings.health_path,
-            interval_s=self.settings.health_interval_s,
-            recheck_s=self.settings.recheck_s,
-            timeout_s=self.settings.health_timeout_s,
-        )
-        self._tasks += [asyncio.create_task(monitor.watch(replica)) for replica in self.replicas]
+        self._tasks += watch_health(session, self.settings, self.replicas)
         if await self._unless_stopped(self._all_exited()):
             log.error("every replica has exited; nothing left to serve")
             return 1
@@ -186,14 +193,7 @@ class RouterOnly:
                 port,
                 len(self.replicas),
             )
-            monitor = HealthMonitor(
-                session,
-                path=self.settings.health_path,
-                interval_s=self.settings.health_interval_s,
-                recheck_s=self.settings.recheck_s,
-                timeout_s=self.settings.health_timeout_s,
-            )
-            tasks = [asyncio.create_task(monitor.watch(replica)) for replica in self.replicas]
+            tasks = watch_health(session, self.settings, self.replicas)
             try:
                 await self._stop_requested.wait()
                 log.info("stop signal received: draining the router")
