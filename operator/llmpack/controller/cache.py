@@ -33,11 +33,27 @@ class CacheLookup:
 
 
 class ProfileCache:
-    def __init__(self, kube: KubeClient, namespace: str):
+    def __init__(self, kube: KubeClient, namespace: str, memoize: bool = True):
         self.kube = kube
         self.namespace = namespace
+        self.memoize = memoize  # only when the operator watches its own namespace (see forget)
+        # Validated profiles by key. The operator watches these ConfigMaps: any change or deletion
+        # forgets the entry (forget()), so the next read goes to the API server and is validated.
+        self._validated: dict[str, Profile] = {}
+
+    def forget(self, configmap_name: str) -> None:
+        for key in [k for k in self._validated if cache_configmap_name(k) == configmap_name]:
+            del self._validated[key]
 
     def get(self, key: str) -> CacheLookup:
+        if key in self._validated:
+            return CacheLookup(self._validated[key])
+        lookup = self._read(key)
+        if lookup.profile is not None and self.memoize:
+            self._validated[key] = lookup.profile
+        return lookup
+
+    def _read(self, key: str) -> CacheLookup:
         cm = self.kube.get("ConfigMap", self.namespace, cache_configmap_name(key))
         if cm is None:
             return CacheLookup(None)
@@ -70,6 +86,9 @@ class ProfileCache:
                 "data": {DATA_KEY: profile.model_dump_json()},
             }
         )
+        if self.memoize:
+            self._validated[key] = profile
 
     def evict(self, key: str) -> None:
+        self._validated.pop(key, None)
         self.kube.delete("ConfigMap", self.namespace, cache_configmap_name(key))

@@ -43,6 +43,7 @@ class OperatorState:
     workers: int = 4
     cluster: ClusterFacts = field(default_factory=ClusterFacts)
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
     queue: WorkQueue | None = None
     reconciler: Reconciler | None = None
 
@@ -146,7 +147,12 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.objects.pop(key, None)
             metrics.observe_phases(state.objects.values())
             return
+        known = state.objects.get(key)
         state.objects[key] = copy.deepcopy(dict(body))
+        if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get(
+            "resourceVersion"
+        ):
+            return  # the echo of our own status write: nothing new to reconcile
         state.enqueue(key)
 
     def owner_key(body: kopf.Body) -> Key | None:
@@ -156,13 +162,35 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         return None
 
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
     @kopf.on.event("v1", "configmaps", labels=MANAGED, registry=registry)
     @kopf.on.event("v1", "services", labels=MANAGED, registry=registry)
     def owned_event(body: kopf.Body, **_: Any) -> None:
+        if body.metadata.namespace == state.config.operator_namespace:
+            state.reconciler.cache.forget(body.metadata.name)  # a cached profile changed or went
         key = owner_key(body)
         if key is not None and key in state.objects:
             state.enqueue(key)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    def deployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        """A Deployment's status changes many times per rollout; only what the LLMDeployment's
+        status or drift correction reads is worth a reconcile."""
+        key = owner_key(body)
+        if key is None or key not in state.objects:
+            return
+        status = body.get("status") or {}
+        seen = (
+            event["type"],
+            body.metadata.get("generation"),
+            status.get("observedGeneration"),
+            status.get("readyReplicas"),
+            status.get("updatedReplicas"),
+        )
+        identity = (body.metadata.namespace, body.metadata.name)
+        if state.deployment_states.get(identity) == seen and event["type"] != "DELETED":
+            return
+        state.deployment_states[identity] = seen
+        state.enqueue(key)
 
     @kopf.on.event("v1", "nodes", registry=registry)
     def node_event(event: dict, body: kopf.Body, **_: Any) -> None:
@@ -225,6 +253,8 @@ def run(
     priority: int = 0,
 ) -> None:
     registry = build_registry(state)
+    # The in-memory profile cache is invalidated by the watch of the operator's own namespace.
+    state.reconciler.cache.memoize = not namespaces or state.config.operator_namespace in namespaces
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(

@@ -153,9 +153,12 @@ class Reconciler:
         profile = self._profile(spec, namespace, name, owner, status, generation, events)
         recommendation = self._advise(spec, profile, gpu, generation, status)
         plan, rec_status = self._plan(spec, profile, recommendation, gpu, namespace, name, owner)
-        status.recommendation = rec_status
+        previous, status.recommendation = status.recommendation, rec_status
         st.set_condition(status, st.ADVISED, True, "Advised", rec_status.explanation[:1000], generation)
-        applied = self._apply(plan, status)
+        # Only a claim template can be left behind (the Deployment and Service keep their names):
+        # look for stale ones only where one may exist.
+        prune = previous is None or "dra" in (previous.mps_provider, plan.mps_provider)
+        applied = self._apply(plan, prune)
         self._readiness(status, plan, applied, generation)
 
     def _parse_spec(self, body: dict) -> LLMDeploymentSpec:
@@ -469,13 +472,14 @@ class Reconciler:
 
     # -- apply and observe ------------------------------------------------------------------------
 
-    def _apply(self, plan: ServingPlan, status: LLMDeploymentStatus) -> list[dict]:
+    def _apply(self, plan: ServingPlan, prune: bool) -> list[dict]:
         try:
             desired = render_serving(plan)
         except ValueError as err:  # a combination the renderer cannot express, e.g. no free ports
             raise Blocked("Failed", st.PROGRESSING, "InvalidSpec", f"cannot render: {err}") from err
         applied = [self._apply_object(obj) for obj in desired]
-        self._prune(plan, desired)
+        if prune:
+            self._prune(plan, desired)
         return applied
 
     def _prune(self, plan: ServingPlan, desired: list[dict]) -> None:
