@@ -47,7 +47,7 @@ MARKER = "llmpack-testbed/v1"
 # Start order; `down` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/16"  # one Service per LLMDeployment: room for scale runs
 POD_CIDR = "10.244.0.1/16"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # kwok-stages.yaml: what a test (or hack/testbed/player.py) sets on a pod to steer its lifecycle.
@@ -581,6 +581,8 @@ class Testbed:
 
     def add_objects(self, objects: Sequence[dict], wait_nodes_ready: float = 60) -> None:
         """Create objects (nodes with their status, so not server-side apply) and wait for new nodes."""
+        if not objects:
+            return
         self.kubectl(
             "create",
             "-f",
@@ -866,10 +868,11 @@ def _bring_up(tb: Testbed, timeout: float) -> None:
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--leader-elect=false",
             "--profiling=false",
-            # kwok renews the fake nodes' heartbeats about once a minute, close to the default
-            # 50 s grace: every minute all nodes flapped NotReady for a few seconds, and the node
-            # lifecycle controller marked every pod NotReady for good (kwok does not undo that).
-            "--node-monitor-grace-period=10m",
+            # kwok renews the fake nodes' heartbeats about once a minute (slower with many nodes),
+            # close to the default 50 s grace: all nodes flapped NotReady, and the node lifecycle
+            # controller marked every pod NotReady for good (kwok does not undo that). Fake nodes
+            # never die, so the grace is longer than any test or benchmark run.
+            "--node-monitor-grace-period=2h",
         ],
     )
     sched_kubeconfig = d / "scheduler.kubeconfig"
