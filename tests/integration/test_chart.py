@@ -41,7 +41,7 @@ EXAMPLE = ROOT / "examples" / "opt-1.3b-mps-dra.yaml"
 RELEASE = "llmpack"
 # A refusal by RBAC, in the operator's or kopf's words. A 403 for creating in a namespace that is
 # being deleted (a leftover of another test) is admission, not RBAC, and is not counted.
-FORBIDDEN = re.compile(r"\b403\b|Forbidden|forbidden|Not enough permissions|could not post event")
+FORBIDDEN = re.compile(r"(?<![,.:\d])\b403\b|Forbidden|forbidden|Not enough permissions|could not post event")
 NOT_RBAC = "because it is being terminated"
 CRD = "llmdeployments.llmpack.io"
 
