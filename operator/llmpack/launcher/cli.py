@@ -127,19 +127,8 @@ def run(args: argparse.Namespace) -> int:
         replica_host=args.replica_host,
         router_port=args.router_port,
     )
-    settings = LaunchSettings(
-        router_host=args.router_host,
-        router_port=args.router_port,
-        health_path=args.health_path,
-        start_timeout_s=args.start_timeout,
-        start_poll_s=args.start_poll,
-        health_interval_s=args.health_interval,
-        recheck_s=args.recheck_interval,
-        connect_timeout_s=args.connect_timeout,
-        shutdown_grace_s=args.shutdown_grace,
-    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-launch %(levelname)s %(message)s")
-    return asyncio.run(Launcher(commands, settings).run())
+    return asyncio.run(Launcher(commands, launch_settings(args)).run())
 
 
 def _run_router_only(args: argparse.Namespace) -> int:
@@ -151,13 +140,20 @@ def _run_router_only(args: argparse.Namespace) -> int:
     for url in args.upstream:
         if not url.startswith(("http://", "https://")):
             raise UserError(f"--upstream {url!r} is not an http:// or https:// URL")
-    settings = LaunchSettings(
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-router %(levelname)s %(message)s")
+    return asyncio.run(RouterOnly(args.upstream, launch_settings(args)).run())
+
+
+def launch_settings(args: argparse.Namespace) -> LaunchSettings:
+    """The settings of both modes (the router-only mode ignores the start and shutdown ones)."""
+    return LaunchSettings(
         router_host=args.router_host,
         router_port=args.router_port,
         health_path=args.health_path,
+        start_timeout_s=args.start_timeout,
+        start_poll_s=args.start_poll,
         health_interval_s=args.health_interval,
         recheck_s=args.recheck_interval,
         connect_timeout_s=args.connect_timeout,
+        shutdown_grace_s=args.shutdown_grace,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s llmpack-router %(levelname)s %(message)s")
-    return asyncio.run(RouterOnly(args.upstream, settings).run())
