@@ -851,3 +851,44 @@ def test_a_tampered_cache_entry_is_evicted_and_profiled_again():
     )
     assert cached.points[0].total_tokens_per_s > 0, "the re-measured profile replaced the tampered one"
     assert run.status["phase"] in ("Deploying", "Ready"), run.status
+
+
+# -- profiling leftovers after a crash or a spec change -------------------------------------------
+
+
+def profiling_jobs(kube: FakeKube, namespace: str = "team-a") -> list[str]:
+    return sorted(name for (kind, ns, name) in kube.objects if kind == "Job" and ns == namespace)
+
+
+def test_a_job_left_by_a_crash_between_caching_and_cleanup_is_deleted_after_restart():
+    """The operator caches the profile, then deletes the Job; killed in between, the restarted
+    operator finds the profile cached and must still remove the Job and its identity."""
+    kube = FakeKube()
+    first = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    obj = body(BASE_SPEC)
+    profiling = first.reconcile(obj)
+    assert profiling.status["phase"] == "Profiling"
+    (job,) = profiling_jobs(kube)
+    spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
+    first.cache.put(profile_key(spec, OperatorConfig().profiler_image, "uid-bad"), simulated_profile(spec))
+    # killed here: the Job is still there, the status still says Profiling
+
+    restarted = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    result = restarted.reconcile({**obj, "status": profiling.status})
+    assert result.status["phase"] in ("Deploying", "Ready"), result.status
+    assert profiling_jobs(kube) == []
+    leftovers = [(k, n) for (k, ns, n) in kube.objects if ns == "team-a" and n.startswith(job)]
+    assert leftovers == [], "the Job's ServiceAccount, Role, RoleBinding and result ConfigMap go too"
+
+
+def test_a_spec_change_mid_profiling_replaces_the_job_of_the_old_spec():
+    kube = FakeKube()
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    first = reconciler.reconcile(body(BASE_SPEC))
+    (old_job,) = profiling_jobs(kube)
+    changed = merged(BASE_SPEC, {"workload": {"promptTokens": 512}})
+    second = reconciler.reconcile({**body(changed), "status": first.status})
+    assert second.status["phase"] == "Profiling", second.status
+    (new_job,) = profiling_jobs(kube)
+    assert new_job != old_job, "the old spec's Job no longer holds a GPU"
+    assert second.status["profiling"]["job"] == new_job

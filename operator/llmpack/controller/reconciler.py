@@ -37,7 +37,14 @@ from llmpack.controller.prediction import Predictions
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.cluster import ClusterFacts
-from llmpack.render.plan import LABEL_DEPLOYMENT, OwnerRef, ServingPlan, label_value
+from llmpack.render.plan import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    OwnerRef,
+    ProfilingPlan,
+    ServingPlan,
+    label_value,
+)
 from llmpack.render.planning import (
     PlanningError,
     candidates,
@@ -47,6 +54,7 @@ from llmpack.render.planning import (
     recommendation_status,
     serving_plan,
 )
+from llmpack.render.serving import COMPONENT_PROFILER
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +206,11 @@ class Reconciler:
             self.cache.evict(key)
         profile = lookup.profile
         cache_hit = profile is not None
+        if status.profiling is not None or status.profile_ref is None or status.profile_ref.key != key:
+            # A profiling pass was under way (or the key moved): Jobs of other keys, or of this key
+            # once its profile is cached (a crash between caching and cleaning up), are leftovers.
+            keep = None if cache_hit else self._profiling_plan(spec, namespace, name, owner, key).name
+            self._delete_leftover_profiling(namespace, name, keep)
         if profile is None:
             profile = self._profile_with_job(spec, namespace, name, owner, key, status)
             events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
@@ -219,10 +232,13 @@ class Reconciler:
         )
         return profile
 
-    def _profile_with_job(self, spec, namespace, name, owner, key, status) -> Profile:
-        plan = profiling_plan(
+    def _profiling_plan(self, spec, namespace, name, owner, key):
+        return profiling_plan(
             name=name, namespace=namespace, owner=owner, spec=spec, key=key, image=self.config.profiler_image
         )
+
+    def _profile_with_job(self, spec, namespace, name, owner, key, status) -> Profile:
+        plan = self._profiling_plan(spec, namespace, name, owner, key)
         job = self.kube.get("Job", namespace, plan.name)
         if job is None:
             self._check_profiling_capacity(spec, plan.mig_profile)
@@ -369,17 +385,30 @@ class Reconciler:
 
     def _delete_profiling(self, plan) -> None:
         """The profile now lives in the cache; the Job and its identity have no further use."""
+        self._delete_profiling_job(plan.namespace, plan.name, plan.result_configmap)
+
+    def _delete_profiling_job(self, namespace: str, job: str, result_configmap: str) -> None:
         for kind, obj_name in (
-            ("Job", plan.name),
-            ("RoleBinding", plan.name),
-            ("Role", plan.name),
-            ("ServiceAccount", plan.name),
-            ("ConfigMap", plan.result_configmap),
+            ("Job", job),
+            ("RoleBinding", job),
+            ("Role", job),
+            ("ServiceAccount", job),
+            ("ConfigMap", result_configmap),
         ):
             try:
-                self.kube.delete(kind, plan.namespace, obj_name)
+                self.kube.delete(kind, namespace, obj_name)
             except KubeError as err:
-                logger.warning("could not delete %s %s/%s: %s", kind, plan.namespace, obj_name, err)
+                logger.warning("could not delete %s %s/%s: %s", kind, namespace, obj_name, err)
+
+    def _delete_leftover_profiling(self, namespace: str, name: str, keep: str | None) -> None:
+        """Delete this LLMDeployment's profiling Jobs (and their identities) except `keep`: those of
+        an earlier spec, or one whose profile was cached just before the operator stopped."""
+        selector = f"{LABEL_DEPLOYMENT}={label_value(name)},{LABEL_COMPONENT}={COMPONENT_PROFILER}"
+        for job in self.kube.list("Job", namespace, label_selector=selector):
+            job_name = job["metadata"]["name"]
+            if job_name != keep:
+                logger.info("deleting leftover profiling Job %s/%s", namespace, job_name)
+                self._delete_profiling_job(namespace, job_name, ProfilingPlan.result_configmap_for(job_name))
 
     # -- advise and plan --------------------------------------------------------------------------
 

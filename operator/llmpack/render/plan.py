@@ -118,7 +118,11 @@ class ProfilingPlan(Frozen):
 
     @property
     def result_configmap(self) -> str:
-        return f"{self.name}-result"
+        return self.result_configmap_for(self.name)
+
+    @staticmethod
+    def result_configmap_for(job: str) -> str:
+        return f"{job}-result"
 
 
 def stable_hash(data: Any) -> str:
