@@ -6,10 +6,17 @@ simulated backend, as no GPU exists here), authenticated as the Job's own Servic
 TokenRequest — so RBAC on the result ConfigMap is exercised for real — and then marks the pod
 finished (annotation `llmpack.io/testbed-complete`, which the testbed's kwok stages turn into a
 Succeeded pod). Used by the demo and the end-to-end tests.
+
+It also stands in for the one kubelet duty kwok skips that llmpack's users meet: resolving a
+container's env from Secrets. kwok holds such pods (see kwok-stages.yaml); the player annotates
+`llmpack.io/testbed-env-resolved` when every Secret and key they name exists, and otherwise
+`llmpack.io/testbed-config-error` with the kubelet's message, which kwok turns into a Pending pod
+waiting in CreateContainerConfigError; it checks again on each pass, as the kubelet retries.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -20,6 +27,9 @@ from pathlib import Path
 import yaml
 
 PROFILER_SELECTOR = "app.kubernetes.io/component=profiler,app.kubernetes.io/managed-by=llmpack"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=llmpack"
+CONFIG_ERROR_ANNOTATION = "llmpack.io/testbed-config-error"
+ENV_RESOLVED_ANNOTATION = "llmpack.io/testbed-env-resolved"
 COMPLETE_ANNOTATION = "llmpack.io/testbed-complete"
 FAIL_ANNOTATION = "llmpack.io/testbed-fail"
 
@@ -32,6 +42,7 @@ class ProfilerPlayer:
     python: str = sys.executable
     backend: str = "simulated"
     played: set[str] = field(default_factory=set)  # pod uids
+    configured: set[str] = field(default_factory=set)  # pod uids whose env resolved
     log: list[str] = field(default_factory=list)
 
     def pending_pods(self, namespace: str | None = None) -> list[dict]:
@@ -44,8 +55,59 @@ class ProfilerPlayer:
             and not p["metadata"].get("deletionTimestamp")
         ]
 
+    def resolve_env(self, namespace: str | None = None) -> None:
+        """The kubelet's env resolution for llmpack's pods that take env from a Secret (kwok
+        holds those until it is done): run them, or keep them waiting with the kubelet's message
+        while what they name is missing."""
+        for pod in self.kube.list("Pod", namespace, label_selector=MANAGED_SELECTOR):
+            meta = pod["metadata"]
+            status = pod.get("status") or {}
+            if meta["uid"] in self.configured or meta.get("deletionTimestamp") or status.get("podIP"):
+                continue
+            if not pod["spec"].get("nodeName") or not _takes_env_from_secrets(pod):
+                continue
+            problem = self._env_problem(pod)
+            if problem is None:
+                self.configured.add(meta["uid"])
+                self._annotate(pod, {ENV_RESOLVED_ANNOTATION: "true"})
+            elif (meta.get("annotations") or {}).get(CONFIG_ERROR_ANNOTATION) != problem:
+                self._annotate(pod, {CONFIG_ERROR_ANNOTATION: problem})
+
+    def _env_problem(self, pod: dict) -> str | None:
+        for container in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]:
+            try:
+                self._resolved_env(pod, container)
+            except LookupError as err:
+                return str(err)
+        return None
+
+    def _resolved_env(self, pod: dict, container: dict) -> dict[str, str]:
+        """The container's env as the kubelet gives it; LookupError with the kubelet's own message
+        (`secret "x" not found`) when a non-optional Secret or key is missing."""
+        env: dict[str, str] = {}
+        namespace = pod["metadata"]["namespace"]
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                continue
+            secret = self.kube.get("Secret", namespace, ref["name"])
+            data = (secret or {}).get("data") or {}
+            if ref.get("key") in data:
+                env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
+            elif ref.get("optional"):
+                continue
+            elif secret is None:
+                raise LookupError(f'secret "{ref["name"]}" not found')
+            else:
+                raise LookupError(f"couldn't find key {ref.get('key')} in Secret {namespace}/{ref['name']}")
+        return env
+
     def play_once(self, namespace: str | None = None, *, fail_with: str | None = None) -> int:
         """Play every running profiler pod once; returns how many were played."""
+        self.resolve_env(namespace)
         played = 0
         for pod in self.pending_pods(namespace):
             self.play(pod, fail_with=fail_with)
@@ -64,9 +126,7 @@ class ProfilerPlayer:
             kubeconfig = self._service_account_kubeconfig(pod, Path(tmp))
             env = dict(os.environ)
             env.update({"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": meta["namespace"]})
-            for item in container.get("env") or []:
-                if "value" in item:
-                    env[item["name"]] = item["value"]
+            env.update(self._resolved_env(pod, container))
             termination = Path(tmp) / "termination-log"
             done = subprocess.run(
                 [self.python, "-m", "llmpack.cli", "profile", *args, "--termination-log", str(termination)],
@@ -132,6 +192,13 @@ class ProfilerPlayer:
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
         return path
+
+
+def _takes_env_from_secrets(pod: dict) -> bool:
+    containers = (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]
+    return any(
+        (item.get("valueFrom") or {}).get("secretKeyRef") for c in containers for item in c.get("env") or []
+    )
 
 
 def _with_backend(args: list[str], backend: str) -> list[str]:

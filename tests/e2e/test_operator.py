@@ -215,7 +215,8 @@ def test_serving_change_rolls_pods_without_profiling_and_workload_change_profile
         time.sleep(0.3)
     assert "--enable-prefix-caching" in str(template["spec"]["containers"])
     assert not kube_admin.list("Job", namespace), "a serving-only change must not profile again"
-    wait_phase(kube_admin, player, namespace, name, play=False)
+    wait_phase(kube_admin, player, namespace, name)  # the player resolves the new pods' token env
+    assert len(player.log) == played, "a serving-only change must not measure again"
     kubectl(
         "patch",
         "llmd",
@@ -230,3 +231,71 @@ def test_serving_change_rolls_pods_without_profiling_and_workload_change_profile
     assert len(player.log) > played, "a workload change must measure a new profile"
     assert obj["status"]["profileRef"]["cacheHit"] is False
     assert obj["status"]["recommendation"]["maxModelLen"] == 1280
+
+
+def wait_message(kube, player, namespace, name, needle, timeout=60):
+    """Wait until the status message says `needle`, playing pods (and resolving their env as the
+    kubelet would) on the way."""
+    deadline = time.monotonic() + timeout
+    status = {}
+    while time.monotonic() < deadline:
+        player.play_once(namespace)
+        status = (get_llmd(kube, namespace, name) or {}).get("status") or {}
+        if needle in status.get("message", ""):
+            return status
+        time.sleep(0.3)
+    pods = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in kube.list("Pod", namespace)}
+    pytest.fail(f"{name}: {needle!r} not in the status in {timeout}s: {json.dumps(status, indent=1)}\n{pods}")
+
+
+def test_a_missing_token_secret_is_reported_and_creating_it_resumes_profiling(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    """The operator may not read Secrets: what it reports is the kubelet's word on the profiling
+    pod that names one. Creating the Secret is all the user has to do."""
+    doc = yaml.safe_load((EXAMPLES / "opt-1.3b-mps-dra.yaml").read_text())
+    doc["metadata"]["name"] = "opt-later-secret"
+    doc["spec"]["model"]["hfTokenSecretRef"] = {"name": "hf-token-later"}
+    doc["spec"]["profiling"] = {"reuseCachedProfile": False}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    missing = 'secret "hf-token-later" not found'
+    status = wait_message(kube_admin, player, namespace, "opt-later-secret", missing)
+    assert status["phase"] == "Profiling", status
+    assert "CreateContainerConfigError" in status["message"]
+    printed = kubectl("get", "llmd", "opt-later-secret", "-n", namespace, "-o", "wide").stdout
+    assert "hf-token-later" in printed, printed
+
+    kubectl("create", "secret", "generic", "hf-token-later", "-n", namespace, "--from-literal=token=hf_x")
+    obj = wait_phase(kube_admin, player, namespace, "opt-later-secret")
+    assert "not found" not in obj["status"]["message"]
+
+
+def test_a_rollout_stuck_on_a_missing_secret_is_reported_while_old_replicas_serve(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    """Pods are replaced one at a time (each holds its GPU): the first new pod cannot start, so
+    the rollout stops there and the other GPU's replicas go on serving."""
+    doc = yaml.safe_load((EXAMPLES / "opt-1.3b-mps-dra.yaml").read_text())
+    doc["spec"]["gpu"]["count"] = 2
+    name = doc["metadata"]["name"]
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    ready = wait_phase(kube_admin, player, namespace, name)
+    replicas, per_gpu = ready["status"]["replicas"], ready["status"]["recommendation"]["replicasPerGPU"]
+    assert replicas == 2 * per_gpu, ready["status"]
+    kubectl(
+        "patch",
+        "llmd",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"model":{"hfTokenSecretRef":{"name":"hf-token-gone","key":"token"}}}}',
+    )
+    status = wait_message(kube_admin, player, namespace, name, 'secret "hf-token-gone" not found')
+    assert status["phase"] in ("Deploying", "Degraded"), status
+    assert status["readyReplicas"] == per_gpu, "the other GPU's replicas keep serving"
+    assert status["ready"] == f"{per_gpu}/{replicas}"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Progressing"]["status"] == "True"
+    assert "CreateContainerConfigError" in conditions["Available"]["message"]

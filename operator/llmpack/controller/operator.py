@@ -23,10 +23,10 @@ from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
 from llmpack.controller.kube import KubeClient, KubeError
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
-from llmpack.controller.status import comparable
+from llmpack.controller.status import comparable, pod_problem
 from llmpack.controller.workqueue import WorkQueue
 from llmpack.render.cluster import ClusterFacts, NodeFacts
-from llmpack.render.plan import LABEL_MANAGED_BY, MANAGED_BY
+from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 
 logger = logging.getLogger("llmpack.operator")
 
@@ -44,6 +44,7 @@ class OperatorState:
     cluster: ClusterFacts = field(default_factory=ClusterFacts)
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
+    pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
     queue: WorkQueue | None = None
     reconciler: Reconciler | None = None
 
@@ -66,6 +67,16 @@ class OperatorState:
     def enqueue(self, key: Key) -> None:
         if self.queue is not None:
             self.queue.add(key)
+
+    def owner_of_pod(self, namespace: str, deployment_label: str) -> Key | None:
+        """The LLMDeployment whose pods carry `deployment_label` (a pod's owner is its Job or
+        ReplicaSet; the label names the LLMDeployment, shortened with a hash when too long)."""
+        key = (namespace, deployment_label)
+        if key in self.objects:
+            return key
+        return next(
+            (k for k in self.objects if k[0] == namespace and label_value(k[1]) == deployment_label), None
+        )
 
     def enqueue_all(self) -> None:
         for key in list(self.objects):
@@ -187,10 +198,30 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             status.get("updatedReplicas"),
         )
         identity = (body.metadata.namespace, body.metadata.name)
-        if state.deployment_states.get(identity) == seen and event["type"] != "DELETED":
+        if event["type"] == "DELETED":
+            state.deployment_states.pop(identity, None)
+        elif state.deployment_states.get(identity) == seen:
             return
-        state.deployment_states[identity] = seen
+        else:
+            state.deployment_states[identity] = seen
         state.enqueue(key)
+
+    @kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)
+    def pod_event(event: dict, body: kopf.Body, **_: Any) -> None:
+        """A pod stuck on something the user must fix (a missing Secret, an image that cannot be
+        pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
+        status: a pass runs when the pod's problem appears, changes or clears."""
+        identity = (body.metadata.namespace, body.metadata.name)
+        problem = None if event["type"] == "DELETED" else pod_problem(dict(body))
+        if state.pod_problems.get(identity) == problem:
+            return
+        if problem is None:
+            state.pod_problems.pop(identity, None)
+        else:
+            state.pod_problems[identity] = problem
+        key = state.owner_of_pod(body.metadata.namespace, body.metadata.labels.get(LABEL_DEPLOYMENT, ""))
+        if key is not None:
+            state.enqueue(key)
 
     @kopf.on.event("v1", "nodes", registry=registry)
     def node_event(event: dict, body: kopf.Body, **_: Any) -> None:

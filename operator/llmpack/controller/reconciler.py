@@ -314,22 +314,9 @@ class Reconciler:
     def _pod_problem(self, namespace: str, selector: str) -> str | None:
         """Why the pods behind `selector` do not run, in the kubelet's and scheduler's words."""
         for pod in self.kube.list("Pod", namespace, label_selector=selector):
-            status = pod.get("status") or {}
-            for condition in status.get("conditions") or []:
-                if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                    return f"pod {pod['metadata']['name']} is not scheduled: {condition.get('message', '')}"
-            for container in (status.get("initContainerStatuses") or []) + (
-                status.get("containerStatuses") or []
-            ):
-                waiting = (container.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") and waiting["reason"] not in (
-                    "ContainerCreating",
-                    "PodInitializing",
-                ):
-                    return (
-                        f"pod {pod['metadata']['name']} container {container['name']}: {waiting['reason']}"
-                        + (f": {waiting['message']}" if waiting.get("message") else "")
-                    )
+            problem = st.pod_problem(pod)
+            if problem:
+                return problem
         return None
 
     def _apply_object(self, obj: dict) -> dict:

@@ -7,6 +7,7 @@ writes the result once per reconcile.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from llmpack.api.llmdeployment import Condition, LLMDeploymentStatus
 
@@ -68,3 +69,24 @@ def comparable(status: dict) -> dict:
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])
     ]
     return stripped
+
+
+# Waiting reasons of a container that is on its way up, not stuck.
+_STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why a pod does not run, in the scheduler's or the kubelet's words (None if nothing is
+    wrong yet): unschedulable, or a container waiting on something other than its own start,
+    e.g. CreateContainerConfigError (a missing Secret), ImagePullBackOff or CrashLoopBackOff."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"pod {name} is not scheduled: {condition.get('message', '')}"
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _STARTING_REASONS:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"pod {name} container {container['name']}: {waiting['reason']}{detail}"
+    return None
