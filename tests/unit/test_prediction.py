@@ -43,3 +43,14 @@ def test_an_uncalibratable_profile_packs_by_memory_without_predictions():
     assert predictions.predict(2, None) == (None, None)
     assert predictions.replicas_per_gpu(memory_fit=5) == 5
     assert "no performance prediction" in predictions.packing_reason
+
+
+def test_the_packing_reason_names_what_stopped_it_memory_or_the_replica_limit():
+    """Where one more replica would still pay, the reason says whether memory or
+    sharing.maxReplicasPerGPU stopped it: they are different things to change."""
+    by_memory = setup(advisor={"minReplicaGain": 0.0})
+    assert by_memory.replicas_per_gpu(memory_fit=2) == 2
+    assert "the GPU's memory holds" in by_memory.packing_reason
+    by_limit = setup(advisor={"minReplicaGain": 0.0}, sharing={"maxReplicasPerGPU": 2})
+    assert by_limit.replicas_per_gpu(memory_fit=6) == 2
+    assert "the limit of 2 allows" in by_limit.packing_reason

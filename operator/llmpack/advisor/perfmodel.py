@@ -747,7 +747,7 @@ def pack(
     if memory_fit is not None and memory_fit < 1:
         raise AdvisorError(f"not even one replica at --max-num-seqs {batch} fits the GPU's memory")
     cap, cap_reason = min(max_replicas, MPS_MAX_CLIENTS), "max_replicas"
-    if memory_fit is not None and memory_fit < cap:
+    if memory_fit is not None and memory_fit <= cap:  # a tie: memory is what a user would raise
         cap, cap_reason = memory_fit, "memory"
     predictions = {1: perf.single(batch)}
     first = predictions[1]
@@ -780,7 +780,7 @@ def pack(
                 f"the {min_gain:.0%} threshold",
                 limited_by="min_gain",
             )
-    what = "the GPU's memory holds" if cap_reason == "memory" else "the limit allows"
+    what = "the GPU's memory holds" if cap_reason == "memory" else f"the limit of {max_replicas} allows"
     return PackingDecision(
         replicas=cap,
         predictions=predictions,

@@ -54,7 +54,7 @@ class Predictions:
         decision = perfmodel.pack(
             self.model,
             self.b_opt,
-            max_replicas=max(1, min(memory_fit, self.spec.sharing.max_replicas_per_gpu)),
+            max_replicas=self.spec.sharing.max_replicas_per_gpu,
             min_gain=self.spec.advisor.min_replica_gain,
             slo_itl_ms=self.spec.slo.itl_mean_ms,
             memory_fit=memory_fit,
