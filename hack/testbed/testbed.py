@@ -25,6 +25,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -381,10 +382,25 @@ def write_kubeconfig(path: Path, config: dict) -> Path:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (held together while choosing, so they differ)."""
-    socks = []
+    """Distinct free ports on 127.0.0.1 (held together while choosing, so they differ), taken
+    below the kernel's ephemeral range: a port from that range (what binding port 0 returns) can
+    be taken, between choosing and the component's bind, as the source port of any outgoing
+    connection, e.g. the API server's own connections to etcd."""
+    low = _ephemeral_range()[0]
+    pool = range(PORT_FLOOR, low) if low - PORT_FLOOR >= 8 * count else range(0)
+    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in random.sample(pool, len(pool)) if pool else []:
+            if len(socks) == count:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < count:  # no room below the ephemeral range: the kernel's choice
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -392,6 +408,17 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+PORT_FLOOR = 10000  # below: well-known and registered services more often listen
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testbed import free_ports  # hack/testbed, on sys.path through tests/conftest.py
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,9 +24,10 @@ FAKE_VLLM = Path(__file__).with_name("launcher_fake_vllm.py")
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """Below the ephemeral range (see hack/testbed/testbed.py free_ports): a port the kernel hands
+    out for port 0 can meanwhile become some outgoing connection's source port."""
+    (port,) = free_ports(1)
+    return port
 
 
 def free_port_range(count: int) -> int:
