@@ -299,3 +299,45 @@ def test_a_rollout_stuck_on_a_missing_secret_is_reported_while_old_replicas_serv
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Progressing"]["status"] == "True"
     assert "CreateContainerConfigError" in conditions["Available"]["message"]
+
+
+def test_profiling_where_only_dra_offers_whole_gpus_takes_one_through_a_claim(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    """With the whole-GPU nodes cordoned, the H100s come only through DRA (and as MIG slices):
+    the profiling Job claims a whole GPU through DRA, the scheduler allocates it on the DRA node,
+    and the claim template goes with the Job."""
+    from testbed import NODES
+
+    for node in NODES.whole_gpu:
+        kubectl("cordon", node)
+    try:
+        doc = yaml.safe_load((EXAMPLES / "opt-1.3b-mps-dra.yaml").read_text())
+        doc["metadata"]["name"] = "opt-dra-only"
+        doc["spec"]["profiling"] = {"reuseCachedProfile": False}
+        kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+        deadline = time.monotonic() + 60
+        pods = []
+        while time.monotonic() < deadline and not pods:
+            pods = [
+                p
+                for p in kube_admin.list(
+                    "Pod", namespace, label_selector="app.kubernetes.io/component=profiler"
+                )
+                if p["spec"].get("nodeName")
+            ]
+            time.sleep(0.3)
+        assert pods, (
+            f"no profiling pod scheduled: {get_llmd(kube_admin, namespace, 'opt-dra-only')['status']}"
+        )
+        assert pods[0]["spec"]["nodeName"] == NODES.dra
+        assert pods[0]["spec"]["resourceClaims"], "the GPU comes from a DRA claim"
+        assert "nvidia.com/gpu" not in str(pods[0]["spec"]["containers"][0]["resources"])
+        wait_phase(kube_admin, player, namespace, "opt-dra-only")
+        left = kube_admin.list(
+            "ResourceClaimTemplate", namespace, label_selector="app.kubernetes.io/component=profiler"
+        )
+        assert not left, "the profiling claim template goes with its Job"
+    finally:
+        for node in NODES.whole_gpu:
+            kubectl("uncordon", node)

@@ -685,7 +685,10 @@ def test_a_product_the_cluster_lacks_is_reported_with_what_it_offers():
                 "sharing": {"mode": "mig"},
             },
             ClusterFacts(
-                {"mig": NodeFacts("mig", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/mig-3g.40gb": "2"})}
+                {
+                    "mig": NodeFacts("mig", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/mig-3g.40gb": "2"}),
+                    "whole": NodeFacts("whole", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/gpu": "1"}),
+                }
             ),
             "GiB",
         ),
@@ -707,6 +710,50 @@ def test_a_product_the_cluster_lacks_is_reported_with_what_it_offers():
 def test_a_planning_refusal_names_the_constraint_that_failed(spec, cluster, needle):
     message = assert_failed(reconcile_through(merged(BASE_SPEC, spec), cluster=cluster), "NoMatchingNodes")
     assert needle in message, message
+
+
+def test_profiling_where_the_product_comes_only_as_mig_slices_is_refused_saying_what_to_set():
+    """A profiling Job needs a whole GPU (or the slice sharing.migProfile names): on a cluster
+    that cuts every GPU of the product into slices its pod would wait until the deadline."""
+    mig_only = ClusterFacts(
+        {"mig": NodeFacts("mig", {GPU_PRODUCT_LABEL: H100}, {"nvidia.com/mig-3g.40gb": "2"})}
+    )
+    run = reconcile_through(merged(BASE_SPEC, {"sharing": {"mode": "mig"}}), cluster=mig_only)
+    assert_failed(run, "NoMatchingNodes", "profiling needs a whole", "only as mig", "sharing.migProfile")
+    assert not [k for (k, _, _) in run.kube.objects if k == "Job"]
+    forced = reconcile_through(
+        merged(BASE_SPEC, {"sharing": {"mode": "mig", "migProfile": "3g.40gb"}}), cluster=mig_only
+    )
+    assert forced.status["phase"] in ("Deploying", "Ready"), forced.status
+
+
+def test_profiling_where_only_dra_offers_the_product_takes_the_gpu_through_a_claim():
+    dra_only = ClusterFacts(
+        {"dra": NodeFacts("dra", {GPU_PRODUCT_LABEL: H100}, {})},
+        device_classes={"gpu.nvidia.com"},
+        dra_devices={"dra": 8},
+    )
+    run = reconcile_through(
+        merged(BASE_SPEC, {"sharing": {"mode": "mps", "mpsProvider": "dra"}}), cluster=dra_only, play=False
+    )
+    assert run.status["phase"] == "Profiling", run.status
+    (job,) = [o for (k, _, _), o in run.kube.objects.items() if k == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (claim,) = pod["resourceClaims"]
+    template = run.kube.objects[("ResourceClaimTemplate", "team-a", claim["resourceClaimTemplateName"])]
+    request = template["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+    assert request == {"deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": 1}
+    assert "config" not in template["spec"]["spec"]["devices"], "no MPS: the GPU is the profiler's alone"
+    resources = pod["containers"][0]["resources"]
+    assert resources["claims"] == [{"name": claim["name"]}]
+    assert "nvidia.com/gpu" not in resources.get("limits", {})
+
+    served = reconcile_through(
+        merged(BASE_SPEC, {"sharing": {"mode": "mps", "mpsProvider": "dra"}}), cluster=dra_only
+    )
+    assert served.status["phase"] in ("Deploying", "Ready"), served.status
+    templates = [n for (k, _, n) in served.kube.objects if k == "ResourceClaimTemplate"]
+    assert templates and all("profile" not in n for n in templates), "the profiling claim goes with its Job"
 
 
 def test_a_service_port_without_room_for_the_replica_ports_is_a_failed_condition():

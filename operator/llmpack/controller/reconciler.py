@@ -233,8 +233,15 @@ class Reconciler:
         return profile
 
     def _profiling_plan(self, spec, namespace, name, owner, key):
+        offers = self.cluster.offers(spec.gpu.product)
         return profiling_plan(
-            name=name, namespace=namespace, owner=owner, spec=spec, key=key, image=self.config.profiler_image
+            name=name,
+            namespace=namespace,
+            owner=owner,
+            spec=spec,
+            key=key,
+            image=self.config.profiler_image,
+            dra=not offers.exclusive_gpus and bool(offers.mps_dra_gpus),
         )
 
     def _profile_with_job(self, spec, namespace, name, owner, key, status) -> Profile:
@@ -291,15 +298,22 @@ class Reconciler:
         )
 
     def _check_profiling_capacity(self, spec: LLMDeploymentSpec, mig_profile: str | None) -> None:
-        """Refuse to profile for a product (or forced MIG slice) no node offers: the Job's pod would
-        sit Pending until the profiling deadline. A product offered only in other shapes (MIG or
-        DRA only) still gets its Job; a Pending pod's scheduler message then shows in the status."""
+        """Refuse to profile where no node offers what the Job asks for: its pod would sit Pending
+        until the profiling deadline. The Job takes a whole GPU (through the device plugin, or a
+        DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
+        the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
         offers = self.cluster.offers(spec.gpu.product)
         if mig_profile and not offers.mig_slices.get(mig_profile):
             offered = ", ".join(sorted(offers.mig_slices)) or "none"
             problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
         elif not offers.modes:
             problem = f"no node offers {spec.gpu.product} (the cluster offers nothing for it)"
+        elif not mig_profile and not offers.exclusive_gpus and not offers.mps_dra_gpus:
+            problem = (
+                f"profiling needs a whole {spec.gpu.product} (nvidia.com/gpu or a DRA claim), and the "
+                f"cluster offers it only as {offers.describe()}. To profile on a MIG slice, set "
+                "sharing.mode mig and sharing.migProfile to the slice it will serve on"
+            )
         else:
             return
         raise Blocked(
@@ -377,6 +391,7 @@ class Reconciler:
     def _delete_profiling_job(self, namespace: str, job: str, result_configmap: str) -> None:
         for kind, obj_name in (
             ("Job", job),
+            ("ResourceClaimTemplate", job),  # only where DRA gave the GPU; absent is fine
             ("RoleBinding", job),
             ("Role", job),
             ("ServiceAccount", job),

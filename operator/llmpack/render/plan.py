@@ -110,6 +110,11 @@ class ProfilingPlan(Frozen):
     args: list[str] = Field(description="Arguments of `llmpack profile` (the image's entrypoint).")
     gpu_product: str
     mig_profile: str | None = None
+    dra: bool = Field(
+        False,
+        description="Take the whole GPU through a DRA ResourceClaim (no sharing configured) instead of "
+        "the device plugin's nvidia.com/gpu: for products that DRA alone offers.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     active_deadline_seconds: int = Field(ge=1)

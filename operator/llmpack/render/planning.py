@@ -102,7 +102,10 @@ def profiling_plan(
     spec: LLMDeploymentSpec,
     key: str,
     image: str,
+    dra: bool = False,
 ) -> ProfilingPlan:
+    """The profiling Job for `spec`; `dra`: take the GPU through a DRA claim (the caller knows
+    whether the device plugin offers the product at all)."""
     args = [
         "--backend",
         spec.profiling.backend,
@@ -151,6 +154,7 @@ def profiling_plan(
         args=args,
         gpu_product=spec.gpu.product,
         mig_profile=spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
+        dra=dra and not (spec.sharing.mode == "mig" and spec.sharing.mig_profile),
         node_selector=spec.gpu.node_selector,
         tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
         active_deadline_seconds=spec.profiling.timeout_seconds,

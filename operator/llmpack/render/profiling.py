@@ -6,7 +6,8 @@ result is its job.
 
 Objects, in apply order: the result ConfigMap (created empty by the operator, so that the Job needs
 no `create` permission), a ServiceAccount, a Role that allows get/update/patch of that one ConfigMap
-and nothing else, its RoleBinding, and the Job.
+and nothing else, its RoleBinding, for a product that only DRA offers a ResourceClaimTemplate for
+one whole GPU, and the Job.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from llmpack.render.cluster import GPU_RESOURCE, MIG_RESOURCE_PREFIX
 from llmpack.render.plan import GPU_PRODUCT_LABEL, LABEL_PROFILE_KEY, MAX_NAME, ProfilingPlan, label_value
 from llmpack.render.serving import (
     COMPONENT_PROFILER,
+    DRA_CLAIM,
+    DRA_DEVICE_CLASS,
     common_labels,
     container_resources,
     container_security_context,
@@ -45,6 +48,7 @@ def render_profiling(plan: ProfilingPlan) -> list[dict[str, Any]]:
         profiler_service_account(plan),
         result_writer_role(plan),
         result_writer_binding(plan),
+        *([gpu_claim_template(plan)] if plan.dra else []),
         profiling_job(plan),
     ]
 
@@ -106,6 +110,33 @@ def result_writer_binding(plan: ProfilingPlan) -> dict[str, Any]:
     }
 
 
+def gpu_claim_template(plan: ProfilingPlan) -> dict[str, Any]:
+    """One whole GPU of the DRA driver's class, with no sharing configured: a device allocated to
+    one claim is that claim's alone, so the profiler measures the GPU as exclusive mode would."""
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": _meta(plan, plan.name),
+        "spec": {
+            "metadata": {"labels": profiling_labels(plan)},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {
+                            "name": DRA_CLAIM,
+                            "exactly": {
+                                "deviceClassName": DRA_DEVICE_CLASS,
+                                "allocationMode": "ExactCount",
+                                "count": 1,
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    }
+
+
 def profiling_job(plan: ProfilingPlan) -> dict[str, Any]:
     """One exclusive GPU (or one MIG slice of the profile to be served on) on a node of the product.
 
@@ -120,6 +151,8 @@ def profiling_job(plan: ProfilingPlan) -> dict[str, Any]:
     )
     pod["restartPolicy"] = "Never"
     pod["serviceAccountName"] = plan.name
+    if plan.dra:
+        pod["resourceClaims"] = [{"name": DRA_CLAIM, "resourceClaimTemplateName": plan.name}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -143,6 +176,7 @@ def profiler_container(plan: ProfilingPlan) -> dict[str, Any]:
     ENTRYPOINT. The termination message falls back to the log tail, so a crash explains itself in
     the LLMDeployment's status."""
     gpu = MIG_RESOURCE_PREFIX + plan.mig_profile if plan.mig_profile else GPU_RESOURCE
+    gpu_limits, claims = ({}, [{"name": DRA_CLAIM}]) if plan.dra else ({gpu: 1}, None)
     env = [
         {"name": RESULT_CONFIGMAP_ENV, "value": plan.result_configmap},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -153,7 +187,7 @@ def profiler_container(plan: ProfilingPlan) -> dict[str, Any]:
         "command": ["llmpack", "profile"],
         "args": list(plan.args),
         "env": merge_env(workspace_env(), env, hf_token_env(plan.hf_token_secret)),
-        "resources": container_resources(None, {gpu: 1}),
+        "resources": container_resources(None, gpu_limits, claims),
         "volumeMounts": workspace_mounts(shm=True),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
