@@ -727,6 +727,14 @@ def test_profiling_where_the_product_comes_only_as_mig_slices_is_refused_saying_
     assert forced.status["phase"] in ("Deploying", "Ready"), forced.status
 
 
+def test_profiling_where_the_product_comes_only_as_mps_shares_is_refused_without_mig_advice():
+    shares = cluster_offering_everything(H100)
+    mps_only = ClusterFacts({"mps": shares.nodes["mps"]})
+    run = reconcile_through(merged(BASE_SPEC, {"sharing": {"mode": "mps"}}), cluster=mps_only)
+    message = assert_failed(run, "NoMatchingNodes", "profiling needs a whole", "only as mps/devicePlugin")
+    assert "migProfile" not in message.split("Change")[0], "no MIG slices to profile on here"
+
+
 def test_profiling_where_only_dra_offers_the_product_takes_the_gpu_through_a_claim():
     dra_only = ClusterFacts(
         {"dra": NodeFacts("dra", {GPU_PRODUCT_LABEL: H100}, {})},

@@ -186,6 +186,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     def deployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
         """A Deployment's status changes many times per rollout; only what the LLMDeployment's
         status or drift correction reads is worth a reconcile."""
+        identity = (body.metadata.namespace, body.metadata.name)
+        if event["type"] == "DELETED":  # before the owner check: the owner is usually gone first
+            state.deployment_states.pop(identity, None)
         key = owner_key(body)
         if key is None or key not in state.objects:
             return
@@ -197,12 +200,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             status.get("readyReplicas"),
             status.get("updatedReplicas"),
         )
-        identity = (body.metadata.namespace, body.metadata.name)
-        if event["type"] == "DELETED":
-            state.deployment_states.pop(identity, None)
-        elif state.deployment_states.get(identity) == seen:
-            return
-        else:
+        if event["type"] != "DELETED":
+            if state.deployment_states.get(identity) == seen:
+                return
             state.deployment_states[identity] = seen
         state.enqueue(key)
 

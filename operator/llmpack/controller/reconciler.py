@@ -54,7 +54,7 @@ from llmpack.render.planning import (
     recommendation_status,
     serving_plan,
 )
-from llmpack.render.serving import COMPONENT_PROFILER
+from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +311,13 @@ class Reconciler:
         elif not mig_profile and not offers.exclusive_gpus and not offers.mps_dra_gpus:
             problem = (
                 f"profiling needs a whole {spec.gpu.product} (nvidia.com/gpu or a DRA claim), and the "
-                f"cluster offers it only as {offers.describe()}. To profile on a MIG slice, set "
-                "sharing.mode mig and sharing.migProfile to the slice it will serve on"
+                f"cluster offers it only as {offers.describe()}"
             )
+            if offers.mig_slices:
+                problem += (
+                    ". To profile on a MIG slice, set sharing.mode mig and sharing.migProfile to the slice "
+                    "it will serve on"
+                )
         else:
             return
         raise Blocked(
@@ -389,13 +393,14 @@ class Reconciler:
         self._delete_profiling_job(plan.namespace, plan.name, plan.result_configmap)
 
     def _delete_profiling_job(self, namespace: str, job: str, result_configmap: str) -> None:
+        # The Job last: while it exists, a later pass finds it and finishes the cleanup.
         for kind, obj_name in (
-            ("Job", job),
             ("ResourceClaimTemplate", job),  # only where DRA gave the GPU; absent is fine
             ("RoleBinding", job),
             ("Role", job),
             ("ServiceAccount", job),
             ("ConfigMap", result_configmap),
+            ("Job", job),
         ):
             try:
                 self.kube.delete(kind, namespace, obj_name)
@@ -520,7 +525,10 @@ class Reconciler:
         stale_kinds = [k for k in MANAGED_KINDS if k != "Service" and (k, plan.name) not in keep]
         for kind in stale_kinds:
             for obj in self.kube.list(
-                kind, plan.namespace, label_selector=f"{LABEL_DEPLOYMENT}={label_value(plan.name)}"
+                kind,
+                plan.namespace,
+                # serving objects only: a profiling Job's claim template is the Job's to delete
+                label_selector=f"{LABEL_DEPLOYMENT}={label_value(plan.name)},{LABEL_COMPONENT}={COMPONENT_SERVING}",
             ):
                 if (kind, obj["metadata"]["name"]) not in keep:
                     self.kube.delete(kind, plan.namespace, obj["metadata"]["name"])
