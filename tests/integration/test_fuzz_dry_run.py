@@ -76,9 +76,11 @@ def print_tally():
         print("\nfuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(TALLY.items())))
 
 
-def cluster_offering_everything(product: str, device_plugin_replicas: int) -> ClusterFacts:
+def cluster_offering_everything(
+    product: str, device_plugin_replicas: int, labels: dict[str, str] | None = None
+) -> ClusterFacts:
     """The testbed's node shapes for `product`: whole GPUs, every MIG profile it has, device-plugin
-    MPS, and DRA GPUs with their DeviceClass."""
+    MPS, and DRA GPUs with their DeviceClass; `labels` (the spec's gpu.nodeSelector) on each."""
     gpu = GPUS[product]
     nodes = [
         testbed_lib.whole_gpu_node("whole", product=product),
@@ -89,6 +91,8 @@ def cluster_offering_everything(product: str, device_plugin_replicas: int) -> Cl
         nodes.append(
             testbed_lib.mig_node("mig", {p.name: p.max_instances for p in gpu.mig_profiles}, product=product)
         )
+    for node in nodes:
+        node["metadata"]["labels"].update(labels or {})
     facts = {n["metadata"]["name"]: NodeFacts.from_node(n) for n in nodes}
     return ClusterFacts(facts, {testbed_lib.DRA_DRIVER}, {"dra": 8})
 
@@ -251,7 +255,9 @@ def test_any_valid_spec_renders_objects_the_api_server_accepts(
             "spec": spec,
         },
     )
-    cluster = cluster_offering_everything(spec["gpu"]["product"], device_plugin_replicas)
+    cluster = cluster_offering_everything(
+        spec["gpu"]["product"], device_plugin_replicas, labels=spec["gpu"].get("nodeSelector")
+    )
     try:
         simulated_profile(LLMDeploymentSpec.model_validate(spec))
     except BackendError as err:

@@ -443,8 +443,11 @@ def body(spec: dict[str, Any], name: str = "bad", namespace: str = "team-a") -> 
     }
 
 
-def cluster_offering_everything(product: str = H100, device_plugin_replicas: int = 2) -> ClusterFacts:
-    """Whole GPUs, every MIG profile of the product, device-plugin MPS and DRA, on one node each."""
+def cluster_offering_everything(
+    product: str = H100, device_plugin_replicas: int = 2, labels: dict[str, str] | None = None
+) -> ClusterFacts:
+    """Whole GPUs, every MIG profile of the product, device-plugin MPS and DRA, on one node each;
+    `labels` on every node (what a spec's gpu.nodeSelector asks for)."""
     gpu = lookup_gpu(product)
     nodes = [
         NodeFacts("whole", {GPU_PRODUCT_LABEL: product}, {"nvidia.com/gpu": "8"}),
@@ -460,6 +463,7 @@ def cluster_offering_everything(product: str = H100, device_plugin_replicas: int
         ),
         NodeFacts("dra", {GPU_PRODUCT_LABEL: product}, {}),
     ]
+    nodes = [NodeFacts(n.name, {**n.labels, **(labels or {})}, n.allocatable) for n in nodes]
     return ClusterFacts({n.name: n for n in nodes}, {"gpu.nvidia.com"}, {"dra": 8})
 
 
@@ -762,6 +766,28 @@ def test_profiling_where_only_dra_offers_the_product_takes_the_gpu_through_a_cla
     assert served.status["phase"] in ("Deploying", "Ready"), served.status
     templates = [n for (k, _, n) in served.kube.objects if k == "ResourceClaimTemplate"]
     assert templates and all("profile" not in n for n in templates), "the profiling claim goes with its Job"
+
+
+def test_gpu_node_selector_limits_what_the_cluster_is_taken_to_offer():
+    """Only nodes whose labels match gpu.nodeSelector count, as for the scheduler: pinned to a
+    DRA-only pool, profiling claims its GPU through DRA although whole GPUs exist elsewhere."""
+    pools = ClusterFacts(
+        {
+            "whole": NodeFacts("whole", {GPU_PRODUCT_LABEL: H100, "pool": "a"}, {"nvidia.com/gpu": "8"}),
+            "dra": NodeFacts("dra", {GPU_PRODUCT_LABEL: H100, "pool": "b"}, {}),
+        },
+        device_classes={"gpu.nvidia.com"},
+        dra_devices={"dra": 8},
+    )
+    assert pools.offers(H100, {"pool": "b"}).modes == ["mps/dra"]
+    assert pools.offers(H100, {"pool": "a"}).modes == ["exclusive"]
+    run = reconcile_through(
+        merged(BASE_SPEC, {"gpu": {"nodeSelector": {"pool": "b"}}}), cluster=pools, play=False
+    )
+    (job,) = [o for (k, _, _), o in run.kube.objects.items() if k == "Job"]
+    assert job["spec"]["template"]["spec"]["resourceClaims"]
+    nowhere = reconcile_through(merged(BASE_SPEC, {"gpu": {"nodeSelector": {"pool": "c"}}}), cluster=pools)
+    assert_failed(nowhere, "NoMatchingNodes", "gpu.nodeSelector pool=c")
 
 
 def test_a_service_port_without_room_for_the_replica_ports_is_a_failed_condition():

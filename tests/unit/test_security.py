@@ -32,9 +32,12 @@ from test_badinput_pure import (
     BASE_SPEC,
     FakeKube,
     Run,
+    cluster_offering_everything,
     merged,
     reconcile_through,
 )
+
+from llmpack.render.cluster import ClusterFacts
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "llmpack"
@@ -72,6 +75,11 @@ def spec_for(mode: str, **extra: Any) -> dict[str, Any]:
     return merged(merged(merged(BASE_SPEC, user), MODES[mode]), extra)
 
 
+def gpu_pool() -> ClusterFacts:
+    """Every kind of GPU node, all labelled pool=gpu (the specs' gpu.nodeSelector)."""
+    return cluster_offering_everything(labels={"pool": "gpu"})
+
+
 def kube_with_the_secret() -> FakeKube:
     kube = FakeKube()
     kube.put(
@@ -87,7 +95,7 @@ def kube_with_the_secret() -> FakeKube:
 
 @functools.cache
 def reconciled(mode: str) -> Run:
-    run = reconcile_through(spec_for(mode), kube=kube_with_the_secret())
+    run = reconcile_through(spec_for(mode), kube=kube_with_the_secret(), cluster=gpu_pool())
     rec = run.status["recommendation"]
     assert (rec["mode"], rec.get("mpsProvider")) == EXPECTED[mode], rec
     return run
@@ -267,7 +275,7 @@ def test_the_token_reaches_containers_only_through_a_secret_key_ref(mode):
 
 def test_the_operator_never_reads_a_secret_nor_leaks_the_token(mode, caplog):
     caplog.set_level(logging.DEBUG)
-    run = reconcile_through(spec_for(mode), kube=kube_with_the_secret())
+    run = reconcile_through(spec_for(mode), kube=kube_with_the_secret(), cluster=gpu_pool())
     assert not [c for c in run.kube.calls if c[1] == "Secret"], "the operator never touches Secrets"
     surfaces = {
         "status": json.dumps(run.status),
@@ -314,7 +322,7 @@ def test_user_input_cannot_put_a_gpu_claim_or_resource_of_its_own(mode):
             }
         },
     )
-    run = reconcile_through(spec, kube=kube_with_the_secret())
+    run = reconcile_through(spec, kube=kube_with_the_secret(), cluster=gpu_pool())
     (deployment,) = [o for o in run.kube.applied if o["kind"] == "Deployment"]
     for container in containers(deployment["spec"]["template"]["spec"]):
         resources = container.get("resources", {})
@@ -325,7 +333,7 @@ def test_user_input_cannot_put_a_gpu_claim_or_resource_of_its_own(mode):
 
 def test_user_env_cannot_widen_gpu_visibility():
     spec = spec_for("mig", serving={"env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]})
-    run = reconcile_through(spec, kube=kube_with_the_secret())
+    run = reconcile_through(spec, kube=kube_with_the_secret(), cluster=gpu_pool())
     if run.status["phase"] == "Failed":
         assert "NVIDIA_VISIBLE_DEVICES" in run.status["message"]
         return

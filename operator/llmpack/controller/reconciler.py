@@ -233,7 +233,7 @@ class Reconciler:
         return profile
 
     def _profiling_plan(self, spec, namespace, name, owner, key):
-        offers = self.cluster.offers(spec.gpu.product)
+        offers = self._offers(spec)
         return profiling_plan(
             name=name,
             namespace=namespace,
@@ -297,17 +297,25 @@ class Reconciler:
             value=None,
         )
 
+    def _offers(self, spec: LLMDeploymentSpec):
+        return self.cluster.offers(spec.gpu.product, spec.gpu.node_selector)
+
     def _check_profiling_capacity(self, spec: LLMDeploymentSpec, mig_profile: str | None) -> None:
         """Refuse to profile where no node offers what the Job asks for: its pod would sit Pending
         until the profiling deadline. The Job takes a whole GPU (through the device plugin, or a
         DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
         the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
-        offers = self.cluster.offers(spec.gpu.product)
+        offers = self._offers(spec)
         if mig_profile and not offers.mig_slices.get(mig_profile):
             offered = ", ".join(sorted(offers.mig_slices)) or "none"
             problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
         elif not offers.modes:
             problem = f"no node offers {spec.gpu.product} (the cluster offers nothing for it)"
+            if spec.gpu.node_selector:
+                problem = (
+                    f"no node matching gpu.nodeSelector {_selector(spec.gpu.node_selector)} offers "
+                    f"{spec.gpu.product}"
+                )
         elif not mig_profile and not offers.exclusive_gpus and not offers.mps_dra_gpus:
             problem = (
                 f"profiling needs a whole {spec.gpu.product} (nvidia.com/gpu or a DRA claim), and the "
@@ -440,7 +448,7 @@ class Reconciler:
 
     def _plan(self, spec, profile, rec, gpu, namespace, name, owner) -> tuple[ServingPlan, Any]:
         predictions = Predictions.build(profile, rec, gpu, spec)
-        offers = self.cluster.offers(spec.gpu.product)
+        offers = self._offers(spec)
         replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
         refusals: list[str] = []
         found = candidates(
@@ -449,8 +457,13 @@ class Reconciler:
         try:
             chosen = choose(spec, found, offers, refusals)
         except PlanningError as err:
+            message = str(err)
+            if spec.gpu.node_selector:
+                message += (
+                    f" (only nodes matching gpu.nodeSelector {_selector(spec.gpu.node_selector)} count)"
+                )
             raise Blocked(
-                "Failed", st.AVAILABLE, err.reason, str(err), retry_after=self.config.retry_seconds
+                "Failed", st.AVAILABLE, err.reason, message, retry_after=self.config.retry_seconds
             ) from err
         slot = rec.slot_bytes if chosen.mode == "mps" else rec.per_replica_memory_bytes
         utilization = gpu_memory_utilization_for(
@@ -574,6 +587,10 @@ class Reconciler:
             generation,
         )
         st.set_condition(status, st.PROGRESSING, True, "RollingOut", status.message, generation)
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _degraded_reason(status: LLMDeploymentStatus) -> str:

@@ -79,10 +79,13 @@ class ClusterFacts:
     # node name -> GPUs published by the DRA driver in ResourceSlices
     dra_devices: dict[str, int] = field(default_factory=dict)
 
-    def offers(self, product: str) -> Offers:
+    def offers(self, product: str, node_selector: dict[str, str] | None = None) -> Offers:
+        """What schedulable nodes labelled with `product` offer; with `node_selector` (the spec's
+        gpu.nodeSelector), only the nodes whose labels match it, as the scheduler would."""
         offers = Offers(product=product)
+        wanted = (node_selector or {}).items()
         for node in self.nodes.values():
-            if not node.schedulable:
+            if not node.schedulable or not wanted <= node.labels.items():
                 continue
             label = node.labels.get(GPU_PRODUCT_LABEL, "")
             shared = node.labels.get(SHARING_STRATEGY_LABEL) == "mps"
