@@ -154,3 +154,35 @@ def test_profiling_plan_names_fit_and_args_carry_the_measurement():
     assert args[args.index("--model") + 1] == "facebook/opt-1.3b"
     assert args[args.index("--result-configmap") + 1] == plan.result_configmap
     assert args[args.index("--revision") + 1] == "main"
+
+
+def _slice(node: str, driver: str, types: list[str]) -> dict:
+    return {
+        "metadata": {"name": f"{node}-{driver}-{len(types)}"},
+        "spec": {
+            "driver": driver,
+            "nodeName": node,
+            "devices": [
+                {"name": f"d{i}", "attributes": {"type": {"string": t}}} for i, t in enumerate(types)
+            ],
+        },
+    }
+
+
+def test_dra_gpus_count_whole_gpus_of_the_nvidia_driver_summed_over_a_nodes_slices():
+    """A node's MIG devices and other drivers' devices are not whole GPUs; a node may publish
+    several slices; a deleted slice takes its GPUs away."""
+    facts = ClusterFacts(
+        {"n": NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {})},
+        device_classes={"gpu.nvidia.com"},
+    )
+    first = _slice("n", "gpu.nvidia.com", ["gpu", "gpu", "mig", "mig"])
+    second = _slice("n", "gpu.nvidia.com", ["gpu"])
+    assert facts.publish_slice("a", first) is True
+    assert facts.publish_slice("b", second) is True
+    assert facts.publish_slice("nic", _slice("n", "dra.net", ["gpu"] * 4)) is False
+    assert facts.dra_devices == {"n": 3}
+    assert facts.offers("NVIDIA-H100-80GB-HBM3").mps_dra_gpus == 3
+    assert facts.publish_slice("a", first) is False, "the same slice again changes nothing"
+    assert facts.publish_slice("a", None) is True
+    assert facts.dra_devices == {"n": 1}

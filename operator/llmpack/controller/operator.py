@@ -58,9 +58,7 @@ class OperatorState:
             for device_class in self.kube.list("DeviceClass"):
                 self.cluster.device_classes.add(device_class["metadata"]["name"])
             for slice_ in self.kube.list("ResourceSlice"):
-                spec = slice_.get("spec") or {}
-                if spec.get("nodeName"):
-                    self.cluster.dra_devices[spec["nodeName"]] = len(spec.get("devices") or [])
+                self.cluster.publish_slice(slice_["metadata"]["name"], slice_)
         except KubeError as err:  # a cluster without DRA (resource.k8s.io/v1) still serves other modes
             logger.info("DRA objects not listed (%s); MPS through DRA is not offered", err)
 
@@ -244,12 +242,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
 
     @kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)
     def resource_slice_event(event: dict, body: kopf.Body, **_: Any) -> None:
-        node = (body.get("spec") or {}).get("nodeName")
-        if not node:
-            return
-        count = 0 if event["type"] == "DELETED" else len((body.get("spec") or {}).get("devices") or [])
-        if state.cluster.dra_devices.get(node) != count:
-            state.cluster.dra_devices[node] = count
+        published = None if event["type"] == "DELETED" else dict(body)
+        if state.cluster.publish_slice(body.metadata.name, published):
             state.enqueue_all()
 
     @kopf.on.probe(id="queue", registry=registry)

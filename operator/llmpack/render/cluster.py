@@ -17,6 +17,21 @@ MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
 SHARED_SUFFIX = "-SHARED"
 DRA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
+DRA_GPU_DRIVER = "gpu.nvidia.com"  # the NVIDIA DRA driver's name in ResourceSlices
+
+
+def dra_whole_gpus(resource_slice: dict[str, Any]) -> tuple[str | None, int]:
+    """(node, whole GPUs) that one ResourceSlice publishes: devices of the NVIDIA DRA driver whose
+    `type` attribute is gpu. MIG devices (type mig) and other drivers' devices are not whole GPUs."""
+    spec = resource_slice.get("spec") or {}
+    if spec.get("driver") != DRA_GPU_DRIVER or not spec.get("nodeName"):
+        return None, 0
+    gpus = sum(
+        1
+        for device in spec.get("devices") or []
+        if ((device.get("attributes") or {}).get("type") or {}).get("string", "gpu") == "gpu"
+    )
+    return spec["nodeName"], gpus
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,23 @@ class Offers:
 class ClusterFacts:
     nodes: dict[str, NodeFacts] = field(default_factory=dict)
     device_classes: set[str] = field(default_factory=set)
-    # node name -> GPUs published by the DRA driver in ResourceSlices
+    # node name -> whole GPUs published by the DRA driver, summed over its ResourceSlices
     dra_devices: dict[str, int] = field(default_factory=dict)
+    dra_slices: dict[str, tuple[str, int]] = field(default_factory=dict)  # slice -> (node, GPUs)
+
+    def publish_slice(self, name: str, resource_slice: dict[str, Any] | None) -> bool:
+        """Record a ResourceSlice (None: deleted); True if a node's DRA GPU count changed."""
+        node, gpus = dra_whole_gpus(resource_slice) if resource_slice is not None else (None, 0)
+        if node and gpus:
+            self.dra_slices[name] = (node, gpus)
+        else:
+            self.dra_slices.pop(name, None)
+        totals: dict[str, int] = {}
+        for slice_node, count in self.dra_slices.values():
+            totals[slice_node] = totals.get(slice_node, 0) + count
+        changed = totals != self.dra_devices
+        self.dra_devices = totals
+        return changed
 
     def offers(self, product: str, node_selector: dict[str, str] | None = None) -> Offers:
         """What schedulable nodes labelled with `product` offer; with `node_selector` (the spec's
