@@ -7,6 +7,7 @@ relies on the kubernetes package's global default configuration.
 from __future__ import annotations
 
 import time
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -30,7 +31,8 @@ def wait_for(
 ) -> T:
     """Call `probe` until it returns something truthy and return that; fail after `timeout` s.
 
-    An ApiException from the probe counts as "not yet" (the last one is shown on timeout).
+    An ApiException, or a connection refused by a server not yet listening, counts as "not yet"
+    (the last one is shown on timeout).
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -41,6 +43,8 @@ def wait_for(
                 return last
         except ApiException as e:
             last = f"ApiException {e.status}: {e.reason}"
+        except (urllib.error.URLError, ConnectionError) as e:  # a server that is not listening yet
+            last = f"{type(e).__name__}: {e}"
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"timed out after {timeout:g}s waiting for {what or probe}; last value: {last!r}"

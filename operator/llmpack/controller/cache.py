@@ -42,8 +42,8 @@ class ProfileCache:
         self._validated: dict[str, Profile] = {}
 
     def forget(self, configmap_name: str) -> None:
-        for key in [k for k in self._validated if cache_configmap_name(k) == configmap_name]:
-            del self._validated[key]
+        for key in [k for k in list(self._validated) if cache_configmap_name(k) == configmap_name]:
+            self._validated.pop(key, None)  # a worker may have dropped it meanwhile
 
     def get(self, key: str) -> CacheLookup:
         if key in self._validated:

@@ -87,7 +87,13 @@ class OperatorState:
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(self.reconciler.reconcile, body)
-            await asyncio.to_thread(self._write_status, key, body, result)
+            updated = await asyncio.to_thread(self._write_status, key, body, result)
+            # Back on the event loop, where the watch handlers change self.objects too.
+            if updated is not None:
+                # Keep the newest copy so the next pass does not start from the status we replaced.
+                if self.objects.get(key) is body:
+                    self.objects[key] = updated
+                metrics.observe_phases(self.objects.values())
         except KubeError as err:
             if err.status == 403 and "being terminated" in err.message:
                 return  # its namespace is going away, and the LLMDeployment with it
@@ -101,20 +107,17 @@ class OperatorState:
         if result.retry_after:
             self.queue.add_after(key, result.retry_after)
 
-    def _write_status(self, key: Key, body: dict[str, Any], result) -> None:
+    def _write_status(self, key: Key, body: dict[str, Any], result) -> dict[str, Any] | None:
+        """Events, then the status if it changed (in a worker thread); returns the updated object."""
         namespace, name = key
         for type_, reason, message in result.events:
             self.kube.event(body, reason=reason, message=message, type_=type_)
         old = body.get("status") or {}
         if comparable(old) == comparable(result.status):
-            return
-        updated = self.kube.patch_status(
+            return None
+        return self.kube.patch_status(
             "LLMDeployment", namespace, name, result.status, body["metadata"].get("resourceVersion")
         )
-        # Keep the newest copy so the next pass does not start from the status we replaced.
-        if self.objects.get(key) is body:
-            self.objects[key] = updated
-        metrics.observe_phases(self.objects.values())
 
 
 def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
@@ -150,7 +153,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             await state.queue.stop()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def llmdeployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def llmdeployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
         key = (body.metadata.namespace, body.metadata.name)
         if event["type"] == "DELETED":
             state.objects.pop(key, None)
@@ -173,7 +176,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
     @kopf.on.event("v1", "configmaps", labels=MANAGED, registry=registry)
     @kopf.on.event("v1", "services", labels=MANAGED, registry=registry)
-    def owned_event(body: kopf.Body, **_: Any) -> None:
+    async def owned_event(body: kopf.Body, **_: Any) -> None:
         if body.metadata.namespace == state.config.operator_namespace:
             state.reconciler.cache.forget(body.metadata.name)  # a cached profile changed or went
         key = owner_key(body)
@@ -181,7 +184,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.enqueue(key)
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    def deployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def deployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
         """A Deployment's status changes many times per rollout; only what the LLMDeployment's
         status or drift correction reads is worth a reconcile."""
         identity = (body.metadata.namespace, body.metadata.name)
@@ -205,7 +208,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.enqueue(key)
 
     @kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)
-    def pod_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(event: dict, body: kopf.Body, **_: Any) -> None:
         """A pod stuck on something the user must fix (a missing Secret, an image that cannot be
         pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
         status: a pass runs when the pod's problem appears, changes or clears."""
@@ -222,7 +225,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.enqueue(key)
 
     @kopf.on.event("v1", "nodes", registry=registry)
-    def node_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def node_event(event: dict, body: kopf.Body, **_: Any) -> None:
         name = body.metadata.name
         before = state.cluster.nodes.get(name)
         if event["type"] == "DELETED":
@@ -233,7 +236,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.enqueue_all()  # what the cluster offers changed: plans may change
 
     @kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)
-    def device_class_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def device_class_event(event: dict, body: kopf.Body, **_: Any) -> None:
         if event["type"] == "DELETED":
             state.cluster.device_classes.discard(body.metadata.name)
         else:
@@ -241,13 +244,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.enqueue_all()
 
     @kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)
-    def resource_slice_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def resource_slice_event(event: dict, body: kopf.Body, **_: Any) -> None:
         published = None if event["type"] == "DELETED" else dict(body)
         if state.cluster.publish_slice(body.metadata.name, published):
             state.enqueue_all()
 
     @kopf.on.probe(id="queue", registry=registry)
-    def queue_depth(**_: Any) -> int:
+    async def queue_depth(**_: Any) -> int:
         return len(state.queue) if state.queue else 0
 
     return registry

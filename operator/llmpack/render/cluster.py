@@ -114,7 +114,7 @@ class ClusterFacts:
         gpu.nodeSelector), only the nodes whose labels match it, as the scheduler would."""
         offers = Offers(product=product)
         wanted = (node_selector or {}).items()
-        for node in self.nodes.values():
+        for node in list(self.nodes.values()):  # a snapshot: watch handlers add nodes meanwhile
             if not node.schedulable or not wanted <= node.labels.items():
                 continue
             label = node.labels.get(GPU_PRODUCT_LABEL, "")
