@@ -34,6 +34,7 @@ Key = tuple[str, str]  # (namespace, name)
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 CONFLICT_RETRY_SECONDS = 1.0
 ERROR_RETRY_SECONDS = 10.0
+POD_PROBLEM_DELAY_SECONDS = 2.0
 
 
 @dataclass
@@ -65,6 +66,12 @@ class OperatorState:
     def enqueue(self, key: Key) -> None:
         if self.queue is not None:
             self.queue.add(key)
+
+    def enqueue_soon(self, key: Key, delay: float = POD_PROBLEM_DELAY_SECONDS) -> None:
+        """For news that can wait a moment (a pod's problem): many pods of one LLMDeployment
+        collapse into one pass, and fresh specs are not queued behind them."""
+        if self.queue is not None:
+            self.queue.add_after(key, delay)
 
     def owner_of_pod(self, namespace: str, deployment_label: str) -> Key | None:
         """The LLMDeployment whose pods carry `deployment_label` (a pod's owner is its Job or
@@ -222,7 +229,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.pod_problems[identity] = problem
         key = state.owner_of_pod(body.metadata.namespace, body.metadata.labels.get(LABEL_DEPLOYMENT, ""))
         if key is not None:
-            state.enqueue(key)
+            state.enqueue_soon(key)
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def node_event(event: dict, body: kopf.Body, **_: Any) -> None:

@@ -206,9 +206,10 @@ class Reconciler:
             self.cache.evict(key)
         profile = lookup.profile
         cache_hit = profile is not None
-        if status.profiling is not None or status.profile_ref is None or status.profile_ref.key != key:
+        if status.profiling is not None or (status.profile_ref is not None and status.profile_ref.key != key):
             # A profiling pass was under way (or the key moved): Jobs of other keys, or of this key
             # once its profile is cached (a crash between caching and cleaning up), are leftovers.
+            # Not on a first pass: a new LLMDeployment has none, and that pass is on the clock.
             keep = None if cache_hit else self._profiling_plan(spec, namespace, name, owner, key).name
             self._delete_leftover_profiling(namespace, name, keep)
         if profile is None:
