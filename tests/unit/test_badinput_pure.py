@@ -973,3 +973,20 @@ def test_a_spec_change_mid_profiling_replaces_the_job_of_the_old_spec():
     (new_job,) = profiling_jobs(kube)
     assert new_job != old_job, "the old spec's Job no longer holds a GPU"
     assert second.status["profiling"]["job"] == new_job
+
+
+def test_a_published_profile_is_taken_before_the_job_reports_complete():
+    """The Job's Complete condition follows the pod's exit and can lag (an API server restart
+    delays the Job controller); the profile in the result ConfigMap is what counts."""
+    kube = FakeKube()
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    obj = body(BASE_SPEC)
+    first = reconciler.reconcile(obj)
+    (job,) = [o for (k, _, _), o in kube.objects.items() if k == "Job"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    result = kube.objects[("ConfigMap", "team-a", args[args.index("--result-configmap") + 1])]
+    spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
+    result["data"] = {DATA_KEY: simulated_profile(spec).model_dump_json(), "progress": "done"}
+    second = reconciler.reconcile({**obj, "status": first.status})
+    assert second.status["phase"] in ("Deploying", "Ready"), second.status
+    assert profiling_jobs(kube) == []

@@ -266,7 +266,9 @@ class Reconciler:
         failed_pods = (job.get("status") or {}).get("failed", 0)
         result = self.kube.get("ConfigMap", namespace, plan.result_configmap) or {}
         data = result.get("data") or {}
-        if "Complete" in conditions:
+        # The profile is the result; the Job's Complete condition only follows the pod's exit (and,
+        # after an API server restart, can lag far behind). Whichever shows first is taken.
+        if data.get(DATA_KEY) or "Complete" in conditions:
             profile = self._read_result(plan.name, data)
             # Cache first, clean up second: a crash in between must not lose the measurement.
             self.cache.put(key, profile)
