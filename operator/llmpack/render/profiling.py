@@ -20,7 +20,6 @@ from llmpack.render.plan import GPU_PRODUCT_LABEL, LABEL_PROFILE_KEY, MAX_NAME, 
 from llmpack.render.serving import (
     COMPONENT_PROFILER,
     DRA_CLAIM,
-    DRA_DEVICE_CLASS,
     common_labels,
     container_resources,
     container_security_context,
@@ -28,6 +27,7 @@ from llmpack.render.serving import (
     hf_token_env,
     merge_env,
     metadata,
+    whole_gpu_request,
     workspace_env,
     workspace_mounts,
 )
@@ -119,20 +119,7 @@ def gpu_claim_template(plan: ProfilingPlan) -> dict[str, Any]:
         "metadata": _meta(plan, plan.name),
         "spec": {
             "metadata": {"labels": profiling_labels(plan)},
-            "spec": {
-                "devices": {
-                    "requests": [
-                        {
-                            "name": DRA_CLAIM,
-                            "exactly": {
-                                "deviceClassName": DRA_DEVICE_CLASS,
-                                "allocationMode": "ExactCount",
-                                "count": 1,
-                            },
-                        }
-                    ]
-                }
-            },
+            "spec": {"devices": {"requests": [whole_gpu_request()]}},
         },
     }
 

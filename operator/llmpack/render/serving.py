@@ -192,6 +192,14 @@ def mps_claim_template(plan: ServingPlan) -> dict[str, Any]:
     }
 
 
+def whole_gpu_request() -> dict[str, Any]:
+    """The claim's one request: exactly one device of the NVIDIA DRA driver's GPU class."""
+    return {
+        "name": DRA_CLAIM,
+        "exactly": {"deviceClassName": DRA_DEVICE_CLASS, "allocationMode": "ExactCount", "count": 1},
+    }
+
+
 def claim_template_name(plan: ServingPlan) -> str:
     """`<name>-gpu-<hash of the claim spec>`. A ResourceClaimTemplate's spec is immutable, so a new
     memory limit or thread percentage must be a new template: the pods then roll onto it and the
@@ -210,16 +218,7 @@ def _claim_spec(plan: ServingPlan) -> dict[str, Any]:
         sharing["mpsConfig"] = mps
     return {
         "devices": {
-            "requests": [
-                {
-                    "name": DRA_CLAIM,
-                    "exactly": {
-                        "deviceClassName": DRA_DEVICE_CLASS,
-                        "allocationMode": "ExactCount",
-                        "count": 1,
-                    },
-                }
-            ],
+            "requests": [whole_gpu_request()],
             "config": [
                 {
                     "requests": [DRA_CLAIM],
