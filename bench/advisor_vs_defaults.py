@@ -20,11 +20,10 @@ The baseline is the default instance of the same group, measured in the same stu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
-from bench.common import Result, Table, add_results_argument, emit, geomean, gib, results_dir_arg
+from bench.common import Result, Table, geomean, gib, paper_data_main
 from llmpack.advisor import AdvisorOptions, advise, gpu_for_profile
 from llmpack.advisor.loaders import load_paper_profile, paper_output_lengths, read_paper_rows
 from llmpack.advisor.perfmodel import default_max_num_seqs
@@ -203,16 +202,7 @@ def run(data_dir: str | None = None) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.advisor_vs_defaults", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--paper-data", metavar="DIR", help="folder holding profiles.csv")
-    add_results_argument(parser)
-    args = parser.parse_args(argv)
-    result = run(args.paper_data)
-    result.command = "python -m bench.advisor_vs_defaults"
-    emit(result, results_dir_arg(args.results_dir))
-    return 0
+    return paper_data_main("advisor_vs_defaults", __doc__ or "", run, argv)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,19 @@ def results_dir_arg(value: str) -> Path | None:
     return None if value == "-" else Path(value)
 
 
+def paper_data_main(name: str, doc: str, run: Callable[[str | None], Result], argv: list[str] | None) -> int:
+    """The command line of a benchmark over the paper's profiles: --paper-data and --results-dir."""
+    command = f"python -m bench.{name}"
+    parser = argparse.ArgumentParser(prog=command, description=doc.splitlines()[0])
+    parser.add_argument("--paper-data", metavar="DIR", help="folder holding profiles.csv")
+    add_results_argument(parser)
+    args = parser.parse_args(argv)
+    result = run(args.paper_data)
+    result.command = command
+    emit(result, results_dir_arg(args.results_dir))
+    return 0
+
+
 # --- numbers ----------------------------------------------------------------------------------
 
 

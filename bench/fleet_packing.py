@@ -34,7 +34,6 @@ lower bound (goal <= 1.10), per model class and for the whole fleet.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections import Counter
@@ -42,7 +41,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cache
 
-from bench.common import Result, Table, add_results_argument, emit, results_dir_arg
+from bench.common import Result, Table, paper_data_main
 from llmpack.advisor import AdvisorOptions, advise, perfmodel
 from llmpack.advisor.loaders import load_paper_profile
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
@@ -464,16 +463,7 @@ def run(data_dir: str | None = None, fleet: tuple[Service, ...] = FLEET) -> Resu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fleet_packing", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--paper-data", metavar="DIR", help="folder holding profiles.csv")
-    add_results_argument(parser)
-    args = parser.parse_args(argv)
-    result = run(args.paper_data)
-    result.command = "python -m bench.fleet_packing"
-    emit(result, results_dir_arg(args.results_dir))
-    return 0
+    return paper_data_main("fleet_packing", __doc__ or "", run, argv)
 
 
 if __name__ == "__main__":
