@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv testbed test unit lint demo crds docs bench clean
+.PHONY: help venv testbed engine test unit lint demo crds docs bench clean
 
 help:
 	@echo "make demo   - local control plane + fake GPU nodes + operator + a sample LLMDeployment"
@@ -23,6 +23,10 @@ venv: $(VENV)/.installed
 testbed:
 	hack/testbed/build
 
+# vLLM's CPU build in its own environment outside the repo (hack/engine/install; ~3 min, ~6 GB once).
+engine:
+	hack/engine/install
+
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
@@ -30,10 +34,11 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Unit first (fast feedback), then the testbed suites; e2e last, as its operator process watches
-# the whole cluster until the session ends.
-test: venv testbed lint
-	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+# Unit first (fast feedback), then the testbed suites and the real engine's; e2e last, as its
+# operator process watches the whole cluster until the session ends.
+test: venv testbed engine lint
+	LLMPACK_VLLM_PYTHON=$$(hack/engine/install | tail -n 1) \
+	  $(PY) -m pytest tests/unit tests/integration tests/engine tests/e2e $(PYTEST_ARGS)
 
 demo: venv testbed
 	$(PY) hack/demo.py
