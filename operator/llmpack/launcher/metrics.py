@@ -59,6 +59,20 @@ class RouterMetrics:
             [REPLICA_LABEL],
             registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "llmpack_router_client_disconnects",
+            "Requests whose client went away before the answer was complete; the request to the "
+            "replica was closed too, which makes vLLM abort it.",
+            [REPLICA_LABEL],
+            registry=self.registry,
+        )
+        self.replica_exits = Counter(
+            "llmpack_replica_exits",
+            "Replica servers that exited without being stopped (`llmpack launch` only); the "
+            "processes each left behind were killed with it.",
+            [REPLICA_LABEL],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "llmpack_router_requests_in_flight",
             "Requests sent to a replica and not yet fully answered.",

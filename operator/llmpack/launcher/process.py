@@ -1,8 +1,15 @@
 """One replica's process: start it, relay its output to the pod log, wait until it is healthy, stop it.
 
-Each replica runs in its own session (process group) because vLLM starts helper processes (the
-engine core, compile workers); signalling the group reaches them too, so no orphan keeps GPU memory
-after its server is gone.
+Each replica runs in its own session (process group) because vLLM starts helper processes: its API
+server forks a multiprocessing resource tracker and the engine core (`VLLM::EngineCore`), which
+starts the model worker (`VLLM::Worker`), and those hold the GPU memory. Signalling the group
+reaches them too, so no orphan keeps GPU memory after its server is gone.
+
+The server's exit is seen by itself, not through its output pipe. Those helpers inherit the pipe, so
+it stays open after the server dies, and asyncio's `Process.wait()` returns only once the process
+has exited *and* every pipe to it is closed: with a dead API server and a live engine core it never
+returns (observed with vLLM 0.32). The protocol below gets the exit (`process_exited`, from the
+child watcher that reaps it) and the output as separate events.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
@@ -22,10 +30,37 @@ from llmpack.launcher.health import probe_health
 
 TAIL_LINES = 40
 READ_CHUNK_BYTES = 64 * 1024
+GROUP_POLL_S = 0.05
 
 
 class ReplicaStartError(Exception):
     """A replica did not become healthy: the message says which, why, and its last output."""
+
+
+class _ReplicaProtocol(asyncio.SubprocessProtocol):
+    """The replica's output as it comes, and its exit the moment it is reaped (pipes or not)."""
+
+    def __init__(self, process: ReplicaProcess) -> None:
+        self._process = process
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self._process._on_output(data if isinstance(data, bytes) else data.encode())
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._process._on_output_closed()
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        code = self.transport.get_returncode()
+        self._process._on_exit(-1 if code is None else code)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._process._on_output_closed()
 
 
 class ReplicaProcess:
@@ -34,9 +69,12 @@ class ReplicaProcess:
         self._log = log if log is not None else sys.stdout.buffer
         self._prefix = f"[replica {command.index}] ".encode()
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._process: asyncio.subprocess.Process | None = None
-        self._relay: asyncio.Task[None] | None = None
-        self.exited: asyncio.Task[int] | None = None
+        self._pending = b""
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pid: int | None = None
+        self._output_closed: asyncio.Future[None] | None = None
+        # The server's exit code once it is gone (a signal is minus its number, e.g. -9).
+        self.exited: asyncio.Future[int] | None = None
 
     @property
     def index(self) -> int:
@@ -44,24 +82,32 @@ class ReplicaProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._pid
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited = loop.create_future()
+        self._output_closed = loop.create_future()
         env = {**os.environ, "LLMPACK_REPLICA_INDEX": str(self.index)}
-        self._process = await asyncio.create_subprocess_exec(
-            *self.command.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-        self._relay = asyncio.create_task(self._relay_output(self._process.stdout))
-        self.exited = asyncio.create_task(self._process.wait())
+        try:
+            transport, _ = await loop.subprocess_exec(
+                lambda: _ReplicaProtocol(self),
+                *self.command.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as err:  # not found on PATH, not executable
+            self.exited = None
+            raise ReplicaStartError(self._exit_message(f"could not be started: {err}")) from err
+        self._transport = transport
+        self._pid = transport.get_pid()
 
     async def wait_exited(self) -> int:
-        """The exit code, once the process is gone. Shielded: a waiter being cancelled (shutdown)
-        must not cancel the one task that reaps the process."""
+        """The exit code, once the server process is gone. Shielded: a waiter being cancelled
+        (shutdown) must not cancel the future every other waiter shares."""
         assert self.exited is not None, "start() first"
         return await asyncio.shield(self.exited)
 
@@ -90,58 +136,106 @@ class ReplicaProcess:
             await asyncio.wait({self.exited}, timeout=min(poll_s, remaining))
 
     async def stop(self, grace_s: float) -> int | None:
-        """SIGTERM the replica's process group, SIGKILL it after grace_s; return the exit code."""
-        if self._process is None or self.exited is None:
+        """SIGTERM the replica's processes, SIGKILL what is left after grace_s; return the server's
+        exit code. The engine core may still be shutting down when the server has exited, so the
+        grace is for all of them, not the server alone."""
+        if self._transport is None or self.exited is None:
             return None
-        self._signal_group(signal.SIGTERM)
-        done, _ = await asyncio.wait({self.exited}, timeout=grace_s)
-        if not done:
-            self._signal_group(signal.SIGKILL)
-            await self.wait_exited()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        self._signal_all(signal.SIGTERM)
+        await asyncio.wait({self.exited}, timeout=grace_s)
+        while self.members() and loop.time() < deadline:
+            await asyncio.sleep(GROUP_POLL_S)
         self.kill_leftovers()
+        await self.wait_exited()
+        await self.wait_members_gone(5.0)
         await self._drain_output()
+        self._transport.close()
         return self.exited.result()
 
-    def kill_leftovers(self) -> None:
-        """After the server process is gone, nothing else of its group may live on."""
-        self._signal_group(signal.SIGKILL)
+    def kill_leftovers(self) -> list[int]:
+        """SIGKILL whatever of the replica still runs (once its server is gone, nothing of it may
+        live on); return the pids signalled."""
+        return self._signal_all(signal.SIGKILL)
 
-    def _signal_group(self, signum: int) -> None:
-        assert self._process is not None
-        # The group id is the leader's pid (start_new_session); it outlives the leader while any
-        # member lives, so this also reaches helpers whose server already exited.
+    async def wait_members_gone(self, timeout_s: float) -> list[int]:
+        """Wait until no process of the replica runs; return those still running at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := self.members()) and loop.time() < deadline:
+            await asyncio.sleep(GROUP_POLL_S)
+        return left
+
+    def members(self) -> list[int]:
+        """The replica's running processes: its session (start_new_session made the server the
+        leader of a session and of a process group whose ids are its pid), zombies left out."""
+        if self._pid is None:
+            return []
+        return session_members(self._pid)
+
+    def _signal_all(self, signum: int) -> list[int]:
+        assert self._pid is not None
+        members = self.members()
+        # The group id is the leader's pid; it outlives the leader while any member lives, so this
+        # also reaches helpers whose server already exited.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signum)
+            os.killpg(self._pid, signum)
+        for pid in members:  # a helper that made a process group of its own, in the same session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        return members
+
+    # --- events from the protocol -------------------------------------------------------------
+
+    def _on_exit(self, code: int) -> None:
+        if self.exited is not None and not self.exited.done():
+            self.exited.set_result(code)
+
+    def _on_output(self, data: bytes) -> None:
+        """Copy output to the pod log line by line with the replica's prefix; keep the last lines.
+
+        Takes chunks, not lines: vLLM's progress bars write long lines with no newline."""
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            self._emit(line)
+        if len(self._pending) > READ_CHUNK_BYTES:
+            self._emit(self._pending)
+            self._pending = b""
+
+    def _on_output_closed(self) -> None:
+        if self._output_closed is None or self._output_closed.done():
+            return
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = b""
+        self._output_closed.set_result(None)
 
     async def _drain_output(self) -> None:
-        """Let the relay read what the process wrote last (its error message), briefly."""
-        if self._relay is not None:
+        """Let the relay take what the process wrote last (its error message), briefly."""
+        if self._output_closed is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._relay), timeout=2)
+                await asyncio.wait_for(asyncio.shield(self._output_closed), timeout=2)
 
     def _exit_message(self, what_happened: str) -> str:
         command = " ".join(self.command.argv)
         tail = self.tail() or "(no output)"
         return f"replica {self.index} ({command}) {what_happened}; its last output:\n{tail}"
 
-    async def _relay_output(self, stream: asyncio.StreamReader | None) -> None:
-        """Copy output to the pod log line by line with the replica's prefix; keep the last lines.
-
-        Reads chunks, not readline(): vLLM's progress bars write long lines with no newline."""
-        if stream is None:
-            return
-        pending = b""
-        while chunk := await stream.read(READ_CHUNK_BYTES):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                self._emit(line)
-            if len(pending) > READ_CHUNK_BYTES:
-                self._emit(pending)
-                pending = b""
-        if pending:
-            self._emit(pending)
-
     def _emit(self, line: bytes) -> None:
         self._tail.append(line.decode(errors="replace").rstrip("\r"))
         self._log.write(self._prefix + line + b"\n")
         self._log.flush()
+
+
+def session_members(session_id: int) -> list[int]:
+    """Pids of the live processes (not zombies) whose session or process group is session_id."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after the command name (which may hold spaces and parentheses): state, ppid,
+            # pgrp, session.
+            state, _ppid, pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            if state not in ("Z", "X") and session_id in (int(pgrp), int(session)):
+                members.append(int(stat.parent.name))
+    return sorted(members)

@@ -14,6 +14,13 @@ makes "could not connect" exact. It costs about 0.2 ms (bench/router_overhead.py
 request without keep-alive, 0.50 ms with it, on a busy 2-CPU machine), against a completion's tens
 of milliseconds.
 
+A client that goes away ends the upstream request too: its handler is cancelled the moment the
+connection is lost (aiohttp only does that since 3.9 when the runner is made with
+handler_cancellation=True; a non-streaming completion sends nothing until it is done, so there is no
+failed write to notice it by), and a write to the gone client ends the relay. Either way the
+upstream connection is closed, which is how vLLM learns to abort the request and free its batch
+slot. A client leaving is not a replica failure: the replica is not marked nor rechecked.
+
 Responses are relayed chunk by chunk as they arrive (SSE streams stay incremental) and byte for byte:
 the upstream body is not decompressed and the client's own headers are the only ones sent upstream.
 """
@@ -100,7 +107,11 @@ class Router:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 picks a free port); return the port."""
         self._runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,  # see the module docstring: a client leaving ends its request
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -138,6 +149,10 @@ class Router:
                 return await self._forward(request, replica, body, headers)
             except _NotSent:
                 not_connected.append(replica)
+            except asyncio.CancelledError:
+                if request.transport is None:  # the client's connection is gone
+                    self._client_left(request, replica, "closed the connection")
+                raise
             finally:
                 replica.in_flight -= 1
         self.metrics.unroutable.inc()
@@ -182,21 +197,44 @@ class Router:
                 response.headers.add(name, value)
         response.headers[REPLICA_HEADER] = replica.label
         self.metrics.requests.labels(replica.label, str(upstream.status)).inc()
-        await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except aiohttp.ClientError as err:
-            # The replica broke off mid-answer. Headers are out, so the only honest signal left is
-            # to break the client's connection too, rather than end the body as if it were complete.
-            self.metrics.upstream_errors.labels(replica.label, "response").inc()
-            replica.recheck_now.set()
-            log.warning("replica %s: response to %s broke off: %s", replica.index, request.path, err)
-            if request.transport is not None:
-                request.transport.abort()
+            await response.prepare(request)
+        except ConnectionError:
+            self._client_left(request, replica, "left before the answer")
             return response
-        await response.write_eof()
-        return response
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except aiohttp.ClientError as err:
+                # The replica broke off mid-answer. Headers are out, so the only honest signal left
+                # is to break the client's connection too, rather than end the body as if complete.
+                self.metrics.upstream_errors.labels(replica.label, "response").inc()
+                replica.recheck_now.set()
+                log.warning("replica %s: response to %s broke off: %s", replica.index, request.path, err)
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            try:
+                if not chunk:
+                    await response.write_eof()
+                    return response
+                await response.write(chunk)
+            except ConnectionError:
+                # aiohttp's ClientConnectionResetError is both a ConnectionError and a ClientError:
+                # it must not be taken for the replica's failure above.
+                self._client_left(request, replica, "closed the connection mid-answer")
+                return response
+
+    def _client_left(self, request: web.Request, replica: Replica, what: str) -> None:
+        """Not the replica's failure: counted, logged, and the replica left as it is."""
+        self.metrics.client_disconnects.labels(replica.label).inc()
+        log.info(
+            "client of %s %s %s; closing the request to replica %s",
+            request.method,
+            request.path,
+            what,
+            replica.index,
+        )
 
     # --- health and metrics --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import aiohttp
 
 from llmpack.launcher.command import ReplicaCommand
 from llmpack.launcher.health import HealthMonitor
+from llmpack.launcher.metrics import RouterMetrics
 from llmpack.launcher.process import ReplicaProcess, ReplicaStartError
 from llmpack.launcher.replica import Replica, ReplicaState
 from llmpack.launcher.router import Router, upstream_session
@@ -59,13 +60,15 @@ class Launcher:
         self.settings = settings
         self.processes = [ReplicaProcess(command) for command in commands]
         self.replicas = [Replica(command.index, command.base_url) for command in commands]
+        self.metrics = RouterMetrics()
         self._stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._exit_watches: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
         self._handle_stop_signals()
         async with upstream_session(self.settings.connect_timeout_s) as session:
-            router = Router(self.replicas, session)
+            router = Router(self.replicas, session, metrics=self.metrics)
             port = await router.start(self.settings.router_host, self.settings.router_port)
             log.info("router listening on %s:%s", self.settings.router_host, port)
             try:
@@ -96,7 +99,8 @@ class Launcher:
         for process, replica in zip(self.processes, self.replicas, strict=True):
             log.info("starting replica %d: %s", process.index, " ".join(process.command.argv))
             await process.start()
-            self._tasks.append(asyncio.create_task(self._watch_exit(process, replica)))
+            self._exit_watches.append(asyncio.create_task(self._watch_exit(process, replica)))
+            self._tasks.append(self._exit_watches[-1])
             await process.wait_until_healthy(
                 session,
                 health_path=self.settings.health_path,
@@ -116,21 +120,37 @@ class Launcher:
                 )
 
     async def _watch_exit(self, process: ReplicaProcess, replica: Replica) -> None:
+        """Seen the moment the server process exits (not when its output pipe closes: the engine
+        processes it leaves behind hold that open); its engine processes are killed at once, since
+        they keep GPU memory and nothing can reach them any more."""
         code = await process.wait_exited()
         was_started = replica.state is not ReplicaState.STARTING  # a failed start is reported there
         replica.mark_exited(code)
-        process.kill_leftovers()
-        if was_started and not self._stop_requested.is_set():
+        if self._stop_requested.is_set():
+            return  # _stop_replicas stops what is left, with a grace period
+        leftovers = process.kill_leftovers()
+        self.metrics.replica_exits.labels(replica.label).inc()
+        if was_started:
             log.error(
                 "replica %d exited with code %s; the router no longer sends to it. Its last output:\n%s",
                 process.index,
                 code,
                 process.tail(),
             )
+        if leftovers:
+            still_running = await process.wait_members_gone(5.0)
+            log.warning(
+                "replica %d: killed the %d processes its server left behind (pids %s)%s",
+                process.index,
+                len(leftovers),
+                " ".join(map(str, leftovers)),
+                f"; still running after 5 s: {still_running}" if still_running else "",
+            )
 
     async def _all_exited(self) -> None:
-        # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves.
-        await asyncio.wait([p.exited for p in self.processes if p.exited is not None])
+        # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves. The
+        # watches, not the exits: each has killed what its replica left behind when it finishes.
+        await asyncio.wait(self._exit_watches)
 
     async def _unless_stopped(self, work: Awaitable[None]) -> bool:
         """Run work until it finishes (True) or a stop signal arrives first (False, work cancelled)."""

@@ -109,7 +109,10 @@ async def serve(args: argparse.Namespace) -> None:
         print("RuntimeError: CUDA out of memory (fake)", flush=True)
         sys.exit(args.exit_code)
     await asyncio.sleep(args.ready_after)
-    runner = web.AppRunner(FakeVllm(f"port-{args.port}").make_app(), access_log=None)
+    # handler_cancellation: like vLLM, which aborts a request whose client has gone.
+    runner = web.AppRunner(
+        FakeVllm(f"port-{args.port}").make_app(), access_log=None, handler_cancellation=True
+    )
     await runner.setup()
     record(args.record, event="listening", port=args.port)
     await web.TCPSite(runner, args.host, args.port).start()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from testbed import free_ports  # hack/testbed, on sys.path through tests/conftest.py
 
 pytestmark = pytest.mark.timeout(30)
@@ -180,6 +181,38 @@ def test_a_replica_that_dies_after_start_turns_health_false(launches) -> None:
     code, output = launch.finish()
     assert code == 0, output
     assert "replica 1 exited with code -9" in output
+
+
+def test_a_dead_server_is_seen_at_once_and_its_helpers_are_killed(launches) -> None:
+    """Like vLLM's engine core, the helper keeps the server's output pipe open after the server is
+    killed: the launcher must see the exit anyway, and kill the helper. Health checks are made too
+    rare here to be what notices it."""
+    launch = launches(2, ["--spawn-helper"], ["--health-interval", "600"])
+    launch.wait_for_health(200)
+    events = records(launch.record)
+    port = launch.first_port + 1
+    victim = next(e["pid"] for e in events if e["event"] == "start" and e["port"] == port)
+    helper = next(e["helper_pid"] for e in events if e["event"] == "helper" and e["port"] == port)
+    os.kill(victim, signal.SIGKILL)
+
+    wait_until(lambda: get(launch.url("/healthz"))[0] == 503, timeout_s=3, what="exit seen")
+    wait_until(lambda: is_gone(helper), timeout_s=3, what="the dead server's helper killed")
+    exits = {
+        s.labels["replica"]: s.value
+        for f in text_string_to_metric_families(get(launch.url("/metrics"))[1].decode())
+        if f.name == "llmpack_replica_exits"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert exits == {"1": 1.0}
+    assert get(launch.url("/v1/models"))[0] == 200  # the other replica serves on
+
+    launch.process.send_signal(signal.SIGTERM)
+    code, output = launch.finish()
+    assert code == 0, output
+    assert "replica 1 exited with code -9" in output
+    assert f"killed the 1 processes its server left behind (pids {helper})" in output
+    wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
 
 
 def test_a_replica_crashing_during_start_fails_the_launch_with_its_output(launches) -> None:

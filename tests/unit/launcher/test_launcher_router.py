@@ -33,7 +33,10 @@ class Upstream:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.fake.make_app(), access_log=None, shutdown_timeout=0.1)
+        # handler_cancellation: like vLLM, which aborts a request whose client has gone.
+        self._runner = web.AppRunner(
+            self.fake.make_app(), access_log=None, shutdown_timeout=0.1, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -229,6 +232,51 @@ def test_a_response_broken_mid_stream_breaks_the_clients_response_too() -> None:
     asyncio.run(scenario())
 
 
+def gauge(metric) -> float:
+    return metric._value.get()
+
+
+def test_a_client_leaving_a_pending_answer_cancels_the_replicas_request() -> None:
+    """A non-streaming completion sends nothing before it is done: only the handler's cancellation
+    on disconnect can end the upstream request (aiohttp does not cancel handlers by default)."""
+
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, router, url, client):
+            fake, replica = upstreams[0].fake, router.replicas[0]
+            asking = asyncio.create_task(complete(client, url, hold=True))
+            await eventually(lambda: gauge(fake.running) == 1)
+            asking.cancel()  # the client hangs up
+            await eventually(lambda: gauge(fake.running) == 0)
+            await eventually(lambda: gauge(router.metrics.client_disconnects.labels("0")) == 1)
+            assert replica.in_flight == 0
+            # Not the replica's fault: still serving, no error counted, no recheck asked for.
+            assert replica.serving and not replica.recheck_now.is_set()
+            assert gauge(router.metrics.upstream_errors.labels("0", "response")) == 0
+            assert (await complete(client, url))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_client_leaving_mid_stream_cancels_the_replicas_request() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, router, url, client):
+            fake, replica = upstreams[0].fake, router.replicas[0]
+            payload = {"stream": True, "chunks": 50, "gated": True}
+            async with client.post(url + "/v1/completions", json=payload) as response:
+                await response.content.readuntil(b"\n\n")
+                assert gauge(fake.running) == 1
+                response.close()  # the client hangs up mid-stream
+            fake.next_chunk.put_nowait(None)  # whether the replica writes again or not
+            await eventually(lambda: gauge(fake.running) == 0)
+            await eventually(lambda: gauge(router.metrics.client_disconnects.labels("0")) == 1)
+            assert replica.in_flight == 0
+            assert replica.serving and not replica.recheck_now.is_set()
+            assert gauge(router.metrics.upstream_errors.labels("0", "response")) == 0
+            assert gauge(fake.success.labels("stop")) == 0  # the stream never finished
+
+    asyncio.run(scenario())
+
+
 def test_metrics_merge_every_replica_with_a_replica_label() -> None:
     async def scenario() -> None:
         async with routed(2) as (_upstreams, _router, url, client):
@@ -249,6 +297,8 @@ def test_metrics_merge_every_replica_with_a_replica_label() -> None:
         assert "llmpack_router_requests_in_flight" in families
         assert "llmpack_router_retries" in families
         assert "llmpack_router_upstream_errors" in families
+        assert "llmpack_router_client_disconnects" in families
+        assert "llmpack_replica_exits" in families
         # One header per family, as the text format requires.
         assert text.count("# TYPE vllm:num_requests_running ") == 1
 
