@@ -1,0 +1,534 @@
+"""Every vLLM command line llmpack renders, checked by vLLM's own argument parser (0.32 CPU build).
+
+The command lines are gathered here through the operator's own code paths, nothing copied:
+- each LLMDeployment in examples/ and one spec per sharing mode (exclusive, MPS through DRA, MPS
+  through the device plugin, MIG), on the testbed's fake cluster (hack/testbed): the profiling
+  Job's container (render_profiling) whose `llmpack profile` arguments the profiler's own parser
+  reads, then its `vllm serve` and `vllm bench serve` (profiler/vllm.py serve_command and
+  bench_command, called with what VllmBackend would pass them); a simulated profile of the same
+  request; the reconciler's advise and plan steps; render_serving; the command + args of every
+  container that runs vLLM;
+- `llmpack launch`'s replica commands (launcher/command.py replica_commands) for typical uses.
+
+hack/engine/check_vllm_args.py then parses all of them in one engine process (vLLM's parser takes
+~10 s to import) and reports per command line: unknown or removed flags, invalid values,
+abbreviations and other spellings that only work because argparse or vLLM rewrites them, and
+what vLLM understood, which must be what llmpack meant (the recommendation in the status, the
+ports the containers declare, the profiling request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+import engine
+from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
+from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.hardware import lookup_gpu
+from llmpack.launcher import cli as launch_cli
+from llmpack.launcher.command import replica_commands
+from llmpack.profiler import cli as profile_cli
+from llmpack.profiler import vllm as profiler_vllm
+from llmpack.render import render_profiling, render_serving
+from llmpack.render.cluster import ClusterFacts, NodeFacts
+from llmpack.render.plan import OwnerRef
+from llmpack.render.planning import profile_key
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKER = ROOT / "hack" / "engine" / "check_vllm_args.py"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+NAMESPACE = "default"
+CHECK_TIMEOUT_S = 300
+
+sys.path.insert(0, str(ROOT / "hack" / "testbed"))
+import testbed  # noqa: E402
+
+# One spec per sharing mode, beyond the examples: the flags a user can add (revision, dtype,
+# extraArgs, a token) ride along, so their rendering is parsed too.
+BASE_SPEC: dict[str, Any] = {
+    "model": {
+        "name": "facebook/opt-1.3b",
+        "revision": "main",
+        "dtype": "float16",
+        "hfTokenSecretRef": {"name": "hf-token"},
+    },
+    "workload": {"promptTokens": 256, "outputTokens": 256},
+    "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": 1},
+    "serving": {"extraArgs": ["--enable-log-requests", "--seed", "1", "--no-enable-prefix-caching"]},
+}
+MODE_SPECS: dict[str, dict[str, Any]] = {
+    "exclusive": {"sharing": {"mode": "exclusive"}},
+    "mps-dra": {"sharing": {"mode": "mps", "mpsProvider": "dra", "maxReplicasPerGPU": 4}},
+    # the testbed's device plugin splits an H100 4 ways (20 GiB a client): a smaller batch fits
+    "mps-device-plugin": {
+        "sharing": {"mode": "mps", "mpsProvider": "devicePlugin", "maxReplicasPerGPU": 4},
+        "advisor": {"maxNumSeqs": 32},
+    },
+    "mig": {"sharing": {"mode": "mig"}},
+}
+# The plan each mode spec must end in: (mode, MPS provider)
+MODE_PLANS = {
+    "exclusive": ("exclusive", None),
+    "mps-dra": ("mps", "dra"),
+    "mps-device-plugin": ("mps", "devicePlugin"),
+    "mig": ("mig", None),
+}
+# Values for keyword-only parameters of serve_command / bench_command that default to "leave the
+# flag out" (the profiler passes them only in some runs), so that their flags are parsed too.
+OPTIONAL_VALUE_BY_TYPE = {"int": 1 << 30, "float": 0.5, "bool": True}
+
+
+@dataclass
+class Command:
+    """One vLLM command line, where it came from, and what vLLM must understand from it."""
+
+    name: str
+    argv: list[str]  # starting at `vllm`
+    expect: dict[str, Any] = field(default_factory=dict)  # vLLM dest -> value
+    sources: list[str] = field(default_factory=list)
+
+
+def vllm_argv(argv: list[str]) -> list[str]:
+    """argv from the vllm subcommand on: what the checker reads."""
+    assert Path(argv[0]).name == "vllm", f"not a vllm command line: {argv}"
+    return list(argv[1:])
+
+
+# -- the cluster and the operator's planning path ----------------------------------------------------
+
+
+def fake_cluster() -> ClusterFacts:
+    """What the operator knows of the testbed's fake nodes, fed as its watch handlers feed it."""
+    cluster = ClusterFacts()
+    for obj in testbed.default_cluster_objects():
+        if obj["kind"] == "Node":
+            cluster.nodes[obj["metadata"]["name"]] = NodeFacts.from_node(obj)
+        elif obj["kind"] == "DeviceClass":
+            cluster.device_classes.add(obj["metadata"]["name"])
+        elif obj["kind"] == "ResourceSlice":
+            cluster.publish_slice(obj["metadata"]["name"], obj)
+    return cluster
+
+
+def profiler_args(container_args: list[str], backend: str) -> argparse.Namespace:
+    """The profiling container's `llmpack profile` arguments, read by the profiler's own parser,
+    with another backend."""
+    args = list(container_args)
+    args[args.index("--backend") + 1] = backend
+    parser = argparse.ArgumentParser()
+    profile_cli.add_arguments(parser)
+    return parser.parse_args(args)
+
+
+def _optional_kwargs(function: Callable[..., Any], passed: set[str]) -> dict[str, Any]:
+    """A value for each keyword-only parameter that defaults to leaving its flag out."""
+    extra = {}
+    for name, param in inspect.signature(function).parameters.items():
+        if param.kind is not param.KEYWORD_ONLY or name in passed or param.default not in (None, False):
+            continue
+        kind = next((k for k in OPTIONAL_VALUE_BY_TYPE if k in str(param.annotation).split(" | ")), None)
+        if kind is None:
+            raise AssertionError(
+                f"{function.__name__}({name}: {param.annotation}) is new to this test: give it a value "
+                "here so that its flag is parsed by vLLM too"
+            )
+        extra[name] = OPTIONAL_VALUE_BY_TYPE[kind]
+    return extra
+
+
+def profiler_container(job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["command"] == ["llmpack", "profile"]
+    ]
+    return container
+
+
+def profiling_commands(where: str, job: dict[str, Any]) -> list[Command]:
+    """The `vllm serve` and `vllm bench serve` the profiling Job runs (the vllm backend), built
+    as VllmBackend builds them from the container's arguments, plus the same with every optional
+    keyword of serve_command / bench_command set."""
+    args = profiler_args(profiler_container(job)["args"], "vllm")
+    request = profile_cli.profile_request(args)
+    candidates = profile_cli.parse_candidates(args.candidates) or list(
+        profile_cli.DEFAULT_CANDIDATE_BATCH_SIZES
+    )
+    settings = profiler_vllm.VllmSettings(executable=args.vllm, port=args.port, seed=args.seed)
+    base_url = f"http://{settings.host}:{settings.port}"
+    serve_kwargs = {
+        "max_num_seqs": max(candidates),
+        "max_model_len": request.max_model_len,
+        "dtype": request.dtype,
+        "revision": request.revision,
+        "host": settings.host,
+        "port": settings.port,
+        "seed": settings.seed,
+        "executable": settings.executable,
+    }
+    serve_expect = {
+        "model_tag": request.model,
+        "max_num_seqs": max(candidates),
+        "max_model_len": request.max_model_len,
+        "dtype": request.dtype,
+        "host": settings.host,
+        "port": settings.port,
+        "seed": settings.seed,
+    }
+    if request.revision:
+        serve_expect["revision"] = request.revision
+    commands = [
+        Command(
+            f"{where}/profiling/vllm-serve",
+            profiler_vllm.serve_command(request.model, **serve_kwargs),
+            serve_expect,
+        )
+    ]
+    optional = _optional_kwargs(profiler_vllm.serve_command, set(serve_kwargs))
+    if optional:
+        commands.append(
+            Command(
+                f"{where}/profiling/vllm-serve+{'+'.join(optional)}",
+                profiler_vllm.serve_command(request.model, **serve_kwargs, **optional),
+                {**serve_expect, **optional},
+            )
+        )
+    for batch in sorted({min(candidates), max(candidates)}):
+        bench_kwargs = {
+            "batch": batch,
+            "prompt_tokens": request.prompt_tokens,
+            "output_tokens": request.output_tokens,
+            "result_dir": "/tmp/llmpack-profile",
+            "result_filename": f"bench-{batch}.json",
+            "base_url": base_url,
+            "num_prompts": None,  # the profiler's own count, num_prompts_for(batch)
+            "seed": settings.seed,
+            "executable": settings.executable,
+        }
+        bench_expect = {
+            "model": request.model,
+            "base_url": base_url,
+            "max_concurrency": batch,
+            "num_prompts": profiler_vllm.num_prompts_for(batch),
+            "random_input_len": request.prompt_tokens,
+            "random_output_len": request.output_tokens,
+            "dataset_name": "random",
+            "ignore_eos": True,
+            "save_result": True,
+            "result_dir": "/tmp/llmpack-profile",
+            "result_filename": f"bench-{batch}.json",
+            "seed": settings.seed,
+        }
+        commands.append(
+            Command(
+                f"{where}/profiling/vllm-bench-serve-B{batch}",
+                profiler_vllm.bench_command(request.model, **bench_kwargs),
+                bench_expect,
+            )
+        )
+        optional = _optional_kwargs(profiler_vllm.bench_command, set(bench_kwargs))
+        if optional:
+            commands.append(
+                Command(
+                    f"{where}/profiling/vllm-bench-serve-B{batch}+{'+'.join(optional)}",
+                    profiler_vllm.bench_command(request.model, **bench_kwargs, **optional),
+                    {**bench_expect, **optional},
+                )
+            )
+    return commands
+
+
+def simulated_profile(job: dict[str, Any]):
+    """The profile the Job would publish, measured by the simulated backend from the same args."""
+    args = profiler_args(profiler_container(job)["args"], "simulated")
+    candidates = profile_cli.parse_candidates(args.candidates)
+    backend = profile_cli.make_backend(args, candidates)
+    candidates = candidates or backend.default_candidates() or list(profile_cli.DEFAULT_CANDIDATE_BATCH_SIZES)
+    profile, _ = profile_cli.profile_with(backend, candidates, args.sweep)
+    return profile
+
+
+@dataclass
+class Rendered:
+    mode: str
+    provider: str | None
+    commands: list[Command]
+
+
+def render_deployment(where: str, name: str, spec_data: dict[str, Any]) -> Rendered:
+    """One LLMDeployment through the operator's path: profiling Job, profile, advice, plan,
+    serving objects; the vLLM command lines of all of them."""
+    reconciler = Reconciler(None, OperatorConfig(), fake_cluster())  # type: ignore[arg-type]  # no API calls
+    spec = LLMDeploymentSpec.model_validate(spec_data)
+    owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name=name, uid=f"uid-{name}")
+    key = profile_key(spec, spec.profiling.image or reconciler.config.profiler_image, owner.uid)
+    jobs = [
+        o
+        for o in render_profiling(reconciler._profiling_plan(spec, NAMESPACE, name, owner, key))
+        if o["kind"] == "Job"
+    ]
+    (job,) = jobs
+    commands = profiling_commands(where, job)
+    gpu = lookup_gpu(spec.gpu.product)
+    profile = simulated_profile(job)
+    recommendation = reconciler._advise(spec, profile, gpu, 1, LLMDeploymentStatus())
+    plan, status = reconciler._plan(spec, profile, recommendation, gpu, NAMESPACE, name, owner)
+    meant = {
+        "max_num_seqs": status.max_num_seqs,
+        "kv_cache_memory_bytes": status.kv_cache_bytes,
+        "gpu_memory_utilization": round(status.gpu_memory_utilization, 3),
+        "max_model_len": status.max_model_len,
+        "model_tag": spec.model.name,
+    }
+    if spec.model.revision:
+        meant["revision"] = spec.model.revision
+    for obj in render_serving(plan):
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            commands += container_commands(f"{where}/serving-{plan.mode}", container, meant)
+    return Rendered(plan.mode, plan.mps_provider, commands)
+
+
+def container_commands(where: str, container: dict[str, Any], meant: dict[str, Any]) -> list[Command]:
+    """The vLLM command lines a serving container runs: its own command + args when it is vLLM,
+    the replicas an `llmpack launch` starts, none for a router only."""
+    argv = [*container.get("command", []), *container.get("args", [])]
+    if argv and Path(argv[0]).name == "vllm":
+        (port,) = [p["containerPort"] for p in container["ports"]]
+        return [Command(f"{where}/{container['name']}", argv, {**meant, "port": port})]
+    if argv[:2] == ["llmpack", "launch"]:
+        return launched(f"{where}/{container['name']}", argv[2:], meant)
+    raise AssertionError(
+        f"{where}: container {container['name']} runs {argv[:2]}, neither vllm nor llmpack launch"
+    )
+
+
+def launched(where: str, launch_args: list[str], meant: dict[str, Any], per_replica=None) -> list[Command]:
+    """The replicas `llmpack launch LAUNCH_ARGS` starts, read by the launcher's own parser
+    (none for --router-only); per_replica: more of what replica i must understand."""
+    parser = argparse.ArgumentParser()
+    launch_cli.add_arguments(parser)
+    args = parser.parse_args(launch_args)
+    if args.router_only:
+        return []
+    replicas = replica_commands(
+        model=args.model,
+        command=args.command,
+        replicas=args.replicas,
+        replica_args=args.replica_args,
+        first_port=args.first_port,
+        replica_host=args.replica_host,
+        router_port=args.router_port,
+    )
+    return [
+        Command(
+            f"{where}/replica-{r.index}",
+            list(r.argv),
+            {**meant, "host": r.host, "port": r.port, **(per_replica[r.index] if per_replica else {})},
+        )
+        for r in replicas
+    ]
+
+
+def launch_commands() -> list[Command]:
+    """`llmpack launch` as its docstring shows it: flags after `--` with --model, per-replica
+    flags, and a full command."""
+    flags = [
+        "--max-num-seqs",
+        "96",
+        "--kv-cache-memory-bytes",
+        "4294967296",
+        "--gpu-memory-utilization",
+        "0.45",
+    ]
+    meant = {
+        "model_tag": "facebook/opt-1.3b",
+        "max_num_seqs": 96,
+        "kv_cache_memory_bytes": 4294967296,
+        "gpu_memory_utilization": 0.45,
+    }
+    model = ["--model", "facebook/opt-1.3b"]
+    ports = ["--first-port", "8100", "--router-port", "8000"]
+    return [
+        *launched("llmpack-launch/flags", ["--replicas", "2", *ports, *model, "--", *flags], meant),
+        *launched(
+            "llmpack-launch/replica-args",
+            [
+                *ports,
+                *model,
+                "--replica-args=--seed 1 --max-model-len 1024",
+                "--replica-args=--seed 2 --max-model-len 2k",
+                "--",
+                *flags,
+            ],
+            meant,
+            [{"seed": 1, "max_model_len": 1024}, {"seed": 2, "max_model_len": 2000}],
+        ),
+        *launched(
+            "llmpack-launch/full-command",
+            [*ports, "--", "vllm", "serve", "facebook/opt-1.3b", *flags],
+            meant,
+        ),
+    ]
+
+
+# -- gathering ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gathered:
+    commands: list[Command]  # deduplicated by argv
+    plans: dict[str, tuple[str, str | None]]  # where -> (mode, provider)
+
+
+def gather() -> Gathered:
+    found: list[Command] = []
+    plans = {}
+    for path in EXAMPLES:
+        body = yaml.safe_load(path.read_text())
+        where = f"examples/{path.name}"
+        rendered = render_deployment(where, body["metadata"]["name"], body["spec"])
+        plans[where] = (rendered.mode, rendered.provider)
+        found += rendered.commands
+    for mode, overrides in MODE_SPECS.items():
+        where = f"mode-{mode}"
+        rendered = render_deployment(where, f"opt-{mode}", {**BASE_SPEC, **overrides})
+        plans[where] = (rendered.mode, rendered.provider)
+        found += rendered.commands
+    found += launch_commands()
+    unique: dict[tuple[str, ...], Command] = {}
+    for command in found:
+        first = unique.setdefault(tuple(command.argv), command)
+        first.sources.append(command.name)
+        assert first.expect == command.expect or first is command, (first.name, command.name)
+    return Gathered(list(unique.values()), plans)
+
+
+GATHERED = gather()
+RENDERED = {c.name: c for c in GATHERED.commands}
+
+# Mistakes the checker must catch, each with the text its error must contain.
+NEGATIVE = {
+    "abbreviation": (["vllm", "serve", "m", "--kv-cache-memory", "123"], "--kv-cache-memory-bytes"),
+    "abbreviation-with-equals": (["vllm", "serve", "m", "--max-num-seq=4"], "--max-num-seqs"),
+    "underscore-spelling": (["vllm", "serve", "m", "--max_num_seqs", "4"], "--max_num_seqs"),
+    "removed-swap-space": (["vllm", "serve", "m", "--swap-space", "4"], "--swap-space"),
+    "removed-disable-log-requests": (
+        ["vllm", "serve", "m", "--disable-log-requests"],
+        "--disable-log-requests",
+    ),
+    "invalid-int": (["vllm", "serve", "m", "--max-num-seqs", "eight"], "--max-num-seqs"),
+    "invalid-choice": (["vllm", "serve", "m", "--dtype", "float8"], "--dtype"),
+    "utilization-above-one": (
+        ["vllm", "serve", "m", "--gpu-memory-utilization", "1.5"],
+        "gpu_memory_utilization",
+    ),
+    "bench-abbreviation": (
+        ["vllm", "bench", "serve", "--model", "m", "--max-conc", "4"],
+        "--max-concurrency",
+    ),
+    "bench-unknown": (["vllm", "bench", "serve", "--model", "m", "--max-num-seqs", "4"], "--max-num-seqs"),
+    "no-subcommand": (["vllm", "bench"], "names no vllm subcommand"),
+}
+
+
+@pytest.fixture(scope="module")
+def verdicts(vllm_python: Path) -> dict[str, Any]:
+    """All command lines, rendered and negative, through the checker in one engine process."""
+    requests = [{"name": c.name, "argv": vllm_argv(c.argv)} for c in GATHERED.commands]
+    requests += [{"name": f"negative/{n}", "argv": vllm_argv(argv)} for n, (argv, _) in NEGATIVE.items()]
+    done = subprocess.run(
+        [str(vllm_python), str(CHECKER)],
+        input=json.dumps(requests),
+        capture_output=True,
+        text=True,
+        env=engine.engine_env(),
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"the checker failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    assert [r["name"] for r in report["results"]] == [r["name"] for r in requests]
+    return {"version": report["vllm_version"], **{r["name"]: r for r in report["results"]}}
+
+
+def describe(command: Command, verdict: dict[str, Any]) -> str:
+    return (
+        f"{command.name} (also: {', '.join(command.sources[1:]) or 'nowhere else'})\n"
+        f"  {shlex.join(command.argv)}\n  vLLM {verdict.get('version', '')} says: "
+        + "; ".join(verdict["errors"] + verdict["warnings"])
+    )
+
+
+@pytest.mark.parametrize("name", list(RENDERED))
+def test_vllm_accepts_the_rendered_command_line_as_meant(name: str, verdicts: dict[str, Any]) -> None:
+    command, verdict = RENDERED[name], verdicts[name]
+    verdict["version"] = verdicts["version"]
+    assert verdict["ok"] and not verdict["warnings"], describe(command, verdict)
+    understood = {dest: verdict["values"].get(dest, "<not set>") for dest in command.expect}
+    assert understood == command.expect, f"{describe(command, verdict)}\n  vLLM understood {understood}"
+
+
+def test_every_source_of_command_lines_is_gathered() -> None:
+    """Not vacuous: each example and each sharing mode renders vLLM command lines, and so do the
+    profiling Job and `llmpack launch`."""
+    assert {f"examples/{p.name}" for p in EXAMPLES} <= GATHERED.plans.keys() and EXAMPLES
+    for mode, plan in MODE_PLANS.items():
+        assert GATHERED.plans[f"mode-{mode}"] == plan
+    sources = [s for c in GATHERED.commands for s in c.sources]
+    for where in GATHERED.plans:
+        assert any(s.startswith(f"{where}/serving-") for s in sources), where
+        assert any(s.startswith(f"{where}/profiling/vllm-serve") for s in sources), where
+        assert any(s.startswith(f"{where}/profiling/vllm-bench-serve") for s in sources), where
+    assert any(s.startswith("mode-mps-dra/serving-mps/vllm-1") for s in sources)
+    assert sum(s.startswith("llmpack-launch/") for s in sources) >= 5
+
+
+@pytest.mark.parametrize("case", list(NEGATIVE))
+def test_the_checker_catches(case: str, verdicts: dict[str, Any]) -> None:
+    _, needle = NEGATIVE[case]
+    verdict = verdicts[f"negative/{case}"]
+    assert not verdict["ok"], verdict
+    assert any(needle in error for error in verdict["errors"]), verdict["errors"]
+
+
+def test_the_checker_reports_what_an_abbreviation_became(verdicts: dict[str, Any]) -> None:
+    """An abbreviation is an error even though vLLM would take it, and the values say how."""
+    verdict = verdicts["negative/abbreviation"]
+    assert verdict["values"]["kv_cache_memory_bytes"] == 123
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="api/llmdeployment.py rejects only the exact spellings of the flags the operator owns; "
+    "vLLM takes abbreviations and underscores too, and the last one on the line wins",
+)
+@pytest.mark.parametrize(
+    "extra_args",
+    [
+        ["--max_num_seqs", "4"],
+        ["--max-num-seq", "4"],
+        ["--kv-cache-memory=1048576"],
+        ["--gpu-memory-util", "0.95"],
+    ],
+    ids=lambda args: args[0].split("=")[0],
+)
+def test_extra_args_cannot_set_an_owned_flag_spelled_otherwise(extra_args: list[str]) -> None:
+    """serving.extraArgs come after the advisor's flags in every replica's command line, so an
+    owned flag in another spelling vLLM accepts (test_the_checker_catches shows it does) silently
+    replaces the recommendation in the status."""
+    with pytest.raises(ValidationError, match="must not set"):
+        LLMDeploymentSpec.model_validate({**BASE_SPEC, "serving": {"extraArgs": extra_args}})
