@@ -205,7 +205,10 @@ OPERATOR_CASES: list[Served] = [
         ("gpu.product", "NVIDIA-RTX-9090", H100),
     ),
     Served(
-        "unknown-model", {"model": {"name": "acme/unknown-7b"}}, "UnknownModel", ("spec.model.architecture",)
+        "unknown-model",
+        {"model": {"name": "acme/unknown-7b"}, "profiling": {"backend": "simulated"}},
+        "UnknownModel",
+        ("spec.model.architecture",),
     ),
     *(
         Served(

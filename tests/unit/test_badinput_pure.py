@@ -623,9 +623,15 @@ def test_an_unknown_gpu_product_names_the_known_ones():
 
 
 def test_an_unknown_model_without_architecture_says_to_set_it():
-    run = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}})
-    assert_failed(run, "UnknownModel", "acme/secret-sauce-7b", "spec.model.architecture")
+    spec = {"model": {"name": "acme/secret-sauce-7b"}, "profiling": {"backend": "simulated"}}
+    run = reconcile_through(spec)
+    assert_failed(run, "UnknownModel", "acme/secret-sauce-7b", "spec.model.architecture", "backend vllm")
     assert run.kube.calls == []
+
+
+def test_an_unknown_model_is_profiled_by_the_engine_which_reads_its_config():
+    run = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}}, play=False)
+    assert run.status["phase"] == "Profiling", run.status
 
 
 def _crd_properties(*path: str) -> set[str]:
@@ -637,7 +643,8 @@ def _crd_properties(*path: str) -> set[str]:
 
 
 def test_the_unknown_model_message_names_fields_the_api_accepts():
-    message = reconcile_through({"model": {"name": "acme/secret-sauce-7b"}}).status["message"]
+    spec = {"model": {"name": "acme/secret-sauce-7b"}, "profiling": {"backend": "simulated"}}
+    message = reconcile_through(spec).status["message"]
     named = set(re.findall(r"\(([^)]*)\)", message)[0].replace(" ", "").split(","))
     assert named <= _crd_properties("spec", "model", "architecture"), named
 

@@ -1,13 +1,16 @@
-"""The vllm backend's command lines and its parsing of vLLM's outputs (tests/fixtures/vllm)."""
+"""The vllm backend's command lines and its parsing of vLLM's outputs (tests/fixtures/vllm, captured
+from the real engine by hack/engine/capture_fixtures.py; GPU-only log lines inline)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from llmpack.api.profile import Profile
+from llmpack.profiler.engine_log import engine_config, parse_startup_log, root_cause, split_top_level
 from llmpack.profiler.facts import ProfileRequest
 from llmpack.profiler.nvml import GpuSummary
 from llmpack.profiler.sweep import PointFailed
@@ -19,15 +22,34 @@ from llmpack.profiler.vllm import (
     num_prompts_for,
     parse_bench_result,
     parse_metrics,
-    parse_startup_log,
-    parse_version,
+    profiling_kv_cache_bytes,
     read_bench_result,
     serve_command,
     summarise_metrics,
+    why_it_stopped,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
 GIB = 1 << 30
+MIB = 1 << 20
+# A GPU start-up log in vLLM 0.33's formats (FACTS.md 1.2; not capturable without a GPU): OPT-1.3B
+# on an H100 80GB, 23,231 blocks of 16 tokens.
+GPU_LOG = """\
+(APIServer pid=640) INFO 11-24 09:11:52 [api_server.py:1896] vLLM API server version 0.33.0
+(EngineCore_DP0 pid=812) INFO 11-24 09:12:09 [core.py:77] Initializing a V1 LLM engine (v0.33.0) with \
+config: model='facebook/opt-1.3b', tokenizer='facebook/opt-1.3b', revision=None, dtype=torch.float16, \
+max_seq_len=2048, quantization=None, enforce_eager=False, kv_cache_dtype=auto, device_config=cuda, \
+enable_prefix_caching=True, compilation_config={"level": 3, "cudagraph_capture_sizes": [512, 504]}
+(EngineCore_DP0 pid=812) INFO 11-24 09:12:15 [gpu_model_runner.py:2653] Model loading took 2.4520 GiB \
+and 2.874329 seconds
+(EngineCore_DP0 pid=812) INFO 11-24 09:12:29 [gpu_worker.py:298] Available KV cache memory: 68.06 GiB
+(EngineCore_DP0 pid=812) INFO 11-24 09:12:29 [kv_cache_utils.py:1087] GPU KV cache size: 371,696 tokens
+(EngineCore_DP0 pid=812) INFO 11-24 09:12:41 [gpu_worker.py:391] Free memory on device (78.65/79.19 \
+GiB) on startup. Desired GPU memory utilization is (0.92, 72.85 GiB). Actual usage is 3.08 GiB for \
+consumed memory (weights + non-torch), 1.32 GiB for peak activation, and 0.39 GiB for CUDAGraph \
+memory. Replace gpu_memory_utilization config with `--kv-cache-memory=72921582141` (67.91 GiB) to \
+fit into requested memory, or `--kv-cache-memory=77187258941` (71.89 GiB) to fully utilize gpu memory.
+"""
 
 
 def fixture(name: str) -> str:
@@ -41,24 +63,56 @@ def flag(argv: list[str], name: str) -> str:
 # -- command lines --------------------------------------------------------------------------------
 
 
-def test_serve_command_measures_vllm_defaults():
+def test_serve_command_sizes_the_kv_pool():
     argv = serve_command(
-        "facebook/opt-1.3b", max_num_seqs=512, max_model_len=2048, dtype="auto", revision="main", port=8123
+        "facebook/opt-1.3b",
+        max_num_seqs=512,
+        max_model_len=2048,
+        kv_cache_memory_bytes=1 << 30,
+        dtype="auto",
+        revision="main",
+        port=8123,
+        extra_args=["--kv-cache-dtype", "fp8"],
     )
     assert argv[:3] == ["vllm", "serve", "facebook/opt-1.3b"]
     assert flag(argv, "--max-num-seqs") == "512"
     assert flag(argv, "--max-model-len") == "2048"
+    assert flag(argv, "--kv-cache-memory-bytes") == str(1 << 30)
     assert flag(argv, "--dtype") == "auto"
     assert flag(argv, "--revision") == "main"
     assert flag(argv, "--port") == "8123" and flag(argv, "--host") == "127.0.0.1"
-    # profiling measures the default pool; removed flags would make vLLM 0.33 refuse to start
-    for absent in (
-        "--kv-cache-memory-bytes",
-        "--gpu-memory-utilization",
-        "--disable-log-requests",
-        "--swap-space",
-    ):
+    assert argv[-2:] == ["--kv-cache-dtype", "fp8"]
+    # removed flags would make vLLM 0.32+ refuse to start
+    for absent in ("--gpu-memory-utilization", "--disable-log-requests", "--swap-space"):
         assert absent not in argv
+
+
+def test_the_profiling_kv_pool_holds_the_largest_batch_or_one_full_context():
+    # 512 x (512+256 -> 768) x 1.25 tokens of 196,608 bytes (OPT-1.3B)
+    assert (
+        profiling_kv_cache_bytes(
+            max_batch=512,
+            prompt_tokens=512,
+            output_tokens=256,
+            max_model_len=2048,
+            kv_bytes_per_token=196_608,
+        )
+        == math.ceil(512 * 768 * 1.25 * 196_608 / MIB) * MIB
+    )
+    # one request of max_model_len is more than the batch: vLLM refuses to start with less
+    assert (
+        profiling_kv_cache_bytes(
+            max_batch=1, prompt_tokens=32, output_tokens=32, max_model_len=32768, kv_bytes_per_token=131_072
+        )
+        == math.ceil(32768 * 1.25 * 131_072 / MIB) * MIB
+    )
+    # tiny models still get 16 MiB
+    assert (
+        profiling_kv_cache_bytes(
+            max_batch=8, prompt_tokens=32, output_tokens=32, max_model_len=2048, kv_bytes_per_token=512
+        )
+        == 16 * MIB
+    )
 
 
 def test_serve_command_without_revision():
@@ -103,14 +157,17 @@ def test_small_batches_still_send_enough_requests():
 def test_bench_result_fixture():
     result = read_bench_result(FIXTURES / "bench-serve-result.json")
     f = result.fields
-    assert result.completed == 512 and result.failed == 0 and result.max_concurrency == 64
-    assert f["total_tokens_per_s"] == pytest.approx(23218.86, rel=1e-6)
-    assert f["output_tokens_per_s"] == pytest.approx(7739.62, rel=1e-6)
-    assert f["requests_per_s"] == pytest.approx(30.2329, rel=1e-5)
-    assert (f["itl_mean_ms"], f["itl_p50_ms"], f["itl_p99_ms"]) == (8.12, 7.96, 13.77)
-    assert (f["tpot_mean_ms"], f["tpot_p50_ms"], f["tpot_p99_ms"]) == (8.131, 8.118, 8.402)
-    assert (f["ttft_mean_ms"], f["ttft_p50_ms"], f["ttft_p99_ms"]) == (46.3, 41.87, 112.4)
-    assert f["duration_s"] == pytest.approx(16.9352)
+    assert result.completed == 64 and result.failed == 0 and result.max_concurrency == 4
+    assert f["total_tokens_per_s"] == pytest.approx(6652.987799609736)
+    assert f["output_tokens_per_s"] == pytest.approx(3319.200734129291)
+    assert f["requests_per_s"] == pytest.approx(103.72502294154035)
+    assert f["itl_mean_ms"] == pytest.approx(0.900923507575703)
+    assert f["itl_p50_ms"] == pytest.approx(0.8510139999771127)  # median_itl_ms
+    assert f["itl_p99_ms"] == pytest.approx(2.7587078099918476)
+    assert f["tpot_mean_ms"] == pytest.approx(0.899107129536236)
+    assert f["ttft_mean_ms"] == pytest.approx(10.254761140624069)
+    assert f["ttft_p99_ms"] == pytest.approx(61.80671827000765)
+    assert f["duration_s"] == pytest.approx(0.6170160120000219)
 
 
 def bench_json(**changes):
@@ -125,11 +182,11 @@ def test_bench_result_with_failed_requests_fails_the_point():
 
 
 def test_bench_result_of_an_older_release_without_failed_field():
-    data = bench_json(completed=400)
+    data = bench_json(completed=400, num_prompts=512)
     del data["failed"]
     with pytest.raises(PointFailed, match="112 of 512"):
         parse_bench_result(data)
-    data = bench_json(completed=510)  # 2 lost of 512: within tolerance, still a point
+    data = bench_json(completed=510, num_prompts=512)  # 2 lost of 512: within tolerance, still a point
     del data["failed"]
     assert parse_bench_result(data).failed == 2
 
@@ -143,7 +200,8 @@ def test_bench_result_without_total_throughput_derives_it():
     data = bench_json()
     del data["total_token_throughput"]
     fields = parse_bench_result(data).fields
-    assert fields["total_tokens_per_s"] == pytest.approx(23218.86, rel=1e-4)
+    # output tokens/s + input tokens / duration
+    assert fields["total_tokens_per_s"] == pytest.approx(3319.200734129291 + 2057 / 0.6170160120000219)
 
 
 def test_missing_or_broken_result_file(tmp_path):
@@ -158,11 +216,10 @@ def test_missing_or_broken_result_file(tmp_path):
 
 
 def test_metrics_fixture():
-    sample = parse_metrics(fixture("metrics.txt"))
-    assert sample.kv_cache_usage == pytest.approx(0.12734)
-    assert sample.preemptions_total == 3.0
-    assert sample.requests_running == 63.0 and sample.requests_waiting == 1.0
-    assert (sample.num_gpu_blocks, sample.block_size) == (23231, 16)
+    sample = parse_metrics(fixture("metrics.txt"))  # scraped right after a point: idle
+    assert sample.kv_cache_usage == 0.0 and sample.preemptions_total == 0.0
+    assert sample.requests_running == 0.0 and sample.requests_waiting == 0.0
+    assert (sample.num_gpu_blocks, sample.block_size) == (256, 128)  # the CPU build's block
     assert sample.gpu_memory_utilization == 0.92
 
 
@@ -199,8 +256,20 @@ def test_metrics_summary_without_scrapes():
 # -- the start-up log -----------------------------------------------------------------------------
 
 
-def test_startup_log_fixture():
+def test_startup_log_of_the_cpu_engine():
     facts = parse_startup_log(fixture("serve.log"))
+    assert facts.version == "0.32.0"
+    assert (facts.kv_cache_device, facts.kv_cache_tokens) == ("CPU", 32_768)  # "CPU KV cache size"
+    assert facts.kv_cache_set_bytes == round(0.02 * GIB) and facts.node_memory_bytes == round(16.96 * GIB)
+    assert facts.device == "cpu" and facts.dtype == "bfloat16"
+    assert facts.config["kv_cache_dtype"] == "auto" and facts.config["enable_prefix_caching"] == "True"
+    assert facts.config["max_seq_len"] == "2048" and facts.config["quantization"] == "None"
+    # the CPU build logs no weight or memory-profiling line
+    assert facts.weight_bytes is None and facts.non_kv_bytes is None
+
+
+def test_startup_log_of_a_gpu():
+    facts = parse_startup_log(GPU_LOG)
     assert facts.version == "0.33.0"
     assert facts.weight_bytes == round(2.4520 * GIB)
     assert facts.device_free_bytes == round(78.65 * GIB) and facts.device_total_bytes == round(79.19 * GIB)
@@ -211,7 +280,56 @@ def test_startup_log_fixture():
     assert facts.non_kv_bytes == round(3.08 * GIB) + round(1.32 * GIB) + round(0.39 * GIB)
     assert facts.suggested_kv_cache_bytes == 72921582141
     assert facts.available_kv_cache_bytes == round(68.06 * GIB)
-    assert facts.kv_cache_tokens == 371_696
+    assert (facts.kv_cache_device, facts.kv_cache_tokens) == ("GPU", 371_696)
+    assert facts.device == "cuda" and facts.dtype == "float16"
+
+
+def test_the_config_line_is_split_outside_brackets_and_quotes():
+    line = "model='a, b', dtype=torch.bfloat16, compilation_config={'x': [1, 2], 'y': 'p, q'}, seed=0"
+    assert split_top_level(line) == [
+        "model='a, b'",
+        "dtype=torch.bfloat16",
+        "compilation_config={'x': [1, 2], 'y': 'p, q'}",
+        "seed=0",
+    ]
+    assert engine_config(line) == {"dtype": "bfloat16", "seed": "0"}
+
+
+# -- why a start failed ---------------------------------------------------------------------------
+
+
+def test_root_cause_of_a_kv_pool_too_small():
+    log = fixture("serve-fails-kv-cache.log")
+    assert "See root cause above" in "\n".join(log.strip().splitlines()[-5:])
+    cause = root_cause(log)
+    assert cause is not None and cause.exception == "ValueError"
+    assert cause.message.startswith("No available memory for the cache blocks.")
+    assert cause.message.endswith("for more details.")  # the next log record is not part of it
+    assert cause.location is not None and cause.location.startswith("vllm/v1/core/kv_cache_utils.py:")
+
+
+def test_root_cause_of_a_context_beyond_the_model():
+    cause = root_cause(fixture("serve-fails-max-model-len.log"))
+    assert cause is not None and cause.exception == "ValidationError"
+    assert "User-specified max_model_len (4096) is greater than the derived max_model_len" in cause.message
+    assert "errors.pydantic.dev" not in cause.message
+    # the engine's own frame, not pydantic's validator
+    assert cause.location is not None and cause.location.startswith("vllm/engine/arg_utils.py:")
+
+
+def test_root_cause_skips_wrappers_and_says_none_without_an_exception():
+    wrapper = "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+    assert root_cause(wrapper) is None
+    assert root_cause("INFO 11-29 17:29:49 [core.py:133] all good\n") is None
+
+
+def test_why_it_stopped_puts_the_root_cause_first(tmp_path):
+    log = tmp_path / "vllm-serve.log"
+    log.write_text(fixture("serve-fails-kv-cache.log"))
+    text = why_it_stopped("vllm serve exited with status 1 at start", log)
+    first = text.splitlines()[0]
+    assert first.startswith("vllm serve exited with status 1 at start: ValueError: No available memory")
+    assert "RuntimeError: Engine core initialization failed" in text  # the log's last lines follow
 
 
 def test_startup_log_of_an_earlier_v1_release():
@@ -238,22 +356,14 @@ def test_startup_log_of_the_paper_era_engine():
 
 
 def test_startup_log_takes_the_last_boot():
-    text = (
-        fixture("serve.log")
-        + "\nINFO [gpu_model_runner.py:2653] Model loading took 2.5000 GiB and 1.0 seconds\n"
-    )
+    text = GPU_LOG + "\nINFO [gpu_model_runner.py:2653] Model loading took 2.5000 GiB and 1.0 seconds\n"
     assert parse_startup_log(text).weight_bytes == round(2.5 * GIB)
 
 
 def test_empty_log_has_no_facts():
     facts = parse_startup_log("")
     assert facts.weight_bytes is None and facts.version is None and facts.kv_cache_tokens is None
-
-
-def test_version_after_log_lines():
-    assert parse_version(fixture("version.txt")) == "0.33.0"
-    assert parse_version("0.11.0rc2.dev15+g1a2b3c\n") == "0.11.0rc2.dev15+g1a2b3c"
-    assert parse_version("Traceback (most recent call last):\n  ImportError: no module\n") is None
+    assert facts.config == {}
 
 
 # -- one point and the profile --------------------------------------------------------------------
@@ -261,7 +371,8 @@ def test_version_after_log_lines():
 
 def test_point_from_all_sources():
     bench = read_bench_result(FIXTURES / "bench-serve-result.json")
-    metrics = summarise_metrics([parse_metrics(fixture("metrics.txt"))], None, None)
+    during = MetricsSample(kv_cache_usage=0.0125, preemptions_total=0.0, requests_running=4.0)
+    metrics = summarise_metrics([during], None, parse_metrics(fixture("metrics.txt")))
     gpu = GpuSummary(
         samples=30,
         memory_used_peak_bytes=74 * GIB,
@@ -271,14 +382,14 @@ def test_point_from_all_sources():
         sm_occupancy=0.22,
         absent={},
     )
-    point = build_point(64, bench, metrics, gpu, kv_capacity_tokens=371_696)
-    assert point.max_num_seqs == 64
-    assert point.total_tokens_per_s == pytest.approx(23218.86, rel=1e-6)
-    assert point.itl_mean_ms == 8.12 and point.ttft_p99_ms == 112.4
-    assert point.kv_cache_usage_peak == pytest.approx(0.12734)
-    assert point.preemptions == 0  # one scrape: no growth seen
-    assert point.mean_running == 63.0
-    assert point.kv_capacity_tokens == 371_696
+    point = build_point(4, bench, metrics, gpu, kv_capacity_tokens=32_768)
+    assert point.max_num_seqs == 4
+    assert point.total_tokens_per_s == pytest.approx(6652.987799609736)
+    assert point.ttft_p99_ms == pytest.approx(61.80671827000765)
+    assert point.kv_cache_usage_peak == pytest.approx(0.0125)
+    assert point.preemptions == 0
+    assert point.mean_running == 4.0
+    assert point.kv_capacity_tokens == 32_768
     assert point.gpu_memory_used_bytes == 74 * GIB
     assert (point.gpu_utilization, point.memory_busy_fraction) == (0.83, 0.41)
     assert (point.dram_bandwidth_utilization, point.sm_occupancy) == (0.37, 0.22)
@@ -286,12 +397,12 @@ def test_point_from_all_sources():
 
 def test_point_without_gpu_metrics_leaves_them_absent():
     bench = read_bench_result(FIXTURES / "bench-serve-result.json")
-    point = build_point(64, bench, None, GpuSummary(absent={"gpu_utilization": "NVML unavailable"}))
+    point = build_point(4, bench, None, GpuSummary(absent={"gpu_utilization": "NVML unavailable"}))
     assert point.gpu_utilization is None and point.dram_bandwidth_utilization is None
     assert point.preemptions == 0
 
 
-def test_profile_from_the_engine_facts(tmp_path):
+def test_profile_from_the_engine_facts_of_a_gpu():
     request = ProfileRequest(
         model="facebook/opt-1.3b",
         gpu_product="NVIDIA-H100-80GB-HBM3",
@@ -302,13 +413,16 @@ def test_profile_from_the_engine_facts(tmp_path):
     )
     backend = VllmBackend(request, [1, 64, 512])
     assert backend.max_num_seqs == 512
-    backend.startup = parse_startup_log(fixture("serve.log"))
-    backend.cache_config = parse_metrics(fixture("metrics.txt"))
-    backend.version = parse_version(fixture("version.txt"))
+    backend.startup = parse_startup_log(GPU_LOG)
+    backend.version = backend.startup.version
+    backend.cache_config = MetricsSample(num_gpu_blocks=23231, block_size=16, gpu_memory_utilization=0.92)
     bench = read_bench_result(FIXTURES / "bench-serve-result.json")
     profile = backend.profile([build_point(64, bench, kv_capacity_tokens=backend.kv_capacity_tokens)], [])
     profile = Profile.from_json(profile.to_json())
     assert profile.backend == "vllm" and profile.engine.version == "0.33.0"
+    assert profile.engine.device == "cuda" and profile.engine.config["enable_prefix_caching"] == "True"
+    assert profile.engine.kv_cache_memory_bytes == backend.kv_cache_memory_bytes
+    assert "--kv-cache-memory-bytes" in profile.engine.args and "--port" not in profile.engine.args
     assert profile.model.dtype == "float16"  # --dtype auto, as the engine resolved it
     assert profile.model.weight_bytes == round(2.4520 * GIB)  # measured beats the catalogue
     assert profile.model.kv_bytes_per_token == 2 * 24 * 32 * 64 * 2
@@ -319,7 +433,12 @@ def test_profile_from_the_engine_facts(tmp_path):
     assert profile.gpu.product == "NVIDIA-H100-80GB-HBM3"
     assert profile.gpu.memory_bytes == round(79.19 * GIB)
     assert any("--kv-cache-memory=72921582141" in note for note in profile.notes)
+    # 23,231 blocks do not fit the pool llmpack asked for: the disagreement is noted
+    assert any("the engine holds 371696 tokens" in note for note in profile.notes)
 
 
-def test_auto_dtype_is_recorded_as_the_engine_resolved_it():
-    assert parse_startup_log(fixture("serve.log")).dtype == "float16"
+def test_the_captured_profile_is_a_valid_profile():
+    profile = Profile.from_json(fixture("profile.json"))
+    assert profile.engine.device == "cpu" and profile.block_size == 128
+    assert profile.kv_capacity_tokens == 32_768 and profile.model.kv_bytes_per_token == 512
+    assert profile.batch_sizes == [1, 2, 4, 8]

@@ -69,7 +69,12 @@ class ModelFacts(ProfileModel):
         ge=1,
         le=1 << 30,
         description="KV-cache bytes one token takes over all layers: 2 x layers x KV heads x head dim "
-        "x bytes per element.",
+        "x bytes per element (under latent attention: layers x head dim x bytes per element).",
+    )
+    latent_attention: bool = Field(
+        False,
+        description="Multi-head latent attention (DeepSeek-V2 style): each layer keeps one latent of "
+        "head_dim (kv_lora_rank + qk_rope_head_dim) elements per token, num_kv_heads is 1.",
     )
     max_model_len: int = Field(ge=1, le=MAX_TOKENS, description="--max-model-len of the profiled runs.")
 
@@ -88,11 +93,28 @@ class GPUFacts(ProfileModel):
 
 
 class EngineFacts(ProfileModel):
-    """The serving engine that was measured."""
+    """The serving engine that was measured, as it reported itself."""
 
     name: Literal["vllm"] = "vllm"
     version: str | None = Field(None, description="Engine version as it reports itself.")
     image: str | None = Field(None, description="Container image of the engine.")
+    device: str | None = Field(
+        None,
+        description="Device the engine ran on as its config line says (cuda, cpu): a profile "
+        "measured on the CPU build describes that engine, not a GPU's speed.",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="The engine flags of the profiled runs besides model and port."
+    )
+    config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Settings from the engine's own start-up config line (dtype, kv_cache_dtype, "
+        "quantization, enforce_eager, enable_prefix_caching, ...), as it printed them.",
+    )
+    kv_cache_dtype: str | None = Field(None, description="KV-cache dtype the engine ran with.")
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, le=MAX_MEMORY_BYTES, description="--kv-cache-memory-bytes the profiled runs were given."
+    )
 
 
 class WorkloadShape(ProfileModel):

@@ -184,13 +184,18 @@ class Reconciler:
             raise Blocked("Failed", st.PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
 
     def _check_model(self, spec: LLMDeploymentSpec) -> None:
+        # The vllm profiler reads the model's own config.json where it runs (a local path in the
+        # profiler's image or volume, or the Hub), so only the simulated backend needs a shape here.
+        if spec.profiling.backend == "vllm":
+            return
         if spec.model.architecture is None and find_architecture(spec.model.name) is None:
             raise Blocked(
                 "Failed",
                 st.PROGRESSING,
                 "UnknownModel",
-                f"model {spec.model.name} is not in llmpack's catalogue: set spec.model.architecture "
-                "(numLayers, numKvHeads, headDim, parameterBytes) from the model's config.json",
+                f"model {spec.model.name} is not in llmpack's catalogue and the simulated profiler cannot "
+                "read its config: set spec.model.architecture (numLayers, numKvHeads, headDim, "
+                "parameterBytes) from the model's config.json, or profile with backend vllm",
             )
 
     # -- profile --------------------------------------------------------------------------------

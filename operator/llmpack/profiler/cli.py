@@ -35,11 +35,13 @@ from typing import TextIO
 from llmpack.advisor.architectures import PAPER_MODELS, find_architecture
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA
+from llmpack.advisor.model_config import ModelConfigError, model_shape
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
 from llmpack.api.profile import Profile
 from llmpack.cli import UserError
 from llmpack.profiler.backend import Backend, BackendError
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+from llmpack.profiler.model_files import load_model_config
 from llmpack.profiler.publish import (
     DEFAULT_TERMINATION_LOG,
     ConfigMapPublisher,
@@ -174,14 +176,25 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             missing.append(flag)
     if missing:
         raise UserError(f"the {args.backend} backend needs {', '.join(missing)}")
+    config = None
+    if args.backend == "vllm":
+        try:
+            config = load_model_config(args.model, args.revision)
+        except ModelConfigError as err:
+            raise UserError(f"--model {args.model}: {err}") from None
     max_model_len = args.max_model_len
     if max_model_len is None:
+        shape = model_shape(config) if config is not None else None
         arch = find_architecture(args.model)
-        if arch is None:
+        if shape is not None and shape.max_position_embeddings:
+            max_model_len = shape.max_position_embeddings
+        elif arch is not None:
+            max_model_len = arch.max_position_embeddings
+        else:
             raise UserError(
-                f"--max-model-len is needed: the catalogue does not know {args.model!r}'s context length"
+                f"--max-model-len is needed: neither a config.json nor the catalogue gives "
+                f"{args.model!r}'s context length"
             )
-        max_model_len = arch.max_position_embeddings
     return ProfileRequest(
         model=args.model,
         gpu_product=args.gpu,
@@ -196,6 +209,7 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             head_dim=args.head_dim,
             weight_bytes=args.weight_bytes,
         ),
+        config=config,
     )
 
 

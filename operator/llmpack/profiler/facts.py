@@ -2,16 +2,20 @@
 
 The model's shape comes from the command line (`--num-layers --num-kv-heads --head-dim
 --weight-bytes`, rendered by the operator from `spec.model.architecture`) where given, else from
-the built-in catalogue (advisor/architectures.py); a model neither knows is a user error that
-says which flags to pass. Pure: no processes, no I/O.
+the model's own config.json with vLLM's rules (advisor/model_config.py; the caller reads it), else
+from the built-in catalogue (advisor/architectures.py); a model none of them knows is a user
+error that says which flags to pass. Pure: no processes, no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import dtype_bytes, kv_bytes_per_token
+from llmpack.advisor.model_config import ModelConfigError, ModelShape, model_shape
 from llmpack.api.profile import GPUFacts, ModelFacts, WorkloadShape
 from llmpack.cli import UserError
 from llmpack.hardware import UnknownGPUError, parse_gpu_product
@@ -55,6 +59,18 @@ class ProfileRequest:
     output_tokens: int
     revision: str | None = None
     architecture: ArchitectureOverride = ArchitectureOverride()
+    # the model's config.json (a local folder's, or what transformers fetched), when it was read
+    config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def shape(self) -> ModelShape | None:
+        """The model's shape by vLLM's rules from its config, if it was read."""
+        if self.config is None:
+            return None
+        try:
+            return model_shape(self.config)
+        except ModelConfigError as err:
+            raise UserError(f"--model {self.model}: {err}") from None
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -89,6 +105,7 @@ class ProfileRequest:
             revision=self.revision,
             architecture=self.architecture,
             measured_weight_bytes=measured_weight_bytes,
+            shape=self.shape,
         )
 
     def workload(self, **extra: object) -> WorkloadShape:
@@ -103,10 +120,22 @@ def model_facts(
     revision: str | None = None,
     architecture: ArchitectureOverride | None = None,
     measured_weight_bytes: int | None = None,
+    shape: ModelShape | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> ModelFacts:
-    """ModelFacts from the architecture flags, completed from the catalogue where they are partial.
-    Raises UserError for a model the catalogue does not know and the flags do not describe."""
+    """ModelFacts from the architecture flags, completed from the model's config (`shape`) or the
+    catalogue where they are partial. Raises UserError for a model none of them describes."""
     override = architecture or ArchitectureOverride()
+    if shape is not None and not override.given:
+        return _facts_from_shape(
+            model,
+            shape,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            revision=revision,
+            weight_bytes=measured_weight_bytes,
+            kv_cache_dtype=kv_cache_dtype,
+        )
     arch = find_architecture(model)
     if arch is None and not override.complete:
         if override.given:
@@ -154,6 +183,44 @@ def model_facts(
         for key in ("num_attention_heads", "hidden_size", "vocab_size", "num_parameters"):
             data[key] = None
     return ModelFacts.model_validate(data)
+
+
+def _facts_from_shape(
+    model: str,
+    shape: ModelShape,
+    *,
+    dtype: str,
+    max_model_len: int,
+    revision: str | None,
+    weight_bytes: int | None,
+    kv_cache_dtype: str,
+) -> ModelFacts:
+    """ModelFacts of a model whose config was read. Weights: measured by the engine, else the
+    catalogue's, else an estimate from the config (embeddings + 12 x hidden^2 per layer), which
+    only sizes memory before the engine has measured it."""
+    arch = find_architecture(model)
+    if weight_bytes is None and arch is not None:
+        weight_bytes = arch.weight_bytes(dtype)
+    if weight_bytes is None:
+        hidden = shape.hidden_size or shape.num_attention_heads * shape.head_dim
+        params = 12 * hidden * hidden * shape.num_layers + 2 * hidden * (shape.vocab_size or 0)
+        weight_bytes = max(params, 1) * dtype_bytes(dtype if dtype != "auto" else (shape.dtype or "auto"))
+    return ModelFacts(
+        name=model,
+        revision=revision,
+        dtype=dtype,
+        kv_cache_dtype=None if kv_cache_dtype == "auto" else kv_cache_dtype,
+        num_layers=shape.num_layers,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        num_attention_heads=shape.num_attention_heads,
+        hidden_size=shape.hidden_size,
+        vocab_size=shape.vocab_size,
+        weight_bytes=weight_bytes,
+        kv_bytes_per_token=shape.kv_bytes_per_token(kv_cache_dtype, dtype),
+        latent_attention=shape.mla,
+        max_model_len=max_model_len,
+    )
 
 
 def gpu_facts(

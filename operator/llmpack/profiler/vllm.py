@@ -3,13 +3,18 @@ load at each candidate concurrency with `vllm bench serve` (fixed prompt and out
 EOS ignored), /metrics scraped and NVML sampled while each point runs (FACTS.md 2.1-2.4, 5).
 
 One boot serves every point: the client's --max-concurrency B keeps B requests in flight, which
-is what --max-num-seqs B would let run (FACTS 2.3, the single-boot alternative), and the KV
-cache, weights and CUDA graphs are measured once with vLLM's defaults (no --kv-cache-memory-bytes:
-profiling measures what an instance takes by default; the advisor sizes the cache from it).
+is what --max-num-seqs B would let run (FACTS 2.3, the single-boot alternative).
 
-Everything that knows vLLM's formats is a pure function tested on recorded outputs
-(tests/fixtures/vllm): the two command lines, the benchmark's result JSON, the Prometheus text,
-the start-up log and `vllm --version`. `VllmBackend` only drives processes and threads.
+The KV pool is sized here, never left to vLLM's default: `--kv-cache-memory-bytes` holds the
+largest candidate batch of the workload (or one max-model-len request, whichever is more) with a
+margin. Without it vLLM reserves --gpu-memory-utilization (0.92) of the device, and its CPU build
+0.92 of the machine's RAM, failing whenever less is free (../shared/REAL-ENGINE.md). What the
+engine then reports (KV capacity in tokens, block size, its config line) goes into the profile.
+
+Everything that knows vLLM's formats is a pure function tested on outputs captured from the real
+engine (tests/fixtures/vllm, hack/engine/capture_fixtures.py): the two command lines, the
+benchmark's result JSON, the Prometheus text, the start-up log (engine_log.py) and `vllm
+--version`. `VllmBackend` only drives processes and threads.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -34,13 +38,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmpack.advisor.memory import round_up_to_block
+from llmpack.advisor.model_config import kv_capacity_tokens
 from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
 from llmpack.profiler.backend import Backend, BackendError
+from llmpack.profiler.engine_log import StartupFacts, parse_startup_log, root_cause
 from llmpack.profiler.facts import ProfileRequest, gpu_facts
 from llmpack.profiler.nvml import GpuSummary, Nvml, NvmlSampler
 from llmpack.profiler.sweep import PointFailed
 
 GIB = 1 << 30
+MIB = 1 << 20
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
 PROMPTS_PER_BATCH = 8  # requests per point = max(8 x B, MIN_PROMPTS): 8 turnovers of the batch
@@ -48,6 +56,26 @@ MIN_PROMPTS = 64
 # A point fails when more than this share of its requests failed: the figures would describe a
 # server that was erroring, not serving.
 MAX_FAILED_SHARE = 0.05
+
+
+# KV pool of a profiling run: the largest batch's sequences, each rounded up to a block this large
+# (vLLM's block: 16 tokens on CUDA, 128 on its CPU build, 64 for latent attention there), times
+# this margin (the scheduler admits a request when its prompt fits, then grows it).
+KV_ROUNDING_TOKENS = 256
+KV_MARGIN = 1.25
+MIN_KV_CACHE_BYTES = 16 * MIB
+
+
+def profiling_kv_cache_bytes(
+    *, max_batch: int, prompt_tokens: int, output_tokens: int, max_model_len: int, kv_bytes_per_token: int
+) -> int:
+    """--kv-cache-memory-bytes for a profiling run: room for `max_batch` requests of the workload
+    without preemption, and for one request of max_model_len (vLLM refuses to start with less:
+    vllm/v1/core/kv_cache_utils.py::_check_enough_kv_cache_memory), at least 16 MiB; whole MiB."""
+    per_sequence = round_up_to_block(prompt_tokens + output_tokens, KV_ROUNDING_TOKENS)
+    tokens = max(max_batch * per_sequence, round_up_to_block(max_model_len, KV_ROUNDING_TOKENS))
+    wanted = max(math.ceil(tokens * KV_MARGIN) * kv_bytes_per_token, MIN_KV_CACHE_BYTES)
+    return math.ceil(wanted / MIB) * MIB
 
 
 # -- command lines ----------------------------------------------------------------------------
@@ -70,14 +98,16 @@ def serve_command(
     max_num_seqs: int,
     max_model_len: int,
     dtype: str,
+    kv_cache_memory_bytes: int | None = None,
     revision: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     seed: int | None = 0,
+    extra_args: Sequence[str] = (),
     executable: str = "vllm",
 ) -> list[str]:
-    """`vllm serve` for profiling: vLLM's defaults except the batch cap and context length.
-    No --kv-cache-memory-bytes (profiling measures the default pool), and none of the flags
+    """`vllm serve` for profiling: the batch cap, the context length, the KV pool's size, then
+    `extra_args` (engine flags of the spec that change what is measured). None of the flags
     recent releases removed (--disable-log-requests, --swap-space; FACTS 1.3)."""
     return [
         executable,
@@ -89,11 +119,13 @@ def serve_command(
                 ("--port", port),
                 ("--max-num-seqs", max_num_seqs),
                 ("--max-model-len", max_model_len),
+                ("--kv-cache-memory-bytes", kv_cache_memory_bytes),
                 ("--dtype", dtype),
                 ("--revision", revision or None),
                 ("--seed", seed),
             ]
         ),
+        *extra_args,
     ]
 
 
@@ -305,125 +337,6 @@ def summarise_metrics(
     )
 
 
-# -- the start-up log -------------------------------------------------------------------------
-
-_NUM = r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)"
-
-
-def _to_float(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-@dataclass(frozen=True)
-class StartupFacts:
-    """What the engine logged about its memory at start-up (GiB figures converted to bytes)."""
-
-    version: str | None = None
-    dtype: str | None = None  # "dtype=torch.float16" of the engine's config line
-    weight_bytes: int | None = None  # "Model loading took X GiB"
-    device_free_bytes: int | None = None  # "Free memory on device (F/T GiB) on startup"
-    device_total_bytes: int | None = None
-    gpu_memory_utilization: float | None = None  # "Desired GPU memory utilization is (u, R GiB)"
-    consumed_bytes: int | None = None  # weights + non-torch ("for consumed memory" / weight + non-torch)
-    peak_activation_bytes: int | None = None
-    cuda_graph_bytes: int | None = None
-    suggested_kv_cache_bytes: int | None = None  # `--kv-cache-memory=N` to fit the requested memory
-    available_kv_cache_bytes: int | None = None  # "Available KV cache memory: X GiB"
-    kv_cache_tokens: int | None = None  # "GPU KV cache size: N tokens"
-
-    @property
-    def non_kv_bytes(self) -> int | None:
-        """Memory besides the KV cache: weights, non-torch, activation peak, CUDA graphs."""
-        if self.consumed_bytes is None or self.peak_activation_bytes is None:
-            return None
-        return self.consumed_bytes + self.peak_activation_bytes + (self.cuda_graph_bytes or 0)
-
-
-def _gib(value: str) -> int:
-    return round(_to_float(value) * GIB)
-
-
-_PATTERNS: dict[str, re.Pattern[str]] = {
-    "version": re.compile(
-        r"vLLM API server version ([0-9][^\s,]*)|Initializing a V1 LLM engine \(v([0-9][^\s)]*)\)"
-    ),
-    "dtype": re.compile(r"\bdtype=torch\.(\w+)"),
-    "weights": re.compile(r"Model loading took " + _NUM + r" ?GiB"),
-    "weights_v0": re.compile(r"Loading model weights took " + _NUM + r" ?GB"),
-    "device": re.compile(r"Free memory on device \(" + _NUM + r"/" + _NUM + r" GiB\) on startup"),
-    "desired": re.compile(r"Desired GPU memory utilization is \(" + _NUM + r", " + _NUM + r" GiB\)"),
-    "consumed": re.compile(r"Actual usage is " + _NUM + r" GiB for consumed memory"),
-    "weight_part": re.compile(r"Actual usage is " + _NUM + r" GiB for weight"),
-    "non_torch": re.compile(_NUM + r" GiB for non-torch memory"),
-    "activation": re.compile(_NUM + r" GiB for peak activation"),
-    "graphs": re.compile(_NUM + r" GiB for CUDAGraph memory"),
-    "suggested": re.compile(r"`--kv-cache-memory=([0-9]+)`[^`]*to fit into requested memory"),
-    "available": re.compile(r"Available KV cache memory: " + _NUM + r" GiB"),
-    "kv_tokens": re.compile(r"GPU KV cache size: " + _NUM + r" tokens"),
-}
-
-
-def parse_startup_log(text: str) -> StartupFacts:
-    """The memory facts in a `vllm serve` log. The memory-profiling line has two shapes: 0.33
-    ("A GiB for consumed memory (weights + non-torch), P GiB for peak activation, and G GiB for
-    CUDAGraph memory", FACTS 1.2) and earlier V1 releases ("W GiB for weight, P GiB for peak
-    activation, N GiB for non-torch memory, and G GiB for CUDAGraph memory"). The last
-    occurrence of each line wins (a restarted engine logs them again)."""
-
-    def last(name: str) -> re.Match[str] | None:
-        matches = list(_PATTERNS[name].finditer(text))
-        return matches[-1] if matches else None
-
-    version = None
-    if (m := last("version")) is not None:
-        version = m.group(1) or m.group(2)
-    dtype = m.group(1) if (m := last("dtype")) is not None else None
-    weights = None
-    if (m := last("weights")) is not None or (m := last("weights_v0")) is not None:
-        weights = _gib(m.group(1))
-    free = total = desired = None
-    if (m := last("device")) is not None:
-        free, total = _gib(m.group(1)), _gib(m.group(2))
-    if (m := last("desired")) is not None:
-        desired = _to_float(m.group(1))
-    consumed = None
-    if (m := last("consumed")) is not None:
-        consumed = _gib(m.group(1))
-    elif (m := last("weight_part")) is not None and (n := last("non_torch")) is not None:
-        consumed = _gib(m.group(1)) + _gib(n.group(1))
-    activation = _gib(m.group(1)) if (m := last("activation")) is not None else None
-    graphs = _gib(m.group(1)) if (m := last("graphs")) is not None else None
-    suggested = int(m.group(1)) if (m := last("suggested")) is not None else None
-    available = _gib(m.group(1)) if (m := last("available")) is not None else None
-    kv_tokens = int(_to_float(m.group(1))) if (m := last("kv_tokens")) is not None else None
-    return StartupFacts(
-        version=version,
-        dtype=dtype,
-        weight_bytes=weights,
-        device_free_bytes=free,
-        device_total_bytes=total,
-        gpu_memory_utilization=desired,
-        consumed_bytes=consumed,
-        peak_activation_bytes=activation,
-        cuda_graph_bytes=graphs,
-        suggested_kv_cache_bytes=suggested,
-        available_kv_cache_bytes=available,
-        kv_cache_tokens=kv_tokens,
-    )
-
-
-_VERSION = re.compile(r"^\s*v?([0-9]+\.[0-9]+(?:\.[0-9]+)?(?:[.+\-a-zA-Z0-9]*)?)\s*$")
-
-
-def parse_version(text: str) -> str | None:
-    """The version `vllm --version` printed: the last line that is only a version (log lines
-    may come first)."""
-    for line in reversed(text.strip().splitlines()):
-        if (m := _VERSION.match(line)) is not None:
-            return m.group(1)
-    return None
-
-
 # -- one point from its parts -----------------------------------------------------------------
 
 
@@ -478,6 +391,20 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def why_it_stopped(what_happened: str, log_path: Path, lines: int = 12) -> str:
+    """`what_happened`, the root cause from the engine's log (its first exception, which vLLM
+    logs far above the last lines), then the log's last lines. The cause comes first because
+    the termination message keeps the start of a long text."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    cause = root_cause(text)
+    head = f"{what_happened}: {cause}" if cause else what_happened
+    last = "\n".join(text.strip().splitlines()[-lines:])
+    return f"{head}\nlast lines of its log ({log_path.name}):\n{last}" if last else head
 
 
 class MetricsPoller:
@@ -548,6 +475,13 @@ class VllmBackend(Backend):
         self.request = request
         self.settings = settings or VllmSettings()
         self.max_num_seqs = max(candidates)
+        self.kv_cache_memory_bytes = profiling_kv_cache_bytes(
+            max_batch=self.max_num_seqs,
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=request.output_tokens,
+            max_model_len=request.max_model_len,
+            kv_bytes_per_token=request.model_facts().kv_bytes_per_token,
+        )
         self.nvml = nvml or Nvml(index=self.settings.nvml_index)
         self.workdir = self.settings.workdir or Path(tempfile.mkdtemp(prefix="llmpack-profile-"))
         self.log_path = self.workdir / "vllm-serve.log"
@@ -568,34 +502,16 @@ class VllmBackend(Backend):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.version = self._vllm_version()
         self.nvml.open()  # when it cannot, the profile's notes say which metrics are absent and why
         self._start_server()
 
-    def _vllm_version(self) -> str | None:
-        try:
-            done = subprocess.run(
-                [self.settings.executable, "--version"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=self._env(),
-                check=False,
-            )
-        except FileNotFoundError:
-            raise BackendError(
-                f"{self.settings.executable!r} not found: the vllm backend runs in the profiler image, "
-                "which has vLLM installed"
-            ) from None
-        except subprocess.TimeoutExpired:
-            return None
-        return parse_version(done.stdout)
-
-    def _start_server(self) -> None:
-        command = serve_command(
+    @property
+    def serve_command(self) -> list[str]:
+        return serve_command(
             self.request.model,
             max_num_seqs=self.max_num_seqs,
             max_model_len=self.request.max_model_len,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
             dtype=self.request.dtype,
             revision=self.request.revision,
             host=self.settings.host,
@@ -603,17 +519,29 @@ class VllmBackend(Backend):
             seed=self.settings.seed,
             executable=self.settings.executable,
         )
+
+    def _start_server(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.serve_command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise BackendError(
+                    f"{self.settings.executable!r} not found: the vllm backend runs where vLLM is "
+                    "installed (the profiler image), or give its path with --vllm"
+                ) from None
         try:
             self._wait_healthy()
         except BackendError:
             self._stop_server()
             raise
         self.startup = parse_startup_log(self.log_path.read_text(encoding="utf-8", errors="replace"))
-        self.version = self.version or self.startup.version
+        self.version = self.startup.version
         status, body = http_get(self.base_url + "/metrics")
         if status == 200:
             with contextlib.suppress(ValueError):
@@ -626,13 +554,15 @@ class VllmBackend(Backend):
             code = self.process.poll()
             if code is not None:
                 raise BackendError(
-                    f"vllm serve exited with status {code} during start-up:\n{tail(self.log_path)}"
+                    why_it_stopped(f"vllm serve exited with status {code} at start", self.log_path)
                 )
             if http_get(self.base_url + "/health", timeout_s=2.0)[0] == 200:
                 return
             time.sleep(2.0)
         raise BackendError(
-            f"vllm serve was not healthy after {self.settings.startup_timeout_s:g} s:\n{tail(self.log_path)}"
+            why_it_stopped(
+                f"vllm serve was not healthy after {self.settings.startup_timeout_s:g} s", self.log_path
+            )
         )
 
     def _alive(self) -> bool:
@@ -697,12 +627,18 @@ class VllmBackend(Backend):
             gpu = sampler.stop()
         (self.workdir / f"bench-{batch}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         if not self._alive():
-            raise PointFailed(f"vllm serve died during the point:\n{tail(self.log_path)}")
+            raise PointFailed(why_it_stopped("vllm serve died during the point", self.log_path))
         if done.returncode != 0:
             last = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
             raise PointFailed(f"vllm bench serve exited with status {done.returncode}: {last}")
         bench = read_bench_result(result)
-        metrics = summarise_metrics(samples, before, poller.scrape())
+        status, text = http_get(self.base_url + "/metrics")
+        after = None
+        if status == 200:
+            (self.workdir / f"metrics-{batch}.txt").write_text(text, encoding="utf-8")
+            with contextlib.suppress(ValueError):
+                after = parse_metrics(text)
+        metrics = summarise_metrics(samples, before, after)
         return build_point(batch, bench, metrics, gpu, self.kv_capacity_tokens)
 
     # -- the profile --------------------------------------------------------------------------
@@ -720,25 +656,19 @@ class VllmBackend(Backend):
         if request.dtype == "auto" and self.startup.dtype:
             request = dataclasses.replace(request, dtype=self.startup.dtype)  # what "auto" resolved to
         model = request.model_facts(measured_weight_bytes=self.startup.weight_bytes)
+        kv_dtype = self.startup.kv_cache_dtype
+        if kv_dtype and kv_dtype != "auto":
+            model = model.model_copy(update={"kv_cache_dtype": kv_dtype})
         gpu = gpu_facts(
             self.request.gpu_product,
             # the CUDA total vLLM sized its pool against, as the paper loader records it
             memory_bytes=self.startup.device_total_bytes or info.memory_total_bytes,
             bandwidth_bytes_per_s=info.bandwidth_bytes_per_s,
         )
-        all_notes = [*self.notes, *notes]
-        absent = sorted(set(self.nvml.absent.values()))
-        if absent:
-            all_notes.append("GPU metrics absent: " + "; ".join(absent))
-        if self.startup.suggested_kv_cache_bytes:
-            all_notes.append(
-                f"vLLM suggested --kv-cache-memory={self.startup.suggested_kv_cache_bytes} for this model "
-                "at its default memory utilisation"
-            )
         return Profile(
             model=model,
             gpu=gpu,
-            engine=EngineFacts(version=self.version, image=self.settings.image),
+            engine=self.engine_facts(),
             workload=self.request.workload(
                 dataset="random", num_prompts=None, request_rate=None, chunked_prefill=None
             ),
@@ -750,5 +680,47 @@ class VllmBackend(Backend):
             non_kv_memory_bytes=self.startup.non_kv_bytes,
             backend="vllm",
             source=f"vllm {self.version or '(version unknown)'}: bench serve, closed loop per batch",
-            notes=all_notes,
+            notes=[*self.notes, *notes, *self._engine_notes(model.kv_bytes_per_token)],
         )
+
+    def engine_facts(self) -> EngineFacts:
+        """The engine as it reported itself, and the flags it was given (host and port left out)."""
+        argv, args = self.serve_command[3:], []
+        while argv:
+            flag, *argv = argv
+            if flag in ("--host", "--port"):
+                argv = argv[1:]
+            else:
+                args.append(flag)
+        return EngineFacts(
+            version=self.version,
+            image=self.settings.image,
+            device=self.startup.device,
+            args=args,
+            config=self.startup.config,
+            kv_cache_dtype=self.startup.kv_cache_dtype,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+        )
+
+    def _engine_notes(self, kv_bytes_per_token: int) -> list[str]:
+        notes = []
+        absent = sorted(set(self.nvml.absent.values()))
+        if absent:
+            notes.append("GPU metrics absent: " + "; ".join(absent))
+        if self.startup.device == "cpu":
+            notes.append("measured on vLLM's CPU build: throughput and latency are this CPU's, not the GPU's")
+        if self.startup.suggested_kv_cache_bytes:
+            notes.append(
+                f"vLLM suggested --kv-cache-memory={self.startup.suggested_kv_cache_bytes} for this model "
+                "at its default memory utilisation"
+            )
+        block, reported = self.cache_config.block_size, self.kv_capacity_tokens
+        if block and reported:
+            computed = kv_capacity_tokens(self.kv_cache_memory_bytes, kv_bytes_per_token, block)
+            if computed != reported:
+                notes.append(
+                    f"KV cache: the engine holds {reported} tokens in {self.kv_cache_memory_bytes} bytes, "
+                    f"llmpack's {kv_bytes_per_token} bytes per token predicts {computed}: the engine's "
+                    "capacity is what the advice uses"
+                )
+        return notes

@@ -1,0 +1,188 @@
+"""A model's shape from its own config.json, with vLLM's rules for what its KV cache keeps per token.
+
+vLLM sizes a KV cache block as block_size x (per-layer bytes per token) x layers, where one layer
+keeps, per token (vllm 0.32 `vllm/transformers_utils/model_arch_config_convertor.py`,
+`vllm/config/model.py`):
+- standard attention: a key and a value per KV head: 2 x kv_heads x head_size elements;
+- multi-head latent attention (DeepSeek-V2/V3 and the other model types vLLM lists in
+  `is_deepseek_mla`, when `kv_lora_rank` is set): ONE latent of kv_lora_rank + qk_rope_head_dim
+  elements, as a single "head" (`get_num_kv_heads` returns 1 under MLA).
+head_size is the config's `head_dim` when it is set and positive (Qwen3 sets it to twice
+hidden_size / heads), else `hidden_size_per_head`, else hidden_size // num_attention_heads.
+KV heads are the first of n_head_kv, num_kv_heads, num_key_value_heads, multi_query_group_num,
+num_attention_groups that is set, else the attention heads (Falcon's `multi_query` means one).
+The element size is the KV cache dtype's: `auto` means the model's dtype (2 bytes for fp16/bf16,
+and for an fp32 checkpoint, which vLLM serves in 16 bits by default); fp8 variants are 1 byte.
+
+Limits, stated: the dict is the raw config.json (or a transformers config's `to_dict()`), so
+architectures that only name their fields through transformers' `attribute_map` are read through
+the aliases below (n_layer, n_head, n_embd, d_model); hybrid models (Mamba layers, per-layer
+sliding windows that vLLM pools separately) are sized as if every layer kept full attention,
+which over-counts their KV. Pure: the config is read by the caller (profiler/model_files.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmpack.advisor.memory import dtype_bytes
+
+# vllm 0.32 model_arch_config_convertor.py::is_deepseek_mla
+MLA_MODEL_TYPES = frozenset(
+    {
+        "axk1",
+        "deepseek_v2",
+        "deepseek_v3",
+        "deepseek_v32",
+        "deepseek_v41",
+        "dots3_note",
+        "deepseek_mtp",
+        "k3_dspark",
+        "glm5_next",
+        "glm5_next_text",
+        "glm_moe_dsa",
+        "glm4_moe_lite",
+        "glm4_moe_lite_mtp",
+        "kimi_k2",
+        "kimi_linear",
+        "longcat_flash",
+        "pangu_ultra_moe",
+        "pangu_ultra_moe_mtp",
+        "bailing_hybrid",
+        "bailing_hybrid_mtp",
+        "bailing_hybrid_v3_mtp",
+        "hy_v4",
+        "hy_v4_mtp",
+    }
+)
+_KV_HEAD_KEYS = (
+    "n_head_kv",
+    "num_kv_heads",
+    "num_key_value_heads",
+    "multi_query_group_num",
+    "num_attention_groups",
+)
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_HEAD_KEYS = ("num_attention_heads", "n_head")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+class ModelConfigError(ValueError):
+    """The config does not describe a model whose KV cache can be sized; says which field is missing."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says about its size, with vLLM's reading of it."""
+
+    model_type: str | None
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int  # KV heads vLLM allocates (1 under MLA)
+    head_dim: int  # elements of one KV head (under MLA: the latent, kv_lora_rank + qk_rope_head_dim)
+    hidden_size: int | None
+    vocab_size: int | None
+    max_position_embeddings: int | None
+    dtype: str | None  # the checkpoint's dtype as config.json names it ("bfloat16"), if it does
+    mla: bool
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        """Elements one token keeps over all layers: 2 (key, value) x heads x head_dim per layer,
+        or one latent per layer under MLA."""
+        per_layer = self.head_dim if self.mla else 2 * self.num_kv_heads * self.head_dim
+        return self.num_layers * per_layer
+
+    def kv_bytes_per_token(self, kv_cache_dtype: str = "auto", dtype: str = "auto") -> int:
+        """Bytes one token of KV cache takes over all layers, for vLLM's --kv-cache-dtype and
+        --dtype (`auto` in both: the checkpoint's 16-bit dtype). Raises ValueError for a dtype
+        name vLLM does not know."""
+        return self.kv_elements_per_token * kv_element_bytes(kv_cache_dtype, dtype or "auto", self.dtype)
+
+
+def kv_element_bytes(kv_cache_dtype: str, dtype: str = "auto", config_dtype: str | None = None) -> int:
+    """Bytes of one KV element. `auto` KV follows the served dtype; an `auto` served dtype is the
+    checkpoint's, served in 16 bits when the checkpoint is fp32 (vLLM's default for `auto`)."""
+    if kv_cache_dtype.strip().lower() != "auto":
+        return dtype_bytes(kv_cache_dtype)
+    if dtype.strip().lower() != "auto":
+        return dtype_bytes(dtype)
+    return min(dtype_bytes(config_dtype or "auto"), 2)
+
+
+def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = config.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value > 0 and math.isfinite(value) else None
+
+
+def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The language model's part of a config (multimodal configs nest it as text_config)."""
+    nested = config.get("text_config")
+    return nested if isinstance(nested, Mapping) and nested else config
+
+
+def model_shape(config: Mapping[str, Any]) -> ModelShape:
+    """The shape vLLM reads from a config.json dict. Raises ModelConfigError naming a missing field."""
+    cfg = text_config(config)
+    model_type = cfg.get("model_type") or config.get("model_type")
+    layers = _positive_int(_first(cfg, _LAYER_KEYS))
+    heads = _positive_int(_first(cfg, _HEAD_KEYS))
+    if layers is None:
+        raise ModelConfigError("config.json has no num_hidden_layers (or n_layer, num_layers)")
+    if heads is None:
+        raise ModelConfigError("config.json has no num_attention_heads (or n_head)")
+    hidden = _positive_int(_first(cfg, _HIDDEN_KEYS))
+    kv_lora_rank = _positive_int(cfg.get("kv_lora_rank"))
+    rope = _positive_int(cfg.get("qk_rope_head_dim")) or 0
+    mla = model_type in MLA_MODEL_TYPES and kv_lora_rank is not None
+    if mla:
+        assert kv_lora_rank is not None
+        head_dim, kv_heads = kv_lora_rank + rope, 1
+    else:
+        kv_heads = _positive_int(_first(cfg, _KV_HEAD_KEYS)) or heads
+        if cfg.get("multi_query") is True and not cfg.get("new_decoder_architecture"):
+            kv_heads = 1  # Falcon-7B style multi-query attention
+        explicit = _positive_int(cfg.get("head_dim")) or _positive_int(cfg.get("hidden_size_per_head"))
+        if explicit is None and hidden is None:
+            raise ModelConfigError("config.json has neither head_dim nor hidden_size")
+        head_dim = explicit or (hidden // heads if hidden else 0)
+        if head_dim < 1:
+            raise ModelConfigError(f"hidden_size {hidden} / num_attention_heads {heads} is below 1")
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
+    return ModelShape(
+        model_type=model_type,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        hidden_size=hidden,
+        vocab_size=_positive_int(cfg.get("vocab_size")),
+        max_position_embeddings=_positive_int(_first(cfg, _POSITION_KEYS)),
+        dtype=str(dtype) if dtype else None,
+        mla=mla,
+        kv_lora_rank=kv_lora_rank if mla else None,
+        qk_rope_head_dim=rope if mla else None,
+    )
+
+
+def kv_capacity_tokens(kv_cache_memory_bytes: int, kv_bytes_per_token: int, block_size: int) -> int:
+    """Tokens vLLM's KV pool holds for --kv-cache-memory-bytes: whole blocks only
+    (vllm/v1/core/kv_cache_utils.py: num_blocks = memory // (block bytes x layers))."""
+    if kv_bytes_per_token < 1 or block_size < 1:
+        raise ValueError("bytes per token and block size must be at least 1")
+    return kv_cache_memory_bytes // (kv_bytes_per_token * block_size) * block_size
