@@ -146,3 +146,37 @@ def test_checked_in_field_reference_matches_the_models():
     assert (REPO / "docs" / "api.md").read_text() == crdgen.field_reference(), (
         "docs/api.md is stale: run `make docs`"
     )
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "owned"),
+    [
+        (["--max_num_seqs", "4"], "--max-num-seqs"),
+        (["--max-num-seq", "4"], "--max-num-seqs"),
+        (["--kv-cache-memory=1048576"], "--kv-cache-memory-bytes"),
+        (["--gpu-memory-util", "0.95"], "--gpu-memory-utilization"),
+        (["--device-memory-utilization", "0.95"], "--gpu-memory-utilization"),  # vLLM 0.32's alias
+        (["--max-model-len=4k"], "--max-model-len"),
+        (["--hos", "0.0.0.0"], "--host"),
+    ],
+    ids=lambda a: a[0].split("=")[0] if isinstance(a, list) else "",
+)
+def test_extra_args_cannot_set_an_owned_flag_in_any_spelling_vllm_accepts(extra_args, owned):
+    """serving.extraArgs come after the advisor's flags, and vLLM's parser takes underscores,
+    abbreviations and aliases (tests/engine/test_vllm_args.py shows it): the last one would win."""
+    with pytest.raises(
+        ValidationError, match=f"must not set {extra_args[0].split('=')[0]}.*{owned}|must not set {owned}"
+    ):
+        LLMDeploymentSpec.model_validate(
+            {"model": {"name": "facebook/opt-1.3b"}, "serving": {"extraArgs": extra_args}}
+        )
+
+
+def test_extra_args_that_merely_resemble_an_owned_flag_pass():
+    spec = LLMDeploymentSpec.model_validate(
+        {
+            "model": {"name": "facebook/opt-1.3b"},
+            "serving": {"extraArgs": ["--max-num-batched-tokens", "4096", "--kv-cache-dtype", "fp8"]},
+        }
+    )
+    assert spec.serving.extra_args[:2] == ["--max-num-batched-tokens", "4096"]

@@ -312,21 +312,44 @@ class ServingSpec(CamelModel):
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, value: list[str]) -> list[str]:
-        owned = (
-            "--max-num-seqs",
-            "--kv-cache-memory-bytes",
-            "--gpu-memory-utilization",
-            "--max-model-len",
-            "--port",
-            "--host",
-        )
         for arg in value:
-            if arg.split("=", 1)[0] in owned:
+            owned = owned_flag(arg)
+            if owned is not None:
+                given = arg.split("=", 1)[0]
+                spelled = "" if given == owned else f" (vLLM reads {given} as {owned})"
                 raise ValueError(
-                    f"serving.extraArgs must not set {arg.split('=', 1)[0]}: the operator sets it from "
+                    f"serving.extraArgs must not set {given}{spelled}: the operator sets it from "
                     "the advisor's recommendation (use advisor.maxNumSeqs to fix the batch size)"
                 )
         return value
+
+
+# Flags the operator renders from its decision; the aliases vLLM 0.32 accepts for them
+# (vllm/engine/arg_utils.py: --device-memory-utilization is --gpu-memory-utilization).
+OWNED_FLAGS = {
+    "--max-num-seqs": "--max-num-seqs",
+    "--kv-cache-memory-bytes": "--kv-cache-memory-bytes",
+    "--gpu-memory-utilization": "--gpu-memory-utilization",
+    "--device-memory-utilization": "--gpu-memory-utilization",
+    "--max-model-len": "--max-model-len",
+    "--port": "--port",
+    "--host": "--host",
+}
+
+
+def owned_flag(arg: str) -> str | None:
+    """The operator's flag that `arg` would set in vLLM's parser, or None. vLLM's parser reads
+    `--max_num_seqs` as `--max-num-seqs` (underscores become dashes) and, like argparse, any
+    unambiguous prefix of a flag as the flag (`--kv-cache-memory`), so both count."""
+    if not arg.startswith("--"):
+        return None
+    name = arg.split("=", 1)[0].replace("_", "-")
+    if len(name) <= 2:
+        return None
+    for flag, target in OWNED_FLAGS.items():
+        if flag.startswith(name):
+            return target
+    return None
 
 
 class LLMDeploymentSpec(CamelModel):
