@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from llmpack.advisor import AdvisorError, AdvisorOptions, advise
 from llmpack.advisor.architectures import find_architecture
-from llmpack.advisor.memory import gpu_memory_utilization_for, vllm_args
+from llmpack.advisor.memory import vllm_args
 from llmpack.api.llmdeployment import (
     API_VERSION,
     KIND,
@@ -178,10 +178,14 @@ class Reconciler:
             ) from err
 
     def _gpu(self, spec: LLMDeploymentSpec) -> GPU:
+        """The GPU as the cluster reports it: the catalogue entry with the memory the nodes'
+        nvidia.com/gpu.memory label says (the NVML total the device plugin divides), where one does."""
         try:
-            return lookup_gpu(spec.gpu.product)
+            gpu = lookup_gpu(spec.gpu.product)
         except UnknownGPUError as err:
             raise Blocked("Failed", st.PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
+        reported = self._offers(spec).gpu_memory_mib
+        return gpu.with_reported_memory(reported) if reported else gpu
 
     def _check_model(self, spec: LLMDeploymentSpec) -> None:
         # The vllm profiler reads the model's own config.json where it runs (a local path in the
@@ -473,10 +477,9 @@ class Reconciler:
             raise Blocked(
                 "Failed", st.AVAILABLE, err.reason, message, retry_after=self.config.retry_seconds
             ) from err
-        slot = rec.slot_bytes if chosen.mode == "mps" else rec.per_replica_memory_bytes
-        utilization = gpu_memory_utilization_for(
-            min(slot, chosen.device_memory_bytes), chosen.device_memory_bytes
-        )
+        # One decision (planning.replica_memory): what the chosen mode presents to each replica's
+        # process, so that vLLM's start-up check of free memory passes under an MPS cap too.
+        utilization = chosen.memory.gpu_memory_utilization
         args = vllm_args(
             max_num_seqs=rec.b_opt,
             kv_cache_bytes=rec.kv_cache_bytes,
@@ -502,6 +505,12 @@ class Reconciler:
             explanation += (
                 f" Deployed one replica per {chosen.mig_profile} slice, {plan.replicas} in all "
                 f"(--gpu-memory-utilization {utilization:.3f} of the slice)."
+            )
+        else:
+            explanation += (
+                f" Each replica's process sees {chosen.memory.presented}, so it runs with "
+                f"--gpu-memory-utilization {utilization:.3f} (vLLM checks at start-up that this "
+                "fraction of the GPU's total is free)."
             )
         if len(found) > 1:
             explanation += (

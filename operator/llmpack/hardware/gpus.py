@@ -3,16 +3,22 @@
 
 Figures and where they come from (../shared/FACTS.md, sections 4 and 6, unless noted):
 - ``memory_bytes``: the capacity in the product's name. HBM and GDDR sizes are binary gigabytes,
-  so "80GB" is 80 GiB. The paper reports freed memory as a fraction of this figure (64 GiB for its
-  H100 64 GB; see ``advisor/packing.py``).
+  so "80GB" is 80 GiB. Only for words and for the paper's "memory freed" fraction (64 GiB for its
+  H100 64 GB; see ``advisor/packing.py``): no share or fit is computed from it, since no process
+  ever sees that figure.
 - ``reported_memory_mib``: the total NVML (nvidia-smi) reports, which is also what GFD puts in the
-  ``nvidia.com/gpu.memory`` label. Values for H200, H100 80GB, A100 80/40GB, A10(G), L40S and L4
-  are the NVML figures published by Modal (https://thundergolfer.com/blog/nvidia-gpu-memory-capacity);
-  the paper's H100 64 GB reports 65,247 MiB (paper-data README). H100 NVL and B200 are the values
-  nvidia-smi is commonly seen to print and are marked unconfirmed.
+  ``nvidia.com/gpu.memory`` label and what the device plugin's MPS daemon divides among its
+  clients. Every share and fit starts from it: the node's label when the operator can read one
+  (``GPU.with_reported_memory``), this catalogue figure otherwise. Values for H200, H100 80GB,
+  A100 80/40GB, A10(G), L40S and L4 are the NVML figures published by Modal
+  (https://thundergolfer.com/blog/nvidia-gpu-memory-capacity); the paper's H100 64 GB reports
+  65,247 MiB (paper-data README). H100 NVL and B200 are the values nvidia-smi is commonly seen to
+  print and are marked unconfirmed.
 - ``usable_memory_bytes``: what a CUDA process sees as the device total (``cudaMemGetInfo``), which
-  is what vLLM's ``--gpu-memory-utilization`` is a fraction of (FACTS 1.1). It is a little below the
-  NVML total because the driver keeps some memory; the paper's vLLM saw 63.43 GiB of 65,247 MiB.
+  is what vLLM's ``--gpu-memory-utilization`` is a fraction of (FACTS 1.1). It is a little below
+  the NVML total (so planning divides the utilisation by the NVML total, the most it can be: see
+  render/planning.py replica_memory) because the driver keeps some memory; the paper's vLLM saw
+  63.43 GiB of 65,247 MiB.
   Where it was not measured we take ``CUDA_VISIBLE_FRACTION`` of the NVML total, which is below
   every device total PyTorch has been seen to report for these GPUs (conservative).
 - bandwidth and FP16 dense tensor TFLOPS: FACTS 6 (datasheets).
@@ -73,6 +79,12 @@ class MIGProfile:
     def compute_fraction(self) -> float:
         return self.compute_slices / COMPUTE_SLICES_PER_GPU
 
+    @property
+    def nominal_bytes(self) -> int:
+        """The size in the profile's name (``1g.10gb``: 10 GiB): at least the device total a
+        process in the slice sees, which is what vLLM's --gpu-memory-utilization is a fraction of."""
+        return int(self.name.split(".")[1].removesuffix("gb")) * GIB
+
 
 @dataclass(frozen=True)
 class GPU:
@@ -87,6 +99,11 @@ class GPU:
     fp16_dense_tflops: float
     mig_profiles: tuple[MIGProfile, ...] = ()
     unconfirmed: tuple[str, ...] = field(default=())  # figures no primary source confirmed
+
+    @property
+    def reported_memory_bytes(self) -> int:
+        """The NVML total in bytes: the most a CUDA process can see as this GPU's total."""
+        return self.reported_memory_mib * MIB
 
     @property
     def mig_capable(self) -> bool:
@@ -107,6 +124,8 @@ class GPU:
         which beats the catalogue's typical value when the operator can read it."""
         if mib <= 0:
             raise ValueError(f"reported GPU memory must be positive, got {mib} MiB")
+        if mib == self.reported_memory_mib:
+            return self  # keeps a measured usable_memory_bytes
         return replace(
             self, reported_memory_mib=mib, usable_memory_bytes=int(mib * MIB * CUDA_VISIBLE_FRACTION)
         )

@@ -3,6 +3,20 @@
 Pure: the controller keeps the raw Node and DeviceClass objects from its watches and asks this
 module which sharing modes can run where. Labels are the ones NVIDIA GPU Feature Discovery and the
 device plugin set (FACTS.md 3.2, 4.3).
+
+Two label values the memory plan rests on:
+- `nvidia.com/gpu.memory`: the GPU's total memory as NVML reports it, in MiB (81,559 on an H100
+  80GB HBM3, not the 81,920 its name suggests). It is what the device plugin's MPS daemon divides
+  among clients, so every share and fit uses it; the catalogue's reported total is the fallback
+  for nodes without the label.
+- `nvidia.com/gpu.replicas`: the sharing config's `replicas`, i.e. clients per physical GPU.
+  Decision, from the device plugin's own labeler (internal/lm/resource.go, replicasLabel: the
+  label is the config's Replicas, 1 when not shared, 0 when sharing is off) and the MPS daemon
+  (set_default_device_pinned_mem_limit <gpu> <total/replicas>): the label is per GPU. It is the
+  capacity `nvidia.com/gpu` that counts GPUs x replicas (FACTS 3.2's "GPU count x replicas"
+  describes that resource count, not the label), so the physical GPUs of a node are capacity /
+  replicas, and each client is capped at memory / replicas. The testbed's fake MPS node follows
+  the same shape (replicas "4", nvidia.com/gpu = GPUs x 4).
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as NVML reports the total (GFD)
 SHARED_SUFFIX = "-SHARED"
 DRA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
 DRA_GPU_DRIVER = "gpu.nvidia.com"  # the NVIDIA DRA driver's name in ResourceSlices
@@ -66,9 +81,19 @@ class Offers:
     exclusive_gpus: int = 0
     mps_dra_nodes: list[str] = field(default_factory=list)
     mps_dra_gpus: int = 0
-    device_plugin_mps_replicas: int | None = None  # replicas per GPU the device plugin slices into
+    # clients per GPU the device plugin slices into; with several such nodes the most (the
+    # smallest cap), since a replica's pod may land on any of them
+    device_plugin_mps_replicas: int | None = None
     device_plugin_mps_gpus: int = 0
     mig_slices: dict[str, int] = field(default_factory=dict)  # profile -> allocatable slices
+    # nvidia.com/gpu.memory (MiB) of the nodes offering whole or MPS-shared GPUs: the smallest,
+    # since a replica may land on any of them. None: no node says; use the catalogue's figure.
+    gpu_memory_mib: int | None = None
+
+    def record_gpu_memory(self, node: NodeFacts) -> None:
+        mib = _int(node.labels.get(GPU_MEMORY_LABEL))
+        if mib > 0:
+            self.gpu_memory_mib = mib if self.gpu_memory_mib is None else min(self.gpu_memory_mib, mib)
 
     @property
     def modes(self) -> list[str]:
@@ -120,14 +145,16 @@ class ClusterFacts:
             label = node.labels.get(GPU_PRODUCT_LABEL, "")
             shared = node.labels.get(SHARING_STRATEGY_LABEL) == "mps"
             if shared and label == product + SHARED_SUFFIX:
-                replicas = _int(node.labels.get(GPU_REPLICAS_LABEL)) or 1
-                offers.device_plugin_mps_replicas = replicas
+                replicas = max(_int(node.labels.get(GPU_REPLICAS_LABEL)), 1)  # per GPU (see above)
+                offers.device_plugin_mps_replicas = max(offers.device_plugin_mps_replicas or 1, replicas)
                 offers.device_plugin_mps_gpus += node.quantity(GPU_RESOURCE) // replicas
+                offers.record_gpu_memory(node)
                 continue
             if label != product:
                 continue
-            if not shared:
+            if not shared and node.quantity(GPU_RESOURCE):
                 offers.exclusive_gpus += node.quantity(GPU_RESOURCE)
+                offers.record_gpu_memory(node)
             for resource, value in node.allocatable.items():
                 if resource.startswith(MIG_RESOURCE_PREFIX) and _int(value):
                     profile = resource.removeprefix(MIG_RESOURCE_PREFIX)
@@ -135,6 +162,7 @@ class ClusterFacts:
             if DRA_GPU_DEVICE_CLASS in self.device_classes and self.dra_devices.get(node.name):
                 offers.mps_dra_nodes.append(node.name)
                 offers.mps_dra_gpus += self.dra_devices[node.name]
+                offers.record_gpu_memory(node)
         return offers
 
 
