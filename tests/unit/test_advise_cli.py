@@ -75,6 +75,19 @@ def test_policy_epsilon_slo_and_gpu_options(capsys):
     assert code == 0 and data["gpu_product"] == "NVIDIA-H100-80GB-HBM3" and data["mig_profile"] == "1g.20gb"
 
 
+def test_the_output_names_the_binding_constraint(capsys):
+    code, out, _ = advise(capsys, "--paper-model", "opt-1.3b", "--slo-itl-p99-ms", "30")
+    assert code == 0
+    text = " ".join(out.split())  # rich wraps the explanation
+    assert "B_opt = 64" in text and "Binding constraint: the p99 ITL SLO (30 ms)" in text
+    assert "p99 ITL 30.79 ms > SLO 30 ms" in text and "Without slo.itlP99Ms it would be B=96." in text
+    code, _, err = advise(capsys, "--paper-model", "opt-1.3b", "--slo-itl-p99-ms", "1")
+    assert code != 0
+    assert (
+        "p99 ITL SLO (1 ms): the lowest p99 ITL measured is 4.49 ms (B=1)" in err and "relax the SLO" in err
+    )
+
+
 def test_profile_file(capsys, tmp_path):
     path = tmp_path / "profile.json"
     load_paper_profile("opt-2.7b").dump(path)

@@ -52,6 +52,27 @@ def test_verdicts_explain_which_test_failed():
     assert any("mean ITL 40.88 ms > cap 37.55 ms" in r for r in at_384.reasons)
     assert all(v.kept for v in rec.candidates if v.max_num_seqs <= 96)
     assert "B_opt = 96" in rec.explanation and "B=128, fails" in rec.explanation
+    assert (
+        "Binding constraint: the efficiency threshold (epsilon 0.2); the next larger, B=128"
+        in rec.explanation
+    )
+
+
+def test_the_explanation_names_the_binding_constraint():
+    # Llama-2-13B stops at 80 because B=96 preempted; the plateau policy is bound by the ITL cap
+    assert "Binding constraint: preemptions (the KV cache ran out); the next larger, B=96" in (
+        advise(load_paper_profile("llama-2-13b")).explanation
+    )
+    plateau = select_batch(load_paper_profile("opt-1.3b").points, AdvisorOptions(policy="plateau"))
+    assert plateau.b_opt == 192 and plateau.binding == (
+        "the latency cap on mean ITL (37.55 ms = 5 x the mean ITL at B=32 (7.51 ms))",
+    )
+    assert "it excludes every batch from B=384 up (B=384: mean ITL 40.88 ms > cap 37.55 ms)" in (
+        plateau.explanation
+    )
+    largest = select_batch(CURVE[:3])
+    assert largest.b_opt == 32 and largest.binding == ()
+    assert "Nothing measured stops it: it is the largest batch size measured." in largest.explanation
 
 
 def test_default_latency_cap_is_five_times_itl_at_32():
@@ -112,6 +133,8 @@ def test_p99_slo_is_a_further_test():
     assert sel.b_opt == 8
     rejected = next(v for v in sel.verdicts if v.max_num_seqs == 32)
     assert "p99 ITL 80.00 ms > SLO 40 ms" in rejected.reasons
+    assert sel.binding == ("the p99 ITL SLO (40 ms)",)
+    assert "Without slo.itlP99Ms it would be B=32." in sel.explanation
 
 
 def test_plateau_policy():
@@ -131,7 +154,7 @@ def test_plateau_distrusts_a_batch_after_the_cap_broke():
     sel = select_batch(noisy, AdvisorOptions(policy="plateau", slo_itl_mean_ms=28))
     assert sel.b_opt == 1
     at_64 = next(v for v in sel.verdicts if v.max_num_seqs == 64)
-    assert at_64.reasons == ["a smaller batch (B=32) already breaks the latency cap"]
+    assert at_64.reasons == ["a smaller batch (B=32) already fails the mean ITL SLO (28 ms)"]
 
 
 def test_preempted_points_are_skipped():
@@ -170,3 +193,15 @@ def test_fixed_batch_overrides_the_advisor():
     assert [v.max_num_seqs for v in rec.candidates if v.chosen] == [64]
     unmeasured = advise(load_paper_profile("opt-1.3b"), AdvisorOptions(max_num_seqs=100))
     assert unmeasured.b_opt == 100 and unmeasured.measured_tokens_per_s is None
+
+
+def test_a_limit_binds_the_plateau_only_when_it_excludes_more_throughput():
+    binds = select_batch(CURVE, AdvisorOptions(policy="plateau", slo_itl_mean_ms=36))
+    assert binds.b_opt == 128 and binds.binding == ("the mean ITL SLO (36 ms)",)
+    assert (
+        "it excludes every batch from B=256 up (B=256: mean ITL 70.00 ms > cap 36.00 ms)" in binds.explanation
+    )
+    falling = [_point(1, 100, 10), _point(8, 700, 11), _point(32, 2000, 14), _point(64, 1900, 30)]
+    idle = select_batch(falling, AdvisorOptions(policy="plateau", slo_itl_mean_ms=20))
+    assert idle.b_opt == 32 and idle.binding == ()
+    assert "The throughput plateau alone decides" in idle.explanation

@@ -8,15 +8,27 @@ Two policies (arXiv 2503.08311 for the first):
   When B_min is not 1 (the run at 1 failed or was not measured) we use the per-sequence form
   η(B) = (T(B) / B) / (T(B_min) / B_min), which is the same formula at B_min = 1 and keeps
   η(B_min) = 1; the literal formula would halve every efficiency when B_min = 2.
-  A batch is kept when η(B) > ε (default 0.2) and its mean ITL is within the latency cap;
+  A batch is kept when η(B) > ε (default 0.2) and it meets every latency limit;
   B_opt is the largest kept batch.
 - ``plateau``: the smallest batch whose throughput is at least (1 - ε) x the best throughput
-  among the batches that meet the latency cap (default ε = 0.05).
+  among the batches that meet every latency limit (default ε = 0.05).
 
 Both skip points with preemptions (the KV cache was too small for that batch, so the figures are
-not those of a steady batch) and points without throughput. The latency cap is the SLO on mean
-ITL when one is given, else L x the mean ITL measured at the batch nearest 32 (L = 5). An SLO on
-p99 ITL, when given, is a further test on every candidate.
+not those of a steady batch) and points without throughput.
+
+The latency limits, each an upper bound on one measured figure of a point:
+
+- the cap on mean ITL: the SLO on mean ITL when one is given, else L x the mean ITL measured at
+  the batch nearest 32 (L = 5); without any measured mean ITL and without that SLO there is no cap;
+- one limit per further SLO field (``OBJECTIVES``: p99 ITL, p99 TTFT). Every field of the spec's
+  ``slo`` is one of these; a test fails when a field is added without its objective.
+
+A point lacking the figure a limit bounds is not eligible: nothing shows that it meets the limit,
+and the advisor never promises a latency it did not measure. When no usable point measured the
+figure an SLO bounds, the SLO cannot be honoured at all and the advice is refused (profile with a
+backend that measures it, or drop the SLO). When no usable point meets a limit, the advice is
+refused with the limit, its value and the best value measured. The explanation names the binding
+constraint: what the next larger measured batch fails (efficiency, a latency limit, preemptions).
 
 Definitions that reproduce the paper (profiles.csv, tests/unit/test_bca.py): T is the benchmark's
 total (prompt + generated) tokens/s, the y-axis of the paper's Figs. 2, 3 and 12; ITL is the
@@ -26,8 +38,8 @@ OPT-1.3B / OPT-2.7B / Llama-2-7B / Llama-2-13B on the `background` family and 12
 OPT-2.7B and Llama-2-7B on the `advisor` family at 390 output tokens. For Llama-2-13B
 (background) the preemption rule is what stops at 80: B = 96 preempted 9 requests.
 
-In `plateau`, a batch meets the latency cap only if every smaller usable batch does too
-(latency grows with batch size; a larger batch that dips under the cap after a smaller one broke
+In `plateau`, a batch meets the latency limits only if every smaller usable batch does too
+(latency grows with batch size; a larger batch that dips under a limit after a smaller one broke
 it is measurement noise, not headroom). That makes a tighter SLO never choose a larger batch.
 """
 
@@ -43,6 +55,63 @@ from llmpack.api.recommendation import CandidateVerdict
 
 
 @dataclass(frozen=True)
+class Objective:
+    """One field of the spec's `slo`: `slo.<field>` bounds the point's measured `<field>` (mean ITL
+    falls back on mean TPOT where a source recorded no ITL); AdvisorOptions carries it as
+    `slo_<field>`."""
+
+    field: str  # the SLOSpec / ProfilePoint field, e.g. "ttft_p99_ms"
+    metric: str  # how a sentence names the figure, e.g. "p99 TTFT"
+    spec_path: str  # where the user set it, e.g. "slo.ttftP99Ms"
+
+    @property
+    def option(self) -> str:
+        return f"slo_{self.field}"
+
+    def read(self, point: ProfilePoint) -> float | None:
+        if self.field == "itl_mean_ms":
+            return point.itl_or_tpot_mean_ms
+        value = getattr(point, self.field)
+        return float(value) if value is not None else None
+
+
+OBJECTIVES: tuple[Objective, ...] = (
+    Objective("itl_mean_ms", "mean ITL", "slo.itlMeanMs"),
+    Objective("itl_p99_ms", "p99 ITL", "slo.itlP99Ms"),
+    Objective("ttft_p99_ms", "p99 TTFT", "slo.ttftP99Ms"),
+)
+MEAN_ITL = OBJECTIVES[0]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A latency limit in force for one selection: the cap on mean ITL, or one further SLO."""
+
+    objective: Objective
+    limit_ms: float
+    name: str  # "the p99 TTFT SLO (200 ms)", "the latency cap on mean ITL (37.55 ms = ...)"
+    word: str  # how a verdict names the bound: "cap" or "SLO"
+    from_slo: bool
+
+    def failure(self, point: ProfilePoint) -> str | None:
+        value = self.objective.read(point)
+        metric = self.objective.metric
+        if value is None:
+            what = "the latency cap" if self.objective is MEAN_ITL else f"the {metric} SLO"
+            return f"no {metric} measured, so {what} cannot be checked"
+        if value > self.limit_ms:
+            return f"{metric} {value:.2f} ms > {self.word} {self._bound()}"
+        return None
+
+    def success(self, point: ProfilePoint) -> str:
+        value = self.objective.read(point)
+        return f"{self.objective.metric} {value:.2f} ms <= {self.word} {self._bound()}"
+
+    def _bound(self) -> str:
+        return f"{self.limit_ms:.2f} ms" if self.word == "cap" else f"{self.limit_ms:g} ms"
+
+
+@dataclass(frozen=True)
 class BatchSelection:
     policy: str
     epsilon: float
@@ -53,17 +122,34 @@ class BatchSelection:
     itl_p99_cap_ms: float | None
     verdicts: list[CandidateVerdict]
     explanation: str
+    ttft_p99_cap_ms: float | None = None
+    # what stopped B from growing, by name ("the p99 TTFT SLO (200 ms)", "the efficiency
+    # threshold (epsilon 0.2)", "preemptions", ...); empty when nothing measured stopped it
+    binding: tuple[str, ...] = ()
+
+
+# A failure of one test, tagged with the constraint it belongs to (the explanation names it).
+Failure = tuple[str, str]  # (constraint name, sentence)
+
+PREEMPTIONS = "preemptions (the KV cache ran out)"
+NO_THROUGHPUT = "a run without throughput"
+
+
+def _usable_failure(point: ProfilePoint) -> Failure | None:
+    if point.preemptions > 0:
+        return (
+            PREEMPTIONS,
+            f"skipped: {point.preemptions} preemptions (the KV cache ran out at this batch, so it never "
+            "ran as a steady batch)",
+        )
+    if point.total_tokens_per_s <= 0:
+        return NO_THROUGHPUT, "skipped: no throughput measured"
+    return None
 
 
 def _usable_reason(point: ProfilePoint) -> str | None:
-    if point.preemptions > 0:
-        return (
-            f"skipped: {point.preemptions} preemptions (the KV cache ran out at this batch, so it never "
-            "ran as a steady batch)"
-        )
-    if point.total_tokens_per_s <= 0:
-        return "skipped: no throughput measured"
-    return None
+    failure = _usable_failure(point)
+    return failure[1] if failure else None
 
 
 def latency_cap(usable: Sequence[ProfilePoint], options: AdvisorOptions) -> tuple[float | None, str]:
@@ -81,29 +167,46 @@ def latency_cap(usable: Sequence[ProfilePoint], options: AdvisorOptions) -> tupl
     return cap, f"{options.latency_factor:g} x the mean ITL at B={ref.max_num_seqs} ({itl:.2f} ms)"
 
 
-def _latency_failures(point: ProfilePoint, cap: float | None, p99_cap: float | None) -> list[str]:
-    failures = []
+def latency_limits(usable: Sequence[ProfilePoint], options: AdvisorOptions) -> list[Limit]:
+    """Every latency limit in force: the cap on mean ITL (the SLO's or the derived one), then one
+    per further SLO field the options set."""
+    limits = []
+    cap, cap_source = latency_cap(usable, options)
     if cap is not None:
-        itl = point.itl_or_tpot_mean_ms
-        if itl is None:
-            failures.append("no mean ITL measured, so the latency cap cannot be checked")
-        elif itl > cap:
-            failures.append(f"mean ITL {itl:.2f} ms > cap {cap:.2f} ms")
-    if p99_cap is not None:
-        if point.itl_p99_ms is None:
-            failures.append("no p99 ITL measured, so the p99 SLO cannot be checked")
-        elif point.itl_p99_ms > p99_cap:
-            failures.append(f"p99 ITL {point.itl_p99_ms:.2f} ms > SLO {p99_cap:g} ms")
-    return failures
+        from_slo = options.slo_itl_mean_ms is not None
+        name = (
+            f"the mean ITL SLO ({cap:g} ms)"
+            if from_slo
+            else f"the latency cap on mean ITL ({cap:.2f} ms = {cap_source})"
+        )
+        limits.append(Limit(MEAN_ITL, cap, name, "cap", from_slo))
+    for objective in OBJECTIVES[1:]:
+        value = getattr(options, objective.option)
+        if value is not None:
+            limits.append(Limit(objective, value, f"the {objective.metric} SLO ({value:g} ms)", "SLO", True))
+    return limits
+
+
+def _refuse_unmeasured(usable: Sequence[ProfilePoint], limits: Sequence[Limit]) -> None:
+    """An SLO whose figure no usable point measured cannot be honoured: refuse it by name."""
+    for limit in limits:
+        if limit.from_slo and all(limit.objective.read(p) is None for p in usable):
+            metric = limit.objective.metric
+            raise AdvisorError(
+                f"the profile measured no {metric} at any usable batch size, so {limit.name} "
+                f"({limit.objective.spec_path}) cannot be honoured: profile with a backend that "
+                f"reports {metric}, or remove the SLO"
+            )
 
 
 def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None = None) -> BatchSelection:
     """Choose B_opt from measured points; every point gets a verdict saying which test it failed.
-    Raises AdvisorError when no point is usable or none meets the latency cap."""
+    Raises AdvisorError when no point is usable, an SLO's figure was never measured, or no point
+    meets the latency limits (the message names the limit, its value and the best measured)."""
     options = options or AdvisorOptions()
     epsilon = options.effective_epsilon
     points = sorted(points, key=lambda p: p.max_num_seqs)
-    usable = [p for p in points if _usable_reason(p) is None]
+    usable = [p for p in points if _usable_failure(p) is None]
     if not usable:
         raise AdvisorError(
             "no usable measured point: every batch size in the profile preempted requests or measured "
@@ -112,43 +215,52 @@ def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None 
     base = usable[0]
     b_min, t_min = base.max_num_seqs, base.total_tokens_per_s
     cap, cap_source = latency_cap(usable, options)
-    p99_cap = options.slo_itl_p99_ms
+    limits = latency_limits(usable, options)
+    _refuse_unmeasured(usable, limits)
+    efficiency_name = f"the efficiency threshold (epsilon {epsilon:g})"
 
     def efficiency(p: ProfilePoint) -> float:
         return (p.total_tokens_per_s / p.max_num_seqs) / (t_min / b_min)
 
-    latency_fail = {p.max_num_seqs: _latency_failures(p, cap, p99_cap) for p in usable}
-    reasons: dict[int, list[str]] = {}
+    latency_fail: dict[int, list[Failure]] = {
+        p.max_num_seqs: [(lim.name, f) for lim in limits if (f := lim.failure(p)) is not None] for p in usable
+    }
+    failures: dict[int, list[Failure]] = {}  # why each measured batch is not kept
+    passes: dict[int, list[str]] = {}  # why each kept batch is
     kept: set[int] = set()
+    for p in points:
+        unusable = _usable_failure(p)
+        if unusable is not None:
+            failures[p.max_num_seqs] = [unusable]
+    excluded_from: int | None = None  # plateau: the batch from which the limits exclude all
 
     if options.policy == "efficiency":
         for p in usable:
-            failures = list(latency_fail[p.max_num_seqs])
+            failed = list(latency_fail[p.max_num_seqs])
             eta = efficiency(p)
             if not eta > epsilon:
-                failures.insert(0, f"efficiency {eta:.3f} <= epsilon {epsilon:g}")
-            if failures:
-                reasons[p.max_num_seqs] = failures
+                failed.insert(0, (efficiency_name, f"efficiency {eta:.3f} <= epsilon {epsilon:g}"))
+            if failed:
+                failures[p.max_num_seqs] = failed
             else:
                 kept.add(p.max_num_seqs)
-                passes = [f"efficiency {eta:.3f} > epsilon {epsilon:g}"]
-                if cap is not None:
-                    passes.append(f"mean ITL {p.itl_or_tpot_mean_ms:.2f} ms <= cap {cap:.2f} ms")
-                reasons[p.max_num_seqs] = passes
+                passes[p.max_num_seqs] = [f"efficiency {eta:.3f} > epsilon {epsilon:g}"] + [
+                    lim.success(p) for lim in limits
+                ]
         chosen = max(kept) if kept else None
     else:
         feasible: list[ProfilePoint] = []
-        broken_at: int | None = None
         for p in usable:
-            if broken_at is None and latency_fail[p.max_num_seqs]:
-                broken_at = p.max_num_seqs
-            if broken_at is None:
+            if excluded_from is None and latency_fail[p.max_num_seqs]:
+                excluded_from = p.max_num_seqs
+            if excluded_from is None:
                 feasible.append(p)
-            elif p.max_num_seqs == broken_at:
-                reasons[p.max_num_seqs] = latency_fail[p.max_num_seqs]
+            elif p.max_num_seqs == excluded_from:
+                failures[p.max_num_seqs] = latency_fail[p.max_num_seqs]
             else:
-                reasons[p.max_num_seqs] = latency_fail[p.max_num_seqs] or [
-                    f"a smaller batch (B={broken_at}) already breaks the latency cap"
+                broken = " and ".join(dict.fromkeys(name for name, _ in latency_fail[excluded_from]))
+                failures[p.max_num_seqs] = latency_fail[p.max_num_seqs] or [
+                    ("", f"a smaller batch (B={excluded_from}) already fails {broken}")
                 ]
         chosen = None
         if feasible:
@@ -156,56 +268,47 @@ def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None 
             floor = (1 - epsilon) * best.total_tokens_per_s
             for p in feasible:
                 share = p.total_tokens_per_s / best.total_tokens_per_s
+                text = f"{share:.1%} of the best throughput within the cap (B={best.max_num_seqs})"
                 if p.total_tokens_per_s >= floor:
                     kept.add(p.max_num_seqs)
-                    reasons[p.max_num_seqs] = [
-                        f"{share:.1%} of the best throughput within the cap (B={best.max_num_seqs}) "
-                        f">= {1 - epsilon:.0%}"
-                    ]
+                    passes[p.max_num_seqs] = [f"{text} >= {1 - epsilon:.0%}"]
                 else:
-                    reasons[p.max_num_seqs] = [
-                        f"{share:.1%} of the best throughput within the cap (B={best.max_num_seqs}) "
-                        f"< {1 - epsilon:.0%}"
-                    ]
+                    failures[p.max_num_seqs] = [("", f"{text} < {1 - epsilon:.0%}")]
             chosen = min(kept) if kept else None
 
     if chosen is None:
-        fastest = min(
-            (p for p in usable if p.itl_or_tpot_mean_ms is not None),
-            key=lambda p: p.itl_or_tpot_mean_ms or 0.0,
-            default=None,
-        )
-        hint = ""
-        if fastest is not None:
-            hint = (
-                f"; the lowest mean ITL measured is {fastest.itl_or_tpot_mean_ms:.2f} ms "
-                f"(B={fastest.max_num_seqs}), so an SLO below that cannot be met on this GPU"
-            )
-        if p99_cap is not None:
-            hint += f"; check the p99 ITL SLO ({p99_cap:g} ms) too"
-        raise AdvisorError(
-            f"no measured batch size meets the latency cap of {cap_source}{hint}; relax the SLO or "
-            "serve on a faster GPU"
-        )
+        raise AdvisorError(_refusal(usable, limits, cap_source, failures))
 
     verdicts = []
     for p in points:
-        unusable = _usable_reason(p)
+        b = p.max_num_seqs
         verdicts.append(
             CandidateVerdict(
-                max_num_seqs=p.max_num_seqs,
+                max_num_seqs=b,
                 total_tokens_per_s=p.total_tokens_per_s,
                 itl_mean_ms=p.itl_or_tpot_mean_ms,
                 itl_p99_ms=p.itl_p99_ms,
                 efficiency=efficiency(p),
                 preemptions=p.preemptions,
-                kept=p.max_num_seqs in kept,
-                chosen=p.max_num_seqs == chosen,
-                reasons=[unusable] if unusable else reasons.get(p.max_num_seqs, []),
+                kept=b in kept,
+                chosen=b == chosen,
+                reasons=passes[b] if b in kept else [text for _, text in failures.get(b, [])],
             )
         )
 
-    explanation = _explain(options.policy, epsilon, chosen, b_min, cap, cap_source, verdicts)
+    if options.policy == "efficiency":
+        stopper = next((p.max_num_seqs for p in points if p.max_num_seqs > chosen), None)
+    else:
+        # The limits bind the plateau only when they exclude more throughput than the best they
+        # leave: otherwise the best, its floor and the choice are what they would be without them.
+        cut = excluded_from if excluded_from is not None else points[-1].max_num_seqs + 1
+        left = max(p.total_tokens_per_s for p in usable if p.max_num_seqs < cut)
+        excluded = max((p.total_tokens_per_s for p in usable if p.max_num_seqs >= cut), default=0.0)
+        stopper = excluded_from if excluded > left else None
+    binding = tuple(dict.fromkeys(name for name, _ in failures.get(stopper, []) if name)) if stopper else ()
+    explanation = _explain(
+        options, epsilon, chosen, b_min, cap, cap_source, limits, verdicts, stopper, binding, points
+    )
     return BatchSelection(
         policy=options.policy,
         epsilon=epsilon,
@@ -213,9 +316,47 @@ def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None 
         b_min=b_min,
         latency_cap_ms=cap,
         latency_cap_source=cap_source,
-        itl_p99_cap_ms=p99_cap,
+        itl_p99_cap_ms=options.slo_itl_p99_ms,
         verdicts=verdicts,
         explanation=explanation,
+        ttft_p99_cap_ms=options.slo_ttft_p99_ms,
+        binding=binding,
+    )
+
+
+def _refusal(
+    usable: Sequence[ProfilePoint],
+    limits: Sequence[Limit],
+    cap_source: str,
+    failures: dict[int, list[Failure]],
+) -> str:
+    """Why no batch is chosen: each limit no usable point meets, with the best value measured; or,
+    when each is met somewhere but never all by one eligible batch, what the smallest batch fails."""
+    parts = []
+    for limit in limits:
+        measured = [(v, p.max_num_seqs) for p in usable if (v := limit.objective.read(p)) is not None]
+        if not measured or any(v <= limit.limit_ms for v, _ in measured):
+            continue
+        lowest, at = min(measured)
+        metric = limit.objective.metric
+        if limit.objective is MEAN_ITL:
+            parts.append(
+                f"the latency cap of {cap_source}; the lowest mean ITL measured is {lowest:.2f} ms "
+                f"(B={at}), so an SLO below that cannot be met on this GPU"
+            )
+        else:
+            parts.append(
+                f"{limit.name}: the lowest {metric} measured is {lowest:.2f} ms (B={at}), so an SLO "
+                "below that cannot be met on this GPU"
+            )
+    if parts:
+        return f"no measured batch size meets {'; nor '.join(parts)}; relax the SLO or serve on a faster GPU"
+    smallest = usable[0]
+    names = " and ".join(limit.name for limit in limits)
+    failed = "; ".join(text for _, text in failures.get(smallest.max_num_seqs, [])) or "the policy's tests"
+    return (
+        f"no measured batch size meets {names} at once (the smallest, B={smallest.max_num_seqs}, fails: "
+        f"{failed}); relax the SLO or serve on a faster GPU"
     )
 
 
@@ -223,31 +364,79 @@ def _eta_formula(b_min: int) -> str:
     return "T(B)/(B x T(1))" if b_min == 1 else f"(T(B)/B)/(T({b_min})/{b_min})"
 
 
+def _limits_text(cap: float | None, cap_source: str, limits: Sequence[Limit]) -> str:
+    """`the latency cap 37.55 ms = ...` and any further SLOs, as one phrase."""
+    phrases = [f"latency cap {cap:.2f} ms = {cap_source}" if cap is not None else cap_source]
+    phrases += [limit.name.removeprefix("the ") for limit in limits if limit.objective is not MEAN_ITL]
+    return " and the ".join(phrases)
+
+
 def _explain(
-    policy: str,
+    options: AdvisorOptions,
     epsilon: float,
     chosen: int,
     b_min: int,
     cap: float | None,
     cap_source: str,
+    limits: Sequence[Limit],
     verdicts: list[CandidateVerdict],
+    stopper: int | None,
+    binding: tuple[str, ...],
+    points: Sequence[ProfilePoint],
 ) -> str:
     by_batch = {v.max_num_seqs: v for v in verdicts}
     picked = by_batch[chosen]
-    cap_text = f"latency cap {cap:.2f} ms = {cap_source}" if cap is not None else cap_source
-    if policy == "efficiency":
+    within = _limits_text(cap, cap_source, limits)
+    if options.policy == "efficiency":
         text = (
             f"B_opt = {chosen}: the largest measured batch whose efficiency {_eta_formula(b_min)} stays "
-            f"above {epsilon:g} within the {cap_text} (efficiency {picked.efficiency:.3f}, "
+            f"above {epsilon:g} within the {within} (efficiency {picked.efficiency:.3f}, "
             f"{picked.total_tokens_per_s:,.0f} tokens/s)."
         )
-        larger = [v for v in verdicts if v.max_num_seqs > chosen and v.reasons]
-        if larger:
-            nxt = larger[0]
-            text += f" The next larger, B={nxt.max_num_seqs}, fails: {'; '.join(nxt.reasons)}."
+        if stopper is None:
+            text += " Nothing measured stops it: it is the largest batch size measured."
+        else:
+            nxt = by_batch[stopper]
+            text += (
+                f" Binding constraint: {' and '.join(binding) or 'the policy'}; the next larger, "
+                f"B={stopper}, fails: {'; '.join(nxt.reasons)}."
+            )
     else:
         text = (
             f"B_opt = {chosen}: the smallest measured batch within {1 - epsilon:.0%} of the best "
-            f"throughput under the {cap_text} ({picked.total_tokens_per_s:,.0f} tokens/s)."
+            f"throughput under the {within} ({picked.total_tokens_per_s:,.0f} tokens/s)."
         )
+        if stopper is None:
+            text += (
+                " The throughput plateau alone decides: no batch a latency limit excludes has more "
+                "throughput."
+            )
+        else:
+            text += (
+                f" Binding constraint: {' and '.join(binding)}; it excludes every batch from "
+                f"B={stopper} up (B={stopper}: {'; '.join(by_batch[stopper].reasons)})."
+            )
+    text += _without_binding_slos(options, chosen, limits, binding, points)
     return text
+
+
+def _without_binding_slos(
+    options: AdvisorOptions,
+    chosen: int,
+    limits: Sequence[Limit],
+    binding: tuple[str, ...],
+    points: Sequence[ProfilePoint],
+) -> str:
+    """What the SLOs that bind cost: B_opt without them."""
+    slos = [limit for limit in limits if limit.from_slo and limit.name in binding]
+    if not slos:
+        return ""
+    looser = options.model_copy(update={limit.objective.option: None for limit in slos})
+    try:
+        free = select_batch(points, looser).b_opt
+    except AdvisorError:
+        return ""
+    if free == chosen:
+        return ""
+    paths = ", ".join(limit.objective.spec_path for limit in slos)
+    return f" Without {paths} it would be B={free}."

@@ -3,11 +3,14 @@ the KV cache for, and fixed choices that skip parts of the advice."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmpack.hardware import MPS_MAX_CLIENTS
+
+if TYPE_CHECKING:
+    from llmpack.api.llmdeployment import SLOSpec
 
 Policy = Literal["efficiency", "plateau"]
 
@@ -29,6 +32,7 @@ class AdvisorOptions(BaseModel):
     epsilon: float | None = Field(None, gt=0, lt=1, description="Default: 0.2 (efficiency), 0.05 (plateau).")
     slo_itl_mean_ms: float | None = Field(None, gt=0, description="Cap on mean inter-token latency.")
     slo_itl_p99_ms: float | None = Field(None, gt=0, description="Cap on p99 inter-token latency.")
+    slo_ttft_p99_ms: float | None = Field(None, gt=0, description="Cap on p99 time to first token.")
     latency_factor: float = Field(DEFAULT_LATENCY_FACTOR, gt=1, description="L of the derived cap.")
     max_replicas_per_gpu: int = Field(8, ge=1, le=MPS_MAX_CLIENTS)
     prompt_tokens: int | None = Field(None, ge=1, description="Default: the profile's workload.")
@@ -42,3 +46,10 @@ class AdvisorOptions(BaseModel):
     @property
     def effective_epsilon(self) -> float:
         return self.epsilon if self.epsilon is not None else DEFAULT_EPSILON[self.policy]
+
+
+def slo_options(slo: SLOSpec) -> dict[str, float | None]:
+    """The AdvisorOptions fields of a spec's `slo`: each field `x` becomes `slo_x`, so a field added
+    to the SLO reaches the advisor (or fails AdvisorOptions' extra="forbid") without a caller
+    naming it. Build options as `AdvisorOptions(..., **slo_options(spec.slo))`."""
+    return {f"slo_{name}": getattr(slo, name) for name in type(slo).model_fields}

@@ -47,6 +47,9 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         except AdvisorError:
             candidates, cap, cap_source, b_min = [], None, "", None
         batch_text = f"B = {b_opt}: fixed by the user (advisor.maxNumSeqs); the advisor's choice was skipped."
+        broken = _slos_broken_at(profile, b_opt, options)
+        if broken:
+            batch_text += f" Warning: the fixed B={b_opt} does not honour the SLO: {broken}."
     else:
         selection = bca.select_batch(profile.points, options)
         b_opt, b_source = selection.b_opt, "advisor"
@@ -169,6 +172,16 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         explanation=explanation,
         notes=notes,
     )
+
+
+def _slos_broken_at(profile: Profile, batch: int, options: AdvisorOptions) -> str:
+    """A fixed batch size skips the advisor, so it may break an SLO; say which, from the profile's
+    point at that batch ("" when none is broken or the batch was not measured)."""
+    point = profile.point(batch)
+    if point is None:
+        return ""
+    limits = [limit for limit in bca.latency_limits(profile.points, options) if limit.from_slo]
+    return "; ".join(f for limit in limits if (f := limit.failure(point)) is not None)
 
 
 def _fit_measured_batch(

@@ -107,16 +107,26 @@ class WorkloadSpec(CamelModel):
 
 
 class SLOSpec(CamelModel):
-    """Latency objectives. Batch sizes whose measured latency breaks them are never chosen."""
+    """Latency objectives, each bounding one figure the profile measures at every batch size (with
+    B requests in flight). A batch size whose measured figure exceeds an objective, or that lacks
+    the figure, is never chosen; a spec no measured batch size meets is refused (AdvisorRefused)
+    with the best value measured. Every field here must have its objective in
+    llmpack.advisor.bca.OBJECTIVES (a unit test checks)."""
 
     itl_mean_ms: float | None = Field(
-        None, gt=0, description="Upper bound on mean inter-token latency, in milliseconds."
+        None,
+        gt=0,
+        description="Upper bound on mean inter-token latency, in milliseconds. Replaces the "
+        "derived latency cap (advisor.latencyFactor).",
     )
     itl_p99_ms: float | None = Field(
         None, gt=0, description="Upper bound on p99 inter-token latency, in milliseconds."
     )
     ttft_p99_ms: float | None = Field(
-        None, gt=0, description="Upper bound on p99 time to first token, in milliseconds."
+        None,
+        gt=0,
+        description="Upper bound on p99 time to first token, in milliseconds, as the profile "
+        "measures it (as many requests in flight as the batch size).",
     )
 
 
