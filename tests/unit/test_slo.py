@@ -200,11 +200,6 @@ def test_a_fixed_batch_that_breaks_an_slo_says_so():
 # -- through the operator -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/reconciler.py (Reconciler._advise) builds AdvisorOptions from slo.itlMeanMs and "
-    "slo.itlP99Ms only; passing **slo_options(spec.slo) there makes this pass",
-)
 def test_the_operator_honours_the_ttft_slo():
     from test_badinput_pure import BASE_SPEC, assert_failed, merged, reconcile_through
 
@@ -220,23 +215,7 @@ def test_the_operator_honours_the_ttft_slo():
 
 @pytest.mark.parametrize(
     "objective",
-    [
-        pytest.param(
-            o,
-            id=o.field,
-            marks=[
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="render/planning.py effective_sweep tests slo.itlMeanMs and slo.itlP99Ms only: "
-                    "a spec with slo.ttftP99Ms alone is profiled by the adaptive sweep, which follows the "
-                    "advisor without the SLO and skips the batches below its B_opt that the SLO needs",
-                )
-            ]
-            if o.field == "ttft_p99_ms"
-            else [],
-        )
-        for o in OBJECTIVES
-    ],
+    [pytest.param(o, id=o.field) for o in OBJECTIVES],
 )
 def test_a_spec_with_any_slo_is_profiled_by_the_exhaustive_sweep(objective):
     """The profiling Job's adaptive sweep runs the advisor with no SLO (profiler/cli.py), so it

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from llmpack.advisor import AdvisorError, AdvisorOptions, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import vllm_args
+from llmpack.advisor.options import slo_options
 from llmpack.api.llmdeployment import (
     API_VERSION,
     KIND,
@@ -444,8 +445,7 @@ class Reconciler:
             policy=spec.advisor.policy,
             epsilon=spec.advisor.epsilon,
             latency_factor=spec.advisor.latency_factor,
-            slo_itl_mean_ms=spec.slo.itl_mean_ms,
-            slo_itl_p99_ms=spec.slo.itl_p99_ms,
+            **slo_options(spec.slo),
             max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
             prompt_tokens=spec.workload.prompt_tokens,
             output_tokens=spec.workload.output_tokens,

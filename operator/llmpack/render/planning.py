@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from llmpack.advisor.memory import MIB, gpu_memory_utilization_for
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
-from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus
+from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU, MIGProfile
 from llmpack.render.cluster import Offers
 from llmpack.render.plan import (
@@ -192,8 +192,7 @@ def effective_sweep(spec: LLMDeploymentSpec) -> str:
         advisor.policy == "efficiency"
         and advisor.epsilon in (None, 0.2)
         and advisor.latency_factor == 5.0
-        and spec.slo.itl_mean_ms is None
-        and spec.slo.itl_p99_ms is None
+        and spec.slo == SLOSpec()  # any SLO may bind below where the default rule stops
     )
     return spec.profiling.sweep if defaults else "exhaustive"
 
