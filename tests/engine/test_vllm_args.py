@@ -36,7 +36,6 @@ import yaml
 import engine
 from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
-from llmpack.hardware import lookup_gpu
 from llmpack.launcher import cli as launch_cli
 from llmpack.launcher.command import replica_commands
 from llmpack.profiler import cli as profile_cli
@@ -279,7 +278,7 @@ def render_deployment(where: str, name: str, spec_data: dict[str, Any]) -> Rende
     ]
     (job,) = jobs
     commands = profiling_commands(where, job)
-    gpu = lookup_gpu(spec.gpu.product)
+    gpu = reconciler._gpu(spec)  # the catalogue's GPU with the memory the nodes report
     profile = simulated_profile(job)
     recommendation = reconciler._advise(spec, profile, gpu, 1, LLMDeploymentStatus())
     plan, status = reconciler._plan(spec, profile, recommendation, gpu, NAMESPACE, name, owner)
