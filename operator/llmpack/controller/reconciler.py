@@ -498,7 +498,7 @@ class Reconciler:
         )
         explanation = f"{chosen.label}: {rec.explanation}"
         if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
-            explanation += f" Packing: {predictions.packing_reason}"
+            explanation += f" Packing: {predictions.packing_reason.rstrip('.')}."
         if chosen.mode == "exclusive":
             explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
         elif chosen.mode == "mig":
@@ -510,7 +510,12 @@ class Reconciler:
             explanation += (
                 f" Each replica's process sees {chosen.memory.presented}, so it runs with "
                 f"--gpu-memory-utilization {utilization:.3f} (vLLM checks at start-up that this "
-                "fraction of the GPU's total is free)."
+                "fraction of the GPU's total is free"
+                + (
+                    f"; the {rec.gpu_memory_utilization:.3f} above is an uncapped slot's)."
+                    if f"{rec.gpu_memory_utilization:.3f}" != f"{utilization:.3f}"
+                    else ")."
+                )
             )
         if len(found) > 1:
             explanation += (
