@@ -91,8 +91,8 @@ def test_adaptive_sweep_measures_fewer_points_and_advise_runs(sweeps):
         assert done.returncode == 0, done.stderr
         b_opt[mode] = json.loads(done.stdout)["b_opt"]
     print(
-        f"adaptive: {len(adaptive.points)} points in {t_adaptive:.0f} s, B_opt {b_opt['adaptive']}; "
-        f"exhaustive: {len(exhaustive.points)} points in {t_exhaustive:.0f} s, B_opt {b_opt['exhaustive']}"
+        f"adaptive: {adaptive.batch_sizes} in {t_adaptive:.0f} s, B_opt {b_opt['adaptive']}; "
+        f"exhaustive: {exhaustive.batch_sizes} in {t_exhaustive:.0f} s, B_opt {b_opt['exhaustive']}"
     )
     assert b_opt["adaptive"] in adaptive.batch_sizes and b_opt["exhaustive"] in exhaustive.batch_sizes
 

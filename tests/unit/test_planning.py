@@ -125,7 +125,11 @@ def test_explicit_mode_the_cluster_lacks_is_refused_with_what_it_offers():
 
 def test_profile_key_ignores_serving_fields_and_tracks_measurement_fields():
     base = profile_key(spec(), "img:1")
-    assert profile_key(spec(serving={"port": 9000, "extraArgs": ["--enforce-eager"]}), "img:1") == base
+    server_only = ["--served-model-name", "chat", "--enable-log-requests", "--api-key=k"]
+    assert profile_key(spec(serving={"port": 9000, "extraArgs": server_only}), "img:1") == base
+    # flags that change the engine measure another engine: a profile of their own (issue 12, item 4)
+    for engine_flags in (["--enforce-eager"], ["--kv-cache-dtype", "fp8"], ["--quantization=fp8"]):
+        assert profile_key(spec(serving={"extraArgs": engine_flags}), "img:1") != base, engine_flags
     assert profile_key(spec(sharing={"mode": "exclusive"}), "img:1") == base
     assert profile_key(spec(workload={"promptTokens": 512}), "img:1") != base
     assert profile_key(spec(gpu={"product": "NVIDIA-A100-SXM4-80GB"}), "img:1") != base

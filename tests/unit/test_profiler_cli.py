@@ -226,3 +226,39 @@ def test_sigterm_ends_the_run_with_its_reason(capsys, tmp_path, monkeypatch):
     assert code == 1 and "stopped by SIGTERM" in err
     assert log.read_text().startswith("profiling failed: stopped by SIGTERM")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_engine_flags_of_extra_args_reach_the_profiler_and_size_its_kv():
+    """serving.extraArgs that change the engine (here an fp8 KV cache) are measured, and sized:
+    1 byte per KV element instead of 2 (meta-llama/Llama-3.1-8B-Instruct: 32 layers x 8 KV heads x
+    128, so 65,536 bytes per token instead of 131,072)."""
+    spec = LLMDeploymentSpec.model_validate(
+        {
+            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+            "serving": {"extraArgs": ["--kv-cache-dtype", "fp8", "--served-model-name", "chat"]},
+            "profiling": {"backend": "simulated"},
+        }
+    )
+    owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="l", uid="u-1")
+    plan = profiling_plan(name="l", namespace="team-a", owner=owner, spec=spec, key="k" * 40, image="img")
+    assert "--engine-args=--kv-cache-dtype fp8" in plan.args  # the server's own flag stays out
+    parser = argparse.ArgumentParser()
+    profile_cli.add_arguments(parser)
+    request = profile_cli.profile_request(parser.parse_args(plan.args))
+    assert request.engine_args == ("--kv-cache-dtype", "fp8")
+    facts = request.model_facts()
+    assert facts.kv_bytes_per_token == 2 * 32 * 8 * 128 * 1 == 65_536
+    assert facts.kv_cache_dtype == "fp8"
+
+    from llmpack.profiler.vllm import VllmBackend
+
+    argv = VllmBackend(request, [1, 8]).serve_command
+    assert argv[-2:] == ["--kv-cache-dtype", "fp8"]
+
+
+def test_a_kv_cache_dtype_vllm_does_not_know_is_refused(capsys):
+    code, _, err = profile_cmd(
+        capsys, "--backend", "simulated", "--model", "facebook/opt-1.3b", "--gpu", "NVIDIA-H100-80GB-HBM3",
+        "--prompt-tokens", "8", "--output-tokens", "8", "--engine-args=--kv-cache-dtype fp3",
+    )  # fmt: skip
+    assert code == 2 and "--kv-cache-dtype in --engine-args" in err

@@ -291,7 +291,11 @@ class ServingSpec(CamelModel):
     extra_args: list[str] = Field(
         default_factory=list,
         description="Extra vLLM arguments for every replica. The operator owns --max-num-seqs, "
-        "--kv-cache-memory-bytes, --gpu-memory-utilization, --max-model-len and --port.",
+        "--kv-cache-memory-bytes, --gpu-memory-utilization, --max-model-len and --port. Every flag "
+        "here except the API server's own (--served-model-name, --api-key, --chat-template, logging, "
+        "TLS, tool parsers...) also reaches the profiling run and its cache key, because it changes "
+        "the engine that is measured (--kv-cache-dtype, --quantization, --enforce-eager, --block-size, "
+        "--enable-prefix-caching, --max-num-batched-tokens...).",
     )
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment of the vLLM containers.")
     resources: dict[str, Any] | None = Field(
@@ -319,6 +323,10 @@ class ServingSpec(CamelModel):
                 )
         return value
 
+    def engine_args(self) -> list[str]:
+        """extra_args without the API server's own flags: what changes the engine a profile measures."""
+        return engine_args(self.extra_args)
+
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, value: list[str]) -> list[str]:
@@ -345,6 +353,61 @@ OWNED_FLAGS = {
     "--port": "--port",
     "--host": "--host",
 }
+
+
+# Flags of vLLM's OpenAI API server (vllm/entrypoints/openai/cli_args.py, 0.32) that change what
+# the server answers but not the engine behind it: left out of profiling and its cache key. Any
+# other flag is taken to change the engine, so a flag missing here costs a profile, never a wrong one.
+SERVER_ONLY_FLAGS = frozenset(
+    {
+        "--served-model-name",
+        "--api-key",
+        "--chat-template",
+        "--chat-template-content-format",
+        "--response-role",
+        "--enable-log-requests",
+        "--no-enable-log-requests",
+        "--enable-log-outputs",
+        "--disable-log-stats",
+        "--uvicorn-log-level",
+        "--disable-uvicorn-access-log",
+        "--allowed-origins",
+        "--allowed-methods",
+        "--allowed-headers",
+        "--allow-credentials",
+        "--root-path",
+        "--middleware",
+        "--ssl-keyfile",
+        "--ssl-certfile",
+        "--ssl-ca-certs",
+        "--ssl-cert-reqs",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "--tool-parser-plugin",
+        "--reasoning-parser",
+        "--max-log-len",
+        "--enable-prompt-tokens-details",
+        "--enable-server-load-tracking",
+        "--enable-force-include-usage",
+        "--return-tokens-as-token-ids",
+        "--disable-fastapi-docs",
+    }
+)
+
+
+def engine_args(extra_args: list[str]) -> list[str]:
+    """`extra_args` without SERVER_ONLY_FLAGS and their values (a value is the next item when it
+    does not start with "--"; `--flag=value` is one item)."""
+    kept: list[str] = []
+    skipping = False
+    for arg in extra_args:
+        if arg.startswith("--"):
+            skipping = arg.split("=", 1)[0].replace("_", "-") in SERVER_ONLY_FLAGS
+            if not skipping:
+                kept.append(arg)
+        elif not skipping:
+            kept.append(arg)
+    return kept
 
 
 def owned_flag(arg: str) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -81,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--prompt-tokens", type=int, metavar="N", help="prompt length of every request")
     run.add_argument("--output-tokens", type=int, metavar="N", help="output length of every request")
+    run.add_argument(
+        "--engine-args",
+        default="",
+        metavar="FLAGS",
+        help="engine flags of the spec that change what is measured (e.g. --kv-cache-dtype fp8), "
+        "shell-quoted in one argument: write --engine-args='--kv-cache-dtype fp8'",
+    )
     arch = parser.add_argument_group("architecture, for models the built-in catalogue does not know")
     arch.add_argument("--num-layers", type=int, metavar="N")
     arch.add_argument("--num-kv-heads", type=int, metavar="N")
@@ -176,6 +184,10 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             missing.append(flag)
     if missing:
         raise UserError(f"the {args.backend} backend needs {', '.join(missing)}")
+    try:
+        engine_args = shlex.split(args.engine_args or "")
+    except ValueError as err:
+        raise UserError(f"--engine-args: {err}") from None
     config = None
     if args.backend == "vllm":
         try:
@@ -210,6 +222,7 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             weight_bytes=args.weight_bytes,
         ),
         config=config,
+        engine_args=tuple(engine_args),
     )
 
 

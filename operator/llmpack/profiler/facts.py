@@ -61,6 +61,13 @@ class ProfileRequest:
     architecture: ArchitectureOverride = ArchitectureOverride()
     # the model's config.json (a local folder's, or what transformers fetched), when it was read
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # engine flags of the spec that change the measurement (serving.extraArgs less the server's own)
+    engine_args: tuple[str, ...] = ()
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """--kv-cache-dtype among the engine flags (`auto` when absent)."""
+        return flag_value(self.engine_args, "--kv-cache-dtype") or "auto"
 
     @property
     def shape(self) -> ModelShape | None:
@@ -92,6 +99,10 @@ class ProfileRequest:
                 f"--max-model-len {self.max_model_len}: vLLM would reject every request; raise "
                 "--max-model-len or shorten the workload"
             )
+        try:
+            dtype_bytes(self.kv_cache_dtype)
+        except ValueError as err:
+            raise UserError(f"--kv-cache-dtype in --engine-args: {err}") from None
         for flag, value in zip(ARCHITECTURE_FLAGS, self.architecture._values(), strict=True):
             if value is not None and value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
@@ -106,6 +117,7 @@ class ProfileRequest:
             architecture=self.architecture,
             measured_weight_bytes=measured_weight_bytes,
             shape=self.shape,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     def workload(self, **extra: object) -> WorkloadShape:
@@ -166,7 +178,10 @@ def model_facts(
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         weight_bytes=weights,
-        kv_bytes_per_token=kv_bytes_per_token(layers, kv_heads, head_dim, dtype),
+        kv_bytes_per_token=kv_bytes_per_token(
+            layers, kv_heads, head_dim, kv_dtype_name(kv_cache_dtype, dtype)
+        ),
+        kv_cache_dtype=None if kv_cache_dtype == "auto" else kv_cache_dtype,
         max_model_len=max_model_len,
     )
     if (
@@ -183,6 +198,22 @@ def model_facts(
         for key in ("num_attention_heads", "hidden_size", "vocab_size", "num_parameters"):
             data[key] = None
     return ModelFacts.model_validate(data)
+
+
+def flag_value(args: tuple[str, ...] | list[str], flag: str) -> str | None:
+    """The value of `flag` in an argument list (`--flag v` or `--flag=v`; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def kv_dtype_name(kv_cache_dtype: str, dtype: str) -> str:
+    """The dtype of a KV element: the KV cache dtype, or the served dtype for `auto`."""
+    return dtype if kv_cache_dtype.strip().lower() == "auto" else kv_cache_dtype
 
 
 def _facts_from_shape(

@@ -517,6 +517,7 @@ class VllmBackend(Backend):
             host=self.settings.host,
             port=self.settings.port,
             seed=self.settings.seed,
+            extra_args=self.request.engine_args,
             executable=self.settings.executable,
         )
 

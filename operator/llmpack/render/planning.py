@@ -7,6 +7,7 @@ many replicas per GPU, which vLLM flags each replica gets.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -214,6 +215,8 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
         "sweep": effective_sweep(spec),
         "candidates": spec.advisor.candidate_batch_sizes,
     }
+    if spec.serving.engine_args():  # only when set: keys of specs without them stay as they were
+        data["engineArgs"] = spec.serving.engine_args()
     if not spec.profiling.reuse_cached_profile:
         data["owner"] = owner_uid  # a profile of its own, measured once
     return stable_hash(data)[:40]
@@ -257,6 +260,9 @@ def profiling_plan(
     ]
     if spec.model.revision:
         args += ["--revision", spec.model.revision]
+    if spec.serving.engine_args():
+        # one item, with `=`: its value starts with a dash (the profiler splits it like a shell)
+        args.append("--engine-args=" + shlex.join(spec.serving.engine_args()))
     arch = spec.model.architecture
     if arch:
         args += [
