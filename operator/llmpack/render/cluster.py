@@ -16,7 +16,8 @@ Two label values the memory plan rests on:
   capacity `nvidia.com/gpu` that counts GPUs x replicas (FACTS 3.2's "GPU count x replicas"
   describes that resource count, not the label), so the physical GPUs of a node are capacity /
   replicas, and each client is capped at memory / replicas. The testbed's fake MPS node follows
-  the same shape (replicas "4", nvidia.com/gpu = GPUs x 4).
+  the same shape (replicas "4", nvidia.com/gpu = GPUs x 4). Reading the label as GPUs x replicas
+  instead would credit each client with several clients' memory: every replica would fail at start.
 """
 
 from __future__ import annotations
