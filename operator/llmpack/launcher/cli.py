@@ -27,6 +27,14 @@ covers all replicas' start (replicas x --start-timeout at most), then liveness o
 readiness on /readyz. Exit status: 0 after SIGTERM, 1 when a replica fails to start or all have
 exited, 2 for bad arguments.
 
+A replica whose server process exits is seen at once (not through its output pipe, which vLLM's
+engine core and worker processes keep open): the launcher logs it, counts it in
+llmpack_replica_exits_total{replica="i"}, SIGKILLs the processes it left behind (they hold its GPU
+memory) and stops routing to it; /healthz turns 503 so that the liveness probe restarts the pod.
+SIGTERM goes to every process of every replica; what still runs after --shutdown-grace is SIGKILLed,
+and the launcher exits only once none is left. A client that hangs up has its request to the
+replica closed, which makes vLLM abort it (llmpack_router_client_disconnects_total).
+
 Router only (what a DRA MPS pod runs, where each replica is its own container started in order by
 Kubernetes as a native sidecar): `llmpack launch --router-only --router-port 8000 --upstream
 http://127.0.0.1:8001 --upstream http://127.0.0.1:8002` routes and health-checks, and starts nothing.

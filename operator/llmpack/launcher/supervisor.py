@@ -138,14 +138,16 @@ class Launcher:
                 process.tail(),
             )
         if leftovers:
-            still_running = await process.wait_members_gone(5.0)
             log.warning(
-                "replica %d: killed the %d processes its server left behind (pids %s)%s",
+                "replica %d: killed the %d processes its server left behind (pids %s)",
                 process.index,
                 len(leftovers),
                 " ".join(map(str, leftovers)),
-                f"; still running after 5 s: {still_running}" if still_running else "",
             )
+            if still_running := await process.wait_members_gone(5.0):
+                log.error(
+                    "replica %d: processes still running 5 s after SIGKILL: %s", process.index, still_running
+                )
 
     async def _all_exited(self) -> None:
         # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves. The

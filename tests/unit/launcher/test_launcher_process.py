@@ -211,7 +211,7 @@ def test_a_dead_server_is_seen_at_once_and_its_helpers_are_killed(launches) -> N
     code, output = launch.finish()
     assert code == 0, output
     assert "replica 1 exited with code -9" in output
-    assert f"killed the 1 processes its server left behind (pids {helper})" in output
+    assert f"killed the 1 processes its server left behind (pids {helper})" in output, output
     wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
 
 
