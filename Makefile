@@ -40,8 +40,10 @@ test: venv testbed engine lint
 	LLMPACK_VLLM_PYTHON=$$(hack/engine/install | tail -n 1) \
 	  $(PY) -m pytest tests/unit tests/integration tests/engine tests/e2e $(PYTEST_ARGS)
 
+# ENGINE=vllm: the profiling Job's command runs on vLLM's CPU build with a tiny model (see README).
+ENGINE ?= simulated
 demo: venv testbed
-	$(PY) hack/demo.py
+	$(PY) hack/demo.py --engine $(ENGINE)
 
 crds: venv
 	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml

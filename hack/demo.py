@@ -4,6 +4,12 @@ Starts the local control plane with fake GPU nodes (hack/testbed), installs the 
 operator, applies examples/opt-1.3b-mps-dra.yaml, plays the profiling container (the simulated
 backend, as the Job's own ServiceAccount), waits for Ready, and prints what `kubectl get llmd`
 shows and where the packed replicas run. Stops everything it started unless --keep.
+
+`make demo ENGINE=vllm` (`--engine vllm`) does the same with the real engine: vLLM's CPU build
+(hack/engine/install, ~3 min and ~6 GB the first time) profiles a tiny Llama-style model generated
+here (hack/engine/tiny_models.py), the profiling Job's own command runs on it, and the demo prints
+what the engine measured. The example's model is replaced by the tiny model's folder and its
+workload by a short one (32 + 32 tokens), so the sweep takes about a minute and a half.
 """
 
 from __future__ import annotations
@@ -29,8 +35,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default=str(ROOT / "examples" / "opt-1.3b-mps-dra.yaml"))
     parser.add_argument("--keep", action="store_true", help="leave the testbed and operator running")
-    parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--timeout", type=float, default=None, help="default 180 s, 900 s with --engine vllm")
+    parser.add_argument(
+        "--engine",
+        choices=("simulated", "vllm"),
+        default="simulated",
+        help="who plays the profiling container: the simulated backend, or vLLM's CPU build on a tiny model",
+    )
     args = parser.parse_args()
+    args.timeout = args.timeout or (900.0 if args.engine == "vllm" else 180.0)
 
     from rich.console import Console
 
@@ -71,18 +84,26 @@ def main() -> int:
                 start_new_session=True,
             )
         console.print(f"operator running (log: {log_path})")
-        tb.kubectl("apply", "-n", "default", "-f", args.example)
-        name = _name_of(args.example)
-        console.print(f"applied {Path(args.example).name}: LLMDeployment default/{name}")
-
         from llmpack.controller.kube import KubeClient
 
         kube = KubeClient.from_config(str(tb.kubeconfig))
-        player = ProfilerPlayer(kube=kube, server=tb.server, ca_file=tb.ca_file)
+        if args.engine == "vllm":
+            manifest, engine_env = _engine_example(args.example, console)
+            player = ProfilerPlayer(
+                kube=kube, server=tb.server, ca_file=tb.ca_file, backend=None, env=engine_env, timeout_s=args.timeout
+            )
+        else:
+            manifest = Path(args.example).read_text()
+            player = ProfilerPlayer(kube=kube, server=tb.server, ca_file=tb.ca_file)
+        tb.kubectl("apply", "-n", "default", "-f", "-", input=manifest)
+        name = _name_of(manifest)
+        console.print(f"applied {Path(args.example).name}: LLMDeployment default/{name}")
         phase = _wait_ready(kube, player, name, args.timeout, console)
         console.print()
         print(tb.kubectl("get", "llmd", "-n", "default", "-o", "wide").stdout, flush=True)
         _summary(console, kube, name)
+        if args.engine == "vllm":
+            _engine_measured(console, kube, name, player)
         if phase != "Ready":
             console.print(f"[red]not Ready after {args.timeout:.0f}s[/red]; operator log tail:")
             console.print(log_path.read_text()[-3000:])
@@ -100,10 +121,80 @@ def main() -> int:
             tb.down()
 
 
-def _name_of(path: str) -> str:
+def _name_of(manifest: str) -> str:
     import yaml
 
-    return yaml.safe_load(Path(path).read_text())["metadata"]["name"]
+    return yaml.safe_load(manifest)["metadata"]["name"]
+
+
+def _engine_example(example: str, console) -> tuple[str, dict[str, str]]:
+    """The example with a tiny model on the real engine, and the environment that finds vLLM."""
+    import json
+
+    import yaml
+
+    console.print("installing or reusing vLLM's CPU build (hack/engine/install) ...")
+    install = subprocess.run([str(ROOT / "hack/engine/install")], check=True, capture_output=True, text=True)
+    python = Path(install.stdout.strip().splitlines()[-1])
+    env = {
+        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    made = subprocess.run(
+        [str(python), str(ROOT / "hack/engine/tiny_models.py"), "--only", "llama-gqa"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    model = json.loads(made.stdout.strip().splitlines()[-1])["path"]
+    console.print(f"tiny model: {model}")
+    obj = yaml.safe_load(Path(example).read_text())
+    spec = obj["spec"]
+    spec["model"] = {"name": model}
+    spec["workload"] = {"promptTokens": 32, "outputTokens": 32}
+    spec.pop("slo", None)
+    spec.setdefault("advisor", {})["candidateBatchSizes"] = [1, 2, 4, 8, 16]
+    spec["profiling"] = {**spec.get("profiling", {}), "backend": "vllm", "timeoutSeconds": 900}
+    return yaml.safe_dump(obj), env
+
+
+def _engine_measured(console, kube, name, player) -> None:
+    """What the engine reported and measured, from the published profile."""
+    from rich.table import Table
+
+    from llmpack.api.profile import Profile
+
+    obj = kube.get("LLMDeployment", "default", name) or {}
+    ref = (obj.get("status") or {}).get("profileRef") or {}
+    cm = kube.get("ConfigMap", ref["namespace"], ref["configMap"]) if ref else None
+    if not cm or "profile.json" not in (cm.get("data") or {}):
+        console.print(f"[red]no published profile found[/red] ({ref}); player: {player.log}")
+        return
+    p = Profile.from_json(cm["data"]["profile.json"])
+    e = p.engine
+    console.print(
+        f"[bold]engine[/bold]: vLLM {e.version} on {e.device}, dtype {e.config.get('dtype')}, KV cache dtype "
+        f"{e.kv_cache_dtype}, prefix caching {e.config.get('enable_prefix_caching')}; "
+        f"--kv-cache-memory-bytes {e.kv_cache_memory_bytes} held {p.kv_capacity_tokens} tokens in blocks of "
+        f"{p.block_size} ({p.model.kv_bytes_per_token} bytes per token)"
+    )
+    table = Table(title="what the engine measured")
+    for column in ("B", "tokens/s", "mean ITL ms", "p99 TTFT ms", "KV peak", "preempted"):
+        table.add_column(column, justify="right")
+    for point in p.points:
+        table.add_row(
+            str(point.max_num_seqs),
+            f"{point.total_tokens_per_s:,.0f}",
+            f"{point.itl_or_tpot_mean_ms or 0:.2f}",
+            f"{point.ttft_p99_ms or 0:.1f}",
+            f"{point.kv_cache_usage_peak or 0:.1%}",
+            str(point.preemptions),
+        )
+    console.print(table)
+    for note in p.notes:
+        console.print(f"note: {note}")
 
 
 def _wait_ready(kube, player, name, timeout, console) -> str:

@@ -1,11 +1,17 @@
 """Plays the profiling container on the testbed's fake nodes.
 
 KWOK runs no containers, so a profiling Job's pod would never measure anything. The player does
-what the container would: it runs the Job's own `llmpack profile` command and arguments (with the
-simulated backend, as no GPU exists here), authenticated as the Job's own ServiceAccount through a
-TokenRequest — so RBAC on the result ConfigMap is exercised for real — and then marks the pod
-finished (annotation `llmpack.io/testbed-complete`, which the testbed's kwok stages turn into a
-Succeeded pod). Used by the demo and the end-to-end tests.
+what the container would: it runs the Job's own `llmpack profile` command and arguments,
+authenticated as the Job's own ServiceAccount through a TokenRequest — so RBAC on the result
+ConfigMap is exercised for real — and then marks the pod finished (annotation
+`llmpack.io/testbed-complete`, which the testbed's kwok stages turn into a Succeeded pod), or
+failed with the termination message the profiler wrote. Used by the demo and the end-to-end tests.
+
+Two ways to play: `backend="simulated"` (the default) swaps in the simulated backend, as no GPU
+exists here; `backend=None` runs the Job's arguments as rendered (`--backend vllm`) on the real
+engine, vLLM's CPU build, found through `env` (PATH with the engine environment's bin first). A
+pod has its own network namespace, so the profiler's engine listens on a free loopback port
+here instead of its default 8000.
 
 It also stands in for the one kubelet duty kwok skips that llmpack's users meet: resolving a
 container's env from Secrets. kwok holds such pods (see kwok-stages.yaml); the player annotates
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +47,9 @@ class ProfilerPlayer:
     server: str
     ca_file: Path
     python: str = sys.executable
-    backend: str = "simulated"
+    backend: str | None = "simulated"  # None: as the Job renders it (the real engine)
+    env: dict[str, str] = field(default_factory=dict)  # added to the profiler's environment
+    timeout_s: float = 300.0
     played: set[str] = field(default_factory=set)  # pod uids
     configured: set[str] = field(default_factory=set)  # pod uids whose env resolved
     log: list[str] = field(default_factory=list)
@@ -121,10 +130,14 @@ class ProfilerPlayer:
             self._annotate(pod, {FAIL_ANNOTATION: "true", "llmpack.io/testbed-fail-message": fail_with})
             return None
         container = pod["spec"]["containers"][0]
-        args = _with_backend(list(container.get("args") or []), self.backend)
+        args = list(container.get("args") or [])
+        if self.backend is not None:
+            args = _with_backend(args, self.backend)
+        elif "--port" not in args:
+            args += ["--port", str(_free_port())]
         with tempfile.TemporaryDirectory(prefix="llmpack-player-") as tmp:
             kubeconfig = self._service_account_kubeconfig(pod, Path(tmp))
-            env = dict(os.environ)
+            env = {**os.environ, **self.env}
             env.update({"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": meta["namespace"]})
             env.update(self._resolved_env(pod, container))
             termination = Path(tmp) / "termination-log"
@@ -133,7 +146,7 @@ class ProfilerPlayer:
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=300,
+                timeout=self.timeout_s,
             )
             message = termination.read_text().strip() if termination.exists() else done.stderr[-500:]
         self.log.append(f"{meta['namespace']}/{meta['name']}: exit {done.returncode}: {message}")
@@ -199,6 +212,12 @@ def _takes_env_from_secrets(pod: dict) -> bool:
     return any(
         (item.get("valueFrom") or {}).get("secretKeyRef") for c in containers for item in c.get("env") or []
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _with_backend(args: list[str], backend: str) -> list[str]:
