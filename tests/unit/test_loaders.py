@@ -207,3 +207,23 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
     data["points"][0]["future_metric"] = 3
     data["something_new"] = {"a": 1}
     assert Profile.from_data(data).point(1) is not None
+
+
+# -- KV bytes per token of the catalogue, by vLLM's rules (issue 12, item 3) ---------------------
+
+
+def test_catalogue_kv_bytes_follow_vllms_rules_for_head_dim_and_latent_attention():
+    from llmpack.profiler.facts import model_facts
+
+    # Qwen3-0.6B: config head_dim 128 while hidden_size / heads = 64
+    qwen3 = model_facts("Qwen/Qwen3-0.6B", dtype="bfloat16", max_model_len=4096)
+    assert qwen3.kv_bytes_per_token == 2 * 28 * 8 * 128 * 2 == 114_688
+    # DeepSeek-V2-Lite (MLA): 27 layers x (kv_lora_rank 512 + qk_rope_head_dim 64) x 2 bytes
+    mla = model_facts("deepseek-ai/DeepSeek-V2-Lite-Chat", dtype="bfloat16", max_model_len=4096)
+    assert mla.kv_bytes_per_token == 27 * (512 + 64) * 2 == 31_104
+    assert mla.latent_attention and mla.num_kv_heads == 1 and mla.head_dim == 576
+    # an fp8 KV cache halves it
+    fp8 = model_facts(
+        "meta-llama/Llama-3.1-8B-Instruct", dtype="bfloat16", max_model_len=4096, kv_cache_dtype="fp8"
+    )
+    assert fp8.kv_bytes_per_token == 2 * 32 * 8 * 128 == 65_536

@@ -415,7 +415,9 @@ def test_profile_from_the_engine_facts_of_a_gpu():
     assert backend.max_num_seqs == 512
     backend.startup = parse_startup_log(GPU_LOG)
     backend.version = backend.startup.version
-    backend.cache_config = MetricsSample(num_gpu_blocks=23231, block_size=16, gpu_memory_utilization=0.92)
+    # the pool llmpack asked for, in blocks of 16 tokens of 196,608 bytes
+    blocks = backend.kv_cache_memory_bytes // (16 * 196_608)
+    backend.cache_config = MetricsSample(num_gpu_blocks=blocks, block_size=16, gpu_memory_utilization=0.92)
     bench = read_bench_result(FIXTURES / "bench-serve-result.json")
     profile = backend.profile([build_point(64, bench, kv_capacity_tokens=backend.kv_capacity_tokens)], [])
     profile = Profile.from_json(profile.to_json())
@@ -426,15 +428,37 @@ def test_profile_from_the_engine_facts_of_a_gpu():
     assert profile.model.dtype == "float16"  # --dtype auto, as the engine resolved it
     assert profile.model.weight_bytes == round(2.4520 * GIB)  # measured beats the catalogue
     assert profile.model.kv_bytes_per_token == 2 * 24 * 32 * 64 * 2
-    assert profile.kv_capacity_tokens == 23231 * 16 == backend.startup.kv_cache_tokens
+    assert profile.kv_capacity_tokens == blocks * 16  # /metrics wins over the log's line
+    assert profile.model.kv_bytes_per_token_config is None  # the engine agrees with llmpack
     assert profile.gpu_memory_utilization == 0.92
     assert profile.non_kv_memory_bytes == backend.startup.non_kv_bytes
     # the device total vLLM saw (as the paper loader records it), not the catalogue's capacity
     assert profile.gpu.product == "NVIDIA-H100-80GB-HBM3"
     assert profile.gpu.memory_bytes == round(79.19 * GIB)
     assert any("--kv-cache-memory=72921582141" in note for note in profile.notes)
-    # 23,231 blocks do not fit the pool llmpack asked for: the disagreement is noted
-    assert any("the engine holds 371696 tokens" in note for note in profile.notes)
+    assert not any("KV cache: the engine holds" in note for note in profile.notes)
+
+
+def test_the_engines_kv_capacity_wins_over_llmpacks_reading_and_the_disagreement_is_kept():
+    request = ProfileRequest(
+        model="facebook/opt-1.3b",
+        gpu_product="NVIDIA-H100-80GB-HBM3",
+        dtype="float16",
+        max_model_len=2048,
+        prompt_tokens=512,
+        output_tokens=256,
+    )
+    backend = VllmBackend(request, [1, 64])
+    pool = backend.kv_cache_memory_bytes
+    # the engine holds a third fewer tokens than 196,608 bytes per token predict
+    blocks = pool // (16 * 196_608) * 2 // 3
+    backend.cache_config = MetricsSample(num_gpu_blocks=blocks, block_size=16)
+    bench = read_bench_result(FIXTURES / "bench-serve-result.json")
+    profile = backend.profile([build_point(64, bench)], [])
+    assert profile.model.kv_bytes_per_token == math.ceil(pool / (blocks * 16))
+    assert profile.model.kv_bytes_per_token > 196_608 == profile.model.kv_bytes_per_token_config
+    note = next(n for n in profile.notes if n.startswith("KV cache: the engine holds"))
+    assert f"holds {blocks * 16} tokens in {pool} bytes" in note and "gives 196608" in note
 
 
 def test_the_captured_profile_is_a_valid_profile():

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmpack.advisor.errors import UnknownModelError
-from llmpack.advisor.memory import dtype_bytes, kv_bytes_per_token
+from llmpack.advisor.memory import dtype_bytes
+from llmpack.advisor.model_config import ModelShape
 from llmpack.api.profile import ModelFacts
 
 
@@ -28,9 +29,31 @@ class Architecture:
     num_parameters: int
     max_position_embeddings: int
     aliases: tuple[str, ...] = ()  # other ids with the same shape (instruct/chat variants, short names)
+    # multi-head latent attention (DeepSeek-V2 style): the KV cache keeps one latent per layer
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+
+    def shape(self) -> ModelShape:
+        """The shape as vLLM reads it (advisor/model_config.py): under MLA, one "head" of
+        kv_lora_rank + qk_rope_head_dim elements per layer."""
+        mla = self.kv_lora_rank is not None
+        return ModelShape(
+            model_type="deepseek_v2" if mla else None,
+            num_layers=self.num_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_kv_heads=1 if mla else self.num_kv_heads,
+            head_dim=(self.kv_lora_rank or 0) + (self.qk_rope_head_dim or 0) if mla else self.head_dim,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.max_position_embeddings,
+            dtype=None,
+            mla=mla,
+            kv_lora_rank=self.kv_lora_rank,
+            qk_rope_head_dim=self.qk_rope_head_dim,
+        )
 
     def kv_bytes_per_token(self, dtype: str = "float16") -> int:
-        return kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, dtype)
+        return self.shape().kv_bytes_per_token(dtype=dtype)
 
     def weight_bytes(self, dtype: str = "float16") -> int:
         return self.num_parameters * dtype_bytes(dtype)
@@ -50,8 +73,9 @@ class Architecture:
             revision=revision,
             dtype=dtype,
             num_layers=self.num_layers,
-            num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
+            num_kv_heads=self.shape().num_kv_heads,
+            head_dim=self.shape().head_dim,
+            latent_attention=self.kv_lora_rank is not None,
             num_attention_heads=self.num_attention_heads,
             hidden_size=self.hidden_size,
             vocab_size=self.vocab_size,
@@ -143,6 +167,23 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         8_030_261_248,
         131072,
         ("meta-llama/Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B-Instruct"),
+    ),
+    # config.json head_dim 128 while hidden_size / heads = 64: the KV is sized with 128.
+    Architecture("Qwen/Qwen3-0.6B", 28, 16, 8, 128, 1024, 151936, 751_632_384, 40960),
+    # MLA: 27 x (512 + 64) x 2 bytes = 31,104 bytes per token, not 2 x 27 x 16 x 128 x 2.
+    Architecture(
+        "deepseek-ai/DeepSeek-V2-Lite-Chat",
+        27,
+        16,
+        16,
+        128,
+        2048,
+        102400,
+        15_706_484_224,
+        163840,
+        ("deepseek-ai/DeepSeek-V2-Lite",),
+        kv_lora_rank=512,
+        qk_rope_head_dim=64,
     ),
     Architecture(
         "mistralai/Mistral-7B-v0.1",

@@ -69,7 +69,12 @@ class Architecture(CamelModel):
         description="Key/value attention heads (num_key_value_heads; equals the attention heads "
         "without grouped-query attention)."
     )
-    head_dim: PositiveInt = Field(description="Dimension of one attention head (hidden_size / heads).")
+    head_dim: PositiveInt = Field(
+        description="Dimension of one KV head as vLLM reads it: config.json's head_dim where the config "
+        "sets it (Qwen3 sets 128 where hidden_size / heads is 64), else hidden_size / "
+        "num_attention_heads. Models with latent attention (DeepSeek-V2/V3: kv_lora_rank) need no "
+        "architecture here: profile them with the vllm backend, which reads their config."
+    )
     parameter_bytes: PositiveInt = Field(
         description="Bytes of the weights as served (parameters x bytes per parameter of the dtype)."
     )

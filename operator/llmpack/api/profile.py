@@ -71,6 +71,13 @@ class ModelFacts(ProfileModel):
         description="KV-cache bytes one token takes over all layers: 2 x layers x KV heads x head dim "
         "x bytes per element (under latent attention: layers x head dim x bytes per element).",
     )
+    kv_bytes_per_token_config: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 30,
+        description="What llmpack computed from the model's config when the engine's measured KV "
+        "capacity disagreed with it (kv_bytes_per_token then holds the engine's figure).",
+    )
     latent_attention: bool = Field(
         False,
         description="Multi-head latent attention (DeepSeek-V2 style): each layer keeps one latent of "

@@ -99,6 +99,19 @@ class Result:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
+def kv_disagreement(profile: Profile) -> str | None:
+    """A sentence for the status when the engine's measured KV capacity disagreed with llmpack's
+    reading of the model's config (the profile then carries the engine's figure, which sized it)."""
+    model = profile.model
+    if model.kv_bytes_per_token_config is None or model.kv_bytes_per_token_config == model.kv_bytes_per_token:
+        return None
+    return (
+        f"KV cache per token: the engine measured {model.kv_bytes_per_token:,} bytes, llmpack's reading "
+        f"of the model's config gives {model.kv_bytes_per_token_config:,}; the engine's figure sized "
+        "this deployment."
+    )
+
+
 class Reconciler:
     def __init__(self, kube: KubeClient, config: OperatorConfig, cluster: ClusterFacts):
         self.kube = kube
@@ -162,6 +175,9 @@ class Reconciler:
         profile = self._profile(spec, namespace, name, owner, status, generation, events)
         recommendation = self._advise(spec, profile, gpu, generation, status)
         plan, rec_status = self._plan(spec, profile, recommendation, gpu, namespace, name, owner)
+        if (disagreement := kv_disagreement(profile)) is not None:
+            rec_status.explanation = f"{rec_status.explanation} {disagreement}"
+            events.append(("Warning", "KVBytesPerTokenDisagree", disagreement))
         previous, status.recommendation = status.recommendation, rec_status
         st.set_condition(status, st.ADVISED, True, "Advised", rec_status.explanation[:1000], generation)
         # Only a claim template can be left behind (the Deployment and Service keep their names):

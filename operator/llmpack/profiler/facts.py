@@ -138,6 +138,9 @@ def model_facts(
     """ModelFacts from the architecture flags, completed from the model's config (`shape`) or the
     catalogue where they are partial. Raises UserError for a model none of them describes."""
     override = architecture or ArchitectureOverride()
+    arch = find_architecture(model)
+    if shape is None and arch is not None and not override.given:
+        shape = arch.shape()  # the catalogue, read by the same rules as a config.json
     if shape is not None and not override.given:
         return _facts_from_shape(
             model,
@@ -148,7 +151,6 @@ def model_facts(
             weight_bytes=measured_weight_bytes,
             kv_cache_dtype=kv_cache_dtype,
         )
-    arch = find_architecture(model)
     if arch is None and not override.complete:
         if override.given:
             raise UserError(
@@ -250,6 +252,7 @@ def _facts_from_shape(
         weight_bytes=weight_bytes,
         kv_bytes_per_token=shape.kv_bytes_per_token(kv_cache_dtype, dtype),
         latent_attention=shape.mla,
+        num_parameters=arch.num_parameters if arch is not None else None,
         max_model_len=max_model_len,
     )
 

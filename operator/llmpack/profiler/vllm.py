@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmpack.advisor.memory import round_up_to_block
 from llmpack.advisor.model_config import kv_capacity_tokens
-from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
+from llmpack.api.profile import EngineFacts, ModelFacts, Profile, ProfilePoint
 from llmpack.profiler.backend import Backend, BackendError
 from llmpack.profiler.engine_log import StartupFacts, parse_startup_log, root_cause
 from llmpack.profiler.facts import ProfileRequest, gpu_facts
@@ -660,6 +660,11 @@ class VllmBackend(Backend):
         kv_dtype = self.startup.kv_cache_dtype
         if kv_dtype and kv_dtype != "auto":
             model = model.model_copy(update={"kv_cache_dtype": kv_dtype})
+        measured = self.measured_kv_bytes_per_token(model.kv_bytes_per_token)
+        if measured is not None:  # the engine's own figure wins; llmpack's reading is kept beside it
+            model = model.model_copy(
+                update={"kv_bytes_per_token": measured, "kv_bytes_per_token_config": model.kv_bytes_per_token}
+            )
         gpu = gpu_facts(
             self.request.gpu_product,
             # the CUDA total vLLM sized its pool against, as the paper loader records it
@@ -681,7 +686,7 @@ class VllmBackend(Backend):
             non_kv_memory_bytes=self.startup.non_kv_bytes,
             backend="vllm",
             source=f"vllm {self.version or '(version unknown)'}: bench serve, closed loop per batch",
-            notes=[*self.notes, *notes, *self._engine_notes(model.kv_bytes_per_token)],
+            notes=[*self.notes, *notes, *self._engine_notes(model)],
         )
 
     def engine_facts(self) -> EngineFacts:
@@ -703,7 +708,18 @@ class VllmBackend(Backend):
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
         )
 
-    def _engine_notes(self, kv_bytes_per_token: int) -> list[str]:
+    def measured_kv_bytes_per_token(self, computed: int) -> int | None:
+        """Bytes per token the engine's KV capacity implies, when it disagrees with `computed` (what
+        llmpack reads from the model's config): ceil(pool bytes / tokens held), an upper bound of the
+        engine's real figure (it holds whole blocks only). None when they agree or it reported none."""
+        block, reported = self.cache_config.block_size, self.kv_capacity_tokens
+        if not block or not reported:
+            return None
+        if kv_capacity_tokens(self.kv_cache_memory_bytes, computed, block) == reported:
+            return None
+        return math.ceil(self.kv_cache_memory_bytes / reported)
+
+    def _engine_notes(self, model: ModelFacts) -> list[str]:
         notes = []
         absent = sorted(set(self.nvml.absent.values()))
         if absent:
@@ -715,13 +731,11 @@ class VllmBackend(Backend):
                 f"vLLM suggested --kv-cache-memory={self.startup.suggested_kv_cache_bytes} for this model "
                 "at its default memory utilisation"
             )
-        block, reported = self.cache_config.block_size, self.kv_capacity_tokens
-        if block and reported:
-            computed = kv_capacity_tokens(self.kv_cache_memory_bytes, kv_bytes_per_token, block)
-            if computed != reported:
-                notes.append(
-                    f"KV cache: the engine holds {reported} tokens in {self.kv_cache_memory_bytes} bytes, "
-                    f"llmpack's {kv_bytes_per_token} bytes per token predicts {computed}: the engine's "
-                    "capacity is what the advice uses"
-                )
+        if model.kv_bytes_per_token_config is not None:
+            notes.append(
+                f"KV cache: the engine holds {self.kv_capacity_tokens} tokens in "
+                f"{self.kv_cache_memory_bytes} bytes ({model.kv_bytes_per_token} bytes per token); "
+                f"llmpack's reading of the model's config gives {model.kv_bytes_per_token_config}: the "
+                "engine's figure is used"
+            )
         return notes
