@@ -31,6 +31,8 @@ A replica whose server process exits is seen at once (not through its output pip
 engine core and worker processes keep open): the launcher logs it, counts it in
 llmpack_replica_exits_total{replica="i"}, SIGKILLs the processes it left behind (they hold its GPU
 memory) and stops routing to it; /healthz turns 503 so that the liveness probe restarts the pod.
+Orphaned engine processes become the launcher's children (it is PID 1 in its container, and makes
+itself a child subreaper elsewhere), and it reaps them.
 SIGTERM goes to every process of every replica; what still runs after --shutdown-grace is SIGKILLed,
 and the launcher exits only once none is left. A client that hangs up has its request to the
 replica closed, which makes vLLM abort it (llmpack_router_client_disconnects_total).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ from llmpack.launcher.health import probe_health
 TAIL_LINES = 40
 READ_CHUNK_BYTES = 64 * 1024
 GROUP_POLL_S = 0.05
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 class ReplicaStartError(Exception):
@@ -239,3 +241,30 @@ def session_members(session_id: int) -> list[int]:
             if state not in ("Z", "X") and session_id in (int(pgrp), int(session)):
                 members.append(int(stat.parent.name))
     return sorted(members)
+
+
+def become_subreaper() -> bool:
+    """Have the orphans of our replicas (vLLM's engine processes once their API server is gone)
+    reparented to this process, as they are in the serving container, where llmpack is PID 1; then
+    reap_orphans() can collect them and tests see what a pod does. False where Linux refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(keep: set[int]) -> list[int]:
+    """Reap our exited children other than `keep` (the replica servers, which asyncio reaps): as
+    PID 1 or a subreaper we inherit every orphaned engine process, and nothing else collects their
+    exit, so each would stay a zombie until the container ends."""
+    me, reaped = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            pid = int(stat.parent.name)
+            if state == "Z" and int(ppid) == me and pid not in keep:
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        reaped.append(pid)
+    return reaped

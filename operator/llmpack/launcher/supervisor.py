@@ -20,11 +20,12 @@ import aiohttp
 from llmpack.launcher.command import ReplicaCommand
 from llmpack.launcher.health import HealthMonitor
 from llmpack.launcher.metrics import RouterMetrics
-from llmpack.launcher.process import ReplicaProcess, ReplicaStartError
+from llmpack.launcher.process import ReplicaProcess, ReplicaStartError, become_subreaper, reap_orphans
 from llmpack.launcher.replica import Replica, ReplicaState
 from llmpack.launcher.router import Router, upstream_session
 
 log = logging.getLogger("llmpack.launcher")
+REAP_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Launcher:
 
     async def run(self) -> int:
         self._handle_stop_signals()
+        become_subreaper()
+        self._tasks.append(asyncio.create_task(self._reap_periodically()))
         async with upstream_session(self.settings.connect_timeout_s) as session:
             router = Router(self.replicas, session, metrics=self.metrics)
             port = await router.start(self.settings.router_host, self.settings.router_port)
@@ -148,6 +151,7 @@ class Launcher:
                 log.error(
                     "replica %d: processes still running 5 s after SIGKILL: %s", process.index, still_running
                 )
+            self._reap_orphans()
 
     async def _all_exited(self) -> None:
         # asyncio.wait, not gather: cancelling a gather would cancel the exit tasks themselves. The
@@ -179,6 +183,19 @@ class Launcher:
             if code is not None:
                 log.info("replica %d stopped (exit code %s)", process.index, code)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._reap_orphans()
+
+    async def _reap_periodically(self) -> None:
+        """Also later: an engine process that was still exiting (a thread-group leader can only be
+        reaped once all its threads are gone) or that was orphaned at some other time."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        servers = {p.pid for p in self.processes if p.pid is not None}
+        if reaped := reap_orphans(keep=servers):
+            log.info("reaped %d exited replica processes (pids %s)", len(reaped), " ".join(map(str, reaped)))
 
     def _handle_stop_signals(self) -> None:
         loop = asyncio.get_running_loop()

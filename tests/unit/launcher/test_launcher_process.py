@@ -197,6 +197,9 @@ def test_a_dead_server_is_seen_at_once_and_its_helpers_are_killed(launches) -> N
 
     wait_until(lambda: get(launch.url("/healthz"))[0] == 503, timeout_s=3, what="exit seen")
     wait_until(lambda: is_gone(helper), timeout_s=3, what="the dead server's helper killed")
+    # Orphaned, the helper became the launcher's child (as vLLM's engine core becomes the child of
+    # llmpack, PID 1 in its container), which must reap it rather than keep a zombie.
+    wait_until(lambda: not Path(f"/proc/{helper}").exists(), timeout_s=7, what="the helper reaped")
     exits = {
         s.labels["replica"]: s.value
         for f in text_string_to_metric_families(get(launch.url("/metrics"))[1].decode())
@@ -253,3 +256,21 @@ def test_sigterm_during_the_staggered_start_stops_the_starting_replica(launches)
     assert code == 0, output
     assert [e["port"] for e in records(launch.record) if e["event"] == "start"] == [launch.first_port]
     wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
+
+
+def test_an_engine_not_on_path_fails_the_launch_with_a_clear_message() -> None:
+    """`vllm` must resolve on PATH: if it does not, say so (exit 1), rather than a traceback."""
+    launch = subprocess.run(
+        [
+            *(sys.executable, "-m", "llmpack.cli", "launch", "--router-host", "127.0.0.1"),
+            *("--first-port", str(free_port()), "--router-port", str(free_port())),
+            *("--", "no-such-engine-llmpack", "serve", "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert launch.returncode == 1, launch.stderr
+    assert "replica 0 (no-such-engine-llmpack serve m" in launch.stdout + launch.stderr
+    assert "could not be started" in launch.stdout + launch.stderr
+    assert "Traceback" not in launch.stdout + launch.stderr
