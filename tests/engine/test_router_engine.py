@@ -37,7 +37,7 @@ MAX_MODEL_LEN = 2048  # the tiny models' max_position_embeddings
 # A generation far longer than the few seconds a hang-up may take to stop it: one sequence of 1,900
 # tokens takes only ~1.5 s on 2 cores (the tiny model decodes ~1,300 tokens/s alone, ~7,000 in a
 # batch), and reading vLLM's /metrics meanwhile can take over a second, so the request asks for
-# 256 of them (about a minute; the 16 MiB KV cache holds ~17 at a time, the others wait).
+# 256 of them (20 s or more; the 16 MiB KV cache holds ~17 at a time, the others wait).
 LONG = {"max_tokens": 1900, "n": 256, "ignore_eos": True}
 START_TIMEOUT_S = 480.0  # two replicas, one after the other, on a machine shared with other work
 HANG_UP_DEADLINE_S = 10.0  # /metrics answers slowly while the engine is busy
@@ -267,30 +267,45 @@ def generated(replica_url: str) -> float:
     return metric(replica_url, "vllm:generation_tokens")
 
 
-def hang_up_and_measure(
-    conn: http.client.HTTPConnection, replica_url: str, tokens_before: float, what: str
-) -> None:
-    """Close the client's connection while vLLM generates; vLLM must stop within seconds, long
-    before it would have generated what was asked."""
-    conn.close()
-    took = wait_until(
-        lambda: running(replica_url) == 0, HANG_UP_DEADLINE_S, f"{what}: vLLM stops generating", 0.05
-    )
-    tokens = generated(replica_url) - tokens_before
-    asked = LONG["n"] * LONG["max_tokens"]
-    assert tokens < asked / 2, f"{tokens:g} of {asked} tokens generated: the request was not aborted"
-    say(
-        f"{what}: vllm:num_requests_running back to 0 {took:.2f} s after the client hung up, "
-        f"{tokens:g} of the {asked} tokens asked for generated"
-    )
+@dataclass
+class LongRequest:
+    """A completion asking for far more tokens than the test lets it generate."""
+
+    conn: http.client.HTTPConnection
+    replica_urls: list[str]
+    tokens_before: float
+
+    @classmethod
+    def send(cls, launch: Launch, router_url: str, stream: bool) -> LongRequest:
+        conn = http.client.HTTPConnection(router_url.removeprefix("http://"), timeout=60)
+        before = sum(generated(url) for url in launch.replica_urls)
+        payload = completion(launch.model, stream=stream, **LONG)
+        conn.request("POST", "/v1/completions", json.dumps(payload), {"Content-Type": "application/json"})
+        return cls(conn, launch.replica_urls, before)
+
+    def hang_up_and_measure(self, what: str) -> None:
+        """Close the client's connection while vLLM generates; vLLM must stop within seconds, long
+        before it would have generated what was asked."""
+        self.conn.close()
+        took = wait_until(
+            lambda: sum(running(url) for url in self.replica_urls) == 0,
+            HANG_UP_DEADLINE_S,
+            f"{what}: vLLM stops generating",
+            0.05,
+        )
+        tokens = sum(generated(url) for url in self.replica_urls) - self.tokens_before
+        asked = LONG["n"] * LONG["max_tokens"]
+        assert tokens > 0, "the request never ran: the test hung up too early"
+        assert tokens < asked / 2, f"{tokens:g} of {asked} tokens generated: the request was not aborted"
+        say(
+            f"{what}: vllm:num_requests_running back to 0 {took:.2f} s after the client hung up, "
+            f"{tokens:g} of the {asked} tokens asked for generated"
+        )
 
 
 def test_a_client_hanging_up_mid_stream_stops_the_generation(launch, router_only) -> None:
-    tokens_before = [generated(url) for url in launch.replica_urls]
-    conn = http.client.HTTPConnection(router_only.removeprefix("http://"), timeout=60)
-    payload = completion(launch.model, stream=True, **LONG)
-    conn.request("POST", "/v1/completions", json.dumps(payload), {"Content-Type": "application/json"})
-    response = conn.getresponse()
+    request = LongRequest.send(launch, router_only, stream=True)
+    response = request.conn.getresponse()
     assert response.status == 200
     replica = response.getheader("X-LLMPack-Replica")
     chunks = 0
@@ -298,8 +313,7 @@ def test_a_client_hanging_up_mid_stream_stops_the_generation(launch, router_only
         if response.readline().startswith(b"data: "):
             chunks += 1
     response.close()
-    index = int(replica)
-    hang_up_and_measure(conn, launch.replica_urls[index], tokens_before[index], "streaming completion")
+    request.hang_up_and_measure("streaming completion")
 
     # A client leaving is not the replica's failure.
     assert metric(router_only, "llmpack_router_client_disconnects", replica=replica) == 1
@@ -311,20 +325,9 @@ def test_a_client_hanging_up_before_a_plain_answer_stops_the_generation(launch, 
     """Nothing is written to the client before a plain completion is done, so only the router's
     handler being cancelled on the disconnect can tell vLLM."""
     disconnects = metric(router_only, "llmpack_router_client_disconnects")
-    tokens_before = [generated(url) for url in launch.replica_urls]
-    conn = http.client.HTTPConnection(router_only.removeprefix("http://"), timeout=60)
-    payload = completion(launch.model, **LONG)
-    conn.request("POST", "/v1/completions", json.dumps(payload), {"Content-Type": "application/json"})
-    busy: list[int] = []
-
-    def started() -> bool:
-        busy[:] = [i for i, url in enumerate(launch.replica_urls) if running(url) > 0]
-        return bool(busy)
-
-    wait_until(started, 30, "the plain completion running")
-    assert len(busy) == 1, busy
-    (index,) = busy
-    hang_up_and_measure(conn, launch.replica_urls[index], tokens_before[index], "plain completion")
+    request = LongRequest.send(launch, router_only, stream=False)
+    time.sleep(1.0)  # generating by now (its first tokens come within milliseconds)
+    request.hang_up_and_measure("plain completion")
     assert metric(router_only, "llmpack_router_client_disconnects") == disconnects + 1
     assert metric(router_only, "llmpack_router_upstream_errors") == 0
     assert engine.http_get(router_only + "/healthz")[0] == 200
