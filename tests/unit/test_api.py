@@ -30,8 +30,9 @@ def test_minimal_spec_gets_documented_defaults():
     assert spec.gpu.product == "NVIDIA-H100-80GB-HBM3"
     assert spec.gpu.count == 1
     assert spec.profiling.backend == "vllm"
-    # 256 + 256 tokens rounded up to 256
-    assert spec.effective_max_model_len() == 512
+    # no fixed context: the advisor picks the longest the model allows that the KV cache holds
+    assert spec.effective_max_model_len() is None
+    assert spec.workload_tokens() == 512
 
 
 def test_yaml_round_trip_uses_camel_case():

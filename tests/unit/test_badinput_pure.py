@@ -34,7 +34,7 @@ from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
 from llmpack.profiler.simulated import SimulatedBackend
 from llmpack.render.cluster import GPU_REPLICAS_LABEL, ClusterFacts, NodeFacts
 from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
-from llmpack.render.planning import profile_key
+from llmpack.render.planning import profile_key, profiling_max_model_len
 
 pytestmark = pytest.mark.badinput
 
@@ -479,7 +479,8 @@ def simulated_profile(spec: LLMDeploymentSpec) -> Profile:
         model=spec.model.name,
         gpu_product=spec.gpu.product,
         dtype=spec.model.dtype,
-        max_model_len=spec.effective_max_model_len(),
+        # the context the Job is given; without one, the profiler's own default by the same rule
+        max_model_len=profiling_max_model_len(spec) or spec.workload_tokens(),
         prompt_tokens=spec.workload.prompt_tokens,
         output_tokens=spec.workload.output_tokens,
         revision=spec.model.revision,

@@ -17,7 +17,7 @@ from llmpack.api.profile import Profile
 from llmpack.cli import UserError, main
 from llmpack.profiler import cli as profile_cli
 from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import profiling_plan
+from llmpack.render.planning import profiling_max_model_len, profiling_plan
 
 
 def profile_cmd(capsys, *args: str) -> tuple[int, str, str]:
@@ -133,7 +133,8 @@ def test_arguments_the_operator_renders_are_understood():
     )
     assert facts.revision == "v2"
     assert profile_cli.parse_candidates(args.candidates) == spec.advisor.candidate_batch_sizes
-    assert request.max_model_len == spec.effective_max_model_len()
+    # no maxModelLen and a model the catalogue does not know: the typical request, rounded up
+    assert request.max_model_len == profiling_max_model_len(spec) == 512
 
 
 def test_unknown_model_without_architecture(capsys, tmp_path):
@@ -184,7 +185,18 @@ PAPER = ["--backend", "paper", "--paper-model", "opt-1.3b"]
         ([*PAPER, "--output-len", "100"], "not 100"),
         ([*PAPER, "--candidates", "1,two"], "'two' is not a whole"),
         ([*PAPER, "--candidates", "0,1"], "at least 1"),
-        ([*SIMULATED, "--prompt-tokens", "2000", "--output-tokens", "100"], "exceed --max-model-len 2048"),
+        (
+            [*SIMULATED, "--prompt-tokens", "2000", "--output-tokens", "100"],
+            "2,100 tokens exceed the 2,048 tokens of context facebook/opt-1.3b allows",
+        ),
+        (
+            [*SIMULATED, "--prompt-tokens", "20", "--output-tokens", "10", "--max-model-len", "4096"],
+            "--max-model-len 4,096 exceeds the 2,048 tokens of context facebook/opt-1.3b allows",
+        ),
+        (
+            [*SIMULATED, "--prompt-tokens", "200", "--output-tokens", "100", "--max-model-len", "256"],
+            "exceed --max-model-len 256",
+        ),
         (
             [*SIMULATED, "--prompt-tokens", "200", "--output-tokens", "100", "--output-len", "130"],
             "belong to --backend paper",

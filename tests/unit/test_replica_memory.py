@@ -28,6 +28,7 @@ from llmpack.render.planning import (
     ReplicaDoesNotFit,
     candidates,
     choose,
+    profiling_max_model_len,
     replica_memory,
 )
 
@@ -79,7 +80,7 @@ def simulated_profile(spec: LLMDeploymentSpec):
         model=spec.model.name,
         gpu_product=spec.gpu.product,
         dtype=spec.model.dtype,
-        max_model_len=spec.effective_max_model_len(),
+        max_model_len=profiling_max_model_len(spec),  # the context the profiling Job is given
         prompt_tokens=spec.workload.prompt_tokens,
         output_tokens=spec.workload.output_tokens,
         architecture=ArchitectureOverride(),

@@ -125,7 +125,7 @@ def kv_budget(
     prompt_tokens: int,
     output_tokens: int,
     bytes_per_token: int,
-    max_model_len: int,
+    max_model_len: int | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     measured_peak_tokens: int | None = None,
 ) -> KVBudget:
@@ -133,7 +133,9 @@ def kv_budget(
     - `batch` sequences of prompt+output tokens, each rounded up to whole blocks;
     - the peak the profile measured at that batch (lengths vary around the mean, so the real
       peak can exceed batch x mean);
-    - one sequence of `max_model_len` tokens, which vLLM refuses to start without (FACTS 1.1)."""
+    - one sequence of `max_model_len` tokens, which vLLM refuses to start without (FACTS 1.1),
+      when the context is fixed. Left out (None), the pool is sized by the batch alone and the
+      context follows from it (`context_for_pool`)."""
     candidates = [
         (
             kv_tokens_for_batch(batch, prompt_tokens, output_tokens, block_size),
@@ -144,11 +146,64 @@ def kv_budget(
         candidates.append(
             (round_up_to_block(measured_peak_tokens, block_size), f"peak KV use measured at batch {batch}")
         )
-    candidates.append(
-        (round_up_to_block(max_model_len, block_size), f"one sequence of --max-model-len {max_model_len}")
-    )
+    if max_model_len is not None:
+        candidates.append(
+            (round_up_to_block(max_model_len, block_size), f"one sequence of --max-model-len {max_model_len}")
+        )
     tokens, sizing = max(candidates, key=lambda c: c[0])
     return KVBudget(tokens=tokens, bytes=tokens * bytes_per_token, sizing=sizing)
+
+
+def context_for_pool(model_limit: int, pool_tokens: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """--max-model-len when the user fixes none: the longest context the model allows that the KV
+    pool holds, min(the model's limit, the pool's tokens rounded down to whole blocks). The pool is
+    sized by the batch; the context follows from it and never grows it. vLLM starts only when the
+    pool holds one sequence of --max-model-len (FACTS 1.1), which this keeps true."""
+    if model_limit < 1 or pool_tokens < block_size or block_size < 1:
+        raise ValueError("the model's limit and the block size must be at least 1, the pool a block")
+    return min(model_limit, pool_tokens // block_size * block_size)
+
+
+def profiling_max_model_len(
+    model_limit: int, prompt_tokens: int, output_tokens: int, largest_batch: int
+) -> int:
+    """--max-model-len of a profiling run whose context nobody fixed: the same rule as serving
+    (`context_for_pool`) on the profiling run's pool, which holds at least `largest_batch` requests
+    of the workload (profiler/vllm.py profiling_kv_cache_bytes): the model's limit, or less where
+    that pool holds less. A 1M-token model is then profiled without a 1M-token pool."""
+    return min(model_limit, max(largest_batch, 1) * (prompt_tokens + output_tokens))
+
+
+def context_problem(
+    model: str,
+    limit: int,
+    source: str,
+    *,
+    length: tuple[int, str] | None,
+    workload: tuple[int, str],
+    workload_fix: str = "the workload",
+) -> str | None:
+    """Why vLLM would refuse a fixed context (`length`: tokens and the name of the field or flag
+    that fixed it), or reject every typical request (`workload`: prompt + output tokens and how
+    to name them), for a model that allows `limit` tokens (`source`: where that figure comes
+    from); None when it would do neither. One wording for the operator's refusal before
+    profiling, the profiler's own and the advisor's."""
+    allows = f"the {limit:,} tokens of context {model} allows ({source})"
+    if length is not None and length[0] > limit:
+        value, name = length
+        return (
+            f"{name} {value:,} exceeds {allows}: vLLM refuses to start with a longer --max-model-len. "
+            f"Lower {name} to at most {limit}, or leave it unset for the longest context the model "
+            "allows that the KV cache holds"
+        )
+    tokens, named = workload
+    if tokens > limit:
+        return (
+            f"{named} = {tokens:,} tokens exceed {allows}: vLLM would reject every such request. "
+            f"Shorten {workload_fix} to at most {limit:,} tokens in all, or serve a model with a "
+            "longer context"
+        )
+    return None
 
 
 def estimate_non_kv_bytes(weight_bytes: int, max_num_seqs: int, vocab_size: int | None = None) -> int:

@@ -68,7 +68,24 @@ _KV_HEAD_KEYS = (
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _HEAD_KEYS = ("num_attention_heads", "n_head")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+# vllm 0.32 model_arch_config_convertor.py::derive_max_model_len_and_key: the smallest of these
+# that is set, and model_max_length wins when set.
+_POSITION_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+# RoPE types whose `factor` vLLM does not apply to that length again (vllm/config/model.py
+# _get_and_verify_max_len): their max_position_embeddings is already the scaled one.
+_ROPE_TYPES_ALREADY_SCALED = frozenset(
+    {"default", "su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+)
 
 
 class ModelConfigError(ValueError):
@@ -172,12 +189,45 @@ def model_shape(config: Mapping[str, Any]) -> ModelShape:
         head_dim=head_dim,
         hidden_size=hidden,
         vocab_size=_positive_int(cfg.get("vocab_size")),
-        max_position_embeddings=_positive_int(_first(cfg, _POSITION_KEYS)),
+        max_position_embeddings=context_limit(cfg),
         dtype=str(dtype) if dtype else None,
         mla=mla,
         kv_lora_rank=kv_lora_rank if mla else None,
         qk_rope_head_dim=rope if mla else None,
     )
+
+
+def context_limit(config: Mapping[str, Any]) -> int | None:
+    """The longest --max-model-len vLLM accepts for a model (vllm 0.32 `_get_and_verify_max_len`
+    without VLLM_ALLOW_LONG_MAX_MODEL_LEN): the smallest of the config's length keys, or its
+    model_max_length when set, times the RoPE scaling factor of the RoPE types that scale it
+    (linear, dynamic; not yarn or llama3, whose length is already the scaled one). None when the
+    config names no length (vLLM then assumes 2,048)."""
+    cfg = text_config(config)
+    lengths = [v for key in _POSITION_KEYS if (v := _positive_int(cfg.get(key))) is not None]
+    if not lengths:
+        return None
+    derived = _positive_int(cfg.get("model_max_length")) or min(lengths)
+    model_type = str(cfg.get("model_type") or config.get("model_type") or "")
+    factor = 1.0
+    if "gemma3" not in model_type:  # vLLM: Gemma3's length is already scaled
+        for rope in _rope_parameters(cfg):
+            kind = rope.get("rope_type") or rope.get("type") or "default"
+            scale = rope.get("factor")
+            if kind not in _ROPE_TYPES_ALREADY_SCALED and isinstance(scale, int | float) and scale > 0:
+                factor = float(scale)
+    return int(derived * factor)
+
+
+def _rope_parameters(cfg: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The RoPE settings of a config: `rope_parameters` (transformers 5, possibly one per layer
+    type) or `rope_scaling` (older configs)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    if not isinstance(rope, Mapping):
+        return []
+    if "rope_type" in rope or "type" in rope or "factor" in rope:
+        return [rope]
+    return [v for v in rope.values() if isinstance(v, Mapping)]
 
 
 def kv_capacity_tokens(kv_cache_memory_bytes: int, kv_bytes_per_token: int, block_size: int) -> int:

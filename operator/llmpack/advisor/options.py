@@ -37,7 +37,18 @@ class AdvisorOptions(BaseModel):
     max_replicas_per_gpu: int = Field(8, ge=1, le=MPS_MAX_CLIENTS)
     prompt_tokens: int | None = Field(None, ge=1, description="Default: the profile's workload.")
     output_tokens: int | None = Field(None, ge=1, description="Default: the profile's workload.")
-    max_model_len: int | None = Field(None, ge=1, description="Default: the profiled --max-model-len.")
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Fixed --max-model-len: the KV cache grows to hold one such sequence. Default: the "
+        "longest context the model allows that the KV cache sized for B_opt holds.",
+    )
+    context_limit: int | None = Field(
+        None,
+        ge=1,
+        description="The model's own context limit where the profile records none (e.g. "
+        "spec.model.architecture.maxPositionEmbeddings); the profile's, read from config.json, wins.",
+    )
     max_num_seqs: int | None = Field(None, ge=1, description="Fixed batch size: skips the choice of B_opt.")
     replicas_per_gpu: int | None = Field(
         None, ge=1, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."

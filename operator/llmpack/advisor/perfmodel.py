@@ -658,14 +658,14 @@ def default_max_num_seqs(gpu: GPU) -> int:
 
 def replica_memory_bytes(profile: Profile, batch: int) -> int:
     """Memory one replica sized for `batch` needs: non-KV memory + a KV cache for `batch` sequences
-    of the profile's prompt + output (the advisor's memory model, advisor/memory.py)."""
+    of the profile's prompt + output (the advisor's memory model, advisor/memory.py; the context
+    follows from that pool, so the profiled --max-model-len does not size it)."""
     model, workload = profile.model, profile.workload
     budget = memory.kv_budget(
         batch=batch,
         prompt_tokens=workload.prompt_tokens,
         output_tokens=workload.output_tokens,
         bytes_per_token=model.kv_bytes_per_token,
-        max_model_len=model.max_model_len,
         block_size=profile.block_size,
     )
     return memory.non_kv_memory(profile, batch).bytes + budget.bytes

@@ -6,7 +6,10 @@ points --(bca)--> B_opt --(memory)--> KV cache and per-replica memory
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llmpack.advisor import bca, memory, packing
+from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.advisor.options import AdvisorOptions
@@ -61,7 +64,18 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
     # 2. The KV cache and the memory of one replica -----------------------------------------
     prompt = options.prompt_tokens or profile.workload.prompt_tokens
     output = options.output_tokens or profile.workload.output_tokens
-    max_model_len = options.max_model_len or model.max_model_len
+    fixed_len = options.max_model_len
+    limit = _context_limit(profile, options)
+    if limit.known:
+        problem = memory.context_problem(
+            model.name,
+            limit.tokens,
+            limit.source,
+            length=(fixed_len, "--max-model-len") if fixed_len is not None else None,
+            workload=(prompt + output, f"the typical request's {prompt} + {output} tokens"),
+        )
+        if problem is not None:
+            raise AdvisorError(problem)
     same_workload = (prompt, output) == (profile.workload.prompt_tokens, profile.workload.output_tokens)
     measured_peak = _measured_peak_tokens(profile, b_opt) if same_workload else None
     budget = memory.kv_budget(
@@ -69,7 +83,7 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         prompt_tokens=prompt,
         output_tokens=output,
         bytes_per_token=model.kv_bytes_per_token,
-        max_model_len=max_model_len,
+        max_model_len=fixed_len,  # None: the pool is sized by the batch; the context follows it
         block_size=profile.block_size,
         measured_peak_tokens=measured_peak,
     )
@@ -78,6 +92,18 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         budget, non_kv.bytes, target, measured_peak, model.kv_bytes_per_token, profile.block_size
     )
     per_replica = non_kv.bytes + budget.bytes
+    if fixed_len is not None:
+        max_model_len = fixed_len
+        context_text = (
+            f"Requests may hold up to {fixed_len:,} tokens (prompt + output; --max-model-len as fixed, "
+            f"{limit.describe()}); the KV cache holds at least one such request."
+        )
+    else:
+        max_model_len = memory.context_for_pool(limit.tokens, budget.tokens, profile.block_size)
+        context_text = (
+            f"Requests may hold up to {max_model_len:,} tokens (prompt + output; --max-model-len): "
+            f"{limit.describe()} and one replica's KV cache holds {budget.tokens:,}."
+        )
 
     # 3. Packing -----------------------------------------------------------------------------
     packed = packing.pack_replicas(
@@ -123,6 +149,7 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
             f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one replica "
             f"needs {per_replica / GIB:.2f} GiB.",
+            context_text,
             f"{packed.replicas_per_gpu} replica{'s fit' if packed.replicas_per_gpu != 1 else ' fits'} on one "
             f"{target.product} (limited by {packed.limited_by}), each with "
             f"--gpu-memory-utilization {packed.gpu_memory_utilization:.3f}.",
@@ -172,6 +199,36 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         explanation=explanation,
         notes=notes,
     )
+
+
+@dataclass(frozen=True)
+class ContextLimit:
+    """The longest context the model allows, as far as the advisor can tell."""
+
+    tokens: int
+    source: str  # where the figure comes from, for people
+    known: bool  # False: the model's own limit is unknown and `tokens` is the profiled context
+
+    def describe(self) -> str:
+        if self.known:
+            return f"the model allows {self.tokens:,}"
+        return f"the model's own limit is unknown, so no more than the {self.tokens:,} it was profiled with"
+
+
+def _context_limit(profile: Profile, options: AdvisorOptions) -> ContextLimit:
+    """The model's context limit: what the profiler read from its config.json (vLLM's rules) or
+    the catalogue, else the caller's (spec.model.architecture), else the catalogue's for its name,
+    else the context it was profiled with (which the engine accepted)."""
+    model = profile.model
+    if model.max_position_embeddings is not None:
+        return ContextLimit(model.max_position_embeddings, "as its profile records", True)
+    if options.context_limit is not None:
+        return ContextLimit(options.context_limit, "as given", True)
+    arch = find_architecture(model.name)
+    if arch is not None:
+        catalogue = "max_position_embeddings in llmpack's catalogue"
+        return ContextLimit(arch.max_position_embeddings, catalogue, True)
+    return ContextLimit(model.max_model_len, "the profiled --max-model-len", False)
 
 
 def _slos_broken_at(profile: Profile, batch: int, options: AdvisorOptions) -> str:

@@ -79,7 +79,10 @@ class Architecture(CamelModel):
         description="Bytes of the weights as served (parameters x bytes per parameter of the dtype)."
     )
     max_position_embeddings: PositiveInt | None = Field(
-        None, description="Longest sequence the model supports (max_position_embeddings)."
+        None,
+        description="Longest sequence the model supports (config.json max_position_embeddings, "
+        "times a linear or dynamic RoPE scaling factor, as vLLM reads it). The operator refuses "
+        "a longer model.maxModelLen or workload before profiling, and caps the default context at it.",
     )
 
 
@@ -93,8 +96,13 @@ class ModelSpec(CamelModel):
     )
     max_model_len: PositiveInt | None = Field(
         None,
-        description="Longest prompt+output in tokens (vLLM --max-model-len). Default: the "
-        "workload's prompt+output tokens rounded up to a multiple of 256.",
+        description="Longest prompt + output one request may have, in tokens (vLLM --max-model-len); "
+        "at most what the model allows (its config.json's max_position_embeddings, read as vLLM "
+        "does): a longer one is refused before profiling where the operator knows the model's "
+        "limit, else by the profiler. Default: the longest context the model allows that one "
+        "replica's KV cache holds; that cache is sized for B_opt typical requests (workload), so "
+        "the default never enlarges it (status.recommendation.maxModelLen and its explanation say "
+        "the value). Set it to reserve KV cache for one request this long on top.",
     )
     architecture: Architecture | None = Field(
         None, description="Shape of the model when it is not in the operator's built-in catalogue."
@@ -485,11 +493,16 @@ class LLMDeploymentSpec(CamelModel):
             raise ValueError("model.maxModelLen must hold workload.promptTokens + workload.outputTokens")
         return self
 
-    def effective_max_model_len(self) -> int:
-        if self.model.max_model_len is not None:
-            return self.model.max_model_len
-        needed = self.workload.prompt_tokens + self.workload.output_tokens
-        return -(-needed // 256) * 256
+    def effective_max_model_len(self) -> int | None:
+        """The --max-model-len the user fixed, or None: the advisor then serves the longest
+        context the model allows that one replica's KV cache (sized for B_opt typical requests)
+        holds, and profiling runs by the same rule (render/planning.py profiling_max_model_len).
+        That default is no function of the spec alone: it follows the model's limit and B_opt."""
+        return self.model.max_model_len
+
+    def workload_tokens(self) -> int:
+        """Prompt + output tokens of the typical request."""
+        return self.workload.prompt_tokens + self.workload.output_tokens
 
 
 # --- status -----------------------------------------------------------------------------------

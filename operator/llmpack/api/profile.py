@@ -84,6 +84,13 @@ class ModelFacts(ProfileModel):
         "head_dim (kv_lora_rank + qk_rope_head_dim) elements per token, num_kv_heads is 1.",
     )
     max_model_len: int = Field(ge=1, le=MAX_TOKENS, description="--max-model-len of the profiled runs.")
+    max_position_embeddings: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="The longest context the model allows (the most --max-model-len vLLM accepts): "
+        "derived from its config.json by vLLM's rules, else the built-in catalogue's. None: unknown.",
+    )
 
 
 class GPUFacts(ProfileModel):

@@ -50,6 +50,8 @@ from llmpack.render.planning import (
     PlanningError,
     candidates,
     choose,
+    context_refusal,
+    known_context_limit,
     profile_key,
     profiling_plan,
     recommendation_status,
@@ -205,6 +207,12 @@ class Reconciler:
         return gpu.with_reported_memory(reported) if reported else gpu
 
     def _check_model(self, spec: LLMDeploymentSpec) -> None:
+        # Before any profiling Job: vLLM refuses a --max-model-len beyond the model's limit, and
+        # rejects every request longer than it (where the operator knows the limit; else the
+        # profiler refuses with the same words once it has read the model's config.json).
+        refusal = context_refusal(spec)
+        if refusal is not None:
+            raise Blocked("Failed", st.PROGRESSING, "ContextTooLong", refusal)
         # The vllm profiler reads the model's own config.json where it runs (a local path in the
         # profiler's image or volume, or the Hub), so only the simulated backend needs a shape here.
         if spec.profiling.backend == "vllm":
@@ -466,6 +474,7 @@ class Reconciler:
             prompt_tokens=spec.workload.prompt_tokens,
             output_tokens=spec.workload.output_tokens,
             max_model_len=spec.effective_max_model_len(),
+            context_limit=known[0] if (known := known_context_limit(spec)) else None,
             max_num_seqs=spec.advisor.max_num_seqs,
             replicas_per_gpu=spec.advisor.replicas_per_gpu,
         )

@@ -33,15 +33,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from llmpack.advisor.architectures import PAPER_MODELS, find_architecture
+from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA
+from llmpack.advisor.memory import profiling_max_model_len
 from llmpack.advisor.model_config import ModelConfigError, model_shape
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
 from llmpack.api.profile import Profile
 from llmpack.cli import UserError
 from llmpack.profiler.backend import Backend, BackendError
-from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest, model_context_limit
 from llmpack.profiler.model_files import load_model_config
 from llmpack.profiler.publish import (
     DEFAULT_TERMINATION_LOG,
@@ -56,6 +57,7 @@ from llmpack.profiler.publish import (
 from llmpack.profiler.sweep import SWEEP_MODES, Measurement, SweepResult, run_sweep
 
 BACKENDS = ("vllm", "simulated", "paper")
+VLLM_ASSUMED_CONTEXT = 2048  # vllm/config/model.py: a config naming no length
 MAX_CANDIDATES = 64
 
 
@@ -78,7 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--gpu", metavar="PRODUCT", help="the GPU's nvidia.com/gpu.product label value")
     run.add_argument("--dtype", default="auto", metavar="DTYPE", help="weight dtype (default auto)")
     run.add_argument(
-        "--max-model-len", type=int, metavar="N", help="context length (default: the model's own)"
+        "--max-model-len",
+        type=int,
+        metavar="N",
+        help="context length (default: the model's own limit, or what the largest candidate batch "
+        "of the workload needs where that is less: the same rule as serving, see advisor/memory.py)",
     )
     run.add_argument("--prompt-tokens", type=int, metavar="N", help="prompt length of every request")
     run.add_argument("--output-tokens", type=int, metavar="N", help="output length of every request")
@@ -197,16 +203,22 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
     max_model_len = args.max_model_len
     if max_model_len is None:
         shape = model_shape(config) if config is not None else None
-        arch = find_architecture(args.model)
-        if shape is not None and shape.max_position_embeddings:
-            max_model_len = shape.max_position_embeddings
-        elif arch is not None:
-            max_model_len = arch.max_position_embeddings
-        else:
+        limit, _ = model_context_limit(args.model, shape)
+        if limit is None and shape is not None:
+            limit = VLLM_ASSUMED_CONTEXT  # what vLLM assumes of a config that names no length
+        if limit is None:
             raise UserError(
                 f"--max-model-len is needed: neither a config.json nor the catalogue gives "
                 f"{args.model!r}'s context length"
             )
+        largest = max(parse_candidates(args.candidates) or DEFAULT_CANDIDATE_BATCH_SIZES)
+        # The longest context the model allows that the run's pool (sized for the largest batch of
+        # the workload) holds; a workload beyond the model's limit is refused by ProfileRequest.
+        max_model_len = (
+            profiling_max_model_len(limit, args.prompt_tokens, args.output_tokens, largest)
+            if args.prompt_tokens + args.output_tokens <= limit
+            else limit
+        )
     return ProfileRequest(
         model=args.model,
         gpu_product=args.gpu,

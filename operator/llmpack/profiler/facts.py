@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpack.advisor.architectures import find_architecture
-from llmpack.advisor.memory import dtype_bytes, kv_bytes_per_token
+from llmpack.advisor.memory import context_problem, dtype_bytes, kv_bytes_per_token
 from llmpack.advisor.model_config import ModelConfigError, ModelShape, model_shape
 from llmpack.api.profile import GPUFacts, ModelFacts, WorkloadShape
 from llmpack.cli import UserError
@@ -70,6 +70,11 @@ class ProfileRequest:
         return flag_value(self.engine_args, "--kv-cache-dtype") or "auto"
 
     @property
+    def context_limit(self) -> tuple[int | None, str]:
+        """The longest context the model allows, and where that comes from (`model_context_limit`)."""
+        return model_context_limit(self.model, self.shape)
+
+    @property
     def shape(self) -> ModelShape | None:
         """The model's shape by vLLM's rules from its config, if it was read."""
         if self.config is None:
@@ -93,6 +98,21 @@ class ProfileRequest:
         ):
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
+        limit, source = self.context_limit
+        if limit is not None:
+            problem = context_problem(
+                self.model,
+                limit,
+                source,
+                length=(self.max_model_len, "--max-model-len"),
+                workload=(
+                    self.prompt_tokens + self.output_tokens,
+                    f"--prompt-tokens {self.prompt_tokens} + --output-tokens {self.output_tokens}",
+                ),
+                workload_fix="the workload (spec.workload)",
+            )
+            if problem is not None:
+                raise UserError(problem)
         if self.prompt_tokens + self.output_tokens > self.max_model_len:
             raise UserError(
                 f"--prompt-tokens {self.prompt_tokens} + --output-tokens {self.output_tokens} exceed "
@@ -124,6 +144,20 @@ class ProfileRequest:
         return WorkloadShape(prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens, **extra)
 
 
+def model_context_limit(model: str, shape: ModelShape | None) -> tuple[int | None, str]:
+    """The longest context `model` allows (the most --max-model-len vLLM accepts) and where the
+    figure comes from: its config.json read by vLLM's rules, else llmpack's catalogue; (None, "")
+    when neither names one (vLLM then assumes 2,048 and accepts any --max-model-len given)."""
+    if shape is not None:
+        if shape.max_position_embeddings:
+            return shape.max_position_embeddings, "derived from its config.json as vLLM does"
+        return None, ""
+    arch = find_architecture(model)
+    if arch is not None:
+        return arch.max_position_embeddings, "max_position_embeddings in llmpack's catalogue"
+    return None, ""
+
+
 def model_facts(
     model: str,
     *,
@@ -138,6 +172,7 @@ def model_facts(
     """ModelFacts from the architecture flags, completed from the model's config (`shape`) or the
     catalogue where they are partial. Raises UserError for a model none of them describes."""
     override = architecture or ArchitectureOverride()
+    limit, _ = model_context_limit(model, shape)
     arch = find_architecture(model)
     if shape is None and arch is not None and not override.given:
         shape = arch.shape()  # the catalogue, read by the same rules as a config.json
@@ -185,6 +220,7 @@ def model_facts(
         ),
         kv_cache_dtype=None if kv_cache_dtype == "auto" else kv_cache_dtype,
         max_model_len=max_model_len,
+        max_position_embeddings=limit,
     )
     if (
         arch is not None
@@ -254,6 +290,7 @@ def _facts_from_shape(
         latent_attention=shape.mla,
         num_parameters=arch.num_parameters if arch is not None else None,
         max_model_len=max_model_len,
+        max_position_embeddings=shape.max_position_embeddings,
     )
 
 

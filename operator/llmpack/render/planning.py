@@ -11,6 +11,8 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmpack.advisor import memory
+from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import MIB, gpu_memory_utilization_for
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
 from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus, SLOSpec
@@ -198,6 +200,73 @@ def effective_sweep(spec: LLMDeploymentSpec) -> str:
     return spec.profiling.sweep if defaults else "exhaustive"
 
 
+# Context of a profiling run when neither the spec nor what the operator knows of the model fixes
+# one (simulated backend, model outside the catalogue without architecture.maxPositionEmbeddings):
+# the typical request rounded up, which is all the run needs.
+PROFILING_CONTEXT_ROUNDING = 256
+
+
+def known_context_limit(spec: LLMDeploymentSpec) -> tuple[int, str] | None:
+    """The longest context the model allows, where the operator knows it before profiling, and
+    where that figure comes from: spec.model.architecture.maxPositionEmbeddings, else the built-in
+    catalogue. None for other models: the profiler reads their limit from config.json."""
+    arch = spec.model.architecture
+    if arch is not None and arch.max_position_embeddings is not None:
+        return arch.max_position_embeddings, "spec.model.architecture.maxPositionEmbeddings"
+    known = find_architecture(spec.model.name)
+    if known is not None:
+        return (
+            known.max_position_embeddings,
+            "max_position_embeddings of its config.json, from llmpack's catalogue",
+        )
+    return None
+
+
+def context_refusal(spec: LLMDeploymentSpec) -> str | None:
+    """Why vLLM would refuse this spec's context, said before anything is profiled: a
+    model.maxModelLen or a typical request (workload) longer than the model allows. None when
+    neither is, or when the operator does not know the model's limit (the profiler then refuses
+    with the same words)."""
+    known = known_context_limit(spec)
+    if known is None:
+        return None
+    limit, source = known
+    fixed = spec.model.max_model_len
+    workload = spec.workload
+    return memory.context_problem(
+        spec.model.name,
+        limit,
+        source,
+        length=(fixed, "model.maxModelLen") if fixed is not None else None,
+        workload=(
+            spec.workload_tokens(),
+            f"workload.promptTokens {workload.prompt_tokens} + "
+            f"workload.outputTokens {workload.output_tokens}",
+        ),
+        workload_fix="the workload",
+    )
+
+
+def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
+    """--max-model-len of the profiling run: model.maxModelLen where set; else the serving rule
+    (the longest context the model allows that the run's KV pool holds; that pool is sized for the
+    largest candidate batch of the workload, advisor/memory.py profiling_max_model_len) where the
+    operator knows the model's limit; else None for the vllm backend, whose profiler applies the
+    same rule with the limit of the model's config.json; else (simulated, limit unknown) the
+    typical request rounded up to 256. The profile key hashes this value."""
+    if spec.model.max_model_len is not None:
+        return spec.model.max_model_len
+    known = known_context_limit(spec)
+    prompt, output = spec.workload.prompt_tokens, spec.workload.output_tokens
+    if known is not None:
+        return memory.profiling_max_model_len(
+            known[0], prompt, output, max(spec.advisor.candidate_batch_sizes)
+        )
+    if spec.profiling.backend == "vllm":
+        return None
+    return memory.round_up_to_block(prompt + output, PROFILING_CONTEXT_ROUNDING)
+
+
 def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
     """Hash of everything that changes a measurement. Serving-only fields are deliberately out:
     changing them rolls the pods without profiling again."""
@@ -206,7 +275,7 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
         "revision": spec.model.revision,
         "dtype": spec.model.dtype,
         "architecture": spec.model.architecture.to_k8s() if spec.model.architecture else None,
-        "maxModelLen": spec.effective_max_model_len(),
+        "maxModelLen": profiling_max_model_len(spec),
         "gpu": spec.gpu.product,
         "mig": spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
         "engine": profiler_image,
@@ -234,6 +303,7 @@ def profiling_plan(
 ) -> ProfilingPlan:
     """The profiling Job for `spec`; `dra`: take the GPU through a DRA claim (the caller knows
     whether the device plugin offers the product at all)."""
+    context = profiling_max_model_len(spec)
     args = [
         "--backend",
         spec.profiling.backend,
@@ -243,8 +313,8 @@ def profiling_plan(
         spec.gpu.product,
         "--dtype",
         spec.model.dtype,
-        "--max-model-len",
-        str(spec.effective_max_model_len()),
+        # none: the profiler takes the model's limit from its config.json, by the same rule
+        *(["--max-model-len", str(context)] if context is not None else []),
         "--prompt-tokens",
         str(spec.workload.prompt_tokens),
         "--output-tokens",
