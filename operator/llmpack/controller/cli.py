@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 
 from llmpack.cli import UserError
 
@@ -29,12 +30,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=os.environ.get("LLMPACK_LOG_LEVEL", "INFO"))
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0: off")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
-    parser.add_argument(
-        "--peering",
-        default=None,
-        help="kopf peering object for running several operator replicas (one is active); default standalone",
+    election = parser.add_argument_group(
+        "leader election",
+        "several replicas: one leads (a coordination.k8s.io/v1 Lease, client-go's semantics) and "
+        "reconciles, the others stand by with warm caches; a leader that loses the lease exits",
     )
-    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="take part in leader election before reconciling (default off; the Helm chart turns it on)",
+    )
+    election.add_argument(
+        "--leader-elect-lease-name", default="llmpack-operator", help="the Lease (default llmpack-operator)"
+    )
+    election.add_argument(
+        "--leader-elect-lease-namespace",
+        default=None,
+        help="namespace of the Lease (default: --operator-namespace)",
+    )
+    election.add_argument(
+        "--leader-elect-identity",
+        default=None,
+        help="this candidate's holderIdentity (default: hostname_uuid, new at every start)",
+    )
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=duration,
+        default=15.0,
+        help="how long standbys wait after the last renewal they saw before taking over (default 15s)",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=duration,
+        default=10.0,
+        help="how long the leader keeps trying to renew before it stops leading (default 10s)",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=duration,
+        default=2.0,
+        help="time between attempts to acquire or renew (default 2s)",
+    )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """A Go-style duration (15s, 1m30s, 500ms) or plain seconds, in seconds."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 15s, 1m30s or 500ms") from None
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,8 +111,25 @@ def run(args: argparse.Namespace) -> int:
         config.profiler_image = args.profiler_image
     if args.serving_image:
         config.serving_image = args.serving_image
+    election = None
+    client_class = KubeClient
+    if args.leader_elect:
+        from llmpack.controller.leader import FencedKubeClient, LeaderElectionConfig, default_identity
+
+        client_class = FencedKubeClient  # writes refused unless leading
+        try:
+            election = LeaderElectionConfig(
+                lease_name=args.leader_elect_lease_name,
+                lease_namespace=args.leader_elect_lease_namespace or args.operator_namespace,
+                identity=args.leader_elect_identity or default_identity(),
+                lease_duration=args.leader_elect_lease_duration,
+                renew_deadline=args.leader_elect_renew_deadline,
+                retry_period=args.leader_elect_retry_period,
+            )
+        except ValueError as err:
+            raise UserError(f"leader election: {err}") from err
     try:
-        kube = KubeClient.from_config(args.kubeconfig)
+        kube = client_class.from_config(args.kubeconfig)
     except Exception as err:  # the config loaders raise several unrelated types
         raise UserError(
             f"cannot load Kubernetes credentials ({err}); set --kubeconfig or KUBECONFIG"
@@ -65,13 +138,6 @@ def run(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    state = OperatorState(kube=kube, config=config, workers=args.workers)
-    run_operator(
-        state,
-        namespaces=args.namespace,
-        standalone=args.peering is None,
-        liveness=args.liveness or None,
-        peering=args.peering,
-        priority=args.priority,
-    )
+    state = OperatorState(kube=kube, config=config, workers=args.workers, leader_election=election)
+    run_operator(state, namespaces=args.namespace, liveness=args.liveness or None)
     return 0

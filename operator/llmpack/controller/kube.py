@@ -84,6 +84,9 @@ class KubeError(Exception):
     status: int
     reason: str
     message: str
+    # Seconds the API server asked us to wait (Retry-After on a 429 or 503, or the Status's
+    # details.retryAfterSeconds); the work queue never retries sooner.
+    retry_after: float | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.message}"
@@ -95,6 +98,15 @@ class KubeError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+
+def _retry_after_seconds(value: Any) -> float | None:
+    """Retry-After in seconds (the API server sends whole seconds, never an HTTP date)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < 86400 else None
 
 
 def path_for(kind: str, namespace: str | None = None, name: str | None = None, api_version: str = "") -> str:
@@ -154,23 +166,27 @@ class KubeClient:
         try:
             response = self.api.call_api(method, url, headers, payload, _request_timeout=timeout)
         except kubernetes.client.ApiException as err:
-            raise self._error(err.status or 0, err.body or err.reason or "") from err
+            raise self._error(err.status or 0, err.body or err.reason or "", err.headers) from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             # The API server is unreachable (restarting, network): a retryable condition, not a bug.
             raise KubeError(0, "Unavailable", f"API server unreachable: {type(err).__name__}") from err
         data = response.read()
         if not 200 <= response.status < 300:
-            raise self._error(response.status, data)
+            raise self._error(response.status, data, response.headers)
         return json.loads(data) if data else None
 
     @staticmethod
-    def _error(status: int, data: bytes | str) -> KubeError:
+    def _error(status: int, data: bytes | str, headers: Any = None) -> KubeError:
+        retry_after = _retry_after_seconds((headers or {}).get("Retry-After"))
         try:
             parsed = json.loads(data)
-            return KubeError(status, parsed.get("reason", ""), parsed.get("message", str(data)))
+            details = parsed.get("details") or {}
+            if retry_after is None:
+                retry_after = _retry_after_seconds(details.get("retryAfterSeconds"))
+            return KubeError(status, parsed.get("reason", ""), parsed.get("message", str(data)), retry_after)
         except (ValueError, AttributeError):
             text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
-            return KubeError(status, "", text[:500])
+            return KubeError(status, "", text[:500], retry_after)
 
     # -- objects --------------------------------------------------------------------------------
 

@@ -1,10 +1,17 @@
 """The kopf side of the operator: watches feed a work queue, workers run reconciles.
 
-kopf provides the watch streams, reconnection, liveness and peering. Every watched event only
-enqueues the affected LLMDeployment; the reconcile itself is level-triggered and idempotent
-(reconciler.py), so kopf's per-handler progress bookkeeping (annotations, finalizers) is not
-needed: deletion is left to Kubernetes' garbage collector through owner references, and an
-LLMDeployment can always be deleted, operator running or not.
+kopf provides the watch streams, reconnection and liveness; it runs standalone (no kopf peering:
+several replicas are arbitrated by the Lease of leader.py). Every watched event only enqueues the
+affected LLMDeployment; the reconcile itself is level-triggered and idempotent (reconciler.py), so
+kopf's per-handler progress bookkeeping (annotations, finalizers) is not needed: deletion is left
+to Kubernetes' garbage collector through owner references, and an LLMDeployment can always be
+deleted, operator running or not.
+
+With leader election every replica watches and keeps its caches current, but only the leader's
+work queue runs: a standby collects keys and reconciles nothing. When the lease is lost the queue
+stops and the process exits at once (client-go's and controller-runtime's default: threads that
+are mid-reconcile die with it, and the Deployment restarts the container as a new candidate); a
+clean stop (SIGTERM) drains the queue for a few seconds, then releases the lease.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +30,7 @@ import kopf
 from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
 from llmpack.controller.kube import KubeClient, KubeError
+from llmpack.controller.leader import LeaderElectionConfig, LeaderElector, LeaseLock, NotLeader
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
 from llmpack.controller.status import comparable, pod_problem
 from llmpack.controller.workqueue import WorkQueue
@@ -32,9 +41,8 @@ logger = logging.getLogger("llmpack.operator")
 
 Key = tuple[str, str]  # (namespace, name)
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
-CONFLICT_RETRY_SECONDS = 1.0
-ERROR_RETRY_SECONDS = 10.0
 POD_PROBLEM_DELAY_SECONDS = 2.0
+SHUTDOWN_DRAIN_SECONDS = 5.0  # a clean stop waits this long for running reconciles
 
 
 @dataclass
@@ -48,6 +56,9 @@ class OperatorState:
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
     queue: WorkQueue | None = None
     reconciler: Reconciler | None = None
+    leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
+    elector: LeaderElector | None = None
+    exit_on_lost_lease: Any = None  # what to call when leading is lost; default: os._exit(1)
 
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.kube, self.config, self.cluster)
@@ -87,10 +98,61 @@ class OperatorState:
         for key in list(self.objects):
             self.enqueue(key)
 
-    async def process(self, key: Key) -> None:
+    # -- leading --------------------------------------------------------------------------------
+
+    def start_queue(self) -> None:
+        self.queue = WorkQueue(self.process, workers=self.workers, expected_errors=(KubeError, NotLeader))
+        if self.leader_election is None:
+            self.queue.start()
+            return
+        lock = LeaseLock(
+            KubeClient(self.kube.api, self.kube.field_manager),  # unfenced: it is what renews
+            self.leader_election.lease_namespace,
+            self.leader_election.lease_name,
+        )
+        self.elector = LeaderElector(
+            lock,
+            self.leader_election,
+            on_started_leading=self.started_leading,
+            on_stopped_leading=self.stopped_leading,
+        )
+        if hasattr(self.kube, "fence"):
+            self.kube.fence = self.elector.is_leading
+        self.elector.start()
+
+    def started_leading(self) -> None:
+        """The caches are warm: every known LLMDeployment gets a pass, then events as they come."""
+        logger.info("leading: reconciling %d LLMDeployments", len(self.objects))
+        self.enqueue_all()
+        self.queue.start()
+
+    def stopped_leading(self) -> None:
+        """Lost the lease: stop reconciling now. The fence already refuses writes; the queue stops
+        handing out keys, and the process exits so nothing still running can carry on."""
+        task = asyncio.ensure_future(self.queue.stop())
+        logger.critical("leader election lost: exiting so that a new candidate takes over")
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        if self.exit_on_lost_lease is not None:
+            self.exit_on_lost_lease(task)
+        else:
+            os._exit(1)
+
+    async def shutdown(self) -> None:
+        if self.queue is not None:
+            await self.queue.stop(drain=SHUTDOWN_DRAIN_SECONDS)
+        if self.elector is not None:
+            await self.elector.stop()
+
+    # -- one reconcile ----------------------------------------------------------------------------
+
+    async def process(self, key: Key) -> float | None:
+        """One reconcile; returns the plain delay it asks for (waiting), raises to be retried
+        with backoff (workqueue.py)."""
         body = self.objects.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return  # deleted: garbage collection removes what it owned
+            return None  # deleted: garbage collection removes what it owned
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(self.reconciler.reconcile, body)
@@ -103,16 +165,15 @@ class OperatorState:
                 metrics.observe_phases(self.objects.values())
         except KubeError as err:
             if err.status == 403 and "being terminated" in err.message:
-                return  # its namespace is going away, and the LLMDeployment with it
-            retry = CONFLICT_RETRY_SECONDS if err.conflict else ERROR_RETRY_SECONDS
+                return None  # its namespace is going away, and the LLMDeployment with it
             metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.status}").inc()
-            logger.warning("reconcile %s/%s: API error %s; retrying in %ss", *key, err, retry)
-            self.queue.add_after(key, retry)
-            return
+            raise  # the queue retries it with backoff, never before the server's Retry-After
+        except NotLeader:
+            metrics.RECONCILE_ERRORS.labels(reason="not_leader").inc()
+            raise
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        if result.retry_after:
-            self.queue.add_after(key, result.retry_after)
+        return result.retry_after
 
     def _write_status(self, key: Key, body: dict[str, Any], result) -> dict[str, Any] | None:
         """Events, then the status if it changed (in a worker thread); returns the updated object."""
@@ -151,13 +212,11 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             except KubeError as err:  # the API server may be restarting: wait for it
                 logger.warning("cannot list nodes yet (%s); retrying in 2s", err)
                 await asyncio.sleep(2)
-        state.queue = WorkQueue(state.process, workers=state.workers)
-        state.queue.start()
+        state.start_queue()
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
-        if state.queue is not None:
-            await state.queue.stop()
+        await state.shutdown()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def llmdeployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
@@ -282,10 +341,7 @@ def run(
     state: OperatorState,
     *,
     namespaces: list[str],
-    standalone: bool,
     liveness: str | None,
-    peering: str | None = None,
-    priority: int = 0,
 ) -> None:
     registry = build_registry(state)
     # The in-memory profile cache is invalidated by the watch of the operator's own namespace.
@@ -296,9 +352,7 @@ def run(
                 registry=registry,
                 clusterwide=not namespaces,
                 namespaces=namespaces,
-                standalone=standalone,
-                peering_name=peering,
-                priority=priority,
+                standalone=True,  # several replicas: the Lease decides (leader.py), not kopf peering
                 liveness_endpoint=liveness,
             )
         )

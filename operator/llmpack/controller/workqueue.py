@@ -1,47 +1,175 @@
-"""A work queue with client-go's semantics, for level-triggered reconciles.
+"""A work queue with controller-runtime's semantics, for level-triggered reconciles.
 
 Watch events only say "look at this object again": many events for one object collapse into one
 pending key, a key is never processed by two workers at once, and a key that changes while it is
-being processed is processed once more afterwards. Delayed re-adds implement retries with backoff.
+being processed is processed once more afterwards.
+
+What a reconcile returns decides what happens next, as in controller-runtime's reconcileHandler:
+- it returns None: success, the key's failure count is forgotten;
+- it returns a number of seconds: success, forgotten, and looked at again after that plain delay
+  (RequeueAfter: waiting for a profiling Job is not a failure and is not backed off);
+- it raises: the key is re-added rate limited: the larger of its own exponential backoff
+  (5 ms doubling per consecutive failure up to 1000 s, client-go's
+  ItemExponentialFailureRateLimiter) and the overall token bucket (10 qps, burst 100, the
+  BucketRateLimiter of DefaultControllerRateLimiter), and never sooner than a `retry_after` the
+  exception carries (the API server's Retry-After on a 429 or 503).
+
+The workers and timers run only between start() and stop(): a replica that is not the leader
+collects keys but reconciles nothing, and a stopped queue forgets its timers at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+from llmpack.controller import metrics
 
 logger = logging.getLogger(__name__)
 
 Key = Hashable
+Process = Callable[[Key], Awaitable[float | None]]
+
+
+@dataclass
+class ItemExponentialBackoff:
+    """Per-key backoff: base * 2**failures, capped (client-go's ItemExponentialFailureRateLimiter)."""
+
+    base: float = 0.005
+    cap: float = 1000.0
+    failures: dict[Key, int] = field(default_factory=dict)
+
+    def when(self, key: Key) -> float:
+        exponent = self.failures.get(key, 0)
+        self.failures[key] = exponent + 1
+        if exponent >= 64:  # 2**64 * base overflows any sane cap; client-go guards the same way
+            return self.cap
+        return min(self.base * 2**exponent, self.cap)
+
+    def forget(self, key: Key) -> None:
+        self.failures.pop(key, None)
+
+    def num_requeues(self, key: Key) -> int:
+        return self.failures.get(key, 0)
+
+
+@dataclass
+class TokenBucket:
+    """An overall limit on retries (golang.org/x/time/rate's Reserve): every retry takes a token,
+    tokens refill at `qps` up to `burst`; when none is left the retry waits for its turn."""
+
+    qps: float = 10.0
+    burst: int = 100
+    clock: Callable[[], float] = time.monotonic
+    _tokens: float = field(init=False)
+    _last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.burst)
+        self._last = self.clock()
+
+    def when(self, key: Key = None) -> float:
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+        self._last = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
+
+
+@dataclass
+class RateLimiter:
+    """The larger of the per-key backoff and the overall bucket (client-go's MaxOfRateLimiter, as
+    in controller-runtime's DefaultControllerRateLimiter)."""
+
+    backoff: ItemExponentialBackoff = field(default_factory=ItemExponentialBackoff)
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+
+    def when(self, key: Key) -> float:
+        return max(self.backoff.when(key), self.bucket.when(key))
+
+    def forget(self, key: Key) -> None:
+        self.backoff.forget(key)
+
+    def num_requeues(self, key: Key) -> int:
+        return self.backoff.num_requeues(key)
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """The minimum delay an error asks for (KubeError.retry_after from the API server's
+    Retry-After header or Status details.retryAfterSeconds), if any."""
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
 
 
 class WorkQueue:
-    def __init__(self, process: Callable[[Key], Awaitable[None]], workers: int = 4):
+    def __init__(
+        self,
+        process: Process,
+        workers: int = 4,
+        *,
+        name: str = "llmdeployment",
+        rate_limiter: RateLimiter | None = None,
+        expected_errors: tuple[type[BaseException], ...] = (),
+    ):
         self._process = process
         self._workers = workers
+        self.name = name
+        self.rate_limiter = rate_limiter or RateLimiter()
+        # Errors logged as one line (an API error is news, not a bug); others with their traceback.
+        self._expected = expected_errors
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
-        self._processing: set[Key] = set()
+        self._added_at: dict[Key, float] = {}
+        self._processing: dict[Key, float] = {}  # key -> when its processing began (monotonic)
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task] = []
+        self.running = False
+        self.shut_down = False
         self.idle = asyncio.Event()
         self.idle.set()
+        metrics.register_workqueue(self)
+
+    # -- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.running or self.shut_down:
+            return
+        self.running = True
         self._tasks = [
             asyncio.create_task(self._work(), name=f"llmpack-worker-{i}") for i in range(self._workers)
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain: float = 0.0) -> None:
+        """Stop for good: timers are cancelled at once, no key is handed out any more, and the
+        workers are cancelled after waiting up to `drain` seconds for the keys being processed.
+        (A cancelled worker stops waiting; a reconcile already running in a thread finishes its
+        current API call. The leader fence in leader.py refuses its writes once not leading.)"""
+        self.shut_down = True
+        self.running = False
         for timer in self._timers.values():
             timer.cancel()
+        self._timers.clear()
+        if drain > 0 and self._processing:
+            deadline = time.monotonic() + drain
+            while self._processing and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    # -- adding -----------------------------------------------------------------------------------
 
     def add(self, key: Key) -> None:
+        if self.shut_down:
+            return
         timer = self._timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -49,12 +177,18 @@ class WorkQueue:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._added_at[key] = time.monotonic()
+            metrics.WORKQUEUE_ADDS.labels(name=self.name).inc()
             self.idle.clear()
             self._queue.put_nowait(key)
 
     def add_after(self, key: Key, delay: float) -> None:
-        """Re-add later; an earlier pending retry for the same key wins (no pile-up)."""
-        if key in self._queued or key in self._dirty:
+        """Re-add later; an earlier pending re-add of the same key wins (no pile-up). Before
+        start() there are no timers: the key is simply pending, to be processed once leading."""
+        if self.shut_down or key in self._queued or key in self._dirty:
+            return
+        if delay <= 0 or not self.running:
+            self.add(key)
             return
         existing = self._timers.get(key)
         loop = asyncio.get_running_loop()
@@ -64,27 +198,74 @@ class WorkQueue:
             existing.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
+    def add_rate_limited(self, key: Key, min_delay: float | None = None) -> float:
+        """Retry after a failure: the rate limiter's delay, at least `min_delay`. Returns it."""
+        delay = self.rate_limiter.when(key)
+        if min_delay is not None:
+            delay = max(delay, min_delay)
+        metrics.WORKQUEUE_RETRIES.labels(name=self.name).inc()
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: Key) -> None:
+        self.rate_limiter.forget(key)
+
+    def num_requeues(self, key: Key) -> int:
+        return self.rate_limiter.num_requeues(key)
+
     def _fire(self, key: Key) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
+    # -- what the metrics read --------------------------------------------------------------------
+
     def __len__(self) -> int:
         return len(self._queued) + len(self._processing)
+
+    @property
+    def depth(self) -> int:
+        """Keys waiting for a worker (workqueue_depth), not those being processed or delayed."""
+        return len(self._queued)
+
+    def longest_running(self) -> float:
+        if not self._processing:
+            return 0.0
+        return time.monotonic() - min(self._processing.values())
+
+    def unfinished_work(self) -> float:
+        now = time.monotonic()
+        return sum(now - began for began in self._processing.values())
+
+    # -- the workers ------------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
-            self._processing.add(key)
+            began = time.monotonic()
+            added = self._added_at.pop(key, began)
+            metrics.WORKQUEUE_QUEUE_SECONDS.labels(name=self.name).observe(began - added)
+            self._processing[key] = began
             try:
-                await self._process(key)
+                requeue_after = await self._process(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug in one reconcile must not stop the worker
-                logger.exception("reconcile of %s failed unexpectedly; retrying in 30s", key)
-                self.add_after(key, 30)
+            except Exception as err:  # a failed reconcile, or a bug in one: retry, backed off
+                delay = self.add_rate_limited(key, retry_after_of(err))
+                attempt = self.num_requeues(key)
+                if isinstance(err, self._expected):
+                    logger.warning("%s %s: %s; retry %d in %.3gs", self.name, key, err, attempt, delay)
+                else:
+                    logger.exception(
+                        "%s %s failed unexpectedly; retry %d in %.3gs", self.name, key, attempt, delay
+                    )
+            else:
+                self.forget(key)
+                if requeue_after:
+                    self.add_after(key, requeue_after)
             finally:
-                self._processing.discard(key)
+                self._processing.pop(key, None)
+                metrics.WORKQUEUE_WORK_SECONDS.labels(name=self.name).observe(time.monotonic() - began)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
