@@ -8,8 +8,9 @@ tests/unit/test_badinput_pure.py, a cluster that offers every mode for the produ
 testbed's own node shapes, and the simulated profiler's profile for the spec). Then:
 
 - nothing raises: a spec either reaches Deploying, or ends Failed with one of the documented
-  answers (AdvisorRefused from AdvisorError, NoMatchingNodes from PlanningError), or the
-  simulated profiler reports that the model does not fit (what the profiling Job would say);
+  answers (AdvisorRefused from AdvisorError, NoMatchingNodes from PlanningError, ContextTooLong
+  before any profiling for a context or workload beyond the model's limit, with nothing applied),
+  or the simulated profiler reports that the model does not fit (what the profiling Job would say);
 - the LLMDeployment itself and every object the operator would apply (the profiling Job and its
   identity, the Deployment, Service and claim template) pass a server-side dry-run apply on the
   testbed.
@@ -39,6 +40,7 @@ from llmpack.controller.kube import KubeClient, KubeError  # noqa: E402
 from llmpack.hardware import GPUS  # noqa: E402
 from llmpack.profiler.backend import BackendError  # noqa: E402
 from llmpack.render.cluster import ClusterFacts, NodeFacts  # noqa: E402
+from llmpack.render.planning import context_refusal  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -258,6 +260,14 @@ def test_any_valid_spec_renders_objects_the_api_server_accepts(
     cluster = cluster_offering_everything(
         spec["gpu"]["product"], device_plugin_replicas, labels=spec["gpu"].get("nodeSelector")
     )
+    if context_refusal(LLMDeploymentSpec.model_validate(spec)) is not None:
+        # a context or workload beyond what the model allows: refused before any profiling Job
+        run = reconcile_through(spec, cluster=cluster, name=name, namespace=namespace, play=False)
+        reason = {c["type"]: c for c in run.status["conditions"]}["Degraded"]["reason"]
+        assert run.status["phase"] == "Failed" and reason == "ContextTooLong", run.status
+        assert not run.kube.applied, "nothing is applied for a spec vLLM would refuse"
+        TALLY["answered ContextTooLong"] = TALLY.get("answered ContextTooLong", 0) + 1
+        return
     try:
         simulated_profile(LLMDeploymentSpec.model_validate(spec))
     except BackendError as err:

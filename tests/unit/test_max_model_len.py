@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from test_badinput_pure import BASE_SPEC, assert_failed, merged, reconcile_through
 
 from llmpack.advisor import AdvisorError, AdvisorOptions, advise
@@ -316,3 +318,14 @@ def test_model_facts_carry_the_limit():
         .max_position_embeddings
         == 2048
     )
+
+
+def test_the_readme_example_itself_renders_the_model_context():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Writing an LLMDeployment")[1].split("```yaml")[1].split("```")[0]
+    spec = yaml.safe_load(block)["spec"]
+    spec["profiling"]["backend"] = "simulated"
+    run = reconcile_through(spec)
+    args = run.status["recommendation"]["vllmArgs"]
+    assert args[args.index("--max-model-len") + 1] == "2048"  # was 512
+    assert args[args.index("--kv-cache-memory-bytes") + 1] == "19327352832"  # unchanged
