@@ -95,7 +95,9 @@ def deployment_container(docs_or_deployment) -> dict:
 
 
 def permission_table() -> list[dict[str, str]]:
-    """Rows of the README's permission table: group, resource, verbs (a set), when."""
+    """Rows of the README's permission table: group, resource, verbs (a set), when. A row limited
+    to one object (`leases` named `<fullname>`) is keyed as kubectl lists it, with its name in
+    brackets: leases.coordination.k8s.io[<fullname>]."""
     lines = README.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| API group | Resource | Verbs"))
     rows = []
@@ -105,10 +107,14 @@ def permission_table() -> list[dict[str, str]]:
         group, resource, verbs, when, _why = (c.strip() for c in line.strip("|").split("|"))
         group = re.sub(r"`([^`]*)`.*", r"\1", group).strip('"')
         # kubectl's spelling: resource.group/subresource, e.g. llmdeployments.llmpack.io/status
-        plural, _, sub = resource.strip("`").partition("/")
+        resource, name = re.fullmatch(r"`([^`]*)`(?: named `([^`]*)`)?", resource).groups()
+        plural, _, sub = resource.partition("/")
         rows.append(
             {
-                "resource": plural + (f".{group}" if group else "") + (f"/{sub}" if sub else ""),
+                "resource": plural
+                + (f".{group}" if group else "")
+                + (f"/{sub}" if sub else "")
+                + (f"[{name}]" if name else ""),
                 "verbs": {v.strip() for v in verbs.split(",")},
                 "when": when,
             }
@@ -116,13 +122,15 @@ def permission_table() -> list[dict[str, str]]:
     return rows
 
 
-def expected_grants(*, peering: str | None = None) -> dict[str, set[str]]:
-    """What the table grants: the `always` rows, plus the peering row of that kind if asked."""
+def expected_grants(*, lease: str | None = None) -> dict[str, set[str]]:
+    """What the table grants: the `always` rows, plus the leader election rows (the release
+    namespace) for the Lease named `lease` if given."""
     wanted = {}
     for row in permission_table():
-        resource = row["resource"].split(".", 1)[0].split("/")[0]
-        if row["when"] == "always" or resource == peering:
+        if row["when"] == "always":
             wanted[row["resource"]] = row["verbs"]
+        elif lease and row["when"].startswith("leader election"):
+            wanted[row["resource"].replace("<fullname>", lease)] = row["verbs"]
     return wanted
 
 
@@ -130,8 +138,8 @@ CAN_I_ROW = re.compile(r"^(\S+)?\s+\[([^\]]*)\]\s+\[([^\]]*)\]\s+\[([^\]]*)\]\s*
 
 
 def can_i_list(testbed, namespace: str, user: str) -> dict[str, set[str]]:
-    """`kubectl auth can-i --list` as `user` in `namespace`: resource -> verbs (resource rules only;
-    a rule limited to resource names fails the test: the chart grants none)."""
+    """`kubectl auth can-i --list` as `user` in `namespace`: resource -> verbs (resource rules
+    only); a rule limited to resource names is keyed `resource[name ...]`."""
     out = testbed.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", namespace).stdout
     grants: dict[str, set[str]] = {}
     for line in out.splitlines()[1:]:
@@ -140,7 +148,8 @@ def can_i_list(testbed, namespace: str, user: str) -> dict[str, set[str]]:
         resource, _urls, names, verbs = match.groups()
         if not resource:
             continue  # non-resource URLs (/healthz, /version...): every user has those
-        assert not names.strip(), f"unexpected resourceNames rule: {line}"
+        if names.strip():
+            resource = f"{resource}[{names.strip()}]"
         grants.setdefault(resource, set()).update(verbs.split())
     return grants
 
@@ -209,7 +218,7 @@ def start_operator(testbed, deployment: dict, kubeconfig: Path, log: Path) -> Op
     (metrics_port,) = testbed_lib.free_ports(1)
     overrides = [f"--metrics-port={metrics_port}", "--liveness="]
     command = list(container.get("command") or [])
-    if command:  # the peering wrapper: `python -c CODE ARGS...` that execs `llmpack operator`
+    if command:  # a wrapper `python -c CODE ARGS...` that execs `llmpack operator` (none today)
         assert command[0] == "python", command
         command[0] = sys.executable
     else:  # the image's ENTRYPOINT
@@ -295,6 +304,7 @@ VALUE_SETS = [
     ("watchNamespaces={team-a,team-b}",),
     ("watchNamespaces={team-a,llmpack-system}", "replicaCount=3"),
     ("metrics.port=0",),
+    ("leaderElection.enabled=false",),
 ]
 
 
@@ -352,14 +362,26 @@ def test_operator_pod_is_hardened(helm):
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
 
 
-def test_defaults_run_one_standalone_operator_watching_everything(helm):
+def test_defaults_run_one_elected_operator_watching_everything(helm):
     docs = render(helm, namespace="ops")
     (deployment,) = by_kind(docs, "Deployment")
     container = deployment_container(deployment)
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # the successor waits as a standby until the old pod releases the Lease on SIGTERM
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     assert "command" not in container  # the image's ENTRYPOINT, `llmpack operator`
     assert not [a for a in container["args"] if a.startswith(("--peering", "--namespace", "--priority"))]
+    assert [a for a in container["args"] if a.startswith("--leader-elect")] == [
+        "--leader-elect",
+        "--leader-elect-lease-name=llmpack",
+        "--leader-elect-lease-namespace=ops",
+        "--leader-elect-lease-duration=15s",
+        "--leader-elect-renew-deadline=10s",
+        "--leader-elect-retry-period=2s",
+    ]
     assert "--log-level=INFO" in container["args"] and "--metrics-port=8080" in container["args"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LLMPACK_NAMESPACE"] == "ops"  # the profile cache lives in the release namespace
@@ -370,6 +392,8 @@ def test_defaults_run_one_standalone_operator_watching_everything(helm):
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",  # the Lease
+        "RoleBinding",
         "Deployment",
         "Service",
     }
@@ -402,38 +426,66 @@ def test_images_and_watched_namespaces_reach_the_operator(helm):
         ("team-a", "llmpack-namespaced"),
         ("team-b", "llmpack-namespaced"),
         ("llmpack-system", "llmpack-profile-cache"),
+        ("llmpack-system", "llmpack-leader-election"),
     }
-    (cache_role,) = by_kind(docs, "Role")
-    assert cache_role["rules"] == [
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
+    assert set(roles) == {"llmpack-profile-cache", "llmpack-leader-election"}
+    assert roles["llmpack-profile-cache"]["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]}
     ]
 
 
-def test_several_replicas_share_a_kopf_peering(helm):
-    docs = render(helm, "replicaCount=2")
+def test_several_replicas_elect_a_leader_on_one_lease(helm):
+    docs = render(helm, "replicaCount=2", "leaderElection.leaseName=ha", "leaderElection.leaseDuration=30s")
     (deployment,) = by_kind(docs, "Deployment")
     container = deployment_container(deployment)
     assert deployment["spec"]["replicas"] == 2
-    assert "--peering=llmpack" in container["args"]
-    assert "--priority" in " ".join(container["command"])  # each replica draws its own
-    (peering,) = by_kind(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "llmpack"
-    rules = [r for d in by_kind(docs, "ClusterRole") for r in d["rules"] if "kopf.dev" in r["apiGroups"]]
-    assert rules == [
+    assert "command" not in container  # no kopf peering priority wrapper any more
+    assert "--leader-elect" in container["args"]
+    assert "--leader-elect-lease-name=ha" in container["args"]
+    assert "--leader-elect-lease-duration=30s" in container["args"]
+    assert not [d for d in docs if d["apiVersion"].startswith("kopf.dev")]
+    assert not [
+        r for d in docs if d["kind"].endswith("Role") for r in d["rules"] if "kopf.dev" in r["apiGroups"]
+    ]
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "llmpack-leader-election"]
+    assert role["metadata"]["namespace"] == "llmpack-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
-            "apiGroups": ["kopf.dev"],
-            "resources": ["clusterkopfpeerings"],
-            "verbs": ["get", "list", "watch", "patch"],
-        }
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["ha"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    (binding,) = [
+        d for d in by_kind(docs, "RoleBinding") if d["roleRef"]["name"] == "llmpack-leader-election"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "llmpack", "namespace": "llmpack-system"}
     ]
 
-    docs = render(helm, "replicaCount=2", "watchNamespaces={team-a,team-b}", "peering.name=ha")
-    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in by_kind(docs, "KopfPeering")} == {
-        ("team-a", "ha"),
-        ("team-b", "ha"),
-    }
-    assert not by_kind(docs, "ClusterKopfPeering")
-    assert "--peering=ha" in deployment_container(docs)["args"]
+
+def test_without_leader_election_one_replica_recreated(helm):
+    docs = render(helm, "leaderElection.enabled=false")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # two unelected operators never overlap
+    assert not [a for a in deployment_container(deployment)["args"] if a.startswith("--leader-elect")]
+    assert not by_kind(docs, "Role")
+    result = helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "--kube-version",
+        kube_version(),
+        "--set",
+        "leaderElection.enabled=false",
+        "--set",
+        "replicaCount=2",
+        check=False,
+    )
+    assert result.returncode != 0 and "leaderElection.enabled=true" in result.stderr, result.stderr
 
 
 def test_service_monitor_only_when_enabled(helm):
@@ -480,6 +532,7 @@ def test_service_monitor_only_when_enabled(helm):
         ("metrics.port=70000", "/metrics/port"),
         ("images.operator.pullPolicy=Sometimes", "/images/operator/pullPolicy"),
         ("workers=0", "/workers"),
+        ("leaderElection.retryPeriod=2", "/leaderElection/retryPeriod"),
         ("loglevel=DEBUG", "loglevel"),  # a misspelt key is refused, not ignored
     ],
 )
@@ -576,9 +629,10 @@ def test_install_keeps_the_crd_and_runs_the_operator_under_its_service_account(t
 
 
 def test_can_i_list_equals_the_permission_table(testbed, installed):
-    for where in (installed.namespace, installed.apps):
-        granted = granted_by_chart(testbed, where, installed.namespace, RELEASE)
-        assert granted == expected_grants(), f"in namespace {where}"
+    granted = granted_by_chart(testbed, installed.namespace, installed.namespace, RELEASE)
+    assert granted == expected_grants(lease=RELEASE), "in the release namespace (the Lease)"
+    granted = granted_by_chart(testbed, installed.apps, installed.namespace, RELEASE)
+    assert granted == expected_grants(), f"in namespace {installed.apps}"
     user = f"system:serviceaccount:{installed.namespace}:{RELEASE}"
     for verb in ("get", "list", "watch"):
         answer = testbed.kubectl(
@@ -649,20 +703,21 @@ def test_helm_uninstall_removes_the_operator_and_its_rbac_but_keeps_the_crd(test
 
 
 # =================================================================================================
-# watchNamespaces and peering, for real
+# watchNamespaces and leader election, for real
 # =================================================================================================
 
 
-def test_namespaced_install_with_peering(testbed, admin_api, helm, tmp_path):
-    """Two replicas watching one namespace: the namespaced permissions exist only there, the
-    operator joins the KopfPeering the chart made (with the chart's priority wrapper) and still
-    takes an LLMDeployment to Ready without a 403."""
+def test_namespaced_install_with_two_elected_replicas(testbed, admin_api, helm, tmp_path):
+    """Two replicas watching one namespace: the namespaced permissions exist only there, the Lease
+    permissions only in the release namespace; the replicas elect one leader under those grants,
+    the leader takes an LLMDeployment to Ready without a 403 while the standby reconciles nothing,
+    and when the leader stops (SIGTERM) it releases the Lease and the standby takes over at once."""
     release = "llmpack-ns"
     suffix = uuid.uuid4().hex[:5]
     release_ns = kube.create_namespace(admin_api, f"chart-ns-release-{suffix}")
     apps_ns = kube.create_namespace(admin_api, f"chart-ns-apps-{suffix}")
     other_ns = kube.create_namespace(admin_api, f"chart-ns-other-{suffix}")
-    operator = None
+    operators: list[Operator] = []
     try:
         helm(
             "install",
@@ -676,33 +731,57 @@ def test_namespaced_install_with_peering(testbed, admin_api, helm, tmp_path):
             f"watchNamespaces={{{apps_ns}}}",
         )
         cluster_scoped = cluster_scoped_resources(testbed)
-        watched = expected_grants(peering="kopfpeerings")
+        watched = expected_grants()
         cluster_rows = {r: v for r, v in watched.items() if r in cluster_scoped}
         assert granted_by_chart(testbed, apps_ns, release_ns, release) == watched
         assert granted_by_chart(testbed, other_ns, release_ns, release) == cluster_rows
+        lease_rows = {r: v for r, v in expected_grants(lease=release).items() if r not in watched}
         assert granted_by_chart(testbed, release_ns, release_ns, release) == {
             **cluster_rows,
+            **lease_rows,
             "configmaps": {"get", "create", "patch", "delete"},
         }
 
         kubeconfig = kube.service_account_kubeconfig(testbed, admin_api, release_ns, release, tmp_path / "sa")
         deployment = installed_deployment(testbed, release_ns, release)
-        operator = start_operator(testbed, deployment, kubeconfig, tmp_path / "operator.log")
-        name = apply_example(testbed, apps_ns)
-        wait_phase(player_for(testbed), operator, apps_ns, name)
-        assert_no_forbidden(operator)
-
-        def peers():
-            peering = json.loads(
-                testbed.kubectl("get", "kopfpeering", release, "-n", apps_ns, "-o", "json").stdout
+        for replica in ("a", "b"):
+            operators.append(
+                start_operator(testbed, deployment, kubeconfig, tmp_path / f"operator-{replica}.log")
             )
-            return peering.get("status")
 
-        status = kube.wait_for(peers, timeout=30, what="the operator's keep-alive in the KopfPeering")
-        (peer,) = status.values()
-        assert peer["priority"] > 0  # drawn by the chart's wrapper, not kopf's default 0
+        def leading(operator: Operator) -> bool:
+            samples = metric_samples(operator.metrics())
+            return samples.get(f'leader_election_master_status{{name="{release}"}}') == 1
+
+        leader = kube.wait_for(
+            lambda: next((o for o in operators if leading(o)), None), timeout=30, what="a leader"
+        )
+        (standby,) = [o for o in operators if o is not leader]
+        lease = json.loads(testbed.kubectl("get", "lease", release, "-n", release_ns, "-o", "json").stdout)
+        assert lease["spec"]["holderIdentity"] and lease["spec"]["leaseDurationSeconds"] == 15
+
+        name = apply_example(testbed, apps_ns)
+        wait_phase(player_for(testbed), leader, apps_ns, name)
+        for operator in operators:
+            assert_no_forbidden(operator)
+        assert not leading(standby)
+        idle = metric_samples(standby.metrics())
+        assert idle.get("llmpack_reconcile_duration_seconds_count", 0) == 0, "the standby reconciled"
+        assert idle.get('workqueue_work_duration_seconds_count{name="llmdeployment"}', 0) == 0
+
+        leader.stop()  # SIGTERM: drains, releases the Lease
+        stopped = time.monotonic()
+        kube.wait_for(lambda: leading(standby), timeout=15, what="the standby taking over")
+        assert time.monotonic() - stopped < 10, "the Lease was not released: the standby waited it out"
+        kube.wait_for(
+            lambda: metric_samples(standby.metrics()).get("llmpack_reconcile_duration_seconds_count", 0) >= 1,
+            timeout=30,
+            what="a reconcile by the new leader",
+        )
+        assert "released lease" in leader.text()
+        assert_no_forbidden(standby)
     finally:
-        if operator is not None:
+        for operator in operators:
             operator.stop()
         helm("uninstall", release, "-n", release_ns, check=False)
         for ns in (apps_ns, other_ns, release_ns):

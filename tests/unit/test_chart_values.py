@@ -61,6 +61,14 @@ def test_defaults_match_the_operator():
     assert values["health"]["port"] == 8081  # llmpack operator --liveness default
     assert values["metrics"]["serviceMonitor"]["enabled"] is False
     assert values["watchNamespaces"] == []
+    # leader election on by default, with client-go's durations (llmpack operator's flag defaults)
+    assert values["leaderElection"] == {
+        "enabled": True,
+        "leaseName": "",
+        "leaseDuration": "15s",
+        "renewDeadline": "10s",
+        "retryPeriod": "2s",
+    }
     for image in ("operator", "profiler", "serving"):
         assert values["images"][image]["tag"] == ""  # the chart's appVersion
 
@@ -68,3 +76,20 @@ def test_defaults_match_the_operator():
 def test_log_level_choices_are_the_operators():
     _, schema = load()
     assert schema["properties"]["logLevel"]["enum"] == ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def test_leader_election_durations_are_the_operators_defaults():
+    import argparse
+
+    from llmpack.controller.cli import add_arguments, duration
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = parser.parse_args([])
+    values, _ = load()
+    election = values["leaderElection"]
+    assert duration(election["leaseDuration"]) == defaults.leader_elect_lease_duration == 15
+    assert duration(election["renewDeadline"]) == defaults.leader_elect_renew_deadline == 10
+    assert duration(election["retryPeriod"]) == defaults.leader_elect_retry_period == 2
+    assert defaults.leader_elect is False  # off for a bare `llmpack operator`; the chart turns it on
+    assert duration("1m30s") == 90 and duration("500ms") == 0.5 and duration("2.5") == 2.5

@@ -52,13 +52,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* "true" when the replicas must share a kopf peering object (more than one replica). */}}
-{{- define "llmpack.peering" -}}
-{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
-{{- end }}
-
-{{- define "llmpack.peeringName" -}}
-{{- default (include "llmpack.fullname" .) .Values.peering.name }}
+{{/* The Lease the replicas elect their leader on, in the release namespace. */}}
+{{- define "llmpack.leaseName" -}}
+{{- default (include "llmpack.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* "true" when the operator watches every namespace (no watchNamespaces). */}}
