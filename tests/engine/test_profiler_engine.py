@@ -97,18 +97,34 @@ def test_adaptive_sweep_measures_fewer_points_and_advise_runs(sweeps):
     assert b_opt["adaptive"] in adaptive.batch_sizes and b_opt["exhaustive"] in exhaustive.batch_sizes
 
 
+def test_a_context_the_model_does_not_allow_is_refused_before_the_engine_starts(tiny_models, tmp_path):
+    # 4,096 tokens of context on a model with 2,048 positions: the profiler reads that from the
+    # model's config.json as vLLM does and refuses at once, as vLLM would ("User-specified
+    # max_model_len (4096) is greater than the derived max_model_len ...") after a minute of start-up.
+    done, seconds = profile(
+        tiny_models["llama-gqa"], tmp_path, "--max-model-len", "4096", "--candidates", "1,2", name="too-long"
+    )
+    assert done.returncode == 2, done.stderr
+    message = (tmp_path / "too-long.termination-log").read_text()
+    assert "--max-model-len 4,096 exceeds the 2,048 tokens of context" in message
+    assert "config.json" in message and seconds < 60
+
+
 def test_a_refused_start_is_reported_by_its_root_cause(tiny_models, tmp_path):
-    # 4,096 tokens of context on a model with 2,048 positions: vLLM refuses while building its
-    # config, ~40 lines above the end of its log.
+    # A batch budget below the batch: vLLM refuses while building its config, lines above the end
+    # of its log; llmpack does not check this flag itself.
     done, _ = profile(
-        tiny_models["llama-gqa"], tmp_path, "--max-model-len", "4096", "--candidates", "1,2", name="refused"
+        tiny_models["llama-gqa"],
+        tmp_path,
+        "--engine-args=--max-num-batched-tokens 1",
+        "--candidates",
+        "1,2",
+        name="refused",
     )
     assert done.returncode == 1
     message = (tmp_path / "refused.termination-log").read_text()
     first_line = message.splitlines()[0]
-    assert first_line.startswith(
-        "profiling failed: vllm serve exited with status 1 at start: ValidationError"
-    )
-    assert "User-specified max_model_len (4096) is greater than the derived max_model_len" in first_line
+    assert first_line.startswith("profiling failed: vllm serve exited with status 1 at start:"), first_line
+    assert "max_num_batched_tokens (1) must be greater than or equal to max_num_seqs (2)" in first_line
     assert "raised at vllm/" in first_line
     assert "See root cause above" not in first_line
