@@ -444,8 +444,8 @@ def seed_profile_cache(kube, spec: dict[str, Any]) -> str:
     from llmpack.api.profile import Profile
     from llmpack.controller.cache import ProfileCache
     from llmpack.controller.reconciler import OperatorConfig
+    from llmpack.planner.planning import profile_key, profiling_plan
     from llmpack.render.plan import OwnerRef
-    from llmpack.render.planning import profile_key, profiling_plan
 
     parsed = LLMDeploymentSpec.model_validate(spec)
     config = OperatorConfig(operator_namespace=OPERATOR_NAMESPACE)

@@ -113,3 +113,24 @@ def test_a_context_the_model_does_not_allow_fails_naming_its_limit(
     assert "config.json" in message
     described = kubectl("describe", "llmd", "-n", namespace, "too-long").stdout
     assert "2,048 tokens of context" in described
+
+
+def test_a_start_the_engine_refuses_fails_with_the_engines_root_cause(
+    operator_process, kube_admin, kubectl, engine_player, namespace
+):
+    """serving.extraArgs that change the engine reach the profiling run; one the engine refuses
+    at start-up ends Failed with the engine's first exception, not its last log lines."""
+    model = engine.tiny_models()["llama-gqa"]
+    refused = manifest(
+        "refused",
+        model,
+        serving={"extraArgs": ["--max-num-batched-tokens", "1"]},
+        profiling={"backoffLimit": 0},
+    )
+    kubectl("apply", "-n", namespace, "-f", "-", input=refused)
+    status = wait_phase(kube_admin, engine_player, namespace, "refused", ("Failed", "Ready"), 600)
+    assert status["phase"] == "Failed", status
+    message = status["message"]
+    assert "max_num_batched_tokens (1) must be greater than or equal to max_num_seqs" in message, message
+    assert "raised at vllm/" in message
+    assert "See root cause above" not in message.split("last lines")[0]

@@ -50,10 +50,10 @@ import engine
 from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
 from llmpack.controller.reconciler import Blocked, OperatorConfig, Reconciler
 from llmpack.hardware import lookup_gpu
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.planner.planning import profile_key
 from llmpack.render import render_profiling, render_serving
-from llmpack.render.cluster import ClusterFacts, NodeFacts
 from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import profile_key
 
 MIB = 1 << 20
 GIB = 1 << 30

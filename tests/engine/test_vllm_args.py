@@ -36,14 +36,14 @@ import yaml
 import engine
 from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.launcher import cli as launch_cli
 from llmpack.launcher.command import replica_commands
+from llmpack.planner.planning import profile_key
 from llmpack.profiler import cli as profile_cli
 from llmpack.profiler import vllm as profiler_vllm
 from llmpack.render import render_profiling, render_serving
-from llmpack.render.cluster import ClusterFacts, NodeFacts
 from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import profile_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKER = ROOT / "hack" / "engine" / "check_vllm_args.py"

@@ -38,9 +38,9 @@ from llmpack.advisor.architectures import ARCHITECTURES  # noqa: E402
 from llmpack.api.llmdeployment import MPS_MAX_CLIENTS, LLMDeploymentSpec  # noqa: E402
 from llmpack.controller.kube import KubeClient, KubeError  # noqa: E402
 from llmpack.hardware import GPUS  # noqa: E402
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts  # noqa: E402
+from llmpack.planner.planning import context_refusal  # noqa: E402
 from llmpack.profiler.backend import BackendError  # noqa: E402
-from llmpack.render.cluster import ClusterFacts, NodeFacts  # noqa: E402
-from llmpack.render.planning import context_refusal  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

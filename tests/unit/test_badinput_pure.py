@@ -30,11 +30,16 @@ from llmpack.api.profile import Profile
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
 from llmpack.hardware import lookup_gpu
+from llmpack.hardware.cluster import (
+    GPU_PRODUCT_LABEL,
+    GPU_REPLICAS_LABEL,
+    SHARING_STRATEGY_LABEL,
+    ClusterFacts,
+    NodeFacts,
+)
+from llmpack.planner.planning import profile_key, profiling_max_model_len
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
 from llmpack.profiler.simulated import SimulatedBackend
-from llmpack.render.cluster import GPU_REPLICAS_LABEL, ClusterFacts, NodeFacts
-from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
-from llmpack.render.planning import profile_key, profiling_max_model_len
 
 pytestmark = pytest.mark.badinput
 

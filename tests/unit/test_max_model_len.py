@@ -25,10 +25,10 @@ from llmpack.advisor.perfmodel import replica_memory_bytes
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.api.profile import ModelFacts
 from llmpack.cli import UserError
+from llmpack.planner.planning import profile_key, profiling_plan
 from llmpack.profiler import cli as profile_cli
 from llmpack.profiler.facts import ProfileRequest
 from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import profile_key, profiling_plan
 
 OPT = "facebook/opt-1.3b"
 OWNER = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="m", uid="u-1")

@@ -6,9 +6,8 @@ import pytest
 
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.hardware import lookup_gpu
-from llmpack.render.cluster import ClusterFacts, NodeFacts
-from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import (
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.planner.planning import (
     PlanningError,
     candidates,
     choose,
@@ -16,6 +15,7 @@ from llmpack.render.planning import (
     profiling_plan,
     serving_plan,
 )
+from llmpack.render.plan import OwnerRef
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 GIB = 1 << 30

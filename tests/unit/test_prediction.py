@@ -6,8 +6,8 @@ from __future__ import annotations
 from llmpack.advisor import AdvisorOptions, advise
 from llmpack.advisor.loaders import load_paper_profile
 from llmpack.api.llmdeployment import LLMDeploymentSpec
-from llmpack.controller.prediction import Predictions
 from llmpack.hardware import lookup_gpu
+from llmpack.planner.prediction import Predictions
 
 
 def setup(points=None, **spec):

@@ -15,9 +15,9 @@ import pytest
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.api.profile import Profile
 from llmpack.cli import UserError, main
+from llmpack.planner.planning import profiling_max_model_len, profiling_plan
 from llmpack.profiler import cli as profile_cli
 from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import profiling_max_model_len, profiling_plan
 
 
 def profile_cmd(capsys, *args: str) -> tuple[int, str, str]:

@@ -18,11 +18,8 @@ import yaml
 from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
 from llmpack.hardware import GPUS, lookup_gpu
-from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
-from llmpack.profiler.simulated import SimulatedBackend
-from llmpack.render.cluster import ClusterFacts, NodeFacts
-from llmpack.render.plan import OwnerRef
-from llmpack.render.planning import (
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.planner.planning import (
     STARTUP_CHECK_MARGIN_BYTES,
     PlanningError,
     ReplicaDoesNotFit,
@@ -31,6 +28,9 @@ from llmpack.render.planning import (
     profiling_max_model_len,
     replica_memory,
 )
+from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+from llmpack.profiler.simulated import SimulatedBackend
+from llmpack.render.plan import OwnerRef
 
 MIB = 1 << 20
 GIB = 1 << 30

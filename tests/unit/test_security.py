@@ -37,7 +37,7 @@ from test_badinput_pure import (
     reconcile_through,
 )
 
-from llmpack.render.cluster import ClusterFacts
+from llmpack.hardware.cluster import ClusterFacts
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "llmpack"

@@ -222,7 +222,7 @@ def test_a_spec_with_any_slo_is_profiled_by_the_exhaustive_sweep(objective):
     measures only what the SLO-free choice depends on; with an SLO the advisor needs the batches
     below that choice. On the simulated OPT-1.3B profile, slo.ttftP99Ms: 22 picks B=32 from the
     adaptive points (1, 32, 128, 192, 256) where the exhaustive ones give 64."""
-    from llmpack.render.planning import effective_sweep
+    from llmpack.planner.planning import effective_sweep
 
     camel = SLOSpec.model_fields[objective.field].alias
     spec = LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}, "slo": {camel: 22}})

@@ -34,7 +34,7 @@ from llmpack.controller.leader import LeaderElectionConfig, LeaderElector, Lease
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
 from llmpack.controller.status import comparable, pod_problem
 from llmpack.controller.workqueue import WorkQueue
-from llmpack.render.cluster import ClusterFacts, NodeFacts
+from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 
 logger = logging.getLogger("llmpack.operator")

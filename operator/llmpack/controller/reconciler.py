@@ -34,19 +34,9 @@ from llmpack.controller import metrics
 from llmpack.controller import status as st
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
 from llmpack.controller.kube import KubeClient, KubeError
-from llmpack.controller.prediction import Predictions
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
-from llmpack.render import render_profiling, render_serving
-from llmpack.render.cluster import ClusterFacts
-from llmpack.render.plan import (
-    LABEL_COMPONENT,
-    LABEL_DEPLOYMENT,
-    OwnerRef,
-    ProfilingPlan,
-    ServingPlan,
-    label_value,
-)
-from llmpack.render.planning import (
+from llmpack.hardware.cluster import ClusterFacts
+from llmpack.planner.planning import (
     PlanningError,
     candidates,
     choose,
@@ -56,6 +46,16 @@ from llmpack.render.planning import (
     profiling_plan,
     recommendation_status,
     serving_plan,
+)
+from llmpack.planner.prediction import Predictions
+from llmpack.render import render_profiling, render_serving
+from llmpack.render.plan import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    OwnerRef,
+    ProfilingPlan,
+    ServingPlan,
+    label_value,
 )
 from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
 

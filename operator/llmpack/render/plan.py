@@ -21,8 +21,6 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_DEPLOYMENT = "llmpack.io/llmdeployment"
 LABEL_PROFILE_KEY = "llmpack.io/profile-key"
 ANNOTATION_CONFIG_HASH = "llmpack.io/config-hash"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
 
 MAX_NAME = 63
 _DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from llmpack.render.cluster import GPU_RESOURCE, MIG_RESOURCE_PREFIX
-from llmpack.render.plan import GPU_PRODUCT_LABEL, LABEL_PROFILE_KEY, MAX_NAME, ProfilingPlan, label_value
+from llmpack.hardware.cluster import GPU_PRODUCT_LABEL, GPU_RESOURCE, MIG_RESOURCE_PREFIX
+from llmpack.render.plan import LABEL_PROFILE_KEY, MAX_NAME, ProfilingPlan, label_value
 from llmpack.render.serving import (
     COMPONENT_PROFILER,
     DRA_CLAIM,

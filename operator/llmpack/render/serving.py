@@ -25,17 +25,21 @@ import math
 from copy import deepcopy
 from typing import Any
 
-from llmpack.render.cluster import GPU_RESOURCE, MIG_RESOURCE_PREFIX, SHARED_SUFFIX
+from llmpack.hardware.cluster import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    MIG_RESOURCE_PREFIX,
+    SHARED_SUFFIX,
+    SHARING_STRATEGY_LABEL,
+)
 from llmpack.render.plan import (
     ANNOTATION_CONFIG_HASH,
-    GPU_PRODUCT_LABEL,
     LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
-    SHARING_STRATEGY_LABEL,
     OwnerRef,
     SecretKey,
     ServingPlan,

@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmpack.render.plan import GPU_PRODUCT_LABEL, SHARING_STRATEGY_LABEL
-
+# Labels and resources of NVIDIA GPU Feature Discovery and the device plugin (FACTS.md 3.2, 4.3).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
@@ -120,6 +121,22 @@ class ClusterFacts:
     # node name -> whole GPUs published by the DRA driver, summed over its ResourceSlices
     dra_devices: dict[str, int] = field(default_factory=dict)
     dra_slices: dict[str, tuple[str, int]] = field(default_factory=dict)  # slice -> (node, GPUs)
+
+    @classmethod
+    def from_objects(cls, objects: list[dict[str, Any]]) -> ClusterFacts:
+        """The facts of Node, DeviceClass and ResourceSlice objects as the API server returns them
+        (`kubectl get nodes,deviceclasses,resourceslices -o yaml` prints them as a v1 List);
+        objects of other kinds are ignored."""
+        facts = cls()
+        for obj in objects:
+            kind, name = obj.get("kind"), (obj.get("metadata") or {}).get("name", "")
+            if kind == "Node":
+                facts.nodes[name] = NodeFacts.from_node(obj)
+            elif kind == "DeviceClass":
+                facts.device_classes.add(name)
+            elif kind == "ResourceSlice":
+                facts.publish_slice(name, obj)
+        return facts
 
     def publish_slice(self, name: str, resource_slice: dict[str, Any] | None) -> bool:
         """Record a ResourceSlice (None: deleted); True if a node's DRA GPU count changed."""

@@ -17,7 +17,7 @@ from llmpack.advisor.memory import MIB, gpu_memory_utilization_for
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
 from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU, MIGProfile
-from llmpack.render.cluster import Offers
+from llmpack.hardware.cluster import Offers
 from llmpack.render.plan import (
     MAX_NAME,
     OwnerRef,
