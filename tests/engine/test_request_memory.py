@@ -47,11 +47,12 @@ from test_vllm_args import (
 )
 
 import engine
-from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
-from llmpack.controller.reconciler import Blocked, OperatorConfig, Reconciler
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
-from llmpack.planner.planning import profile_key
+from llmpack.planner import decide as planner
+from llmpack.planner.decide import Context, Refused
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import OwnerRef
 
@@ -138,20 +139,16 @@ def product_cluster(product: str, memory_mib: int, device_plugin_replicas: int) 
 def render(name: str, spec_data: dict[str, Any], cluster: ClusterFacts) -> tuple[Any, list[dict[str, Any]]]:
     """`spec_data` through the reconciler's own steps (test_vllm_args.render_deployment's path):
     the profiling Job, the simulated profile it would publish, the GPU as the nodes report it,
-    advise, plan, render_serving. Raises Blocked where the operator would refuse."""
-    reconciler = Reconciler(None, OperatorConfig(), cluster)  # type: ignore[arg-type]  # no API calls
+    advise, plan, render_serving. Raises Refused where the operator would refuse."""
+    config = OperatorConfig()
     spec = LLMDeploymentSpec.model_validate(spec_data)
     owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name=name, uid=f"uid-{name}")
-    key = profile_key(spec, reconciler.config.profiler_image, owner.uid)
+    context = Context(name, NAMESPACE, owner, config.profiler_image, config.serving_image)
     (job,) = [
-        o
-        for o in render_profiling(reconciler._profiling_plan(spec, NAMESPACE, name, owner, key))
-        if o["kind"] == "Job"
+        o for o in render_profiling(planner.profiling(spec, cluster, context).plan) if o["kind"] == "Job"
     ]
     profile = simulated_profile(job)
-    gpu = reconciler._gpu(spec)
-    recommendation = reconciler._advise(spec, profile, gpu, 1, LLMDeploymentStatus())
-    plan, _ = reconciler._plan(spec, profile, recommendation, gpu, NAMESPACE, name, owner)
+    plan = planner.serving(spec, profile, cluster, context).plan
     return plan, render_serving(plan)
 
 
@@ -276,7 +273,7 @@ def gather() -> Gathered:
     def one(where: str, name: str, spec: dict[str, Any], cluster: ClusterFacts) -> None:
         try:
             plan, objects = render(name, spec, cluster)
-        except Blocked as err:
+        except Refused as err:
             refused[where] = f"{err.reason}: {err.message}"
             return
         modes[where] = f"{plan.mode}/{plan.mps_provider}" if plan.mps_provider else plan.mode

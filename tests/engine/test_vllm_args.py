@@ -34,12 +34,13 @@ import pytest
 import yaml
 
 import engine
-from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
-from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.launcher import cli as launch_cli
 from llmpack.launcher.command import replica_commands
-from llmpack.planner.planning import profile_key
+from llmpack.planner import decide as planner
+from llmpack.planner.decide import Context
 from llmpack.profiler import cli as profile_cli
 from llmpack.profiler import vllm as profiler_vllm
 from llmpack.render import render_profiling, render_serving
@@ -267,21 +268,16 @@ class Rendered:
 def render_deployment(where: str, name: str, spec_data: dict[str, Any]) -> Rendered:
     """One LLMDeployment through the operator's path: profiling Job, profile, advice, plan,
     serving objects; the vLLM command lines of all of them."""
-    reconciler = Reconciler(None, OperatorConfig(), fake_cluster())  # type: ignore[arg-type]  # no API calls
+    config, cluster = OperatorConfig(), fake_cluster()
     spec = LLMDeploymentSpec.model_validate(spec_data)
     owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name=name, uid=f"uid-{name}")
-    key = profile_key(spec, spec.profiling.image or reconciler.config.profiler_image, owner.uid)
-    jobs = [
-        o
-        for o in render_profiling(reconciler._profiling_plan(spec, NAMESPACE, name, owner, key))
-        if o["kind"] == "Job"
-    ]
+    context = Context(name, NAMESPACE, owner, config.profiler_image, config.serving_image)
+    jobs = [o for o in render_profiling(planner.profiling(spec, cluster, context).plan) if o["kind"] == "Job"]
     (job,) = jobs
     commands = profiling_commands(where, job)
-    gpu = reconciler._gpu(spec)  # the catalogue's GPU with the memory the nodes report
     profile = simulated_profile(job)
-    recommendation = reconciler._advise(spec, profile, gpu, 1, LLMDeploymentStatus())
-    plan, status = reconciler._plan(spec, profile, recommendation, gpu, NAMESPACE, name, owner)
+    decision = planner.serving(spec, profile, cluster, context)  # the operator's own decision
+    plan, status = decision.plan, decision.status
     meant = {
         "max_num_seqs": status.max_num_seqs,
         "kv_cache_memory_bytes": status.kv_cache_bytes,

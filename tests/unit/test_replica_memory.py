@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmpack.api.llmdeployment import LLMDeploymentSpec, LLMDeploymentStatus
-from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import GPUS, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.planner import decide as planner
+from llmpack.planner.decide import Context
 from llmpack.planner.planning import (
     STARTUP_CHECK_MARGIN_BYTES,
     PlanningError,
@@ -35,6 +37,7 @@ from llmpack.render.plan import OwnerRef
 MIB = 1 << 20
 GIB = 1 << 30
 H100 = "NVIDIA-H100-80GB-HBM3"
+OPT = "facebook/opt-1.3b"
 H100_REPORTED_MIB = 81_559  # NVML's total for an H100 80GB HBM3, GFD's nvidia.com/gpu.memory
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="m", uid="u-1")
@@ -91,14 +94,13 @@ def simulated_profile(spec: LLMDeploymentSpec):
 
 
 def plan_through_the_operator(spec_data: dict, cluster: ClusterFacts):
-    """The reconciler's own steps: the GPU as the cluster reports it, advise, plan."""
-    reconciler = Reconciler(None, OperatorConfig(), cluster)  # type: ignore[arg-type]  # no API calls
+    """The operator's own decision (planner.serving): the GPU as the cluster reports it, advise, plan."""
     spec = LLMDeploymentSpec.model_validate(spec_data)
     profile = simulated_profile(spec)
-    gpu = reconciler._gpu(spec)
-    rec = reconciler._advise(spec, profile, gpu, 1, LLMDeploymentStatus())
-    plan, status = reconciler._plan(spec, profile, rec, gpu, "ns", "m", OWNER)
-    return gpu, plan, status
+    config = OperatorConfig()
+    context = Context("m", "ns", OWNER, config.profiler_image, config.serving_image)
+    decision = planner.serving(spec, profile, cluster, context)
+    return planner.target_gpu(spec, cluster), decision.plan, decision.status
 
 
 # -- the two reported instances ------------------------------------------------------------------
@@ -152,14 +154,14 @@ def test_a_replica_larger_than_the_device_plugins_cap_is_refused_naming_what_to_
         "sharing": {"mode": "mps", "mpsProvider": "devicePlugin"},
         "gpu": {"product": H100},
     }
-    reconciler = Reconciler(None, OperatorConfig(), device_plugin_mps_cluster(replicas=16))  # type: ignore[arg-type]
+    cluster = device_plugin_mps_cluster(replicas=16)
     parsed = LLMDeploymentSpec.model_validate(spec)
     profile = simulated_profile(parsed)
-    gpu = reconciler._gpu(parsed)
-    rec = reconciler._advise(parsed, profile, gpu, 1, LLMDeploymentStatus())
+    rec = planner.recommend(parsed, profile, planner.target_gpu(parsed, cluster))
     assert rec.per_replica_memory_bytes > H100_REPORTED_MIB * MIB // 16
-    with pytest.raises(Exception) as err:
-        reconciler._plan(parsed, profile, rec, gpu, "ns", "m", OWNER)
+    config = OperatorConfig()
+    with pytest.raises(planner.Refused) as err:
+        planner.serving(parsed, profile, cluster, Context("m", "ns", OWNER, config.profiler_image, "img"))
     message = str(err.value)
     assert "5,097 MiB" in message and "nvidia.com/gpu.replicas 16" in message
     for fix in ("advisor.maxNumSeqs", "fewer nvidia.com/gpu.replicas", "sharing.mpsProvider dra"):
@@ -238,8 +240,9 @@ def test_the_nodes_reported_memory_replaces_the_catalogues():
     facts.nodes["a"] = node("a", gfd(H100, 81_000), {"nvidia.com/gpu": 8})
     offers = facts.offers(H100)
     assert offers.gpu_memory_mib == 80_000  # the smallest: a replica may land on either node
-    reconciler = Reconciler(None, OperatorConfig(), facts)  # type: ignore[arg-type]
-    gpu = reconciler._gpu(LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}))
+    gpu = planner.target_gpu(
+        LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}), facts
+    )
     assert gpu.reported_memory_mib == 80_000
     memory = replica_memory("mps", "devicePlugin", gpu, 10 * GIB, device_plugin_replicas=4)
     assert memory.limit_bytes == 20_000 * MIB and memory.total_bytes == 80_000 * MIB
@@ -248,8 +251,9 @@ def test_the_nodes_reported_memory_replaces_the_catalogues():
 def test_without_the_label_the_catalogues_reported_total_is_used_not_the_nominal_size():
     facts = device_plugin_mps_cluster(replicas=4, memory_mib=None)
     assert facts.offers(H100).gpu_memory_mib is None
-    reconciler = Reconciler(None, OperatorConfig(), facts)  # type: ignore[arg-type]
-    gpu = reconciler._gpu(LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}))
+    gpu = planner.target_gpu(
+        LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}), facts
+    )
     assert gpu == lookup_gpu(H100) and gpu.reported_memory_mib == H100_REPORTED_MIB
     memory = replica_memory("mps", "devicePlugin", gpu, 10 * GIB, device_plugin_replicas=4)
     assert memory.limit_bytes == 20_389 * MIB  # 81,559 / 4, not 80 GiB / 4 = 20,480 MiB

@@ -16,10 +16,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmpack.advisor import AdvisorError, AdvisorOptions, advise
-from llmpack.advisor.architectures import find_architecture
-from llmpack.advisor.memory import vllm_args
-from llmpack.advisor.options import slo_options
 from llmpack.api.llmdeployment import (
     API_VERSION,
     KIND,
@@ -29,25 +25,13 @@ from llmpack.api.llmdeployment import (
     ProfilingProgress,
 )
 from llmpack.api.profile import Profile
-from llmpack.api.recommendation import Recommendation
 from llmpack.controller import metrics
 from llmpack.controller import status as st
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
 from llmpack.controller.kube import KubeClient, KubeError
-from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts
-from llmpack.planner.planning import (
-    PlanningError,
-    candidates,
-    choose,
-    context_refusal,
-    known_context_limit,
-    profile_key,
-    profiling_plan,
-    recommendation_status,
-    serving_plan,
-)
-from llmpack.planner.prediction import Predictions
+from llmpack.planner import decide as planner
+from llmpack.planner.decide import Context, ProfilingDecision, Refused
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import (
     LABEL_COMPONENT,
@@ -99,19 +83,6 @@ class Result:
     status: dict[str, Any]
     retry_after: float | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-
-
-def kv_disagreement(profile: Profile) -> str | None:
-    """A sentence for the status when the engine's measured KV capacity disagreed with llmpack's
-    reading of the model's config (the profile then carries the engine's figure, which sized it)."""
-    model = profile.model
-    if model.kv_bytes_per_token_config is None or model.kv_bytes_per_token_config == model.kv_bytes_per_token:
-        return None
-    return (
-        f"KV cache per token: the engine measured {model.kv_bytes_per_token:,} bytes, llmpack's reading "
-        f"of the model's config gives {model.kv_bytes_per_token_config:,}; the engine's figure sized "
-        "this deployment."
-    )
 
 
 class Reconciler:
@@ -171,15 +142,23 @@ class Reconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         spec = self._parse_spec(body)
-        gpu = self._gpu(spec)
-        self._check_model(spec)
         owner = OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=meta["uid"])
-        profile = self._profile(spec, namespace, name, owner, status, generation, events)
-        recommendation = self._advise(spec, profile, gpu, generation, status)
-        plan, rec_status = self._plan(spec, profile, recommendation, gpu, namespace, name, owner)
-        if (disagreement := kv_disagreement(profile)) is not None:
-            rec_status.explanation = f"{rec_status.explanation} {disagreement}"
-            events.append(("Warning", "KVBytesPerTokenDisagree", disagreement))
+        context = Context(
+            name=name,
+            namespace=namespace,
+            owner=owner,
+            profiler_image=self.config.profiler_image,
+            serving_image=self.config.serving_image,
+        )
+        try:
+            planner.target_gpu(spec, self.cluster)
+            planner.check_model(spec)
+            profile = self._profile(spec, context, status, generation, events)
+            decision = planner.serving(spec, profile, self.cluster, context)
+        except Refused as refused:
+            raise self._blocked(refused) from refused
+        plan, rec_status = decision.plan, decision.status
+        events += [("Warning", reason, message) for reason, message in decision.warnings]
         previous, status.recommendation = status.recommendation, rec_status
         st.set_condition(status, st.ADVISED, True, "Advised", rec_status.explanation[:1000], generation)
         # Only a claim template can be left behind (the Deployment and Service keep their names):
@@ -196,41 +175,31 @@ class Reconciler:
                 "Failed", st.PROGRESSING, "InvalidSpec", "invalid spec: " + _first_error(err)
             ) from err
 
-    def _gpu(self, spec: LLMDeploymentSpec) -> GPU:
-        """The GPU as the cluster reports it: the catalogue entry with the memory the nodes'
-        nvidia.com/gpu.memory label says (the NVML total the device plugin divides), where one does."""
-        try:
-            gpu = lookup_gpu(spec.gpu.product)
-        except UnknownGPUError as err:
-            raise Blocked("Failed", st.PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
-        reported = self._offers(spec).gpu_memory_mib
-        return gpu.with_reported_memory(reported) if reported else gpu
-
-    def _check_model(self, spec: LLMDeploymentSpec) -> None:
-        # Before any profiling Job: vLLM refuses a --max-model-len beyond the model's limit, and
-        # rejects every request longer than it (where the operator knows the limit; else the
-        # profiler refuses with the same words once it has read the model's config.json).
-        refusal = context_refusal(spec)
-        if refusal is not None:
-            raise Blocked("Failed", st.PROGRESSING, "ContextTooLong", refusal)
-        # The vllm profiler reads the model's own config.json where it runs (a local path in the
-        # profiler's image or volume, or the Hub), so only the simulated backend needs a shape here.
-        if spec.profiling.backend == "vllm":
-            return
-        if spec.model.architecture is None and find_architecture(spec.model.name) is None:
-            raise Blocked(
-                "Failed",
-                st.PROGRESSING,
-                "UnknownModel",
-                f"model {spec.model.name} is not in llmpack's catalogue and the simulated profiler cannot "
-                "read its config: set spec.model.architecture (numLayers, numKvHeads, headDim, "
-                "parameterBytes) from the model's config.json, or profile with backend vllm",
-            )
+    def _blocked(self, refused: Refused) -> Blocked:
+        """The planner's refusal as this pass's outcome: Failed, with a look again later where the
+        cluster may change."""
+        return Blocked(
+            "Failed",
+            refused.condition,
+            refused.reason,
+            refused.message,
+            retry_after=self.config.retry_seconds if refused.retryable else None,
+        )
 
     # -- profile --------------------------------------------------------------------------------
 
-    def _profile(self, spec, namespace, name, owner, status, generation, events) -> Profile:
-        key = profile_key(spec, spec.profiling.image or self.config.profiler_image, owner.uid)
+    def _profile(
+        self,
+        spec: LLMDeploymentSpec,
+        context: Context,
+        status: LLMDeploymentStatus,
+        generation: int | None,
+        events: list[tuple[str, str, str]],
+    ) -> Profile:
+        """The cached profile of this spec, or the profiling Job's result once it has one;
+        raises Blocked while profiling."""
+        profiling = planner.profiling(spec, self.cluster, context)
+        key = profiling.key
         lookup = self.cache.get(key)
         metrics.PROFILE_CACHE.labels(
             result="invalid" if lookup.problem else ("hit" if lookup.profile else "miss")
@@ -244,10 +213,10 @@ class Reconciler:
             # A profiling pass was under way (or the key moved): Jobs of other keys, or of this key
             # once its profile is cached (a crash between caching and cleaning up), are leftovers.
             # Not on a first pass: a new LLMDeployment has none, and that pass is on the clock.
-            keep = None if cache_hit else self._profiling_plan(spec, namespace, name, owner, key).name
-            self._delete_leftover_profiling(namespace, name, keep)
+            keep = None if cache_hit else profiling.plan.name
+            self._delete_leftover_profiling(context.namespace, context.name, keep)
         if profile is None:
-            profile = self._profile_with_job(spec, namespace, name, owner, key, status)
+            profile = self._profile_with_job(spec, profiling, status)
             events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
         status.profile_ref = ProfileRef(
             config_map=cache_configmap_name(key),
@@ -267,23 +236,13 @@ class Reconciler:
         )
         return profile
 
-    def _profiling_plan(self, spec, namespace, name, owner, key):
-        offers = self._offers(spec)
-        return profiling_plan(
-            name=name,
-            namespace=namespace,
-            owner=owner,
-            spec=spec,
-            key=key,
-            image=self.config.profiler_image,
-            dra=not offers.exclusive_gpus and bool(offers.mps_dra_gpus),
-        )
-
-    def _profile_with_job(self, spec, namespace, name, owner, key, status) -> Profile:
-        plan = self._profiling_plan(spec, namespace, name, owner, key)
+    def _profile_with_job(
+        self, spec: LLMDeploymentSpec, profiling: ProfilingDecision, status: LLMDeploymentStatus
+    ) -> Profile:
+        plan, key, namespace = profiling.plan, profiling.key, profiling.plan.namespace
         job = self.kube.get("Job", namespace, plan.name)
         if job is None:
-            self._check_profiling_capacity(spec, plan.mig_profile)
+            planner.check_profiling_capacity(spec, self.cluster, plan)
             for obj in render_profiling(plan):
                 self._apply_object(obj)
             status.profiling = ProfilingProgress(job=plan.name, message="started")
@@ -332,46 +291,6 @@ class Reconciler:
             "Profiling",
             f"profiling {spec.model.name} on {spec.gpu.product}: {progress}",
             value=None,
-        )
-
-    def _offers(self, spec: LLMDeploymentSpec):
-        return self.cluster.offers(spec.gpu.product, spec.gpu.node_selector)
-
-    def _check_profiling_capacity(self, spec: LLMDeploymentSpec, mig_profile: str | None) -> None:
-        """Refuse to profile where no node offers what the Job asks for: its pod would sit Pending
-        until the profiling deadline. The Job takes a whole GPU (through the device plugin, or a
-        DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
-        the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
-        offers = self._offers(spec)
-        if mig_profile and not offers.mig_slices.get(mig_profile):
-            offered = ", ".join(sorted(offers.mig_slices)) or "none"
-            problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
-        elif not offers.modes:
-            problem = f"no node offers {spec.gpu.product} (the cluster offers nothing for it)"
-            if spec.gpu.node_selector:
-                problem = (
-                    f"no node matching gpu.nodeSelector {_selector(spec.gpu.node_selector)} offers "
-                    f"{spec.gpu.product}"
-                )
-        elif not mig_profile and not offers.exclusive_gpus and not offers.mps_dra_gpus:
-            problem = (
-                f"profiling needs a whole {spec.gpu.product} (nvidia.com/gpu or a DRA claim), and the "
-                f"cluster offers it only as {offers.describe()}"
-            )
-            if offers.mig_slices:
-                problem += (
-                    ". To profile on a MIG slice, set sharing.mode mig and sharing.migProfile to the slice "
-                    "it will serve on"
-                )
-        else:
-            return
-        raise Blocked(
-            "Failed",
-            st.PROFILE_READY,
-            "NoMatchingNodes",
-            f"cannot profile: {problem}. Change sharing.mode or gpu.product (nvidia.com/gpu.product of a "
-            "node), change sharing.migProfile, or add nodes",
-            retry_after=self.config.retry_seconds,
         )
 
     def _pod_problem(self, namespace: str, selector: str) -> str | None:
@@ -462,110 +381,6 @@ class Reconciler:
                 logger.info("deleting leftover profiling Job %s/%s", namespace, job_name)
                 self._delete_profiling_job(namespace, job_name, ProfilingPlan.result_configmap_for(job_name))
 
-    # -- advise and plan --------------------------------------------------------------------------
-
-    def _advise(self, spec, profile, gpu, generation, status) -> Recommendation:
-        options = AdvisorOptions(
-            policy=spec.advisor.policy,
-            epsilon=spec.advisor.epsilon,
-            latency_factor=spec.advisor.latency_factor,
-            **slo_options(spec.slo),
-            max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
-            prompt_tokens=spec.workload.prompt_tokens,
-            output_tokens=spec.workload.output_tokens,
-            max_model_len=spec.effective_max_model_len(),
-            context_limit=known[0] if (known := known_context_limit(spec)) else None,
-            max_num_seqs=spec.advisor.max_num_seqs,
-            replicas_per_gpu=spec.advisor.replicas_per_gpu,
-        )
-        try:
-            return advise(profile, options, gpu)
-        except AdvisorError as err:
-            raise Blocked("Failed", st.ADVISED, "AdvisorRefused", str(err)) from err
-
-    def _plan(self, spec, profile, rec, gpu, namespace, name, owner) -> tuple[ServingPlan, Any]:
-        predictions = Predictions.build(profile, rec, gpu, spec)
-        offers = self._offers(spec)
-        replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
-        refusals: list[str] = []
-        found = candidates(
-            spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict, refusals
-        )
-        try:
-            chosen = choose(spec, found, offers, refusals)
-        except PlanningError as err:
-            message = str(err)
-            if spec.gpu.node_selector:
-                message += (
-                    f" (only nodes matching gpu.nodeSelector {_selector(spec.gpu.node_selector)} count)"
-                )
-            raise Blocked(
-                "Failed", st.AVAILABLE, err.reason, message, retry_after=self.config.retry_seconds
-            ) from err
-        # One decision (planning.replica_memory): what the chosen mode presents to each replica's
-        # process, so that vLLM's start-up check of free memory passes under an MPS cap too.
-        utilization = chosen.memory.gpu_memory_utilization
-        args = vllm_args(
-            max_num_seqs=rec.b_opt,
-            kv_cache_bytes=rec.kv_cache_bytes,
-            gpu_memory_utilization=utilization,
-            max_model_len=rec.max_model_len,
-        )
-        plan = serving_plan(
-            name=name,
-            namespace=namespace,
-            owner=owner,
-            spec=spec,
-            chosen=chosen,
-            vllm_args=args,
-            per_replica_bytes=rec.per_replica_memory_bytes,
-            image=self.config.serving_image,
-        )
-        explanation = f"{chosen.label}: {rec.explanation}"
-        if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
-            explanation += f" Packing: {predictions.packing_reason.rstrip('.')}."
-        if chosen.mode == "exclusive":
-            explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
-        elif chosen.mode == "mig":
-            explanation += (
-                f" Deployed one replica per {chosen.mig_profile} slice, {plan.replicas} in all "
-                f"(--gpu-memory-utilization {utilization:.3f} of the slice)."
-            )
-        else:
-            explanation += (
-                f" Each replica's process sees {chosen.memory.presented}, so it runs with "
-                f"--gpu-memory-utilization {utilization:.3f} (vLLM checks at start-up that this "
-                "fraction of the GPU's total is free"
-                + (
-                    f"; the {rec.gpu_memory_utilization:.3f} above is an uncapped slot's)."
-                    if f"{rec.gpu_memory_utilization:.3f}" != f"{utilization:.3f}"
-                    else ")."
-                )
-            )
-        if len(found) > 1:
-            explanation += (
-                " Modes compared (tokens/s per GPU): "
-                + ", ".join(
-                    f"{c.label} {c.tokens_per_s_per_gpu:,.0f}" if c.tokens_per_s_per_gpu else f"{c.label} n/a"
-                    for c in found
-                )
-                + "."
-            )
-        rec_status = recommendation_status(
-            plan=plan,
-            chosen=chosen,
-            b_opt=rec.b_opt,
-            kv_cache_bytes=rec.kv_cache_bytes,
-            gpu_memory_utilization=utilization,
-            max_model_len=rec.max_model_len,
-            per_replica_bytes=rec.per_replica_memory_bytes,
-            baseline_tokens_per_s=predictions.baseline_tokens_per_s,
-            memory_freed_fraction=rec.memory_freed_fraction,
-            vllm_args=args,
-            explanation=explanation,
-        )
-        return plan, rec_status
-
     # -- apply and observe ------------------------------------------------------------------------
 
     def _apply(self, plan: ServingPlan, prune: bool) -> list[dict]:
@@ -634,10 +449,6 @@ class Reconciler:
             generation,
         )
         st.set_condition(status, st.PROGRESSING, True, "RollingOut", status.message, generation)
-
-
-def _selector(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _degraded_reason(status: LLMDeploymentStatus) -> str:

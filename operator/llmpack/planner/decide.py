@@ -1,0 +1,338 @@
+"""The one decision: (spec, profile or none, cluster facts) -> a profiling plan or a serving plan.
+
+    decide(spec, profile, cluster, context)
+        -> Refused                     the spec cannot be served here; the message says what to change
+        -> ProfilingDecision           no profile yet: the profiling Job to run (or refused up front)
+        -> ServingDecision             the recommendation, the final replicas per GPU, the mode, the
+                                       predicted gain, the binding constraints, the explanation, and
+                                       the ServingPlan that render/ turns into objects
+
+The controller gathers the inputs (the cached profile, the nodes it watches), calls `decide`
+once, renders, applies and writes the status. `llmpack plan` and `llmpack advise` call the same
+functions, so the three give the same decision for the same inputs. Pure: no kopf, no Kubernetes
+client, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmpack.advisor import AdvisorError, AdvisorOptions, advise
+from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.memory import vllm_args
+from llmpack.advisor.options import slo_options
+from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus
+from llmpack.api.profile import Profile
+from llmpack.api.recommendation import Recommendation
+from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
+from llmpack.hardware.cluster import ClusterFacts, Offers
+from llmpack.planner.planning import (
+    Candidate,
+    PlanningError,
+    candidates,
+    choose,
+    context_refusal,
+    known_context_limit,
+    profile_key,
+    profiling_plan,
+    recommendation_status,
+    serving_plan,
+)
+from llmpack.planner.prediction import Predictions
+from llmpack.render.plan import OwnerRef, ProfilingPlan, ServingPlan
+
+# Condition types a refusal belongs to (the status' story: which step stopped).
+PROGRESSING, PROFILE_READY, ADVISED, AVAILABLE = "Progressing", "ProfileReady", "Advised", "Available"
+
+
+class Refused(Exception):
+    """The spec cannot go further as it is: `condition` is the step that stopped, `reason` one
+    CamelCase word, the message what to change. `retryable`: the cluster may change (nodes come),
+    so the operator looks again later; otherwise only a spec change helps."""
+
+    def __init__(self, condition: str, reason: str, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.condition = condition
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who the objects are for and which images they run."""
+
+    name: str
+    namespace: str
+    owner: OwnerRef
+    profiler_image: str
+    serving_image: str
+
+
+@dataclass(frozen=True)
+class ProfilingDecision:
+    key: str
+    plan: ProfilingPlan
+
+
+@dataclass
+class ServingDecision:
+    recommendation: Recommendation  # the advisor's view: B_opt, KV, memory fit
+    chosen: Candidate  # the mode, replicas per GPU and GPUs after the performance model
+    plan: ServingPlan
+    status: RecommendationStatus  # what `kubectl get llmd` and the Advised condition say
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, message) for events
+
+    @property
+    def explanation(self) -> str:
+        return self.status.explanation
+
+
+def offers_for(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> Offers:
+    return cluster.offers(spec.gpu.product, spec.gpu.node_selector)
+
+
+def target_gpu(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> GPU:
+    """The GPU as the cluster reports it: the catalogue entry with the memory the nodes'
+    nvidia.com/gpu.memory label says (the NVML total the device plugin divides), where one does."""
+    try:
+        gpu = lookup_gpu(spec.gpu.product)
+    except UnknownGPUError as err:
+        raise Refused(PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
+    reported = offers_for(spec, cluster).gpu_memory_mib
+    return gpu.with_reported_memory(reported) if reported else gpu
+
+
+def check_model(spec: LLMDeploymentSpec) -> None:
+    """Refusals before any profiling: a context beyond the model's limit (vLLM refuses that
+    --max-model-len, and rejects every longer request), and a model the simulated backend cannot
+    describe. The vllm profiler reads the model's own config.json where it runs (a local path or
+    the Hub) and refuses with the same words where the operator does not know the limit."""
+    refusal = context_refusal(spec)
+    if refusal is not None:
+        raise Refused(PROGRESSING, "ContextTooLong", refusal)
+    if spec.profiling.backend == "vllm":
+        return
+    if spec.model.architecture is None and find_architecture(spec.model.name) is None:
+        raise Refused(
+            PROGRESSING,
+            "UnknownModel",
+            f"model {spec.model.name} is not in llmpack's catalogue and the simulated profiler cannot "
+            "read its config: set spec.model.architecture (numLayers, numKvHeads, headDim, "
+            "parameterBytes) from the model's config.json, or profile with backend vllm",
+        )
+
+
+def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
+    return profile_key(spec, spec.profiling.image or context.profiler_image, context.owner.uid)
+
+
+def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> ProfilingDecision:
+    """The profiling Job for `spec` (its name is stable: the controller finds a running one by it)."""
+    key = key_of(spec, context)
+    offers = offers_for(spec, cluster)
+    plan = profiling_plan(
+        name=context.name,
+        namespace=context.namespace,
+        owner=context.owner,
+        spec=spec,
+        key=key,
+        image=context.profiler_image,
+        dra=not offers.exclusive_gpus and bool(offers.mps_dra_gpus),
+    )
+    return ProfilingDecision(key=key, plan=plan)
+
+
+def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, plan: ProfilingPlan) -> None:
+    """Refuse to profile where no node offers what the Job asks for: its pod would sit Pending
+    until the profiling deadline. The Job takes a whole GPU (through the device plugin, or a
+    DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
+    the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
+    offers = offers_for(spec, cluster)
+    mig_profile = plan.mig_profile
+    if mig_profile and not offers.mig_slices.get(mig_profile):
+        offered = ", ".join(sorted(offers.mig_slices)) or "none"
+        problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
+    elif not offers.modes:
+        problem = f"no node offers {spec.gpu.product} (the cluster offers nothing for it)"
+        if spec.gpu.node_selector:
+            problem = (
+                f"no node matching gpu.nodeSelector {selector_text(spec.gpu.node_selector)} offers "
+                f"{spec.gpu.product}"
+            )
+    elif not mig_profile and not offers.exclusive_gpus and not offers.mps_dra_gpus:
+        problem = (
+            f"profiling needs a whole {spec.gpu.product} (nvidia.com/gpu or a DRA claim), and the "
+            f"cluster offers it only as {offers.describe()}"
+        )
+        if offers.mig_slices:
+            problem += (
+                ". To profile on a MIG slice, set sharing.mode mig and sharing.migProfile to the slice "
+                "it will serve on"
+            )
+    else:
+        return
+    raise Refused(
+        PROFILE_READY,
+        "NoMatchingNodes",
+        f"cannot profile: {problem}. Change sharing.mode or gpu.product (nvidia.com/gpu.product of a "
+        "node), change sharing.migProfile, or add nodes",
+        retryable=True,
+    )
+
+
+def advisor_options(spec: LLMDeploymentSpec) -> AdvisorOptions:
+    return AdvisorOptions(
+        policy=spec.advisor.policy,
+        epsilon=spec.advisor.epsilon,
+        latency_factor=spec.advisor.latency_factor,
+        **slo_options(spec.slo),
+        max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
+        prompt_tokens=spec.workload.prompt_tokens,
+        output_tokens=spec.workload.output_tokens,
+        max_model_len=spec.effective_max_model_len(),
+        context_limit=known[0] if (known := known_context_limit(spec)) else None,
+        max_num_seqs=spec.advisor.max_num_seqs,
+        replicas_per_gpu=spec.advisor.replicas_per_gpu,
+    )
+
+
+def recommend(spec: LLMDeploymentSpec, profile: Profile, gpu: GPU) -> Recommendation:
+    """The advisor on the profile, with the spec's settings."""
+    try:
+        return advise(profile, advisor_options(spec), gpu)
+    except AdvisorError as err:
+        raise Refused(ADVISED, "AdvisorRefused", str(err)) from err
+
+
+def serving(
+    spec: LLMDeploymentSpec, profile: Profile, cluster: ClusterFacts, context: Context
+) -> ServingDecision:
+    """The serving decision for a profiled spec: advise, trim the packing with the performance
+    model, pick the mode the cluster offers, size what each replica's process may hold."""
+    gpu = target_gpu(spec, cluster)
+    rec = recommend(spec, profile, gpu)
+    predictions = Predictions.build(profile, rec, gpu, spec)
+    offers = offers_for(spec, cluster)
+    replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
+    refusals: list[str] = []
+    found = candidates(
+        spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict, refusals
+    )
+    try:
+        chosen = choose(spec, found, offers, refusals)
+    except PlanningError as err:
+        message = str(err)
+        if spec.gpu.node_selector:
+            message += f" (only nodes matching gpu.nodeSelector {selector_text(spec.gpu.node_selector)} "
+            message += "count)"
+        raise Refused(AVAILABLE, err.reason, message, retryable=True) from err
+    # One decision (planning.replica_memory): what the chosen mode presents to each replica's
+    # process, so that vLLM's start-up check of free memory passes under an MPS cap too.
+    utilization = chosen.memory.gpu_memory_utilization
+    args = vllm_args(
+        max_num_seqs=rec.b_opt,
+        kv_cache_bytes=rec.kv_cache_bytes,
+        gpu_memory_utilization=utilization,
+        max_model_len=rec.max_model_len,
+    )
+    plan = serving_plan(
+        name=context.name,
+        namespace=context.namespace,
+        owner=context.owner,
+        spec=spec,
+        chosen=chosen,
+        vllm_args=args,
+        per_replica_bytes=rec.per_replica_memory_bytes,
+        image=context.serving_image,
+    )
+    warnings: list[tuple[str, str]] = []
+    explanation = _explanation(rec, chosen, predictions, plan, found, utilization)
+    if (disagreement := kv_disagreement(profile)) is not None:
+        explanation = f"{explanation} {disagreement}"
+        warnings.append(("KVBytesPerTokenDisagree", disagreement))
+    status = recommendation_status(
+        plan=plan,
+        chosen=chosen,
+        b_opt=rec.b_opt,
+        kv_cache_bytes=rec.kv_cache_bytes,
+        gpu_memory_utilization=utilization,
+        max_model_len=rec.max_model_len,
+        per_replica_bytes=rec.per_replica_memory_bytes,
+        baseline_tokens_per_s=predictions.baseline_tokens_per_s,
+        memory_freed_fraction=rec.memory_freed_fraction,
+        vllm_args=args,
+        explanation=explanation,
+    )
+    return ServingDecision(recommendation=rec, chosen=chosen, plan=plan, status=status, warnings=warnings)
+
+
+def decide(
+    spec: LLMDeploymentSpec, profile: Profile | None, cluster: ClusterFacts, context: Context
+) -> ProfilingDecision | ServingDecision:
+    """The whole decision. Raises Refused with what to change."""
+    target_gpu(spec, cluster)
+    check_model(spec)
+    if profile is None:
+        decision = profiling(spec, cluster, context)
+        check_profiling_capacity(spec, cluster, decision.plan)
+        return decision
+    return serving(spec, profile, cluster, context)
+
+
+def _explanation(
+    rec: Recommendation,
+    chosen: Candidate,
+    predictions: Predictions,
+    plan: ServingPlan,
+    found: list[Candidate],
+    utilization: float,
+) -> str:
+    explanation = f"{chosen.label}: {rec.explanation}"
+    if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
+        explanation += f" Packing: {predictions.packing_reason.rstrip('.')}."
+    if chosen.mode == "exclusive":
+        explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
+    elif chosen.mode == "mig":
+        explanation += (
+            f" Deployed one replica per {chosen.mig_profile} slice, {plan.replicas} in all "
+            f"(--gpu-memory-utilization {utilization:.3f} of the slice)."
+        )
+    else:
+        explanation += (
+            f" Each replica's process sees {chosen.memory.presented}, so it runs with "
+            f"--gpu-memory-utilization {utilization:.3f} (vLLM checks at start-up that this "
+            "fraction of the GPU's total is free"
+            + (
+                f"; the {rec.gpu_memory_utilization:.3f} above is an uncapped slot's)."
+                if f"{rec.gpu_memory_utilization:.3f}" != f"{utilization:.3f}"
+                else ")."
+            )
+        )
+    if len(found) > 1:
+        explanation += (
+            " Modes compared (tokens/s per GPU): "
+            + ", ".join(
+                f"{c.label} {c.tokens_per_s_per_gpu:,.0f}" if c.tokens_per_s_per_gpu else f"{c.label} n/a"
+                for c in found
+            )
+            + "."
+        )
+    return explanation
+
+
+def kv_disagreement(profile: Profile) -> str | None:
+    """A sentence for the status when the engine's measured KV capacity disagreed with llmpack's
+    reading of the model's config (the profile then carries the engine's figure, which sized it)."""
+    model = profile.model
+    if model.kv_bytes_per_token_config is None or model.kv_bytes_per_token_config == model.kv_bytes_per_token:
+        return None
+    return (
+        f"KV cache per token: the engine measured {model.kv_bytes_per_token:,} bytes, llmpack's reading "
+        f"of the model's config gives {model.kv_bytes_per_token_config:,}; the engine's figure sized "
+        "this deployment."
+    )
+
+
+def selector_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
