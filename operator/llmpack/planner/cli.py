@@ -1,0 +1,193 @@
+"""`llmpack plan`: the public dry run. What the operator would decide for an LLMDeployment, and the
+objects it would apply, computed by the operator's own planner (planner/decide.py) and renderers.
+
+    llmpack plan -f LLMDEPLOYMENT.yaml [--profile FILE | --simulate] [--cluster FILE.yaml]
+                 [-o yaml|json] [--profiler-image IMAGE] [--serving-image IMAGE]
+
+- Without a profile the operator would profile first: the plan is the profiling Job and its
+  objects. `--profile FILE` takes a Profile JSON (`llmpack profile --output FILE`, or the
+  `profile.json` key of a cached profile ConfigMap); `--simulate` measures one with the simulated
+  backend from the profiling Job's own arguments, as `profiling.backend: simulated` would.
+- `--cluster FILE.yaml`: the nodes, DeviceClasses and ResourceSlices the decision may use, as
+  `kubectl get nodes,deviceclasses,resourceslices -o yaml` prints them (a v1 List). Without it,
+  one node offering the spec's GPU whole, 8 of them, through the device plugin (GFD labels with
+  the catalogue's reported memory) and the NVIDIA DRA driver; MPS shares of the device plugin and
+  MIG slices need a --cluster that has them.
+- Output: {"decision": ..., "objects": [...]}, where `decision` is what the status would say (the
+  recommendation with its explanation, or the profiling Job). An unservable spec exits 1 with the
+  message the status would carry; bad input (a file that is not an LLMDeployment) exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from llmpack.api.llmdeployment import API_VERSION, KIND, LLMDeploymentSpec
+from llmpack.api.profile import Profile, ProfileError
+from llmpack.cli import UserError
+from llmpack.hardware import UnknownGPUError, lookup_gpu
+from llmpack.hardware.cluster import (
+    DRA_GPU_DEVICE_CLASS,
+    DRA_GPU_DRIVER,
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    ClusterFacts,
+    NodeFacts,
+)
+from llmpack.planner import decide as planner
+from llmpack.planner.decide import Context, ProfilingDecision, Refused
+from llmpack.render import render_profiling, render_serving
+from llmpack.render.plan import OwnerRef
+
+DEFAULT_PROFILER_IMAGE = "ghcr.io/llmpack/llmpack-profiler:0.1.0"
+DEFAULT_SERVING_IMAGE = "ghcr.io/llmpack/llmpack-serving:0.1.0"
+DEFAULT_GPUS = 8
+DRY_RUN_UID = "00000000-0000-0000-0000-000000000000"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="the LLMDeployment YAML")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--profile", metavar="FILE", help="a Profile JSON to plan with")
+    source.add_argument(
+        "--simulate",
+        action="store_true",
+        help="plan with a simulated profile of the profiling Job's arguments",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="FILE",
+        help="nodes, DeviceClasses and ResourceSlices as a v1 List (kubectl get ... -o yaml)",
+    )
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    parser.add_argument("--profiler-image", default=DEFAULT_PROFILER_IMAGE, metavar="IMAGE")
+    parser.add_argument("--serving-image", default=DEFAULT_SERVING_IMAGE, metavar="IMAGE")
+
+
+def run(args: argparse.Namespace) -> int:
+    body = read_llmdeployment(Path(args.filename))
+    spec = parse_spec(body)
+    meta = body.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace") or "default"
+    if not name:
+        raise UserError(f"{args.filename}: metadata.name is missing")
+    context = Context(
+        name=name,
+        namespace=namespace,
+        owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=meta.get("uid") or DRY_RUN_UID),
+        profiler_image=args.profiler_image,
+        serving_image=args.serving_image,
+    )
+    cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
+    try:
+        profile = read_profile(Path(args.profile)) if args.profile else None
+        if profile is None and args.simulate:
+            profile = simulate(planner.profiling(spec, cluster, context))
+        decision = planner.decide(spec, profile, cluster, context)
+    except Refused as refused:
+        print(f"llmpack plan: {refused.reason}: {refused.message}", file=sys.stderr)
+        return 1
+    print(render_output(decision, args.output))
+    return 0
+
+
+def read_llmdeployment(path: Path) -> dict[str, Any]:
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    found = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(found) != 1:
+        raise UserError(f"{path} holds {len(found)} LLMDeployment objects; give a file with exactly one")
+    return found[0]
+
+
+def parse_spec(body: dict[str, Any]) -> LLMDeploymentSpec:
+    try:
+        return LLMDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise UserError(
+            f"invalid spec: {where}: {first.get('msg', '').removeprefix('Value error, ')}"
+        ) from None
+
+
+def read_cluster(path: Path) -> ClusterFacts:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    items = data.get("items") if isinstance(data, dict) and "items" in data else [data]
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise UserError(f"{path}: expected a v1 List of nodes, deviceclasses and resourceslices")
+    return ClusterFacts.from_objects(items)
+
+
+def default_cluster(spec: LLMDeploymentSpec) -> ClusterFacts:
+    """One schedulable node offering the spec's GPU whole: 8 GPUs through the device plugin (GFD
+    labels, with the catalogue's reported memory) and through the NVIDIA DRA driver. GPUs shared by
+    the device plugin's MPS or cut into MIG slices are a cluster's choice: give them with --cluster."""
+    labels = {**spec.gpu.node_selector, GPU_PRODUCT_LABEL: spec.gpu.product}
+    with contextlib.suppress(UnknownGPUError):  # the planner refuses the product with the catalogue's list
+        labels[GPU_MEMORY_LABEL] = str(lookup_gpu(spec.gpu.product).reported_memory_mib)
+    node = NodeFacts("gpu-node", labels, {GPU_RESOURCE: str(DEFAULT_GPUS)})
+    facts = ClusterFacts(nodes={node.name: node}, device_classes={DRA_GPU_DEVICE_CLASS})
+    devices = [{"name": f"gpu-{i}", "attributes": {"type": {"string": "gpu"}}} for i in range(DEFAULT_GPUS)]
+    facts.publish_slice(
+        "gpu-node", {"spec": {"driver": DRA_GPU_DRIVER, "nodeName": node.name, "devices": devices}}
+    )
+    return facts
+
+
+def read_profile(path: Path) -> Profile:
+    try:
+        return Profile.from_json(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    except ProfileError as err:
+        raise UserError(f"{path}: {err}") from None
+
+
+def simulate(profiling: ProfilingDecision) -> Profile:
+    """What the profiling Job would publish with the simulated backend, from its own arguments."""
+    from llmpack.profiler import cli as profile_cli
+
+    parser = argparse.ArgumentParser()
+    profile_cli.add_arguments(parser)
+    job_args = list(profiling.plan.args)
+    job_args[job_args.index("--backend") + 1] = "simulated"
+    args = parser.parse_args(job_args)
+    candidates = profile_cli.parse_candidates(args.candidates) or []
+    backend = profile_cli.make_backend(args, candidates)
+    profile, _ = profile_cli.profile_with(backend, candidates, args.sweep)
+    return profile
+
+
+def render_output(decision: ProfilingDecision | planner.ServingDecision, output: str) -> str:
+    if isinstance(decision, ProfilingDecision):
+        summary: dict[str, Any] = {
+            "phase": "Profiling",
+            "profileKey": decision.key,
+            "profilingJob": decision.plan.name,
+        }
+        objects = render_profiling(decision.plan)
+    else:
+        summary = {
+            "phase": "Deploying",
+            "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        }
+        objects = render_serving(decision.plan)
+    document = {"decision": summary, "objects": objects}
+    if output == "json":
+        return json.dumps(document, indent=2)
+    return yaml.safe_dump(document, sort_keys=False, width=110)
