@@ -205,7 +205,9 @@ def test_serving_change_rolls_pods_without_profiling_and_workload_change_profile
         namespace,
         "--type=merge",
         "-p",
-        '{"spec":{"serving":{"extraArgs":["--enable-prefix-caching"]}}}',
+        # the API server's own flag: serving-only (an engine flag such as --enable-prefix-caching
+        # changes what a profile measures and profiles again: tests/unit/test_planning.py)
+        '{"spec":{"serving":{"extraArgs":["--served-model-name","llama"]}}}',
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -213,7 +215,7 @@ def test_serving_change_rolls_pods_without_profiling_and_workload_change_profile
         if template["metadata"]["annotations"] != before:
             break
         time.sleep(0.3)
-    assert "--enable-prefix-caching" in str(template["spec"]["containers"])
+    assert "--served-model-name" in str(template["spec"]["containers"])
     assert not kube_admin.list("Job", namespace), "a serving-only change must not profile again"
     wait_phase(kube_admin, player, namespace, name)  # the player resolves the new pods' token env
     assert len(player.log) == played, "a serving-only change must not measure again"
