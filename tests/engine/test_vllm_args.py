@@ -43,6 +43,7 @@ from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context
 from llmpack.profiler import cli as profile_cli
 from llmpack.profiler import vllm as profiler_vllm
+from llmpack.profiler.facts import flag_value
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import OwnerRef
 
@@ -164,45 +165,26 @@ def profiling_commands(where: str, job: dict[str, Any]) -> list[Command]:
     candidates = profile_cli.parse_candidates(args.candidates) or list(
         profile_cli.DEFAULT_CANDIDATE_BATCH_SIZES
     )
-    settings = profiler_vllm.VllmSettings(executable=args.vllm, port=args.port, seed=args.seed)
+    settings = profiler_vllm.VllmSettings(
+        executable=args.vllm, port=args.port, seed=args.seed, workdir=Path("/tmp/llmpack-args-check")
+    )
     base_url = f"http://{settings.host}:{settings.port}"
-    serve_kwargs = {
-        "max_num_seqs": max(candidates),
-        "max_model_len": request.max_model_len,
-        "dtype": request.dtype,
-        "revision": request.revision,
-        "host": settings.host,
-        "port": settings.port,
-        "seed": settings.seed,
-        "executable": settings.executable,
-    }
+    # the backend's own command line: batch cap, context, the KV pool it sizes, the spec's engine flags
+    backend = profiler_vllm.VllmBackend(request, candidates, settings)
     serve_expect = {
         "model_tag": request.model,
         "max_num_seqs": max(candidates),
         "max_model_len": request.max_model_len,
+        "kv_cache_memory_bytes": backend.kv_cache_memory_bytes,
         "dtype": request.dtype,
         "host": settings.host,
         "port": settings.port,
-        "seed": settings.seed,
+        # the spec's own --seed (its serving.extraArgs reach profiling) replaces the profiler's
+        "seed": int(flag_value(request.engine_args, "--seed") or settings.seed),
     }
     if request.revision:
         serve_expect["revision"] = request.revision
-    commands = [
-        Command(
-            f"{where}/profiling/vllm-serve",
-            profiler_vllm.serve_command(request.model, **serve_kwargs),
-            serve_expect,
-        )
-    ]
-    optional = _optional_kwargs(profiler_vllm.serve_command, set(serve_kwargs))
-    if optional:
-        commands.append(
-            Command(
-                f"{where}/profiling/vllm-serve+{'+'.join(optional)}",
-                profiler_vllm.serve_command(request.model, **serve_kwargs, **optional),
-                {**serve_expect, **optional},
-            )
-        )
+    commands = [Command(f"{where}/profiling/vllm-serve", backend.serve_command, serve_expect)]
     for batch in sorted({min(candidates), max(candidates)}):
         bench_kwargs = {
             "batch": batch,

@@ -466,3 +466,10 @@ def test_the_captured_profile_is_a_valid_profile():
     assert profile.engine.device == "cpu" and profile.block_size == 128
     assert profile.kv_capacity_tokens == 32_768 and profile.model.kv_bytes_per_token == 512
     assert profile.batch_sizes == [1, 2, 4, 8]
+
+
+def test_an_engine_flag_of_the_spec_replaces_the_profilers_own():
+    argv = serve_command("m", max_num_seqs=8, max_model_len=512, dtype="auto", extra_args=["--seed", "1"])
+    assert argv.count("--seed") == 1 and argv[-2:] == ["--seed", "1"]
+    argv = serve_command("m", max_num_seqs=8, max_model_len=512, dtype="auto", extra_args=["--dtype=half"])
+    assert "--dtype" not in argv and argv[-1] == "--dtype=half"

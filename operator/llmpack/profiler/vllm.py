@@ -107,26 +107,21 @@ def serve_command(
     executable: str = "vllm",
 ) -> list[str]:
     """`vllm serve` for profiling: the batch cap, the context length, the KV pool's size, then
-    `extra_args` (engine flags of the spec that change what is measured). None of the flags
+    `extra_args` (engine flags of the spec that change what is measured; where they set one of the
+    flags here, such as --seed, theirs is the one given: serving runs with it). None of the flags
     recent releases removed (--disable-log-requests, --swap-space; FACTS 1.3)."""
-    return [
-        executable,
-        "serve",
-        model,
-        *_flags(
-            [
-                ("--host", host),
-                ("--port", port),
-                ("--max-num-seqs", max_num_seqs),
-                ("--max-model-len", max_model_len),
-                ("--kv-cache-memory-bytes", kv_cache_memory_bytes),
-                ("--dtype", dtype),
-                ("--revision", revision or None),
-                ("--seed", seed),
-            ]
-        ),
-        *extra_args,
+    given = {a.split("=", 1)[0].replace("_", "-") for a in extra_args if a.startswith("--")}
+    own = [
+        ("--host", host),
+        ("--port", port),
+        ("--max-num-seqs", max_num_seqs),
+        ("--max-model-len", max_model_len),
+        ("--kv-cache-memory-bytes", kv_cache_memory_bytes),
+        ("--dtype", dtype),
+        ("--revision", revision or None),
+        ("--seed", seed),
     ]
+    return [executable, "serve", model, *_flags([(f, v) for f, v in own if f not in given]), *extra_args]
 
 
 def num_prompts_for(batch: int) -> int:
