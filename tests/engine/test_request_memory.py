@@ -50,7 +50,7 @@ import engine
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import lookup_gpu
-from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context, Refused
 from llmpack.render import render_profiling, render_serving
@@ -98,18 +98,6 @@ class Case:
 # -- clusters ------------------------------------------------------------------------------------
 
 
-def cluster_of(objects: list[dict[str, Any]]) -> ClusterFacts:
-    cluster = ClusterFacts()
-    for obj in objects:
-        if obj["kind"] == "Node":
-            cluster.nodes[obj["metadata"]["name"]] = NodeFacts.from_node(obj)
-        elif obj["kind"] == "DeviceClass":
-            cluster.device_classes.add(obj["metadata"]["name"])
-        elif obj["kind"] == "ResourceSlice":
-            cluster.publish_slice(obj["metadata"]["name"], obj)
-    return cluster
-
-
 def product_cluster(product: str, memory_mib: int, device_plugin_replicas: int) -> ClusterFacts:
     """The testbed's node kinds for another product, labelled with that product's memory."""
     gpu = lookup_gpu(product)
@@ -124,7 +112,7 @@ def product_cluster(product: str, memory_mib: int, device_plugin_replicas: int) 
         )
     for node in nodes:
         node["metadata"]["labels"][MEMORY_LABEL] = str(memory_mib)
-    return cluster_of(
+    return ClusterFacts.from_objects(
         [
             *nodes,
             testbed.gpu_device_class(),
@@ -255,7 +243,11 @@ def qwen_on_a_10_way_split_h100() -> tuple[str, dict[str, Any], ClusterFacts]:
         "sharing": {"mode": "mps", "mpsProvider": "devicePlugin"},
         "gpu": {"product": H100, "count": 1},
     }
-    return "qwen-0.5b-device-plugin-10-way", spec, cluster_of([testbed.mps_node("mps", gpus=1, replicas=10)])
+    return (
+        "qwen-0.5b-device-plugin-10-way",
+        spec,
+        ClusterFacts.from_objects([testbed.mps_node("mps", gpus=1, replicas=10)]),
+    )
 
 
 @dataclass

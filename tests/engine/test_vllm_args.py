@@ -36,7 +36,7 @@ import yaml
 import engine
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.controller.reconciler import OperatorConfig
-from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.hardware.cluster import ClusterFacts
 from llmpack.launcher import cli as launch_cli
 from llmpack.launcher.command import replica_commands
 from llmpack.planner import decide as planner
@@ -112,15 +112,7 @@ def vllm_argv(argv: list[str]) -> list[str]:
 
 def fake_cluster() -> ClusterFacts:
     """What the operator knows of the testbed's fake nodes, fed as its watch handlers feed it."""
-    cluster = ClusterFacts()
-    for obj in testbed.default_cluster_objects():
-        if obj["kind"] == "Node":
-            cluster.nodes[obj["metadata"]["name"]] = NodeFacts.from_node(obj)
-        elif obj["kind"] == "DeviceClass":
-            cluster.device_classes.add(obj["metadata"]["name"])
-        elif obj["kind"] == "ResourceSlice":
-            cluster.publish_slice(obj["metadata"]["name"], obj)
-    return cluster
+    return ClusterFacts.from_objects(testbed.default_cluster_objects())
 
 
 def profiler_args(container_args: list[str], backend: str) -> argparse.Namespace:
