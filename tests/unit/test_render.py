@@ -296,7 +296,11 @@ def test_dra_pod_is_one_gpu_with_replicas_started_one_after_another_behind_a_rou
     upstreams = [args[i + 1] for i, a in enumerate(args) if a == "--upstream"]
     assert upstreams == ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]
     assert router["ports"] == [{"name": "http", "containerPort": plan.port, "protocol": "TCP"}]
-    assert router["readinessProbe"]["httpGet"]["port"] == plan.port
+    # Ready while one replica serves (/readyz), alive while the router answers (/healthz in
+    # router-only mode); each replica's own liveness probe restarts that replica alone.
+    assert router["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": plan.port, "scheme": "HTTP"}
+    assert router["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": plan.port, "scheme": "HTTP"}
+    assert router["livenessProbe"]["failureThreshold"] * router["livenessProbe"]["periodSeconds"] >= 30
     assert "claims" not in router["resources"], "the router needs no GPU"
     assert deployment["spec"]["template"]["metadata"]["annotations"][
         "kubectl.kubernetes.io/default-container"

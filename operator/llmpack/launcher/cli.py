@@ -20,17 +20,25 @@ ENTRYPOINT is `llmpack launch`):
 Replicas start one after another, each only when the previous answers GET /health with 200, because
 two vLLM instances starting together on one GPU corrupt each other's memory profiling (vllm issue
 55827). The router on --router-port proxies every path to the healthy replica with the fewest
-requests in flight and answers itself on /healthz and /health (200 only when every replica serves),
-/readyz (the same, and 503 once shutting down) and /metrics (the replicas' metrics, each sample
-labelled replica="i", plus the router's own). Probes: use a startupProbe on /healthz whose budget
-covers all replicas' start (replicas x --start-timeout at most), then liveness on /healthz and
-readiness on /readyz. Exit status: 0 after SIGTERM, 1 when a replica fails to start or all have
-exited, 2 for bad arguments.
+requests in flight and answers itself on /readyz (200 while at least one replica serves, 503 once
+shutting down), /healthz and /health (liveness: 200 from the first replica serving until none has
+served for --unserving-grace seconds; one replica down keeps it 200) and /metrics (the replicas'
+metrics, each sample labelled replica="i", plus the router's own, among them
+llmpack_router_replicas_serving). Probes: a startupProbe on /healthz whose budget covers the first
+replica's start (--start-timeout), then liveness on /healthz and readiness on /readyz. The pod is
+ready once its first replica serves, while later ones still start: what a starting vLLM must not
+share the GPU with is another one starting, not one serving. Exit status: 0 after SIGTERM, 1 when a
+replica fails to start or all have exited, 2 for bad arguments.
+
+The router's limits (--max-body-bytes, 413; --max-in-flight, 503 with Retry-After; --read-timeout,
+504) and why their defaults are what they are: launcher/router.py.
 
 A replica whose server process exits is seen at once (not through its output pipe, which vLLM's
 engine core and worker processes keep open): the launcher logs it, counts it in
 llmpack_replica_exits_total{replica="i"}, SIGKILLs the processes it left behind (they hold its GPU
-memory) and stops routing to it; /healthz turns 503 so that the liveness probe restarts the pod.
+memory) and stops routing to it. The pod serves on with the others (ready, alive) at lower
+capacity, visible in llmpack_router_replicas_serving; once none serves, the launcher exits (all
+exited) or /healthz fails after --unserving-grace (all unhealthy), and the container restarts.
 Orphaned engine processes become the launcher's children (it is PID 1 in its container, and makes
 itself a child subreaper elsewhere), and it reaps them.
 SIGTERM goes to every process of every replica; what still runs after --shutdown-grace is SIGKILLed,
@@ -40,6 +48,8 @@ replica closed, which makes vLLM abort it (llmpack_router_client_disconnects_tot
 Router only (what a DRA MPS pod runs, where each replica is its own container started in order by
 Kubernetes as a native sidecar): `llmpack launch --router-only --router-port 8000 --upstream
 http://127.0.0.1:8001 --upstream http://127.0.0.1:8002` routes and health-checks, and starts nothing.
+Its /healthz answers for the router alone (each replica container has its own liveness probe, and
+restarting the router would not mend one); /readyz is as above.
 """
 
 from __future__ import annotations
@@ -95,6 +105,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=defaults.connect_timeout_s, metavar="SECONDS"
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=defaults.read_timeout_s,
+        metavar="SECONDS",
+        help="give up on a replica that sends nothing for this long (504; a plain completion sends "
+        "nothing until it is done, so keep it above the longest generation)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        metavar="BYTES",
+        help="larger request bodies are refused with 413 (bodies are streamed, not buffered)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=defaults.max_in_flight,
+        metavar="N",
+        help="requests proxied at once; more are refused with 503 and Retry-After",
+    )
+    parser.add_argument(
+        "--unserving-grace",
+        type=float,
+        default=defaults.unserving_grace_s,
+        metavar="SECONDS",
+        help="/healthz fails once no replica has served this long (not with --router-only)",
     )
     parser.add_argument(
         "--shutdown-grace",
@@ -156,6 +195,14 @@ def _run_router_only(args: argparse.Namespace) -> int:
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:
     """The settings of both modes (the router-only mode ignores the start and shutdown ones)."""
+    for flag, value in (
+        ("--read-timeout", args.read_timeout),
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--max-in-flight", args.max_in_flight),
+        ("--unserving-grace", args.unserving_grace),
+    ):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, not {value}")
     return LaunchSettings(
         router_host=args.router_host,
         router_port=args.router_port,
@@ -166,4 +213,8 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
         recheck_s=args.recheck_interval,
         connect_timeout_s=args.connect_timeout,
         shutdown_grace_s=args.shutdown_grace,
+        read_timeout_s=args.read_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+        unserving_grace_s=args.unserving_grace,
     )

@@ -48,9 +48,17 @@ class RouterMetrics:
         )
         self.upstream_errors = Counter(
             "llmpack_router_upstream_errors",
-            "Failures talking to a replica: connect (request not sent, retried) or response "
-            "(broken after the request was sent, not retried).",
+            "Failures talking to a replica: connect (request not sent, retried), response "
+            "(broken after the request was sent, not retried) or timeout (nothing received for "
+            "--read-timeout seconds; 504, or the client's connection broken mid-answer).",
             [REPLICA_LABEL, "kind"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "llmpack_router_rejected_requests",
+            "Requests the router refused itself: overloaded (503, --max-in-flight requests already "
+            "in flight) or body_too_large (413, over --max-body-bytes).",
+            ["reason"],
             registry=self.registry,
         )
         self.scrape_errors = Counter(
@@ -86,11 +94,25 @@ class RouterMetrics:
             registry=self.registry,
         )
 
+        self.replicas = Gauge(
+            "llmpack_router_replicas",
+            "Replicas this router fronts, serving or not.",
+            registry=self.registry,
+        )
+        self.replicas_serving = Gauge(
+            "llmpack_router_replicas_serving",
+            "Replicas the router sends requests to now; the pod is ready while this is at least 1.",
+            registry=self.registry,
+        )
+
     def observe(self, replicas: Iterable[Replica]) -> None:
         """Copy the live per-replica state into gauges (cheaper than updating them per request)."""
+        replicas = list(replicas)
         for replica in replicas:
             self.in_flight.labels(replica.label).set(replica.in_flight)
             self.healthy.labels(replica.label).set(1 if replica.serving else 0)
+        self.replicas.set(len(replicas))
+        self.replicas_serving.set(sum(r.serving for r in replicas))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

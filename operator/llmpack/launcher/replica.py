@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass, field
 
 
@@ -21,6 +22,8 @@ class Replica:
     state: ReplicaState = ReplicaState.STARTING
     reason: str = "not started yet"
     in_flight: int = 0
+    # time.monotonic() when it last stopped serving (None: never did), for the router's liveness.
+    stopped_serving_at: float | None = None
     # Set when the router sees a failed connection, so the health monitor checks at once.
     recheck_now: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -38,7 +41,7 @@ class Replica:
 
     def mark_unhealthy(self, reason: str) -> None:
         if self.state in (ReplicaState.HEALTHY, ReplicaState.UNHEALTHY):
-            self.state, self.reason = ReplicaState.UNHEALTHY, reason
+            self._leave(ReplicaState.UNHEALTHY, reason)
 
     def report_connection_failure(self, reason: str) -> None:
         """The router could not connect: stop sending here and have the health monitor look now."""
@@ -46,8 +49,13 @@ class Replica:
         self.recheck_now.set()
 
     def mark_exited(self, exit_code: int | None) -> None:
-        self.state, self.reason = ReplicaState.EXITED, f"process exited with code {exit_code}"
+        self._leave(ReplicaState.EXITED, f"process exited with code {exit_code}")
         self.recheck_now.set()  # lets its health monitor notice and stop
+
+    def _leave(self, state: ReplicaState, reason: str) -> None:
+        if self.serving:
+            self.stopped_serving_at = time.monotonic()
+        self.state, self.reason = state, reason
 
     def describe(self) -> str:
         return f"replica {self.index} ({self.base_url}): {self.state.value}, {self.reason}"

@@ -23,13 +23,48 @@ slot. A client leaving is not a replica failure: the replica is not marked nor r
 
 Responses are relayed chunk by chunk as they arrive (SSE streams stay incremental) and byte for byte:
 the upstream body is not decompressed and the client's own headers are the only ones sent upstream.
+
+Limits (the router container has 1 GiB; every one is a flag of `llmpack launch`):
+- Request bodies are streamed to the replica, not buffered: the router holds at most aiohttp's read
+  buffers (64 KiB high-water marks each way) per request, whatever the body's size. A request that
+  could not be connected is still sent again safely, because nothing of its body has been read by
+  then. A body over --max-body-bytes (16 MiB) is answered 413 with the limit, before any replica is
+  contacted when its Content-Length says so, or when the count passes the limit for a chunked one
+  (the replica's connection is then closed). 16 MiB holds any text prompt a served context allows
+  (a million tokens as token ids is ~7 MiB of JSON) and a few base64 images for multimodal chat,
+  while refusing a runaway upload before vLLM, which parses the whole body in memory, sees it.
+- At most --max-in-flight (1024) requests are proxied at once; one more is answered 503 at once with
+  Retry-After rather than queued without bound. With streamed bodies each costs well under 1 MiB,
+  so the cap bounds the router's memory far below its limit, and it sits above what the replicas of
+  one GPU run at once (their max-num-seqs sum to a few hundred), so it only bites on an overload
+  that vLLM would otherwise queue. Health, readiness and metrics are never capped: probes must
+  answer most when the pod is busiest.
+- A replica that sends nothing for --read-timeout (600 s) is given up on: 504 to the client if no
+  answer has begun, else the client's connection is broken (as for a replica that breaks off), and
+  it counts as the replica's failure (llmpack_router_upstream_errors{kind="timeout"}, health
+  rechecked at once). The timer runs between received chunks and starts once the body is sent, so
+  a slow upload is not held against the replica. It must be long because a plain (non-streaming)
+  completion sends nothing until it is done: 600 s is the OpenAI Python client's own default
+  timeout, beyond which the usual client has given up anyway. Meanwhile a hung replica collects
+  in-flight requests, so the fewest-in-flight choice already steers new requests away from it.
+
+Health: /readyz is 200 while at least one replica serves (and not while shutting down): one replica
+down lowers the pod's capacity but must not pull the healthy ones out of the Service. /healthz is
+liveness, and one replica down never fails it (restarting the pod would stop the replicas that
+serve too). With `unserving_grace_s` (what `llmpack launch` sets) it is 503 until the first replica
+serves (what a startupProbe waits for) and once none has served for that long, because the
+launcher never restarts a replica and only a restart of the container mends that. Without it (the
+router-only mode, whose replica containers have liveness probes of their own) it answers for the
+router alone: a router that cannot answer fails it by itself. How many replicas serve is the gauge
+llmpack_router_replicas_serving and the `serving` field of both answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -54,19 +89,27 @@ HOP_BY_HOP_HEADERS = frozenset(
         "upgrade",
     }
 )
-# The client library sets these for the upstream request from what it actually sends.
-REQUEST_HEADERS_NOT_FORWARDED = HOP_BY_HOP_HEADERS | {"host", "content-length"}
+# The client library sets Host for the upstream request, and chunks a body without Content-Length
+# itself; Expect: 100-continue was answered to the client by the router already.
+REQUEST_HEADERS_NOT_FORWARDED = HOP_BY_HOP_HEADERS | {"host", "expect"}
 REPLICA_HEADER = "X-LLMPack-Replica"
-MAX_REQUEST_BYTES = 256 * 2**20  # chat requests can carry base64 images; aiohttp's default is 1 MiB
+
+# The limits' defaults, and why, are in the module docstring.
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_MAX_IN_FLIGHT = 1024
+DEFAULT_READ_TIMEOUT_S = 600.0
+RETRY_AFTER_S = 1  # an overload is answered at once; a client that retries soon finds a free slot
 
 
-def upstream_session(connect_timeout_s: float) -> aiohttp.ClientSession:
+def upstream_session(connect_timeout_s: float, read_timeout_s: float | None = None) -> aiohttp.ClientSession:
     """The client for replicas: no keep-alive (see the module docstring), no connection cap (vLLM
-    queues on its own), no read timeout (a long generation is not an error), no decompression, and no
-    default headers of its own (an Accept-Encoding the client did not send would change the body)."""
+    queues on its own, and the router caps requests itself), no total timeout (a long generation is
+    not an error) but an idle read timeout between chunks (a hung replica is), no decompression, and
+    no default headers of its own (an Accept-Encoding the client did not send would change the
+    body)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s),
         auto_decompress=False,
         skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
     )
@@ -74,6 +117,35 @@ def upstream_session(connect_timeout_s: float) -> aiohttp.ClientSession:
 
 class _NotSent(Exception):
     """The replica could not be connected: the request never left, another replica may take it."""
+
+
+class _BodyTooLarge(Exception):
+    """A chunked request body passed the limit while it was streamed to the replica."""
+
+
+class _RequestBody:
+    """The client's body, streamed to one replica and counted on the way (see the module docstring).
+
+    Not read before a replica is connected, so a request whose replica could not be connected can
+    still go whole to another."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+        self.bytes_read = 0
+        self.too_large = False
+
+    def payload(self) -> AsyncIterator[bytes] | None:
+        return self._chunks() if self._request.body_exists else None
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        content = self._request.content
+        while chunk := await content.readany():
+            self.bytes_read += len(chunk)
+            if self.bytes_read > self._limit:
+                self.too_large = True
+                raise _BodyTooLarge
+            yield chunk
 
 
 class Router:
@@ -84,19 +156,31 @@ class Router:
         *,
         metrics: RouterMetrics | None = None,
         metrics_timeout_s: float = 5.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        unserving_grace_s: float | None = None,
     ) -> None:
+        """unserving_grace_s: how long /healthz stays 200 while no replica serves (and none is still
+        starting); None keeps it 200 whatever the replicas do (see the module docstring)."""
         self.replicas = list(replicas)
         self.metrics = metrics or RouterMetrics()
         self.draining = False  # set on SIGTERM: not ready any more, still serving what arrives
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.unserving_grace_s = unserving_grace_s
+        self.in_flight = 0  # requests being proxied, over all replicas
         self._session = session
         self._metrics_timeout_s = metrics_timeout_s
         self._rotation = 0
         self._runner: web.AppRunner | None = None
+        self._started_at = time.monotonic()
 
     # --- serving -------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        # Proxied bodies are streamed and counted by the router itself (client_max_size only bounds
+        # request.read(), which nothing here calls); aiohttp's default 1 MiB stays for the rest.
+        app = web.Application()
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/health", self.healthz)  # vLLM's own name, for clients that probe it
         app.router.add_get("/readyz", self.readyz)
@@ -138,7 +222,28 @@ class Router:
     # --- proxying ------------------------------------------------------------------------------
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()  # whole, so that a request that was not sent can be sent again
+        if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected.labels("overloaded").inc()
+            return web.json_response(
+                {
+                    "error": f"the router has {self.max_in_flight} requests in flight, its limit "
+                    "(--max-in-flight); retry shortly",
+                    "maxInFlight": self.max_in_flight,
+                },
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            return self._body_too_large(length)
+        self.in_flight += 1
+        try:
+            return await self._proxy(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        body = _RequestBody(request, self.max_body_bytes)
         headers = forwarded_headers(request.headers)
         not_connected: list[Replica] = []
         while (replica := self.pick(exclude=not_connected)) is not None:
@@ -149,6 +254,8 @@ class Router:
                 return await self._forward(request, replica, body, headers)
             except _NotSent:
                 not_connected.append(replica)
+                if body.bytes_read:  # cannot happen (the body is read once connected); never resend part
+                    return web.json_response({"error": "request body lost in a failed send"}, status=502)
             except asyncio.CancelledError:
                 if request.transport is None:  # the client's connection is gone
                     self._client_left(request, replica, "closed the connection")
@@ -158,21 +265,40 @@ class Router:
         self.metrics.unroutable.inc()
         return web.json_response({"error": "no healthy replica", "replicas": self._status()}, status=503)
 
+    def _body_too_large(self, size: int | None) -> web.Response:
+        self.metrics.rejected.labels("body_too_large").inc()
+        what = f"{size} bytes" if size is not None else "the body"
+        return web.json_response(
+            {
+                "error": f"request body too large: {what} over the limit of {self.max_body_bytes} "
+                "bytes (--max-body-bytes)",
+                "maxBodyBytes": self.max_body_bytes,
+            },
+            status=413,
+        )
+
     async def _forward(
-        self, request: web.Request, replica: Replica, body: bytes, headers: CIMultiDict[str]
+        self, request: web.Request, replica: Replica, body: _RequestBody, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         url = URL(replica.base_url + request.raw_path, encoded=True)
         try:
             upstream = await self._session.request(
-                request.method, url, data=body or None, headers=headers, allow_redirects=False
+                request.method, url, data=body.payload(), headers=headers, allow_redirects=False
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as err:
-            # With no read timeout, a timeout here can only be the connect timeout.
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
             self.metrics.upstream_errors.labels(replica.label, "connect").inc()
             replica.report_connection_failure(f"connection failed: {err}")
             log.warning("replica %s: could not connect (%s); trying another", replica.index, err)
             raise _NotSent from err
+        except aiohttp.SocketTimeoutError as err:
+            self._replica_timed_out(request, replica, "before answering")
+            return web.json_response(
+                {"error": f"replica {replica.index} sent nothing for {self._read_timeout_s():g} s: {err}"},
+                status=504,
+            )
         except aiohttp.ClientError as err:
+            if body.too_large:  # the client's doing, not the replica's
+                return self._body_too_large(None)
             self.metrics.upstream_errors.labels(replica.label, "response").inc()
             replica.recheck_now.set()
             log.warning(
@@ -206,11 +332,15 @@ class Router:
             try:
                 chunk = await upstream.content.readany()
             except aiohttp.ClientError as err:
-                # The replica broke off mid-answer. Headers are out, so the only honest signal left
-                # is to break the client's connection too, rather than end the body as if complete.
-                self.metrics.upstream_errors.labels(replica.label, "response").inc()
-                replica.recheck_now.set()
-                log.warning("replica %s: response to %s broke off: %s", replica.index, request.path, err)
+                # The replica broke off or went silent mid-answer. Headers are out, so the only honest
+                # signal left is to break the client's connection too, rather than end the body as
+                # if complete.
+                if isinstance(err, aiohttp.SocketTimeoutError):
+                    self._replica_timed_out(request, replica, "mid-answer")
+                else:
+                    self.metrics.upstream_errors.labels(replica.label, "response").inc()
+                    replica.recheck_now.set()
+                    log.warning("replica %s: response to %s broke off: %s", replica.index, request.path, err)
                 if request.transport is not None:
                     request.transport.abort()
                 return response
@@ -225,6 +355,23 @@ class Router:
                 self._client_left(request, replica, "closed the connection mid-answer")
                 return response
 
+    def _replica_timed_out(self, request: web.Request, replica: Replica, when: str) -> None:
+        """The replica's failure: counted, and its health checked at once (a hung engine may still
+        answer /health; then it stays, and its growing in-flight count keeps requests away)."""
+        self.metrics.upstream_errors.labels(replica.label, "timeout").inc()
+        replica.recheck_now.set()
+        log.warning(
+            "replica %s: sent nothing for %g s %s to %s %s; given up",
+            replica.index,
+            self._read_timeout_s(),
+            when,
+            request.method,
+            request.path,
+        )
+
+    def _read_timeout_s(self) -> float:
+        return self._session.timeout.sock_read or 0.0
+
     def _client_left(self, request: web.Request, replica: Replica, what: str) -> None:
         """Not the replica's failure: counted, logged, and the replica left as it is."""
         self.metrics.client_disconnects.labels(replica.label).inc()
@@ -238,17 +385,36 @@ class Router:
 
     # --- health and metrics --------------------------------------------------------------------
 
+    def serving(self) -> int:
+        return sum(r.serving for r in self.replicas)
+
+    def live(self) -> bool:
+        """With unserving_grace_s: True while a replica serves, and for that long after the last one
+        stopped; False before any has served (a startupProbe on /healthz waits for the first).
+        Without: always True, since a router that cannot answer fails its probe by itself."""
+        if self.unserving_grace_s is None or self.serving():
+            return True
+        stops = [r.stopped_serving_at for r in self.replicas if r.stopped_serving_at is not None]
+        return bool(stops) and time.monotonic() - max(stops) < self.unserving_grace_s
+
     async def healthz(self, request: web.Request) -> web.Response:
-        """200 only while every replica serves: a pod missing a replica is wasting its GPU share."""
-        return self._health_answer(ok=all(r.serving for r in self.replicas))
+        """Liveness: 200 unless no replica has served for a while (see live()); one replica down
+        keeps it 200, since restarting the pod would also stop the replicas that serve."""
+        return self._health_answer(ok=self.live())
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Like /healthz, and also not ready once shutting down, so the Service stops sending."""
-        return self._health_answer(ok=all(r.serving for r in self.replicas) and not self.draining)
+        """Readiness: 200 while at least one replica serves and the router is not shutting down."""
+        return self._health_answer(ok=self.serving() > 0 and not self.draining)
 
     def _health_answer(self, ok: bool) -> web.Response:
         not_serving = [r.index for r in self.replicas if not r.serving]
-        body = {"ok": ok, "draining": self.draining, "notServing": not_serving, "replicas": self._status()}
+        body = {
+            "ok": ok,
+            "draining": self.draining,
+            "serving": self.serving(),
+            "notServing": not_serving,
+            "replicas": self._status(),
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     def _status(self) -> list[dict[str, object]]:

@@ -22,7 +22,13 @@ from llmpack.launcher.health import HealthMonitor
 from llmpack.launcher.metrics import RouterMetrics
 from llmpack.launcher.process import ReplicaProcess, ReplicaStartError, become_subreaper, reap_orphans
 from llmpack.launcher.replica import Replica, ReplicaState
-from llmpack.launcher.router import Router, upstream_session
+from llmpack.launcher.router import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_READ_TIMEOUT_S,
+    Router,
+    upstream_session,
+)
 
 log = logging.getLogger("llmpack.launcher")
 REAP_INTERVAL_S = 5.0
@@ -40,6 +46,37 @@ class LaunchSettings:
     health_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     shutdown_grace_s: float = 25.0
+    # The router's limits: why these defaults, in launcher/router.py's docstring.
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # `llmpack launch` only: /healthz fails once no replica has served this long.
+    # A minute: longer than a health check's blip (5 s period, 5 s timeout), short against the
+    # minutes a pod restart costs, which is the only mend for replicas the launcher never restarts.
+    unserving_grace_s: float = 60.0
+
+    def session(self) -> aiohttp.ClientSession:
+        return upstream_session(self.connect_timeout_s, self.read_timeout_s)
+
+    def router(
+        self,
+        replicas: list[Replica],
+        session: aiohttp.ClientSession,
+        metrics: RouterMetrics | None = None,
+        *,
+        replicas_restart_themselves: bool,
+    ) -> Router:
+        """replicas_restart_themselves: in a router-only pod every replica is a container with a
+        liveness probe of its own, so restarting the router would mend nothing: its /healthz then
+        answers for the router alone."""
+        return Router(
+            replicas,
+            session,
+            metrics=metrics,
+            max_body_bytes=self.max_body_bytes,
+            max_in_flight=self.max_in_flight,
+            unserving_grace_s=None if replicas_restart_themselves else self.unserving_grace_s,
+        )
 
 
 def watch_health(
@@ -70,8 +107,10 @@ class Launcher:
         self._handle_stop_signals()
         become_subreaper()
         self._tasks.append(asyncio.create_task(self._reap_periodically()))
-        async with upstream_session(self.settings.connect_timeout_s) as session:
-            router = Router(self.replicas, session, metrics=self.metrics)
+        async with self.settings.session() as session:
+            router = self.settings.router(
+                self.replicas, session, self.metrics, replicas_restart_themselves=False
+            )
             port = await router.start(self.settings.router_host, self.settings.router_port)
             log.info("router listening on %s:%s", self.settings.router_host, port)
             try:
@@ -223,8 +262,8 @@ class RouterOnly:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop_requested.set)
-        async with upstream_session(self.settings.connect_timeout_s) as session:
-            router = Router(self.replicas, session)
+        async with self.settings.session() as session:
+            router = self.settings.router(self.replicas, session, replicas_restart_themselves=True)
             port = await router.start(self.settings.router_host, self.settings.router_port)
             log.info(
                 "router listening on %s:%s for %d replicas",

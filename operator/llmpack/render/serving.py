@@ -384,9 +384,13 @@ def vllm_sidecar(plan: ServingPlan, index: int, port: int) -> dict[str, Any]:
 
 def router_container(plan: ServingPlan, upstream_ports: list[int]) -> dict[str, Any]:
     """The local router of a DRA pod (`llmpack launch --router-only`), on the service port: it
-    spreads requests over the pod's replicas. Ready on /readyz (every replica serves, and 503 while
-    shutting down so the Service stops sending first); alive while it accepts connections (its
-    /healthz follows the replicas, and restarting the router would not mend a replica)."""
+    spreads requests over the pod's replicas. Ready on /readyz (at least one replica serves, so one
+    replica down does not pull the others out of the Service; 503 while shutting down so the Service
+    stops sending first). Alive on /healthz, which in router-only mode answers for the router alone:
+    each replica container has its own liveness probe, and restarting the router would not mend
+    one (an HTTP answer, unlike a TCP connect the kernel accepts for it, also catches a wedged
+    router). No startupProbe: the router starts once every replica's startupProbe has passed, and
+    listens within seconds."""
     args = ["--router-only", "--router-port", str(plan.port)]
     for port in upstream_ports:
         args += ["--upstream", f"http://127.0.0.1:{port}"]
@@ -400,12 +404,7 @@ def router_container(plan: ServingPlan, upstream_ports: list[int]) -> dict[str, 
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
         "volumeMounts": workspace_mounts(shm=False),
         "readinessProbe": http_probe("/readyz", plan.port, period_s=5, failures=3),
-        "livenessProbe": {
-            "tcpSocket": {"port": plan.port},
-            "periodSeconds": 15,
-            "timeoutSeconds": HEALTH_TIMEOUT_S,
-            "failureThreshold": 4,
-        },
+        "livenessProbe": http_probe("/healthz", plan.port, period_s=15, failures=4),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

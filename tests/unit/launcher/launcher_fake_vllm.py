@@ -26,6 +26,7 @@ class FakeVllm:
     def __init__(self, name: str) -> None:
         self.name = name
         self.completions = 0
+        self.uploaded = 0  # bytes of /upload bodies received so far, as they arrive
         # Tests put a token per event they allow: a held request answering, a stream chunk going.
         self.release_held: asyncio.Queue[None] = asyncio.Queue()
         self.next_chunk: asyncio.Queue[None] = asyncio.Queue()
@@ -39,13 +40,21 @@ class FakeVllm:
         )
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        # vLLM (uvicorn) sets no body limit: what reaches the replica is the router's business.
+        app = web.Application(client_max_size=2**30)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions_handler)
         app.router.add_post("/v1/chat/completions", self.completions_handler)
+        app.router.add_post("/upload", self.upload)
         return app
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """Counts the body as it arrives, so a test can see it come before the client is done."""
+        while chunk := await request.content.readany():
+            self.uploaded += len(chunk)
+        return web.json_response({"received": self.uploaded})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")

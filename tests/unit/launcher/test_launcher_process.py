@@ -110,6 +110,18 @@ class Launch:
 
         wait_until(answers_status, what=f"/healthz answers {status}")
 
+    def wait_for_serving(self, count: int, timeout_s: float = 10.0) -> dict:
+        """The router's /readyz answer once exactly `count` replicas serve."""
+
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"launcher exited early: {self.finish()}")
+            body = get(self.url("/readyz"))[1]
+            return bool(body) and json.loads(body)["serving"] == count
+
+        wait_until(serving, timeout_s=timeout_s, what=f"{count} replicas serving")
+        return json.loads(get(self.url("/readyz"))[1])
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.router_port}{path}"
 
@@ -142,7 +154,8 @@ def launches(tmp_path: Path) -> Iterator[Callable[..., Launch]]:
 
 def test_replicas_start_one_after_another_serve_and_stop_on_sigterm(launches) -> None:
     launch = launches(3, ["--ready-after", "0.2", "--spawn-helper"])
-    launch.wait_for_health(200)
+    launch.wait_for_health(200)  # once the first serves: a startupProbe on /healthz passes here
+    launch.wait_for_serving(3)
 
     events = records(launch.record)
     starts = {e["port"]: e["time"] for e in events if e["event"] == "start"}
@@ -164,18 +177,19 @@ def test_replicas_start_one_after_another_serve_and_stop_on_sigterm(launches) ->
     wait_until(lambda: all(is_gone(pid) for pid in pids), timeout_s=5, what="no process left")
 
 
-def test_a_replica_that_dies_after_start_turns_health_false(launches) -> None:
+def test_a_replica_that_dies_after_start_leaves_the_pod_ready_and_alive_on_the_other(launches) -> None:
     launch = launches(2, [])
-    launch.wait_for_health(200)
+    launch.wait_for_serving(2)
     victim = next(e["pid"] for e in records(launch.record) if e["port"] == launch.first_port + 1)
     os.kill(victim, signal.SIGKILL)
 
-    launch.wait_for_health(503)
-    health = json.loads(get(launch.url("/healthz"))[1])
-    assert health["notServing"] == [1]
-    assert health["replicas"][1]["reason"] == "process exited with code -9"
+    ready = launch.wait_for_serving(1)
+    assert ready["ok"] and ready["notServing"] == [1]
+    assert ready["replicas"][1]["reason"] == "process exited with code -9"
+    assert get(launch.url("/healthz"))[0] == 200  # restarting the pod would stop replica 0 too
     for _ in range(4):  # the survivor takes everything
         assert get(launch.url("/v1/models"))[0] == 200
+    assert metric_value(launch, "llmpack_router_replicas_serving") == 1
 
     launch.process.send_signal(signal.SIGTERM)
     code, output = launch.finish()
@@ -188,14 +202,14 @@ def test_a_dead_server_is_seen_at_once_and_its_helpers_are_killed(launches) -> N
     killed: the launcher must see the exit anyway, and kill the helper. Health checks are made too
     rare here to be what notices it."""
     launch = launches(2, ["--spawn-helper"], ["--health-interval", "600"])
-    launch.wait_for_health(200)
+    launch.wait_for_serving(2)
     events = records(launch.record)
     port = launch.first_port + 1
     victim = next(e["pid"] for e in events if e["event"] == "start" and e["port"] == port)
     helper = next(e["helper_pid"] for e in events if e["event"] == "helper" and e["port"] == port)
     os.kill(victim, signal.SIGKILL)
 
-    wait_until(lambda: get(launch.url("/healthz"))[0] == 503, timeout_s=3, what="exit seen")
+    launch.wait_for_serving(1, timeout_s=3)  # the exit seen
     wait_until(lambda: is_gone(helper), timeout_s=3, what="the dead server's helper killed")
     # Orphaned, the helper became the launcher's child (as vLLM's engine core becomes the child of
     # llmpack, PID 1 in its container), which must reap it rather than keep a zombie.
@@ -216,6 +230,44 @@ def test_a_dead_server_is_seen_at_once_and_its_helpers_are_killed(launches) -> N
     assert "replica 1 exited with code -9" in output
     assert f"killed the 1 processes its server left behind (pids {helper})" in output, output
     wait_until(lambda: all(is_gone(pid) for pid in launch.all_pids()), timeout_s=5, what="no process left")
+
+
+def metric_value(launch: Launch, family: str) -> float:
+    text = get(launch.url("/metrics"))[1].decode()
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == family
+        for s in f.samples
+        if s.name in (family, family + "_total")
+    )
+
+
+def test_a_hung_replica_times_out_requests_and_a_pod_with_none_serving_fails_liveness(launches) -> None:
+    """SIGSTOP: the process lives, its socket accepts, nothing answers, as with a wedged engine."""
+    launch = launches(1, [], ["--read-timeout", "1", "--unserving-grace", "1"])
+    launch.wait_for_serving(1)
+    (replica,) = launch.all_pids()
+    os.kill(replica, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        json_type = {"Content-Type": "application/json"}
+        request = urllib.request.Request(launch.url("/v1/completions"), b'{"prompt": "hi"}', json_type)
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(request, timeout=10)
+        assert answered.value.code == 504
+        assert 1 <= time.monotonic() - started < 5
+        # The recheck it asked for times out too (5 s): unready, then not alive a second later.
+        wait_until(lambda: get(launch.url("/readyz"))[0] == 503, timeout_s=10, what="unready")
+        wait_until(lambda: get(launch.url("/healthz"))[0] == 503, timeout_s=5, what="not alive")
+        assert metric_value(launch, "llmpack_router_replicas_serving") == 0
+    finally:
+        os.kill(replica, signal.SIGCONT)
+    launch.wait_for_health(200)  # back before the kubelet acted: alive again
+    launch.process.send_signal(signal.SIGTERM)
+    code, output = launch.finish()
+    assert code == 0, output
+    assert "replica 0: sent nothing for 1 s before answering" in output
 
 
 def test_a_replica_crashing_during_start_fails_the_launch_with_its_output(launches) -> None:

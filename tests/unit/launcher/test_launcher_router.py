@@ -50,15 +50,20 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def routed(count: int) -> AsyncIterator[tuple[list[Upstream], Router, str, aiohttp.ClientSession]]:
+async def routed(
+    count: int, *, read_timeout_s: float | None = None, **limits: object
+) -> AsyncIterator[tuple[list[Upstream], Router, str, aiohttp.ClientSession]]:
     upstreams = [Upstream(f"fake-{i}") for i in range(count)]
     for upstream in upstreams:
         await upstream.start()
     replicas = [Replica(i, u.url) for i, u in enumerate(upstreams)]
     for replica in replicas:
         replica.mark_healthy()
-    async with upstream_session(connect_timeout_s=2) as upstream_client, aiohttp.ClientSession() as client:
-        router = Router(replicas, upstream_client)
+    async with (
+        upstream_session(connect_timeout_s=2, read_timeout_s=read_timeout_s) as upstream_client,
+        aiohttp.ClientSession() as client,
+    ):
+        router = Router(replicas, upstream_client, **limits)
         port = await router.start("127.0.0.1", 0)
         try:
             yield upstreams, router, f"http://127.0.0.1:{port}", client
@@ -163,12 +168,6 @@ def test_a_dead_replica_gets_no_requests_and_none_is_lost() -> None:
             assert sorted(body["prompt"] for _, _, body in answers) == sorted(str(i) for i in range(20))
             assert router.replicas[1].state is ReplicaState.UNHEALTHY
             assert router.metrics.retries.labels("1")._value.get() >= 1
-
-            async with client.get(url + "/healthz") as response:
-                assert response.status == 503
-                assert (await response.json())["notServing"] == [1]
-            async with client.get(url + "/readyz") as response:
-                assert response.status == 503
 
     asyncio.run(scenario())
 
@@ -314,5 +313,222 @@ def test_other_paths_and_methods_are_proxied() -> None:
             async with client.get(url + "/no/such/path") as response:
                 assert response.status == 404  # the replica's answer, relayed
                 assert response.headers[REPLICA_HEADER] == "0"
+
+    asyncio.run(scenario())
+
+
+async def answer(client: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
+    async with client.get(url) as response:
+        return response.status, await response.json()
+
+
+async def scraped(client: aiohttp.ClientSession, url: str, family: str) -> float:
+    async with client.get(url + "/metrics") as response:
+        text = await response.text()
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == family
+        for s in f.samples
+        if s.name in (family, family + "_total")
+    )
+
+
+# --- one replica down, all down: readiness, liveness, and the serving gauge --------------------------
+
+
+def test_one_replica_down_keeps_the_pod_ready_and_alive_and_the_gauge_says_so() -> None:
+    async def scenario() -> None:
+        async with routed(2, unserving_grace_s=60) as (upstreams, router, url, client):
+            assert await scraped(client, url, "llmpack_router_replicas_serving") == 2
+            await upstreams[1].kill()
+            router.replicas[1].report_connection_failure("connection refused")
+            for path in ("/readyz", "/healthz"):
+                status, body = await answer(client, url + path)
+                assert status == 200, path
+                assert body["serving"] == 1 and body["notServing"] == [1]
+            assert await scraped(client, url, "llmpack_router_replicas_serving") == 1
+            assert await scraped(client, url, "llmpack_router_replicas") == 2
+            assert (await complete(client, url))[:2] == (200, "0")
+
+    asyncio.run(scenario())
+
+
+def test_all_replicas_down_is_unready_at_once_and_not_alive_after_the_grace() -> None:
+    async def scenario() -> None:
+        async with routed(2, unserving_grace_s=0.3) as (_upstreams, router, url, client):
+            router.replicas[0].mark_unhealthy("GET /health timed out")
+            router.replicas[1].mark_exited(-9)
+            status, body = await answer(client, url + "/readyz")
+            assert status == 503 and body["serving"] == 0
+            assert (await answer(client, url + "/healthz"))[0] == 200  # a blip is not a restart
+            await asyncio.sleep(0.35)
+            status, body = await answer(client, url + "/healthz")
+            assert status == 503 and body["notServing"] == [0, 1]
+            assert await scraped(client, url, "llmpack_router_replicas_serving") == 0
+
+            router.replicas[0].mark_healthy()  # back before the kubelet acted: alive and ready again
+            assert (await answer(client, url + "/healthz"))[0] == 200
+            assert (await answer(client, url + "/readyz"))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_liveness_waits_for_the_first_replica_and_draining_is_unready() -> None:
+    async def scenario() -> None:
+        async with routed(1, unserving_grace_s=60) as (_upstreams, router, url, client):
+            router.replicas[0] = Replica(0, router.replicas[0].base_url)  # still starting
+            assert (await answer(client, url + "/healthz"))[0] == 503  # what a startupProbe waits on
+            assert (await answer(client, url + "/readyz"))[0] == 503
+            router.replicas[0].mark_healthy()
+            assert (await answer(client, url + "/healthz"))[0] == 200
+            router.draining = True
+            assert (await answer(client, url + "/readyz"))[0] == 503
+            assert (await answer(client, url + "/healthz"))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_without_a_grace_liveness_answers_for_the_router_alone() -> None:
+    """The router-only mode: replica containers have liveness probes of their own."""
+
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, router, url, client):
+            await upstreams[0].kill()
+            router.replicas[0].mark_unhealthy("connection refused")
+            router.replicas[0].stopped_serving_at = 0.0  # long ago
+            assert (await answer(client, url + "/healthz"))[0] == 200
+            assert (await answer(client, url + "/readyz"))[0] == 503
+
+    asyncio.run(scenario())
+
+
+# --- a hung replica: the idle read timeout ----------------------------------------------------------
+
+
+def test_a_replica_silent_past_the_read_timeout_is_a_504_and_its_failure() -> None:
+    async def scenario() -> None:
+        async with routed(1, read_timeout_s=0.3) as (upstreams, router, url, client):
+            fake, replica = upstreams[0].fake, router.replicas[0]
+            started = asyncio.get_running_loop().time()
+            status, _, body = await complete(client, url, hold=True)  # never released: hung
+            waited = asyncio.get_running_loop().time() - started
+            assert status == 504
+            assert "replica 0 sent nothing for 0.3 s" in body["error"]
+            assert 0.3 <= waited < 2
+            assert gauge(router.metrics.upstream_errors.labels("0", "timeout")) == 1
+            assert replica.recheck_now.is_set()  # its health is checked at once
+            await eventually(lambda: gauge(fake.running) == 0)  # and vLLM told to abort it
+            assert replica.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_gone_silent_mid_answer_is_broken_off_but_a_slow_one_is_not() -> None:
+    async def scenario() -> None:
+        async with routed(1, read_timeout_s=0.3) as (_upstreams, router, url, client):
+            # Slow but alive: 6 chunks 0.1 s apart take longer than the timeout, each gap less.
+            payload = {"stream": True, "chunks": 6, "chunk_delay": 0.1}
+            async with client.post(url + "/v1/completions", json=payload) as response:
+                assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+            payload = {"stream": True, "chunks": 3, "gated": True}  # chunk 1 never allowed: hung
+            async with client.post(url + "/v1/completions", json=payload) as response:
+                assert response.status == 200
+                await response.content.readuntil(b"\n\n")
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+            assert gauge(router.metrics.upstream_errors.labels("0", "timeout")) == 1
+            assert gauge(router.metrics.upstream_errors.labels("0", "response")) == 0
+
+    asyncio.run(scenario())
+
+
+# --- bodies: streamed, bounded ----------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_a_413_that_names_it_and_never_reaches_a_replica() -> None:
+    async def scenario() -> None:
+        async with routed(1, max_body_bytes=1000) as (upstreams, router, url, client):
+            async with client.post(url + "/v1/completions", json={"prompt": "x" * 2000}) as response:
+                assert response.status == 413
+                body = await response.json()
+            assert body["maxBodyBytes"] == 1000
+            assert "over the limit of 1000 bytes (--max-body-bytes)" in body["error"]
+            assert upstreams[0].fake.completions == 0
+            assert gauge(router.metrics.rejected.labels("body_too_large")) == 1
+            assert router.replicas[0].serving and not router.replicas[0].recheck_now.is_set()
+            assert (await complete(client, url, prompt="x" * 900))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_with_a_413() -> None:
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 500
+
+    async def scenario() -> None:
+        async with routed(1, max_body_bytes=1000) as (upstreams, router, url, client):
+            async with client.post(url + "/upload", data=chunks()) as response:  # no Content-Length
+                assert response.status == 413
+                assert (await response.json())["maxBodyBytes"] == 1000
+            assert upstreams[0].fake.uploaded <= 1000
+            assert gauge(router.metrics.rejected.labels("body_too_large")) == 1
+            assert gauge(router.metrics.upstream_errors.labels("0", "response")) == 0
+            assert router.replicas[0].serving
+
+    asyncio.run(scenario())
+
+
+def test_bodies_are_streamed_to_the_replica_not_buffered() -> None:
+    async def scenario() -> None:
+        async with routed(1) as (upstreams, _router, url, client):
+            fake, more = upstreams[0].fake, asyncio.Event()
+
+            async def chunks():
+                yield b"a" * 65536
+                await more.wait()
+                yield b"b" * 65536
+
+            sending = asyncio.create_task(client.post(url + "/upload", data=chunks()))
+            # The replica has the first part while the client has not sent the rest.
+            await eventually(lambda: fake.uploaded == 65536)
+            more.set()
+            async with await sending as response:
+                assert response.status == 200
+                assert (await response.json())["received"] == 131072
+
+            # Bodies well over aiohttp's 1 MiB default pass whole.
+            prompt = "p" * (3 * 2**20)
+            status, _, body = await complete(client, url, prompt=prompt)
+            assert status == 200 and body["prompt"] == prompt
+
+    asyncio.run(scenario())
+
+
+# --- overload: the concurrency cap ------------------------------------------------------------------
+
+
+def test_past_the_in_flight_cap_requests_get_a_503_with_retry_after_and_probes_still_answer() -> None:
+    async def scenario() -> None:
+        async with routed(2, max_in_flight=2) as (upstreams, router, url, client):
+            held = [asyncio.create_task(complete(client, url, hold=True)) for _ in range(2)]
+            await eventually(lambda: sum(u.fake.completions for u in upstreams) == 2)
+            async with client.post(url + "/v1/completions", json={"prompt": "hi"}) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"] == "1"
+                body = await response.json()
+            assert body["maxInFlight"] == 2 and "--max-in-flight" in body["error"]
+            assert sum(u.fake.completions for u in upstreams) == 2  # never sent
+            for path in ("/healthz", "/readyz"):
+                assert (await answer(client, url + path))[0] == 200
+            assert await scraped(client, url, "llmpack_router_rejected_requests") == 1
+
+            for upstream in upstreams:
+                upstream.fake.release_held.put_nowait(None)
+            assert [status for status, _, _ in await asyncio.gather(*held)] == [200, 200]
+            assert router.in_flight == 0
+            assert (await complete(client, url))[0] == 200
 
     asyncio.run(scenario())

@@ -30,6 +30,11 @@ def start_fake(port: int, record: Path, ready_after: float = 0.0) -> subprocess.
     )
 
 
+def serving(url: str) -> int:
+    body = get(url + "/readyz")[1]
+    return json.loads(body)["serving"] if body else -1
+
+
 def test_router_only_follows_replicas_it_did_not_start(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     router_port = free_port()
@@ -60,9 +65,11 @@ def test_router_only_follows_replicas_it_did_not_start(tmp_path: Path) -> None:
     second = None
     try:
         url = f"http://127.0.0.1:{router_port}"
-        wait_until(lambda: get(url + "/healthz")[0] == 503, what="router up, one replica missing")
+        # Ready with one replica serving, the other missing; alive, as the router itself is.
+        wait_until(lambda: serving(url) == 1, what="router up, one replica missing")
+        assert get(url + "/readyz")[0] == 200 and get(url + "/healthz")[0] == 200
         second = start_fake(ports[1], tmp_path / "b.jsonl")  # the next sidecar comes up later
-        wait_until(lambda: get(url + "/healthz")[0] == 200, what="both replicas healthy")
+        wait_until(lambda: serving(url) == 2, what="both replicas healthy")
         served = set()
         for _ in range(6):
             request = urllib.request.Request(
@@ -76,7 +83,13 @@ def test_router_only_follows_replicas_it_did_not_start(tmp_path: Path) -> None:
         assert served == {"0", "1"}
         first.kill()
         first.wait()
-        wait_until(lambda: get(url + "/healthz")[0] == 503, what="health follows a dead replica")
+        wait_until(lambda: serving(url) == 1, what="health follows a dead replica")
+        assert get(url + "/readyz")[0] == 200
+        second.kill()
+        second.wait()
+        wait_until(lambda: get(url + "/readyz")[0] == 503, what="unready with no replica serving")
+        # Not alive-or-dead by its replicas: their containers have liveness probes of their own.
+        assert get(url + "/healthz")[0] == 200
         router.send_signal(signal.SIGTERM)
         assert router.wait(timeout=10) == 0
     finally:
@@ -109,3 +122,12 @@ def test_router_only_refuses_a_command_or_missing_upstreams() -> None:
         text=True,
     )
     assert with_command.returncode == 2 and "starts no replica" in with_command.stderr
+    zero_cap = subprocess.run(
+        [
+            *(sys.executable, "-m", "llmpack.cli", "launch", "--router-only"),
+            *("--upstream", "http://127.0.0.1:1", "--max-in-flight", "0"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert zero_cap.returncode == 2 and "--max-in-flight must be positive" in zero_cap.stderr
