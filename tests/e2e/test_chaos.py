@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import testbed as testbed_lib
 import yaml
 from test_operator import EXAMPLES, serving_pods, wait_phase
 
@@ -220,3 +227,233 @@ def test_two_writers_racing_on_one_object(operator_process, kube_admin, kubectl,
     assert wanted in str(kube_admin.get("Deployment", namespace, name)["spec"]["template"]["spec"])
     print(f"\nwriters saw {conflicts['409']} conflicts")
     assert "Traceback" not in Path(operator_process.log_path).read_text()
+
+
+# -- two elected replicas: the leader SIGKILLed mid-reconcile ---------------------------------------
+
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 15.0, 10.0, 2.0  # client-go's defaults, the chart's
+OPERATOR_NAMESPACE = "llmpack-system"  # as conftest.py's operator: the Lease lives there
+
+
+class ElectedReplica:
+    """`llmpack operator --leader-elect`, one of several replicas sharing a Lease (the fields and
+    kill/stop of conftest.py's OperatorRunner, plus a metrics port)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, identity: str, lease: str):
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.identity = identity
+        self.lease = lease
+        (self.metrics_port,) = testbed_lib.free_ports(1)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no lease release, like an OOM kill or a node loss."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text()[-chars:] if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "llmpack.cli", "operator"),
+                    *("--operator-namespace", OPERATOR_NAMESPACE),
+                    *("--metrics-port", str(self.metrics_port), "--liveness", "", "--log-level", "INFO"),
+                    *("--leader-elect", "--leader-elect-lease-name", self.lease),
+                    *("--leader-elect-identity", self.identity),
+                    *("--leader-elect-lease-duration", f"{LEASE_DURATION:g}s"),
+                    *("--leader-elect-renew-deadline", f"{RENEW_DEADLINE:g}s"),
+                    *("--leader-elect-retry-period", f"{RETRY_PERIOD:g}s"),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def leading(self) -> bool:
+        return self.metrics().get(f'leader_election_master_status{{name="{self.lease}"}}') == 1
+
+    def reconciles(self) -> float:
+        return self.metrics().get("llmpack_reconcile_duration_seconds_count", 0)
+
+
+class Recorder(threading.Thread):
+    """Polls what exists while the test runs: every uid each Job and Deployment name had, and each
+    LLMDeployment's phase history (a name that ever has two uids was deleted and made again)."""
+
+    def __init__(self, kube, namespace: str):
+        super().__init__(daemon=True)
+        self.kube, self.namespace = kube, namespace
+        self.uids: dict[tuple[str, str], set[str]] = {}
+        self.phases: dict[str, list[str]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                for kind in ("Job", "Deployment"):
+                    for obj in self.kube.list(kind, self.namespace, label_selector=MANAGED):
+                        meta = obj["metadata"]
+                        self.uids.setdefault((kind, meta["name"]), set()).add(meta["uid"])
+                for obj in self.kube.list("LLMDeployment", self.namespace):
+                    phase = (obj.get("status") or {}).get("phase", "Pending")
+                    history = self.phases.setdefault(obj["metadata"]["name"], [])
+                    if not history or history[-1] != phase:
+                        history.append(phase)
+            except Exception:  # an API hiccup: poll again
+                pass
+            self.done.wait(0.2)
+
+
+def micro(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def test_leader_killed_mid_reconcile_the_standby_takes_over(
+    operator_process, testbed, kube_admin, kubectl, player, namespace, tmp_path
+):
+    """Two `llmpack operator --leader-elect` replicas. The standby reconciles nothing while the
+    leader works; the leader is SIGKILLed while LLMDeployments are mid-flight; the standby takes
+    over once the lease expired by its clock (measured), and every LLMDeployment ends Ready once,
+    nothing made twice, no status lost."""
+    operator_process.stop()  # the shared unelected operator would reconcile this namespace too
+    lease = f"chaos-{uuid.uuid4().hex[:6]}"
+    replicas = [
+        ElectedReplica(testbed.env(), tmp_path / f"replica-{n}.log", f"replica-{n}", lease) for n in "ab"
+    ]
+    recorder = Recorder(kube_admin, namespace)
+
+    def read_lease() -> dict:
+        return kube_admin.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases/{lease}"
+        )["spec"]
+
+    def logs() -> str:
+        return "\n".join(f"--- {r.identity}:\n{r.log_tail(3000)}" for r in replicas)
+
+    try:
+        replicas[0].start()
+        deadline = time.monotonic() + 30
+        while not replicas[0].leading():
+            assert time.monotonic() < deadline, f"no leader in 30s\n{logs()}"
+            time.sleep(0.2)
+        replicas[1].start()  # the standby, started second so that the first surely leads
+        leader, standby = replicas
+        time.sleep(3)  # the standby is up and watching
+        recorder.start()
+        names = []
+        # the three of the test above: together they fit the testbed's GPUs (one 3g.40gb MIG slice)
+        for i, example in enumerate(["opt-1.3b-mps-dra.yaml", "opt-2.7b-mig.yaml", "opt-1.3b-auto.yaml"]):
+            names.append(
+                apply_doc(kubectl, namespace, example, f"ha-{i}", profiling={"reuseCachedProfile": False})
+            )
+        # Mid-flight: some LLMDeployments Ready, others still profiling or deploying.
+        deadline = time.monotonic() + 120
+        while True:
+            player.play_once(namespace)
+            phases = {
+                n: ((kube_admin.get("LLMDeployment", namespace, n) or {}).get("status") or {}).get("phase")
+                for n in names
+            }
+            ready = [n for n, p in phases.items() if p == "Ready"]
+            if ready and len(ready) < len(names):
+                break
+            assert time.monotonic() < deadline, f"never mid-flight: {phases}\n{logs()}"
+            time.sleep(0.1)
+        assert leader.leading() and not standby.leading()
+        assert leader.reconciles() > 0
+        assert standby.reconciles() == 0, "the standby reconciled while the leader held the lease"
+        assert standby.metrics().get('workqueue_work_duration_seconds_count{name="llmdeployment"}', 0) == 0
+        before = {n: kube_admin.get("LLMDeployment", namespace, n) for n in ready}
+        held = read_lease()
+        assert held["holderIdentity"] == leader.identity
+
+        leader.kill()
+        killed = time.monotonic()
+        TALLY["faults"] += 1
+        last_renewal = held["renewTime"]
+        while not standby.leading():
+            spec = read_lease()
+            if spec["holderIdentity"] == leader.identity:
+                last_renewal = spec["renewTime"]
+            assert time.monotonic() - killed < 2 * LEASE_DURATION, f"no takeover\n{logs()}"
+            time.sleep(0.05)
+        failover = time.monotonic() - killed
+        taken = read_lease()
+        since_renewal = (micro(taken["acquireTime"]) - micro(last_renewal)).total_seconds()
+        print(
+            f"\nleader failover: {failover:.1f}s after the SIGKILL, {since_renewal:.1f}s after the dead "
+            f"leader's last renewal (lease duration {LEASE_DURATION:g}s, retry period {RETRY_PERIOD:g}s)"
+        )
+        assert taken["holderIdentity"] == standby.identity
+        assert taken["leaseTransitions"] == held["leaseTransitions"] + 1
+        # never before the lease expired (the standby saw the last renewal no earlier than it
+        # happened), and within a lease duration plus the standby's jittered polling
+        assert since_renewal >= LEASE_DURATION - 0.5, since_renewal
+        assert since_renewal <= LEASE_DURATION + 2 * RETRY_PERIOD * 2.2 + 1, since_renewal
+
+        wait_all_ready(kube_admin, player, namespace, names)
+        assert_converged(kube_admin, namespace, names)
+        assert standby.reconciles() > 0
+        # the killed leader, restarted, joins as a standby and stays idle
+        leader.start()
+        time.sleep(5)
+        assert not leader.leading() and leader.reconciles() == 0, logs()
+        time.sleep(1)
+        recorder.done.set()
+        recorder.join(5)
+
+        twice = {key: uids for key, uids in recorder.uids.items() if len(uids) > 1}
+        assert not twice, f"made twice (deleted and recreated): {twice}"
+        jobs = [name for kind, name in recorder.uids if kind == "Job"]
+        assert jobs, "no profiling Job was seen: the test did not catch anything mid-flight"
+        for name in names:
+            history = recorder.phases[name]
+            assert history.count("Ready") == 1 and history[-1] == "Ready", (name, history)
+        for name, was in before.items():
+            now = kube_admin.get("LLMDeployment", namespace, name)
+            assert now["status"]["recommendation"] == was["status"]["recommendation"], name
+
+            # the new leader found them as they were: no condition flipped, none re-stamped
+            def transitions(obj):
+                return {
+                    c["type"]: (c["status"], c["lastTransitionTime"]) for c in obj["status"]["conditions"]
+                }
+
+            assert transitions(now) == transitions(was), name
+            assert transitions(now)["Available"][0] == "True", name
+        TALLY["converged"] += 1
+    finally:
+        recorder.done.set()
+        for replica in replicas:
+            replica.stop()
+        operator_process.start()
