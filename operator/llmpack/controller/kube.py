@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
@@ -79,14 +80,74 @@ def yaml_safe_json(body: Any) -> str:
     return _SURROGATE_PAIR.sub(astral, json.dumps(body))
 
 
+class ErrorClass(StrEnum):
+    """What an API error means for the operator; the value is the status condition's reason."""
+
+    TRANSIENT = "Transient"  # retry with backoff: the server, the network or a race will resolve it
+    NOT_FOUND = "NotFound"
+    NAMESPACE_TERMINATING = "NamespaceTerminating"  # the namespace, and everything in it, is going
+    # Refusals: retrying the same request cannot succeed until someone changes something (the spec,
+    # a policy, a quota, the operator's grant); they belong in the LLMDeployment's status.
+    ADMISSION_DENIED = "AdmissionDenied"  # a ValidatingAdmissionPolicy or an admission webhook
+    QUOTA_EXCEEDED = "QuotaExceeded"  # a ResourceQuota of the namespace
+    REJECTED = "ObjectRejected"  # the object is invalid for its API (422, 400, a schema mismatch)
+    FORBIDDEN = "Forbidden"  # the authorizer (RBAC): the operator's ServiceAccount may not do it
+
+
+REFUSALS = frozenset(
+    {ErrorClass.ADMISSION_DENIED, ErrorClass.QUOTA_EXCEEDED, ErrorClass.REJECTED, ErrorClass.FORBIDDEN}
+)
+
+# metav1.Status reasons of conditions that pass on their own (k8s.io/apimachinery StatusReason*).
+_TRANSIENT_REASONS = frozenset(
+    {
+        "Conflict",
+        "AlreadyExists",
+        "TooManyRequests",
+        "ServerTimeout",
+        "Timeout",
+        "ServiceUnavailable",
+        "InternalError",
+        "Expired",
+        "Gone",
+        "Unavailable",
+    }
+)
+# The API server's own refusals of a request (apierrors.NewBadRequest, NewInvalid, NewForbidden...)
+# always set one of these reasons; a webhook's Status passes through as the webhook wrote it.
+_SERVER_REFUSAL_REASONS = frozenset({"BadRequest", "Invalid", "Forbidden", "RequestEntityTooLarge"})
+# Text, as the last resort, where the API server gives no structure to go by:
+# - the ResourceQuota admission plugin refuses with a plain admission.NewForbidden whose error text
+#   is the only mark of a quota (k8s.io/apiserver plugin/resourcequota/controller.go: "exceeded
+#   quota: <name>, requested: ..." and "failed quota: <name>: must specify ..."); a ReplicaSet's
+#   ReplicaFailure condition carries that same text as its message;
+# - server-side apply of a body that does not fit the type's schema (a string where a number
+#   belongs, an unknown field, duplicate list keys) fails in structured-merge-diff with a plain
+#   fmt error that the handler returns as a 500 with no reason (k8s.io/apimachinery
+#   pkg/util/managedfields/internal/structuredmerge.go).
+_QUOTA_TEXT = ("exceeded quota:", "failed quota:")
+_SCHEMA_MISMATCH_TEXT = ("failed to create typed patch object", "failed to convert new object")
+
+
+def quota_refusal(message: str) -> bool:
+    """A ResourceQuota's refusal, told by its text (see _QUOTA_TEXT for why text)."""
+    return any(text in message for text in _QUOTA_TEXT)
+
+
 @dataclass
 class KubeError(Exception):
-    status: int
-    reason: str
+    """An API error, with the structured parts of the metav1.Status the server answered."""
+
+    status: int  # the HTTP code (the Status's code); 0 when the server could not be reached
+    reason: str  # metav1.Status.reason: Forbidden, Invalid, Conflict, NotFound, TooManyRequests...
     message: str
     # Seconds the API server asked us to wait (Retry-After on a 429 or 503, or the Status's
     # details.retryAfterSeconds); the work queue never retries sooner.
     retry_after: float | None = None
+    # metav1.Status.details.causes: [{"reason": "FieldValueInvalid", "message": ..., "field": ...}]
+    causes: list[dict[str, str]] = field(default_factory=list)
+    # The rest of details: the object the error is about ({"name", "group", "kind"}), if given.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.message}"
@@ -98,6 +159,59 @@ class KubeError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+    @property
+    def error_class(self) -> ErrorClass:
+        return classify(self)
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying with backoff: the same request can succeed later without anyone acting."""
+        return self.error_class is ErrorClass.TRANSIENT
+
+    @property
+    def refusal(self) -> bool:
+        """Refused for a reason someone must fix (spec, policy, quota, RBAC): status, not log."""
+        return self.error_class in REFUSALS
+
+    @property
+    def namespace_terminating(self) -> bool:
+        return self.error_class is ErrorClass.NAMESPACE_TERMINATING
+
+
+def classify(err: KubeError) -> ErrorClass:
+    """What an API error means, from its code, reason and details.causes (client-go's
+    apierrors.IsX predicates look at the same fields); text only where the server gives no
+    structure (_QUOTA_TEXT, _SCHEMA_MISMATCH_TEXT)."""
+    code, reason, causes = err.status, err.reason, err.causes
+    if code == 0:
+        return ErrorClass.TRANSIENT  # never reached the server (connection refused, reset, timeout)
+    if any(cause.get("reason") == "NamespaceTerminating" for cause in causes):
+        return ErrorClass.NAMESPACE_TERMINATING  # the NamespaceLifecycle plugin's cause
+    if code == 404 or reason == "NotFound":
+        return ErrorClass.NOT_FOUND
+    if code >= 500 and any(text in err.message for text in _SCHEMA_MISMATCH_TEXT):
+        return ErrorClass.REJECTED
+    if code in (409, 410, 429) or code >= 500 or reason in _TRANSIENT_REASONS:
+        return ErrorClass.TRANSIENT
+    # A ValidatingAdmissionPolicy's denial (any code: its `reason` picks it, Invalid by default)
+    # carries one cause holding only its message; the server's own validation names the field and
+    # the kind of fault (FieldValueInvalid...) in every cause.
+    if causes and all(not cause.get("reason") and not cause.get("field") for cause in causes):
+        return ErrorClass.ADMISSION_DENIED
+    if code == 403 and quota_refusal(err.message):
+        return ErrorClass.QUOTA_EXCEEDED
+    if 400 <= code < 500 and (reason not in _SERVER_REFUSAL_REASONS or (code == 403 and not err.details)):
+        # An admission webhook's own Status (webhook/errors.ToStatusErr keeps the webhook's code,
+        # 400 if it gave none, and its reason, maybe none; controller-runtime's Denied() writes
+        # 403 Forbidden with no details), where the server's own refusals name their resource.
+        return ErrorClass.ADMISSION_DENIED
+    if code == 403:
+        return ErrorClass.FORBIDDEN  # the authorizer, or an admission plugin of the server itself
+    if code in (400, 413, 422) or reason in ("BadRequest", "Invalid", "RequestEntityTooLarge"):
+        return ErrorClass.REJECTED
+    # 401 (credentials being rotated), 405, 406, 415...: not the user's to fix; retried and logged.
+    return ErrorClass.TRANSIENT
 
 
 def _retry_after_seconds(value: Any) -> float | None:
@@ -177,16 +291,27 @@ class KubeClient:
 
     @staticmethod
     def _error(status: int, data: bytes | str, headers: Any = None) -> KubeError:
+        """The KubeError of a failed call, from the metav1.Status in its body (when it is one)."""
         retry_after = _retry_after_seconds((headers or {}).get("Retry-After"))
         try:
             parsed = json.loads(data)
-            details = parsed.get("details") or {}
-            if retry_after is None:
-                retry_after = _retry_after_seconds(details.get("retryAfterSeconds"))
-            return KubeError(status, parsed.get("reason", ""), parsed.get("message", str(data)), retry_after)
-        except (ValueError, AttributeError):
+        except (ValueError, TypeError):
+            parsed = None
+        if not isinstance(parsed, dict):
             text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
             return KubeError(status, "", text[:500], retry_after)
+        details = parsed.get("details") if isinstance(parsed.get("details"), dict) else {}
+        if retry_after is None:
+            retry_after = _retry_after_seconds(details.get("retryAfterSeconds"))
+        causes = [c for c in details.get("causes") or [] if isinstance(c, dict)]
+        return KubeError(
+            status,
+            str(parsed.get("reason") or ""),
+            str(parsed.get("message") or data),
+            retry_after,
+            causes=[{k: str(v) for k, v in c.items() if k in ("reason", "message", "field")} for c in causes],
+            details={k: v for k, v in details.items() if k in ("name", "group", "kind", "uid")},
+        )
 
     # -- objects --------------------------------------------------------------------------------
 

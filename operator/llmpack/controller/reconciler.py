@@ -28,7 +28,7 @@ from llmpack.api.profile import Profile
 from llmpack.controller import metrics
 from llmpack.controller import status as st
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
-from llmpack.controller.kube import KubeClient, KubeError
+from llmpack.controller.kube import ErrorClass, KubeClient, KubeError
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context, ProfilingDecision, Refused
@@ -41,7 +41,7 @@ from llmpack.render.plan import (
     ServingPlan,
     label_value,
 )
-from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
+from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING, serving_name
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Reconciler:
         events: list[tuple[str, str, str]] = []
         retry_after = None
         try:
-            self._reconcile(body, status, generation, events)
+            retry_after = self._reconcile(body, status, generation, events)
             st.set_condition(
                 status, st.DEGRADED, status.phase == "Degraded", _degraded_reason(status), "", generation
             )
@@ -138,7 +138,8 @@ class Reconciler:
 
     def _reconcile(
         self, body: dict, status: LLMDeploymentStatus, generation: int | None, events: list
-    ) -> None:
+    ) -> float | None:
+        """One pass; returns when to look again if no event will say (None: wait for events)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         spec = self._parse_spec(body)
@@ -164,8 +165,8 @@ class Reconciler:
         # Only a claim template can be left behind (the Deployment and Service keep their names):
         # look for stale ones only where one may exist.
         prune = previous is None or "dra" in (previous.mps_provider, plan.mps_provider)
-        applied = self._apply(plan, prune)
-        self._readiness(status, plan, applied, generation)
+        applied = self._apply(plan, prune, status, generation)
+        return self._readiness(status, plan, applied, generation)
 
     def _parse_spec(self, body: dict) -> LLMDeploymentSpec:
         try:
@@ -244,7 +245,7 @@ class Reconciler:
         if job is None:
             planner.check_profiling_capacity(spec, self.cluster, plan)
             for obj in render_profiling(plan):
-                self._apply_object(obj)
+                self._apply_object(obj, st.PROFILE_READY)
             status.profiling = ProfilingProgress(job=plan.name, message="started")
             raise Blocked(
                 "Profiling",
@@ -301,25 +302,54 @@ class Reconciler:
                 return problem
         return None
 
-    def _apply_object(self, obj: dict) -> dict:
-        """Server-side apply; an object the API server refuses is the spec's fault (a field the CRD
-        lets through but the target API rejects), reported as Failed with the server's words."""
+    def _apply_object(
+        self, obj: dict, condition: str = st.PROGRESSING, *, serving: str | None = None
+    ) -> dict:
+        """Server-side apply. A refusal someone must fix (an admission policy, a quota, an object
+        the API rejects, a missing permission: kube.classify) ends the pass with the server's words
+        in the status; anything else is raised to be retried with backoff."""
         try:
             return self.kube.apply(obj)
         except KubeError as err:
-            refused = err.status in (400, 422) or (
-                err.status == 500
-                and ("failed to create typed patch" in err.message or "convert" in err.message)
-            )
-            if not refused:
+            if not err.refusal:
                 raise
-            raise Blocked(
-                "Failed",
-                st.PROGRESSING,
-                "ObjectRejected",
-                f"the API server refused the {obj['kind']} {obj['metadata']['name']}: {err.message}. "
-                "Fix the spec field it names",
-            ) from err
+            raise self._refused(obj, err, condition, serving=serving) from err
+
+    def _refused(self, obj: dict, err: KubeError, condition: str, *, serving: str | None) -> Blocked:
+        """Failed, or Degraded where the pods of the current Deployment still serve. A refusal by
+        a policy, quota or grant is looked at again at a slow pace: whoever fixes it does not touch
+        the spec, so no event will say. An invalid object waits for the spec to change."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        error_class = err.error_class
+        namespace = obj["metadata"].get("namespace", "")
+        advice = {
+            ErrorClass.ADMISSION_DENIED: "an admission policy or webhook of the cluster denies it: "
+            "change the spec, or have the policy allow it",
+            ErrorClass.QUOTA_EXCEEDED: f"a ResourceQuota of namespace {namespace} "
+            "forbids it: raise the quota or ask for less",
+            ErrorClass.REJECTED: "fix the spec field it names",
+            ErrorClass.FORBIDDEN: "if it names the operator's ServiceAccount, the operator's RBAC lacks "
+            "the permission; otherwise a policy of the namespace forbids it",
+        }[error_class]
+        phase = "Degraded" if serving and self._serving_now(namespace, serving) else "Failed"
+        retry = None if error_class is ErrorClass.REJECTED else self.config.retry_seconds
+        return Blocked(
+            phase,
+            condition,
+            error_class.value,
+            f"the API server refused the {kind} {name}: {err.message}. {advice[0].upper()}{advice[1:]}"
+            + (f"; looked at again every {retry:g}s" if retry else ""),
+            retry_after=retry,
+        )
+
+    def _serving_now(self, namespace: str, deployment: str) -> bool:
+        """Whether the serving Deployment has ready pods (an earlier configuration that still
+        serves while the new one is refused)."""
+        try:
+            found = self.kube.get("Deployment", namespace, deployment) or {}
+        except KubeError:
+            return False
+        return ((found.get("status") or {}).get("readyReplicas") or 0) > 0
 
     def _read_result(self, job: str, data: dict[str, str]) -> Profile:
         raw = data.get(DATA_KEY)
@@ -383,12 +413,27 @@ class Reconciler:
 
     # -- apply and observe ------------------------------------------------------------------------
 
-    def _apply(self, plan: ServingPlan, prune: bool) -> list[dict]:
+    def _apply(
+        self, plan: ServingPlan, prune: bool, status: LLMDeploymentStatus, generation: int | None
+    ) -> list[dict]:
         try:
             desired = render_serving(plan)
         except ValueError as err:  # a combination the renderer cannot express, e.g. no free ports
             raise Blocked("Failed", st.PROGRESSING, "InvalidSpec", f"cannot render: {err}") from err
-        applied = [self._apply_object(obj) for obj in desired]
+        try:
+            applied = [self._apply_object(obj, serving=serving_name(plan)) for obj in desired]
+        except Blocked as blocked:
+            # What serves is what the previous configuration left; say so, not what this one wants.
+            serving = blocked.phase == "Degraded"
+            st.set_condition(
+                status,
+                st.AVAILABLE,
+                serving,
+                "ReplicasReady" if serving else blocked.reason,
+                "the previous configuration still serves" if serving else blocked.message,
+                generation,
+            )
+            raise
         if prune:
             self._prune(plan, desired)
         return applied
@@ -410,7 +455,9 @@ class Reconciler:
 
     def _readiness(
         self, status: LLMDeploymentStatus, plan: ServingPlan, applied: list[dict], generation
-    ) -> None:
+    ) -> float | None:
+        """The status from the applied Deployment; returns when to look again while its rollout is
+        unfinished (a stall changes only the Deployment's conditions, which raise no reconcile)."""
         deployment = next(o for o in applied if o["kind"] == "Deployment")
         dstatus = deployment.get("status") or {}
         per_pod = plan.replicas_per_gpu if plan.mps_provider == "dra" else 1
@@ -429,15 +476,36 @@ class Reconciler:
             st.set_condition(
                 status, st.PROGRESSING, False, "Deployed", "all replicas are up to date", generation
             )
-            return
+            return None
         was_serving = status.phase in ("Ready", "Degraded")
-        status.phase = "Degraded" if was_serving and ready < plan.replicas and up_to_date else "Deploying"
-        status.message = f"{ready}/{plan.replicas} replicas serving" + (
-            "" if up_to_date else "; rolling out the new configuration"
-        )
+        serving = f"{ready}/{plan.replicas} replicas serving"
         problem = self._pod_problem(
             plan.namespace, f"{LABEL_DEPLOYMENT}={label_value(plan.name)},app.kubernetes.io/component=serving"
         )
+        stalled = st.deployment_problem(deployment)
+        if stalled is not None:
+            reason, message = stalled
+            message = f"{serving}; {message}" + (f"; {problem}" if problem else "")
+            st.set_condition(
+                status,
+                st.AVAILABLE,
+                ready > 0,
+                "ReplicasReady" if ready else reason,
+                message,
+                generation,
+            )
+            # Pods that cannot be created with none serving is a failure the user must fix; a
+            # rollout past its deadline, or a partial one, still serves what it can.
+            failed = reason != "ProgressDeadlineExceeded" and ready == 0
+            raise Blocked(
+                "Failed" if failed else "Degraded",
+                st.PROGRESSING,
+                reason,
+                message,
+                retry_after=self.config.retry_seconds,
+            )
+        status.phase = "Degraded" if was_serving and ready < plan.replicas and up_to_date else "Deploying"
+        status.message = serving + ("" if up_to_date else "; rolling out the new configuration")
         if problem:
             status.message += f"; {problem}"
         st.set_condition(
@@ -449,6 +517,7 @@ class Reconciler:
             generation,
         )
         st.set_condition(status, st.PROGRESSING, True, "RollingOut", status.message, generation)
+        return self.config.retry_seconds
 
 
 def _degraded_reason(status: LLMDeploymentStatus) -> str:
