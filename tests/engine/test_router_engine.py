@@ -1,9 +1,10 @@
 """`llmpack launch` and its router in front of real vLLM (CPU build, the tiny llama-gqa model).
 
 What a user of a packed pod notices: completions (plain and streaming) through the router, spread
-over both replicas; a client that hangs up frees the replica's batch slot at once instead of the
-engine generating on for nobody; a replica whose API server dies takes its engine processes with
-it (they hold the memory) while the other serves on; SIGTERM leaves no process behind.
+over both replicas; request bodies streamed through (chunked too); a client that hangs up frees the
+replica's batch slot at once instead of the engine generating on for nobody; a replica whose API
+server dies takes its engine processes with it (they hold the memory) while the other serves on and
+the pod stays ready; SIGTERM leaves no process behind.
 
 Two vLLM boots in all (about a minute each on 2 cores): one `llmpack launch --replicas 2` for the
 module, whose two `vllm serve` replicas also serve as the upstreams of a separate
@@ -109,6 +110,12 @@ def post(base_url: str, payload: dict, timeout_s: float = 120.0) -> tuple[int, d
         conn.close()
 
 
+def serving(router_url: str) -> int:
+    """How many replicas the router sends to, from its /readyz answer (-1 while it does not answer)."""
+    status, body = engine.http_get(router_url + "/readyz", 2.0)
+    return json.loads(body)["serving"] if status in (200, 503) and body else -1
+
+
 def completion(model: Path, **extra: object) -> dict:
     return {"model": str(model), "prompt": "the quick brown fox", "max_tokens": 8, **extra}
 
@@ -188,7 +195,7 @@ def launch(tiny_models, tmp_path_factory) -> Iterator[Launch]:
             ran.tree()
             if process.poll() is not None:
                 raise AssertionError(f"llmpack launch exited with {process.returncode}:\n{ran.log()[-5000:]}")
-            return engine.http_get(ran.router_url + "/healthz", 2.0)[0] == 200
+            return serving(ran.router_url) == 2
 
         took = wait_until(healthy, START_TIMEOUT_S, "both replicas healthy behind the launcher", 1.0)
         say(f"vLLM {engine.vllm_version()}: llmpack launch with 2 replicas healthy after {took:.0f} s")
@@ -219,7 +226,7 @@ def router_only(launch: Launch, tmp_path_factory) -> Iterator[str]:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: engine.http_get(url + "/healthz", 2.0)[0] == 200, 60, "router-only healthy")
+        wait_until(lambda: serving(url) == 2, 60, "router-only routing to both replicas")
         yield url
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log_path.read_text()
@@ -257,6 +264,22 @@ def test_router_only_serves_plain_and_streaming_completions_from_both_replicas(l
         assert metric(router_only, "llmpack_router_requests", replica=replica, code="200") == served.count(
             replica
         )
+
+
+def test_a_chunked_request_body_is_streamed_through_to_vllm(launch, router_only) -> None:
+    """The router streams bodies instead of buffering them: one without Content-Length reaches vLLM
+    chunked, and one with it keeps it."""
+    body = json.dumps(completion(launch.model)).encode()
+    conn = http.client.HTTPConnection(router_only.removeprefix("http://"), timeout=120)
+    try:
+        pieces, json_type = iter([body[:10], body[10:]]), {"Content-Type": "application/json"}
+        conn.request("POST", "/v1/completions", pieces, json_type, encode_chunked=True)
+        response = conn.getresponse()
+        answer = response.read()
+        assert response.status == 200, answer
+        assert json.loads(answer)["choices"][0]["text"]
+    finally:
+        conn.close()
 
 
 def running(replica_url: str) -> float:
@@ -371,9 +394,14 @@ def test_a_replica_whose_server_dies_takes_its_engine_processes_with_it(launch) 
     assert metric(launch.router_url, "llmpack_replica_exits", replica="1") == 1
     assert metric(launch.router_url, "llmpack_replica_exits", replica="0") == 0
 
-    # /healthz says so at once (health checks run only every 60 s here), and replica 0 serves on.
-    health = json.loads(engine.http_get(launch.router_url + "/healthz")[1])
-    assert health["notServing"] == [1] and health["replicas"][1]["state"] == "exited"
+    # The router says so at once (health checks run only every 60 s here), and replica 0 serves on:
+    # the pod stays ready and alive, at half its capacity, which its metrics show.
+    status, body = engine.http_get(launch.router_url + "/readyz")
+    ready = json.loads(body)
+    assert status == 200 and ready["serving"] == 1
+    assert ready["notServing"] == [1] and ready["replicas"][1]["state"] == "exited"
+    assert engine.http_get(launch.router_url + "/healthz")[0] == 200
+    assert metric(launch.router_url, "llmpack_router_replicas_serving") == 1
     assert engine.alive({survivor}) == {survivor}
     for stream in (False, True):
         status, headers, body = post(launch.router_url, completion(launch.model, stream=stream))
