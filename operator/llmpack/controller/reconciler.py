@@ -425,6 +425,8 @@ class Reconciler:
         except Blocked as blocked:
             # What serves is what the previous configuration left; say so, not what this one wants.
             serving = blocked.phase == "Degraded"
+            if not serving:
+                status.replicas, status.ready_replicas, status.ready = plan.replicas, 0, f"0/{plan.replicas}"
             st.set_condition(
                 status,
                 st.AVAILABLE,
