@@ -274,3 +274,16 @@ def test_a_kv_cache_dtype_vllm_does_not_know_is_refused(capsys):
         "--prompt-tokens", "8", "--output-tokens", "8", "--engine-args=--kv-cache-dtype fp3",
     )  # fmt: skip
     assert code == 2 and "--kv-cache-dtype in --engine-args" in err
+
+
+def test_a_model_whose_context_nothing_names_is_profiled_at_the_workloads_length():
+    """acme/huge: not in the catalogue, no config.json where the simulated profiler runs, no
+    architecture.maxPositionEmbeddings: the run takes the workload's own length (rounded to 256)."""
+    parser = argparse.ArgumentParser()
+    profile_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--backend", "simulated", "--model", "acme/huge", "--gpu", "NVIDIA-H100-80GB-HBM3",
+         "--prompt-tokens", "300", "--output-tokens", "100", "--num-layers", "8", "--num-kv-heads", "8",
+         "--head-dim", "128", "--weight-bytes", "1000000000"]
+    )  # fmt: skip
+    assert profile_cli.profile_request(args).max_model_len == 512

@@ -164,9 +164,9 @@ class OperatorState:
                     self.objects[key] = updated
                 metrics.observe_phases(self.objects.values())
         except KubeError as err:
-            if err.status == 403 and "being terminated" in err.message:
+            if err.namespace_terminating:
                 return None  # its namespace is going away, and the LLMDeployment with it
-            metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.status}").inc()
+            metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.error_class.value.lower()}").inc()
             raise  # the queue retries it with backoff, never before the server's Retry-After
         except NotLeader:
             metrics.RECONCILE_ERRORS.labels(reason="not_leader").inc()
@@ -266,6 +266,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             status.get("observedGeneration"),
             status.get("readyReplicas"),
             status.get("updatedReplicas"),
+            # a stalled rollout (ProgressDeadlineExceeded) or pods it cannot create (ReplicaFailure,
+            # a quota) change only the conditions: the status must say so at once
+            tuple(
+                sorted(
+                    (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
+                )
+            ),
         )
         if event["type"] != "DELETED":
             if state.deployment_states.get(identity) == seen:

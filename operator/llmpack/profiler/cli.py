@@ -207,10 +207,17 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
         if limit is None and shape is not None:
             limit = VLLM_ASSUMED_CONTEXT  # what vLLM assumes of a config that names no length
         if limit is None:
-            raise UserError(
-                f"--max-model-len is needed: neither a config.json nor the catalogue gives "
-                f"{args.model!r}'s context length"
+            # Nothing says how long a context the model allows (no config.json here, not in the
+            # catalogue, no architecture.maxPositionEmbeddings): profile the workload's own length,
+            # which the spec's requests need anyway; the advice then keeps the context to it.
+            max_model_len = -(-(args.prompt_tokens + args.output_tokens) // 256) * 256
+            logging.getLogger(__name__).warning(
+                "%s: no config.json and no known context limit; profiling with --max-model-len %d "
+                "(the workload rounded up to 256 tokens)",
+                args.model,
+                max_model_len,
             )
+            limit = max_model_len
         largest = max(parse_candidates(args.candidates) or DEFAULT_CANDIDATE_BATCH_SIZES)
         # The longest context the model allows that the run's pool (sized for the largest batch of
         # the workload) holds; a workload beyond the model's limit is refused by ProfileRequest.
