@@ -455,6 +455,28 @@ class Reconciler:
                 if (kind, obj["metadata"]["name"]) not in keep:
                     self.kube.delete(kind, plan.namespace, obj["metadata"]["name"])
 
+    def _replicas_serving(self, plan: ServingPlan, ready_pods: int) -> int:
+        """vLLM replicas that serve. One per ready pod, except in a DRA pod, which stays ready while
+        any of its replicas serves (its router sends only to those): there, the replica containers
+        (native sidecars vllm-0, vllm-1 ...) that are ready, over the ready pods."""
+        if plan.mps_provider != "dra" or not ready_pods:
+            return ready_pods
+        selector = f"{LABEL_DEPLOYMENT}={label_value(plan.name)},app.kubernetes.io/component=serving"
+        serving = 0
+        for pod in self.kube.list("Pod", plan.namespace, label_selector=selector):
+            pod_status = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in pod_status.get("conditions") or []
+            )
+            if not ready or pod["metadata"].get("deletionTimestamp"):
+                continue
+            containers = (pod_status.get("initContainerStatuses") or []) + (
+                pod_status.get("containerStatuses") or []
+            )
+            serving += sum(1 for c in containers if c.get("name", "").startswith("vllm") and c.get("ready"))
+        return serving
+
     def _readiness(
         self, status: LLMDeploymentStatus, plan: ServingPlan, applied: list[dict], generation
     ) -> float | None:
@@ -462,8 +484,7 @@ class Reconciler:
         unfinished (a stall changes only the Deployment's conditions, which raise no reconcile)."""
         deployment = next(o for o in applied if o["kind"] == "Deployment")
         dstatus = deployment.get("status") or {}
-        per_pod = plan.replicas_per_gpu if plan.mps_provider == "dra" else 1
-        ready = min(plan.replicas, (dstatus.get("readyReplicas") or 0) * per_pod)
+        ready = min(plan.replicas, self._replicas_serving(plan, dstatus.get("readyReplicas") or 0))
         status.replicas = plan.replicas
         status.ready_replicas = ready
         status.ready = f"{ready}/{plan.replicas}"
