@@ -8,6 +8,10 @@ import argparse
 import importlib
 import sys
 
+from llmpack.errors import UserError
+
+__all__ = ["SUBCOMMANDS", "UserError", "build_parser", "main"]
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "advise": ("llmpack.advisor.cli", "recommend max-num-seqs, KV cache size and packing from a profile"),
@@ -18,10 +22,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("llmpack.controller.cli", "run the operator"),
     "crd": ("llmpack.api.crd", "print the LLMDeployment CustomResourceDefinition"),
 }
-
-
-class UserError(Exception):
-    """A problem the user can fix: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the imported module so that `python -m llmpack.cli` and the console script
-    # share one UserError class (subcommands import it from llmpack.cli, not __main__).
-    from llmpack.cli import main as package_main
-
-    sys.exit(package_main())
+    # UserError lives in llmpack.errors, so `python -m llmpack.cli` and the console script share
+    # one class without going through the imported module.
+    sys.exit(main())

@@ -18,7 +18,7 @@ from llmpack.advisor.loaders import ENV_PAPER_DATA, load_paper_profile, load_pro
 from llmpack.advisor.options import DEFAULT_EPSILON, AdvisorOptions
 from llmpack.api.profile import Profile, ProfileError
 from llmpack.api.recommendation import Recommendation
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.hardware import MPS_MAX_CLIENTS, UnknownGPUError, lookup_gpu
 
 GIB = 1 << 30

@@ -26,7 +26,7 @@ from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA, load_paper_profile, load_profile, resolve_paper_data_dir
 from llmpack.advisor.perfmodel import LeaveOneOut, PerfModel, Prediction, ReplicationPoint
 from llmpack.api.profile import Profile, ProfileError
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.hardware import GPU, MPS_MAX_CLIENTS, MIGProfile, UnknownGPUError, lookup_gpu
 
 GIB = 1 << 30

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

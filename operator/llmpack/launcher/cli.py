@@ -58,7 +58,7 @@ import argparse
 import asyncio
 import logging
 
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.launcher.command import replica_commands
 from llmpack.launcher.supervisor import Launcher, LaunchSettings, RouterOnly
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 
 DEFAULT_ENGINE = ("vllm", "serve")
 # The launcher owns where replicas listen; a command that sets these would fight it.

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from llmpack.api.llmdeployment import API_VERSION, KIND, LLMDeploymentSpec
 from llmpack.api.profile import Profile, ProfileError
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.hardware import UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import (
     DRA_GPU_DEVICE_CLASS,

@@ -40,7 +40,7 @@ from llmpack.advisor.memory import profiling_max_model_len
 from llmpack.advisor.model_config import ModelConfigError, model_shape
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
 from llmpack.api.profile import Profile
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.profiler.backend import Backend, BackendError
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest, model_context_limit
 from llmpack.profiler.model_files import load_model_config

@@ -17,7 +17,7 @@ from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import context_problem, dtype_bytes, kv_bytes_per_token
 from llmpack.advisor.model_config import ModelConfigError, ModelShape, model_shape
 from llmpack.api.profile import GPUFacts, ModelFacts, WorkloadShape
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.hardware import UnknownGPUError, parse_gpu_product
 
 ARCHITECTURE_FLAGS = ("--num-layers", "--num-kv-heads", "--head-dim", "--weight-bytes")

@@ -14,7 +14,7 @@ from llmpack.advisor.architectures import PAPER_MODELS, paper_name
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import PAPER_CSV, load_paper_profile, paper_point, read_paper_rows
 from llmpack.api.profile import Profile, ProfilePoint
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.profiler.backend import Backend
 from llmpack.profiler.sweep import PointFailed
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from llmpack.advisor.memory import DEFAULT_BLOCK_SIZE, GIB, VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, dtype_bytes
 from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
-from llmpack.cli import UserError
+from llmpack.errors import UserError
 from llmpack.hardware import GPU, UnknownGPUError, parse_gpu_product
 from llmpack.profiler.backend import Backend, BackendError
 from llmpack.profiler.facts import ProfileRequest, gpu_facts
