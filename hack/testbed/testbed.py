@@ -683,12 +683,34 @@ class Testbed:
                 time.sleep(0.05)
 
     def restart(self, name: str, timeout: float = 60) -> None:
-        """Kill `name` and start it again with its original arguments; wait until it serves."""
+        """Kill `name` and start it again with its original arguments; wait until it serves.
+
+        After etcd or the API server, kwok is restarted too (see `resync_kubelets`)."""
+        self._restart(name, timeout)
+        if name in ("etcd", "kube-apiserver") and "kwok" in self.launches:
+            self.resync_kubelets(timeout)
+
+    def resync_kubelets(self, timeout: float = 60) -> None:
+        """Restart kwok, the fake nodes' kubelet, so that every pod's status is written again.
+
+        kwok writes a pod's status only when a watch event arrives, and it gives up on a write
+        that fails with anything but connection refused, 429, 503 or a timeout (kwok v0.7,
+        `shouldRetry`). A status write in flight when the API server is killed fails with
+        "unexpected EOF"; one in flight when etcd is killed gets HTTP 500 "rpc error: code =
+        Unavailable desc = error reading from server: ... connection reset by peer". No event
+        follows (watches survive an etcd restart), so the pod stays where it was: a profiling pod
+        never Running, a finished one never Succeeded. A real kubelet syncs its pods' status
+        again and again; a freshly started kwok lists every pod and replays its stage."""
+        self._wait("kube-apiserver", "the API server to answer", self.apiserver_ready, timeout)
+        self._restart("kwok", timeout)
+
+    def _restart(self, name: str, timeout: float) -> None:
         self.kill(name)
         args, env = self.launches[name]
         probes = {
             "etcd": lambda: _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")[0] == 200,
             "kube-apiserver": self.apiserver_ready,
+            "kwok": lambda: _http_get(f"http://127.0.0.1:{self.ports['kwok']}/healthz")[0] == 200,
         }
         for attempt in range(5):
             self._start(name, args, env)
@@ -698,9 +720,11 @@ class Testbed:
                 self._wait(name, f"{name} to serve again", probes[name], timeout)
                 return
             except TestbedError:
-                # Its port is in the ephemeral range: a client connection may hold it for a moment.
+                # A client connection may hold its port for a moment. Never leave a slow copy
+                # running beside the next one (it would hold the port: bind: address already in use).
                 if attempt == 4:
                     raise
+                self.kill(name)
                 time.sleep(1)
 
     def _wait(self, component: str, what: str, probe: Callable[[], bool], timeout: float) -> None:

@@ -181,6 +181,39 @@ def test_held_job_pod_runs_until_annotated_complete(admin_api, namespace, hold):
     assert core.read_namespaced_pod(pod.metadata.name, namespace).status.phase == "Succeeded"
 
 
+def test_restarted_kwok_writes_the_pod_status_its_predecessor_lost(testbed, admin_api, namespace):
+    """kwok writes a pod's status only on a watch event and gives up a write that fails with an
+    error it does not retry (HTTP 500 when etcd is killed mid-write, EOF when the API server is),
+    so restarting etcd or the API server restarts kwok too (Testbed.resync_kubelets). The lost
+    write is played here by annotating a held pod complete while kwok is down."""
+    batch, core = client.BatchV1Api(admin_api), client.CoreV1Api(admin_api)
+    held = job("lost")
+    held["spec"]["template"]["metadata"]["annotations"] = {testbed_lib.HOLD_ANNOTATION: "true"}
+    batch.create_namespaced_job(namespace, held)
+    pod = kube.wait_for(
+        lambda: next(
+            (p for p in kube.pods(admin_api, namespace, "job-name=lost") if p.status.phase == "Running"), None
+        ),
+        what="the held pod to run",
+    )
+    testbed.kill("kwok")
+    try:
+        core.patch_namespaced_pod(
+            pod.metadata.name,
+            namespace,
+            {"metadata": {"annotations": {testbed_lib.COMPLETE_ANNOTATION: "true"}}},
+        )
+        time.sleep(1.5)
+        assert core.read_namespaced_pod(pod.metadata.name, namespace).status.phase == "Running"
+    finally:
+        testbed.resync_kubelets()
+    kube.wait_for(
+        lambda: kube.condition(batch.read_namespaced_job("lost", namespace), "Complete") == "True",
+        timeout=20,
+        what="Job lost Complete after kwok's restart",
+    )
+
+
 def test_pod_asking_for_nine_gpus_stays_pending(admin_api, namespace):
     create_pod(
         admin_api,
