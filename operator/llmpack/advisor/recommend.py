@@ -14,7 +14,7 @@ from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.advisor.options import AdvisorOptions
 from llmpack.api.profile import Profile
-from llmpack.api.recommendation import CandidateVerdict, Recommendation
+from llmpack.api.recommendation import BOptSource, CandidateVerdict, Recommendation
 from llmpack.hardware import GPU
 
 GIB = memory.GIB
@@ -39,6 +39,7 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         )
 
     # 1. The batch size ---------------------------------------------------------------------
+    b_source: BOptSource
     if options.max_num_seqs is not None:
         b_opt, b_source = options.max_num_seqs, "override"
         try:

@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from llmpack.api import llmdeployment as api
 
@@ -110,10 +112,11 @@ def _default_nested_objects(node: dict[str, Any]) -> None:
                 prop.setdefault("default", {})
 
 
-def openapi_schema(model: type, *, mode: str = "validation") -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel], *, mode: JsonSchemaMode = "validation") -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode=mode)
     resolved = _resolve(raw, raw.get("$defs", {}))
-    return _structural(resolved)
+    schema: dict[str, Any] = _structural(resolved)
+    return schema
 
 
 def crd() -> dict[str, Any]:

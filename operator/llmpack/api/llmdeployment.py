@@ -7,18 +7,21 @@ validates every object it reads with them. Field names are camelCase in YAML, as
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "llmpack.io"
 VERSION = "v1alpha1"
-KIND = "LLMDeployment"
+KIND: Final = "LLMDeployment"
 PLURAL = "llmdeployments"
 SINGULAR = "llmdeployment"
 SHORT_NAMES = ["llmd"]
-API_VERSION = f"{GROUP}/{VERSION}"
+# Spelled out, not f"{GROUP}/{VERSION}", so that its type is the literal LLMDeployment.api_version
+# has; the assert keeps the two spellings one fact.
+API_VERSION: Final = "llmpack.io/v1alpha1"
+assert f"{GROUP}/{VERSION}" == API_VERSION
 
 # vLLM's default candidate batch sizes for a sweep: powers of two with the paper's extra points
 # between 64 and 512, where the throughput plateau of small models usually starts.

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Policy = Literal["efficiency", "plateau"]
+BOptSource = Literal["advisor", "override"]
 
 
 class RecommendationModel(BaseModel):
@@ -55,7 +56,7 @@ class Recommendation(RecommendationModel):
     itl_p99_cap_ms: float | None = Field(None, description="Cap on p99 ITL (from the SLO), if any.")
     b_min: int | None = Field(None, description="Smallest usable measured batch, the efficiency baseline.")
     b_opt: int = Field(description="The recommended --max-num-seqs.")
-    b_opt_source: Literal["advisor", "override"] = Field(
+    b_opt_source: BOptSource = Field(
         "advisor", description="advisor: chosen from the profile; override: fixed by the user."
     )
     candidates: list[CandidateVerdict] = Field(default_factory=list)

@@ -65,6 +65,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -200,7 +201,9 @@ class Router:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
+        # loop.create_server's Server (asyncio's or uvloop's); aiohttp types it as AbstractServer,
+        # which has no sockets.
+        server = cast("asyncio.Server | None", site._server)
         assert server is not None and server.sockets
         return server.sockets[0].getsockname()[1]
 

@@ -10,12 +10,13 @@ import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from llmpack.advisor import memory
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import MIB, gpu_memory_utilization_for
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
-from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus, SLOSpec
+from llmpack.api.llmdeployment import LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU, MIGProfile
 from llmpack.hardware.cluster import Offers
 from llmpack.render.plan import (
@@ -23,6 +24,7 @@ from llmpack.render.plan import (
     OwnerRef,
     ProfilingPlan,
     SecretKey,
+    ServingMode,
     ServingPlan,
     kube_name,
     stable_hash,
@@ -169,8 +171,8 @@ def replica_memory(
 class Candidate:
     """One way to serve: a mode, its packing, and its predicted figures."""
 
-    mode: str  # exclusive | mps | mig
-    provider: str | None  # dra | devicePlugin for mps
+    mode: ServingMode
+    provider: MPSProvider | None  # for mps
     replicas_per_gpu: int
     mig_profile: str | None
     memory: ReplicaMemory  # what one replica's process sees, its --gpu-memory-utilization
@@ -270,7 +272,7 @@ def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
 def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
     """Hash of everything that changes a measurement. Serving-only fields are deliberately out:
     changing them rolls the pods without profiling again."""
-    data = {
+    data: dict[str, Any] = {
         "model": spec.model.name,
         "revision": spec.model.revision,
         "dtype": spec.model.dtype,
@@ -379,7 +381,14 @@ def candidates(
     found: list[Candidate] = []
     refusals = [] if refusals is None else refusals
 
-    def add(mode: str, provider: str | None, rpg: int, mig: str | None = None, **view) -> None:
+    def add(
+        mode: ServingMode,
+        provider: MPSProvider | None,
+        rpg: int,
+        mig: str | None = None,
+        *,
+        device_plugin_replicas: int | None = None,
+    ) -> None:
         try:
             memory = replica_memory(
                 mode,
@@ -388,7 +397,7 @@ def candidates(
                 per_replica_bytes,
                 replicas_per_gpu=rpg,
                 mig=gpu.mig_profile(mig) if mig else None,
-                **view,
+                device_plugin_replicas=device_plugin_replicas,
             )
         except ReplicaDoesNotFit as err:
             refusals.append(str(err))
@@ -497,7 +506,7 @@ def serving_plan(
         replicas = chosen.replica_limit
         gpus = math.ceil(replicas / chosen.replicas_per_gpu)
     secret = spec.model.hf_token_secret_ref
-    extra: dict = {}
+    extra: dict[str, Any] = {}
     if chosen.provider == "dra":
         extra = {
             "mps_pinned_memory_bytes": chosen.memory.mps_pinned_memory_bytes,

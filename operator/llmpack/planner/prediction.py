@@ -35,7 +35,9 @@ class Predictions:
             )
 
     @classmethod
-    def _calibrated(cls, profile, rec, gpu, spec) -> Predictions:
+    def _calibrated(
+        cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec
+    ) -> Predictions:
         model = perfmodel.calibrate(profile)
         if profile.gpu.product != gpu.product:
             model = model.on_gpu(gpu)  # a profile measured on another GPU, rescaled by bandwidth

@@ -123,9 +123,9 @@ class ProfileRequest:
             dtype_bytes(self.kv_cache_dtype)
         except ValueError as err:
             raise UserError(f"--kv-cache-dtype in --engine-args: {err}") from None
-        for flag, value in zip(ARCHITECTURE_FLAGS, self.architecture._values(), strict=True):
-            if value is not None and value < 1:
-                raise UserError(f"{flag} must be at least 1, got {value}")
+        for flag, size in zip(ARCHITECTURE_FLAGS, self.architecture._values(), strict=True):
+            if size is not None and size < 1:
+                raise UserError(f"{flag} must be at least 1, got {size}")
 
     def model_facts(self, measured_weight_bytes: int | None = None) -> ModelFacts:
         """The model as served. Weight bytes measured by the engine win over flags and catalogue."""
@@ -140,7 +140,7 @@ class ProfileRequest:
             kv_cache_dtype=self.kv_cache_dtype,
         )
 
-    def workload(self, **extra: object) -> WorkloadShape:
+    def workload(self, **extra: Any) -> WorkloadShape:
         return WorkloadShape(prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens, **extra)
 
 

@@ -121,9 +121,11 @@ class Nvml:
 
     def open(self) -> bool:
         try:
-            nv = self._module
+            nv: Any = self._module
             if nv is None:
-                import pynvml as nv
+                import pynvml
+
+                nv = pynvml
             nv.nvmlInit()
         except Exception as err:  # ImportError, NVMLError (library not found, driver not loaded)
             self._all_absent(f"NVML unavailable: {_why(err)}")

@@ -164,7 +164,7 @@ def profiler_container(plan: ProfilingPlan) -> dict[str, Any]:
     the LLMDeployment's status."""
     gpu = MIG_RESOURCE_PREFIX + plan.mig_profile if plan.mig_profile else GPU_RESOURCE
     gpu_limits, claims = ({}, [{"name": DRA_CLAIM}]) if plan.dra else ({gpu: 1}, None)
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": RESULT_CONFIGMAP_ENV, "value": plan.result_configmap},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
