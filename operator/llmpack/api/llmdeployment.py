@@ -31,6 +31,7 @@ MPS_MAX_CLIENTS = 48  # NVIDIA MPS client limit on compute capability >= 7.5 (FA
 Phase = Literal["Pending", "Profiling", "Advising", "Deploying", "Ready", "Degraded", "Failed"]
 SharingMode = Literal["auto", "mps", "mig", "exclusive"]
 MPSProvider = Literal["dra", "devicePlugin"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 Policy = Literal["efficiency", "plateau"]
 Backend = Literal["vllm", "simulated"]
 Sweep = Literal["adaptive", "exhaustive"]
@@ -515,7 +516,7 @@ class Condition(CamelModel):
     """A standard Kubernetes condition (metav1.Condition)."""
 
     type: str = Field(description="ProfileReady, Advised, Available, Progressing or Degraded.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word a program can match on.")
     message: str = Field("", description="What happened, and what to change if it is a problem.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")

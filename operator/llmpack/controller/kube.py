@@ -300,7 +300,7 @@ class KubeClient:
         if not isinstance(parsed, dict):
             text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
             return KubeError(status, "", text[:500], retry_after)
-        details = parsed.get("details") if isinstance(parsed.get("details"), dict) else {}
+        details = found if isinstance(found := parsed.get("details"), dict) else {}
         if retry_after is None:
             retry_after = _retry_after_seconds(details.get("retryAfterSeconds"))
         causes = [c for c in details.get("causes") or [] if isinstance(c, dict)]

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -54,8 +54,8 @@ class OperatorState:
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
-    queue: WorkQueue | None = None
-    reconciler: Reconciler | None = None
+    queue: WorkQueue[Key] | None = None
+    reconciler: Reconciler = field(init=False)
     leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
     elector: LeaderElector | None = None
     exit_on_lost_lease: Any = None  # what to call when leading is lost; default: os._exit(1)
@@ -124,11 +124,13 @@ class OperatorState:
         """The caches are warm: every known LLMDeployment gets a pass, then events as they come."""
         logger.info("leading: reconciling %d LLMDeployments", len(self.objects))
         self.enqueue_all()
+        assert self.queue is not None  # made by start_queue before the elector it starts calls this
         self.queue.start()
 
     def stopped_leading(self) -> None:
         """Lost the lease: stop reconciling now. The fence already refuses writes; the queue stops
         handing out keys, and the process exits so nothing still running can carry on."""
+        assert self.queue is not None  # as in started_leading
         task = asyncio.ensure_future(self.queue.stop())
         logger.critical("leader election lost: exiting so that a new candidate takes over")
         for handler in logging.getLogger().handlers:
@@ -219,8 +221,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         await state.shutdown()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def llmdeployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
-        key = (body.metadata.namespace, body.metadata.name)
+    async def llmdeployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        key = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":
             state.objects.pop(key, None)
             metrics.observe_phases(state.objects.values())
@@ -236,7 +238,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     def owner_key(body: kopf.Body) -> Key | None:
         for ref in body.metadata.get("ownerReferences") or []:
             if ref.get("kind") == "LLMDeployment" and ref.get("apiVersion", "").startswith(GROUP + "/"):
-                return (body.metadata.namespace, ref["name"])
+                return (namespace_of(body), ref["name"])
         return None
 
     @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
@@ -250,10 +252,10 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.enqueue(key)
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    async def deployment_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def deployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A Deployment's status changes many times per rollout; only what the LLMDeployment's
         status or drift correction reads is worth a reconcile."""
-        identity = (body.metadata.namespace, body.metadata.name)
+        identity = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":  # before the owner check: the owner is usually gone first
             state.deployment_states.pop(identity, None)
         key = owner_key(body)
@@ -281,11 +283,11 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.enqueue(key)
 
     @kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)
-    async def pod_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A pod stuck on something the user must fix (a missing Secret, an image that cannot be
         pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
         status: a pass runs when the pod's problem appears, changes or clears."""
-        identity = (body.metadata.namespace, body.metadata.name)
+        identity = (namespace_of(body), body.metadata.name)
         problem = None if event["type"] == "DELETED" else pod_problem(dict(body))
         if state.pod_problems.get(identity) == problem:
             return
@@ -293,12 +295,12 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.pod_problems.pop(identity, None)
         else:
             state.pod_problems[identity] = problem
-        key = state.owner_of_pod(body.metadata.namespace, body.metadata.labels.get(LABEL_DEPLOYMENT, ""))
+        key = state.owner_of_pod(namespace_of(body), body.metadata.labels.get(LABEL_DEPLOYMENT, ""))
         if key is not None:
             state.enqueue_soon(key)
 
     @kopf.on.event("v1", "nodes", registry=registry)
-    async def node_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         name = body.metadata.name
         before = state.cluster.nodes.get(name)
         if event["type"] == "DELETED":
@@ -309,7 +311,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.enqueue_all()  # what the cluster offers changed: plans may change
 
     @kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)
-    async def device_class_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def device_class_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event["type"] == "DELETED":
             state.cluster.device_classes.discard(body.metadata.name)
         else:
@@ -317,7 +319,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.enqueue_all()
 
     @kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)
-    async def resource_slice_event(event: dict, body: kopf.Body, **_: Any) -> None:
+    async def resource_slice_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         published = None if event["type"] == "DELETED" else dict(body)
         if state.cluster.publish_slice(body.metadata.name, published):
             state.enqueue_all()
@@ -327,6 +329,11 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         return len(state.queue) if state.queue else 0
 
     return registry
+
+
+def namespace_of(body: kopf.Body) -> str:
+    """The namespace of a namespaced object (kopf types it optional: cluster-scoped ones have none)."""
+    return cast(str, body.metadata.namespace)
 
 
 def connection_info(kube: KubeClient) -> kopf.ConnectionInfo:

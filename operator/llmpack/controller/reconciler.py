@@ -21,6 +21,7 @@ from llmpack.api.llmdeployment import (
     KIND,
     LLMDeploymentSpec,
     LLMDeploymentStatus,
+    Phase,
     ProfileRef,
     ProfilingProgress,
 )
@@ -61,7 +62,7 @@ class Blocked(Exception):
 
     def __init__(
         self,
-        phase: str,
+        phase: Phase,
         condition: str,
         reason: str,
         message: str,
@@ -331,7 +332,7 @@ class Reconciler:
             ErrorClass.FORBIDDEN: "if it names the operator's ServiceAccount, the operator's RBAC lacks "
             "the permission; otherwise a policy of the namespace forbids it",
         }[error_class]
-        phase = "Degraded" if serving and self._serving_now(namespace, serving) else "Failed"
+        phase: Phase = "Degraded" if serving and self._serving_now(namespace, serving) else "Failed"
         retry = None if error_class is ErrorClass.REJECTED else self.config.retry_seconds
         return Blocked(
             phase,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from llmpack.api.llmdeployment import Condition, LLMDeploymentStatus
+from llmpack.api.llmdeployment import Condition, ConditionStatus, LLMDeploymentStatus
 from llmpack.controller.kube import quota_refusal
 
 PROFILE_READY = "ProfileReady"
@@ -33,7 +33,7 @@ def set_condition(
     generation: int | None = None,
 ) -> None:
     """Set one condition; lastTransitionTime moves only when the status value changes."""
-    text = "Unknown" if value is None else ("True" if value else "False")
+    text: ConditionStatus = "Unknown" if value is None else ("True" if value else "False")
     for index, existing in enumerate(status.conditions):
         if existing.type == type_:
             changed = existing.status != text

@@ -26,13 +26,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from llmpack.controller import metrics
 
 logger = logging.getLogger(__name__)
 
 Key = Hashable
-Process = Callable[[Key], Awaitable[float | None]]
+K = TypeVar("K", bound=Hashable)  # what one WorkQueue holds: the operator's (namespace, name)
+Process = Callable[[K], Awaitable[float | None]]
 
 
 @dataclass
@@ -107,10 +109,10 @@ def retry_after_of(error: BaseException) -> float | None:
     return None
 
 
-class WorkQueue:
+class WorkQueue(Generic[K]):
     def __init__(
         self,
-        process: Process,
+        process: Process[K],
         workers: int = 4,
         *,
         name: str = "llmdeployment",
@@ -123,12 +125,12 @@ class WorkQueue:
         self.rate_limiter = rate_limiter or RateLimiter()
         # Errors logged as one line (an API error is news, not a bug); others with their traceback.
         self._expected = expected_errors
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
-        self._added_at: dict[Key, float] = {}
-        self._processing: dict[Key, float] = {}  # key -> when its processing began (monotonic)
-        self._dirty: set[Key] = set()
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._added_at: dict[K, float] = {}
+        self._processing: dict[K, float] = {}  # key -> when its processing began (monotonic)
+        self._dirty: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task] = []
         self.running = False
         self.shut_down = False
@@ -167,7 +169,7 @@ class WorkQueue:
 
     # -- adding -----------------------------------------------------------------------------------
 
-    def add(self, key: Key) -> None:
+    def add(self, key: K) -> None:
         if self.shut_down:
             return
         timer = self._timers.pop(key, None)
@@ -182,7 +184,7 @@ class WorkQueue:
             self.idle.clear()
             self._queue.put_nowait(key)
 
-    def add_after(self, key: Key, delay: float) -> None:
+    def add_after(self, key: K, delay: float) -> None:
         """Re-add later; an earlier pending re-add of the same key wins (no pile-up). Before
         start() there are no timers: the key is simply pending, to be processed once leading."""
         if self.shut_down or key in self._queued or key in self._dirty:
@@ -198,7 +200,7 @@ class WorkQueue:
             existing.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
-    def add_rate_limited(self, key: Key, min_delay: float | None = None) -> float:
+    def add_rate_limited(self, key: K, min_delay: float | None = None) -> float:
         """Retry after a failure: the rate limiter's delay, at least `min_delay`. Returns it."""
         delay = self.rate_limiter.when(key)
         if min_delay is not None:
@@ -207,13 +209,13 @@ class WorkQueue:
         self.add_after(key, delay)
         return delay
 
-    def forget(self, key: Key) -> None:
+    def forget(self, key: K) -> None:
         self.rate_limiter.forget(key)
 
-    def num_requeues(self, key: Key) -> int:
+    def num_requeues(self, key: K) -> int:
         return self.rate_limiter.num_requeues(key)
 
-    def _fire(self, key: Key) -> None:
+    def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
