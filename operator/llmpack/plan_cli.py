@@ -1,5 +1,6 @@
 """`llmpack plan`: the public dry run. What the operator would decide for an LLMDeployment, and the
 objects it would apply, computed by the operator's own planner (planner/decide.py) and renderers.
+It sits beside the layers, not in planner/, because `--simulate` runs the profiler in process.
 
     llmpack plan -f LLMDEPLOYMENT.yaml [--profile FILE | --simulate] [--cluster FILE.yaml]
                  [-o yaml|json] [--profiler-image IMAGE] [--serving-image IMAGE]
