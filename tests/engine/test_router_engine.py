@@ -349,7 +349,13 @@ def test_a_client_hanging_up_before_a_plain_answer_stops_the_generation(launch, 
     handler being cancelled on the disconnect can tell vLLM."""
     disconnects = metric(router_only, "llmpack_router_client_disconnects")
     request = LongRequest.send(launch, router_only, stream=False)
-    time.sleep(1.0)  # generating by now (its first tokens come within milliseconds)
+    # hang up once vLLM generates (a loaded machine may still be queueing or in prefill)
+    wait_until(
+        lambda: sum(generated(url) for url in launch.replica_urls) > request.tokens_before,
+        60,
+        "plain completion: vLLM generates",
+        0.05,
+    )
     request.hang_up_and_measure("plain completion")
     assert metric(router_only, "llmpack_router_client_disconnects") == disconnects + 1
     assert metric(router_only, "llmpack_router_upstream_errors") == 0

@@ -473,3 +473,26 @@ def test_an_engine_flag_of_the_spec_replaces_the_profilers_own():
     assert argv.count("--seed") == 1 and argv[-2:] == ["--seed", "1"]
     argv = serve_command("m", max_num_seqs=8, max_model_len=512, dtype="auto", extra_args=["--dtype=half"])
     assert "--dtype" not in argv and argv[-1] == "--dtype=half"
+
+
+def test_a_restarted_servers_failure_is_reported_by_its_own_root_cause(tmp_path):
+    """A server restarted before a point appends to the same log: the second failure is reported
+    by the second run's exception, not the first one's."""
+    log = tmp_path / "vllm-serve.log"
+    log.write_text("Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory at B=64\n")
+    since = log.stat().st_size
+    with log.open("a") as f:
+        f.write(fixture("serve-fails-kv-cache.log"))
+    first_line = why_it_stopped("vllm serve exited with status 1 at start", log, since=since).splitlines()[0]
+    assert "No available memory for the cache blocks" in first_line and "OutOfMemoryError" not in first_line
+    whole = why_it_stopped("vllm serve exited with status 1 at start", log).splitlines()[0]
+    assert "OutOfMemoryError" in whole  # what the whole file's first exception would have said
+
+
+def test_the_kv_cache_dtype_is_read_in_every_spelling_vllm_takes():
+    from llmpack.profiler.facts import flag_value
+
+    assert flag_value(["--kv_cache_dtype", "fp8"], "--kv-cache-dtype") == "fp8"
+    assert flag_value(["--kv-cache-dtype=fp8_e5m2"], "--kv-cache-dtype") == "fp8_e5m2"
+    assert flag_value(["--kv-cache-dtype", "fp8", "--kv_cache_dtype=auto"], "--kv-cache-dtype") == "auto"
+    assert flag_value(["--kv-cache-dtypes", "x"], "--kv-cache-dtype") is None

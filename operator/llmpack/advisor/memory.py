@@ -164,6 +164,17 @@ def context_for_pool(model_limit: int, pool_tokens: int, block_size: int = DEFAU
     return min(model_limit, pool_tokens // block_size * block_size)
 
 
+# Context of a profiling run when neither the spec nor anything known of the model fixes one
+# (simulated backend, a model outside the catalogue without architecture.maxPositionEmbeddings and
+# no config.json where the profiler runs): the typical request rounded up, which is all the run
+# needs. The operator keys the profile on it and the profiler falls back to it: one rule.
+PROFILING_CONTEXT_ROUNDING = 256
+
+
+def unknown_context_for_profiling(prompt_tokens: int, output_tokens: int) -> int:
+    return round_up_to_block(prompt_tokens + output_tokens, PROFILING_CONTEXT_ROUNDING)
+
+
 def profiling_max_model_len(
     model_limit: int, prompt_tokens: int, output_tokens: int, largest_batch: int
 ) -> int:

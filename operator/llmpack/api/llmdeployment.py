@@ -512,6 +512,15 @@ class LLMDeploymentSpec(CamelModel):
 # --- status -----------------------------------------------------------------------------------
 
 
+# The status' condition types: the story of one LLMDeployment, step by step.
+PROFILE_READY = "ProfileReady"
+ADVISED = "Advised"
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (PROFILE_READY, ADVISED, AVAILABLE, PROGRESSING, DEGRADED)
+
+
 class Condition(CamelModel):
     """A standard Kubernetes condition (metav1.Condition)."""
 

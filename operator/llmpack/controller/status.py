@@ -9,15 +9,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from llmpack.api.llmdeployment import Condition, ConditionStatus, LLMDeploymentStatus
+from llmpack.api.llmdeployment import (
+    ADVISED,
+    AVAILABLE,
+    CONDITION_TYPES,
+    DEGRADED,
+    PROFILE_READY,
+    PROGRESSING,
+    Condition,
+    ConditionStatus,
+    LLMDeploymentStatus,
+)
 from llmpack.controller.kube import quota_refusal
 
-PROFILE_READY = "ProfileReady"
-ADVISED = "Advised"
-AVAILABLE = "Available"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-CONDITION_TYPES = (PROFILE_READY, ADVISED, AVAILABLE, PROGRESSING, DEGRADED)
+__all__ = ["ADVISED", "AVAILABLE", "CONDITION_TYPES", "DEGRADED", "PROFILE_READY", "PROGRESSING"]
 
 
 def now() -> str:

@@ -73,7 +73,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from llmpack.launcher.metrics import METRICS_CONTENT_TYPE, RouterMetrics, merge_replica_metrics
-from llmpack.launcher.replica import Replica
+from llmpack.launcher.replica import Replica, ReplicaState
 
 log = logging.getLogger("llmpack.launcher.router")
 
@@ -162,7 +162,8 @@ class Router:
         unserving_grace_s: float | None = None,
     ) -> None:
         """unserving_grace_s: how long /healthz stays 200 while no replica serves (and none is still
-        starting); None keeps it 200 whatever the replicas do (see the module docstring)."""
+        starting, once one has served: see live()); None keeps it 200 whatever the replicas do (see
+        the module docstring)."""
         self.replicas = list(replicas)
         self.metrics = metrics or RouterMetrics()
         self.draining = False  # set on SIGTERM: not ready any more, still serving what arrives
@@ -394,8 +395,13 @@ class Router:
     def live(self) -> bool:
         """With unserving_grace_s: True while a replica serves, and for that long after the last one
         stopped; False before any has served (a startupProbe on /healthz waits for the first).
-        Without: always True, since a router that cannot answer fails its probe by itself."""
+        Once one has served, also True while another is still starting: restarting the container
+        would throw away a boot that may take minutes. Without: always True, since a router that
+        cannot answer fails its probe by itself."""
         if self.unserving_grace_s is None or self.serving():
+            return True
+        stops = [r.stopped_serving_at for r in self.replicas if r.stopped_serving_at is not None]
+        if stops and any(r.state is ReplicaState.STARTING for r in self.replicas):
             return True
         stops = [r.stopped_serving_at for r in self.replicas if r.stopped_serving_at is not None]
         return bool(stops) and time.monotonic() - max(stops) < self.unserving_grace_s

@@ -21,7 +21,14 @@ from llmpack.advisor import AdvisorError, AdvisorOptions, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import vllm_args
 from llmpack.advisor.options import slo_options
-from llmpack.api.llmdeployment import LLMDeploymentSpec, RecommendationStatus
+from llmpack.api.llmdeployment import (
+    ADVISED,
+    AVAILABLE,
+    PROFILE_READY,
+    PROGRESSING,
+    LLMDeploymentSpec,
+    RecommendationStatus,
+)
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
@@ -40,9 +47,6 @@ from llmpack.planner.planning import (
 )
 from llmpack.planner.prediction import Predictions
 from llmpack.render.plan import OwnerRef, ProfilingPlan, ServingPlan
-
-# Condition types a refusal belongs to (the status' story: which step stopped).
-PROGRESSING, PROFILE_READY, ADVISED, AVAILABLE = "Progressing", "ProfileReady", "Advised", "Available"
 
 
 class Refused(Exception):

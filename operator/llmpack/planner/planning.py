@@ -202,12 +202,6 @@ def effective_sweep(spec: LLMDeploymentSpec) -> str:
     return spec.profiling.sweep if defaults else "exhaustive"
 
 
-# Context of a profiling run when neither the spec nor what the operator knows of the model fixes
-# one (simulated backend, model outside the catalogue without architecture.maxPositionEmbeddings):
-# the typical request rounded up, which is all the run needs.
-PROFILING_CONTEXT_ROUNDING = 256
-
-
 def known_context_limit(spec: LLMDeploymentSpec) -> tuple[int, str] | None:
     """The longest context the model allows, where the operator knows it before profiling, and
     where that figure comes from: spec.model.architecture.maxPositionEmbeddings, else the built-in
@@ -266,7 +260,7 @@ def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
         )
     if spec.profiling.backend == "vllm":
         return None
-    return memory.round_up_to_block(prompt + output, PROFILING_CONTEXT_ROUNDING)
+    return memory.unknown_context_for_profiling(prompt, output)
 
 
 def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:

@@ -36,7 +36,7 @@ from typing import TextIO
 from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA
-from llmpack.advisor.memory import profiling_max_model_len
+from llmpack.advisor.memory import profiling_max_model_len, unknown_context_for_profiling
 from llmpack.advisor.model_config import ModelConfigError, model_shape
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
 from llmpack.api.profile import Profile
@@ -210,10 +210,10 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             # Nothing says how long a context the model allows (no config.json here, not in the
             # catalogue, no architecture.maxPositionEmbeddings): profile the workload's own length,
             # which the spec's requests need anyway; the advice then keeps the context to it.
-            max_model_len = -(-(args.prompt_tokens + args.output_tokens) // 256) * 256
+            max_model_len = unknown_context_for_profiling(args.prompt_tokens, args.output_tokens)
             logging.getLogger(__name__).warning(
                 "%s: no config.json and no known context limit; profiling with --max-model-len %d "
-                "(the workload rounded up to 256 tokens)",
+                "(the workload rounded up to whole 256-token steps, as the operator keys it)",
                 args.model,
                 max_model_len,
             )

@@ -239,13 +239,17 @@ def model_facts(
 
 
 def flag_value(args: tuple[str, ...] | list[str], flag: str) -> str | None:
-    """The value of `flag` in an argument list (`--flag v` or `--flag=v`; the last one wins)."""
+    """The value of `flag` in an argument list (`--flag v` or `--flag=v`; underscores read as
+    dashes, as vLLM's parser reads them; the last one wins)."""
     value = None
     for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
+        name, eq, given = arg.partition("=")
+        if name.replace("_", "-") != flag:
+            continue
+        if eq:
+            value = given
+        elif i + 1 < len(args):
             value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
     return value
 
 

@@ -380,22 +380,22 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
         return 0, ""
 
 
-def tail(path: Path, lines: int = 20) -> str:
+def read_log(path: Path, since: int = 0) -> str:
+    """The log from byte `since` on: one server's part of a log that restarts append to."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as log:
+            log.seek(since)
+            return log.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def why_it_stopped(what_happened: str, log_path: Path, lines: int = 12) -> str:
-    """`what_happened`, the root cause from the engine's log (its first exception, which vLLM
-    logs far above the last lines), then the log's last lines. The cause comes first because
-    the termination message keeps the start of a long text."""
-    try:
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
+def why_it_stopped(what_happened: str, log_path: Path, *, since: int = 0, lines: int = 12) -> str:
+    """`what_happened`, the root cause from the engine's log from byte `since` on (the server that
+    stopped: a restarted one appends to the same file), which vLLM logs far above the last lines,
+    then those last lines. The cause comes first because the termination message keeps the start
+    of a long text."""
+    text = read_log(log_path, since)
     cause = root_cause(text)
     head = f"{what_happened}: {cause}" if cause else what_happened
     last = "\n".join(text.strip().splitlines()[-lines:])
@@ -480,6 +480,7 @@ class VllmBackend(Backend):
         self.nvml = nvml or Nvml(index=self.settings.nvml_index)
         self.workdir = self.settings.workdir or Path(tempfile.mkdtemp(prefix="llmpack-profile-"))
         self.log_path = self.workdir / "vllm-serve.log"
+        self.log_offset = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.version: str | None = None
         self.startup = StartupFacts()
@@ -517,6 +518,8 @@ class VllmBackend(Backend):
         )
 
     def _start_server(self) -> None:
+        # where this server's part of the log begins (a restart appends to the same file)
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             try:
                 self.process = subprocess.Popen(
@@ -536,7 +539,7 @@ class VllmBackend(Backend):
         except BackendError:
             self._stop_server()
             raise
-        self.startup = parse_startup_log(self.log_path.read_text(encoding="utf-8", errors="replace"))
+        self.startup = parse_startup_log(read_log(self.log_path, self.log_offset))
         self.version = self.startup.version
         status, body = http_get(self.base_url + "/metrics")
         if status == 200:
@@ -550,14 +553,18 @@ class VllmBackend(Backend):
             code = self.process.poll()
             if code is not None:
                 raise BackendError(
-                    why_it_stopped(f"vllm serve exited with status {code} at start", self.log_path)
+                    why_it_stopped(
+                        f"vllm serve exited with status {code} at start", self.log_path, since=self.log_offset
+                    )
                 )
             if http_get(self.base_url + "/health", timeout_s=2.0)[0] == 200:
                 return
             time.sleep(2.0)
         raise BackendError(
             why_it_stopped(
-                f"vllm serve was not healthy after {self.settings.startup_timeout_s:g} s", self.log_path
+                f"vllm serve was not healthy after {self.settings.startup_timeout_s:g} s",
+                self.log_path,
+                since=self.log_offset,
             )
         )
 
@@ -623,7 +630,9 @@ class VllmBackend(Backend):
             gpu = sampler.stop()
         (self.workdir / f"bench-{batch}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         if not self._alive():
-            raise PointFailed(why_it_stopped("vllm serve died during the point", self.log_path))
+            raise PointFailed(
+                why_it_stopped("vllm serve died during the point", self.log_path, since=self.log_offset)
+            )
         if done.returncode != 0:
             last = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
             raise PointFailed(f"vllm bench serve exited with status {done.returncode}: {last}")

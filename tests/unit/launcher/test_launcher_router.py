@@ -374,6 +374,23 @@ def test_all_replicas_down_is_unready_at_once_and_not_alive_after_the_grace() ->
     asyncio.run(scenario())
 
 
+def test_a_replica_still_booting_keeps_the_pod_alive_after_the_first_one_died() -> None:
+    """llmpack launch starts replica 1 once replica 0 serves: if replica 0 dies while replica 1
+    is still loading, restarting the container would throw that boot away."""
+
+    async def scenario() -> None:
+        async with routed(2, unserving_grace_s=0.3) as (_upstreams, router, url, client):
+            router.replicas[1] = Replica(1, router.replicas[1].base_url)  # still starting
+            router.replicas[0].mark_exited(-9)
+            await asyncio.sleep(0.35)
+            assert (await answer(client, url + "/readyz"))[0] == 503
+            assert (await answer(client, url + "/healthz"))[0] == 200
+            router.replicas[1].mark_exited(1)  # it did not make it either
+            assert (await answer(client, url + "/healthz"))[0] == 503
+
+    asyncio.run(scenario())
+
+
 def test_liveness_waits_for_the_first_replica_and_draining_is_unready() -> None:
     async def scenario() -> None:
         async with routed(1, unserving_grace_s=60) as (_upstreams, router, url, client):
