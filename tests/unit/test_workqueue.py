@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
+import threading
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -16,6 +19,14 @@ from llmpack.controller.workqueue import ItemExponentialBackoff, RateLimiter, To
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+async def until(condition, timeout=5.0, what="the condition"):
+    """Poll until condition() holds; fail after `timeout` seconds (generous: a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def test_many_events_for_one_key_collapse_into_one_reconcile():
@@ -183,13 +194,13 @@ def test_retry_after_is_read_from_the_header_or_the_status_details():
 
 
 def test_requeue_after_is_a_plain_delay_and_resets_the_backoff():
-    calls = []
+    calls = []  # (when, the key's failure count as the call began)
 
     async def main():
         loop = asyncio.get_running_loop()
 
         async def process(key):
-            calls.append(loop.time())
+            calls.append((loop.time(), queue.num_requeues(key)))
             if len(calls) <= 3:
                 raise RuntimeError("failing")
             return 0.15 if len(calls) == 4 else None  # waiting for something: RequeueAfter
@@ -197,14 +208,14 @@ def test_requeue_after_is_a_plain_delay_and_resets_the_backoff():
         queue = WorkQueue(process, workers=1, name="test-requeue-after")
         queue.start()
         queue.add("a")
-        await asyncio.sleep(0.1)
-        assert len(calls) == 4 and queue.num_requeues("a") == 0  # the success forgot the failures
-        await asyncio.sleep(0.2)
+        await until(lambda: len(calls) >= 5, what="the requeue after the 4th call")
+        await asyncio.sleep(0.2)  # and nothing more: the 5th returned None
         await queue.stop()
 
     run(main())
     assert len(calls) == 5
-    assert calls[4] - calls[3] >= 0.14
+    assert [failures for _, failures in calls] == [0, 1, 2, 3, 0]  # the success forgot the failures
+    assert calls[4][0] - calls[3][0] >= 0.14  # the plain delay, not a 40 ms backoff
 
 
 def test_nothing_runs_before_start_and_nothing_after_stop():
@@ -231,6 +242,159 @@ def test_nothing_runs_before_start_and_nothing_after_stop():
 
     run(main())
     assert sorted(calls) == ["a", "b"]
+
+
+def test_stop_starts_no_queued_key_and_drains_only_those_being_processed():
+    """SIGTERM with a backlog: the keys still queued are not started during the drain (they
+    would be cancelled mid-call), the one being processed is waited for."""
+    calls = []
+
+    async def main():
+        release = asyncio.Event()
+
+        async def process(key):
+            calls.append((key, queue.shut_down))
+            if key == "a":
+                await release.wait()
+
+        queue = WorkQueue(process, workers=1, name="test-stop-backlog")
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        queue.start()
+        await until(lambda: calls, what="a to start")
+        stopping = asyncio.create_task(queue.stop(drain=5))
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # draining: a is still being processed
+        release.set()
+        began = time.monotonic()
+        await stopping
+        assert time.monotonic() - began < 2  # returned once a finished, not after the 5 s drain
+        assert queue.depth == 2  # b and c were left queued, never started
+
+    run(main())
+    assert calls == [("a", False)]
+
+
+def test_retry_after_outlasts_an_earlier_timer_set_during_the_reconcile():
+    """The reconcile schedules a look soon (enqueue_soon's add_after), then fails with the API
+    server's Retry-After: the earlier timer must not bring the key back before the Retry-After."""
+    calls = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def process(key):
+            calls.append(loop.time())
+            if len(calls) == 1:
+                queue.add_after(key, 0.02)  # e.g. a pod problem seen mid-reconcile
+                raise KubeError(429, "TooManyRequests", "slow down", retry_after=0.3)
+
+        queue = WorkQueue(process, workers=1, name="test-retry-after-timer", expected_errors=(KubeError,))
+        queue.start()
+        queue.add("a")
+        await until(lambda: len(calls) >= 2, what="the retry")
+        await queue.idle.wait()
+        assert "a" not in queue._not_before  # the success cleared the deadline
+        await queue.stop()
+
+    run(main())
+    assert calls[1] - calls[0] >= 0.29, calls
+
+
+def test_a_watch_event_does_not_bring_a_retry_after_forward_but_does_an_ordinary_backoff():
+    calls = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def process(key):
+            calls.append((key, loop.time()))
+            if len([k for k, _ in calls if k == key]) == 1:
+                if key == "throttled":
+                    raise KubeError(429, "TooManyRequests", "slow down", retry_after=0.3)
+                raise RuntimeError("an ordinary failure")  # backed off 5 s here
+
+        queue = WorkQueue(
+            process,
+            workers=2,
+            name="test-retry-after-event",
+            expected_errors=(KubeError, RuntimeError),
+            rate_limiter=RateLimiter(backoff=ItemExponentialBackoff(base=5.0)),
+        )
+        queue.start()
+        queue.add("throttled")
+        queue.add("failing")
+        await until(lambda: len(calls) >= 2, what="both first calls")
+        await until(lambda: not queue._processing, what="both first calls to end")
+        queue.add("throttled")  # watch events for both keys
+        queue.add("failing")
+        await until(lambda: len(calls) >= 4, what="the retries")
+        await queue.stop()
+
+    run(main())
+    firsts = {k: t for k, t in calls[:2]}
+    seconds = {k: t for k, t in calls[2:]}
+    assert seconds["throttled"] - firsts["throttled"] >= 0.29, calls  # waited for Retry-After
+    assert seconds["failing"] - firsts["failing"] < 4, calls  # the event beat the 5 s backoff
+
+
+def test_a_key_changed_during_a_throttled_reconcile_waits_for_the_retry_after():
+    calls = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def process(key):
+            calls.append(loop.time())
+            if len(calls) == 1:
+                queue.add(key)  # a watch event mid-reconcile: the key is dirty
+                raise KubeError(503, "ServiceUnavailable", "busy", retry_after=0.3)
+
+        queue = WorkQueue(process, workers=1, name="test-retry-after-dirty", expected_errors=(KubeError,))
+        queue.start()
+        queue.add("a")
+        await until(lambda: len(calls) >= 2, what="the retry")
+        await asyncio.sleep(0.05)
+        await queue.stop()
+
+    run(main())
+    assert len(calls) == 2  # one retry, not one for the event and another for the Retry-After
+    assert calls[1] - calls[0] >= 0.29, calls
+
+
+def test_the_metrics_readers_survive_the_event_loop_changing_the_queue_meanwhile():
+    """longest_running and unfinished_work run in the Prometheus HTTP thread while the loop
+    adds and removes keys being processed: no "dictionary changed size during iteration", no
+    min() of an empty sequence after the emptiness check."""
+    queue = WorkQueue(lambda key: asyncio.sleep(0), workers=1, name="test-metrics-race")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape():
+        while not done.is_set():
+            try:
+                assert queue.longest_running() >= 0.0
+                assert queue.unfinished_work() >= 0.0
+            except BaseException as err:  # reported below, in the test
+                errors.append(err)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not errors:
+            for i in range(200):  # what the workers do to _processing
+                queue._processing[i] = time.monotonic()
+            for i in range(200):
+                del queue._processing[i]
+    finally:
+        done.set()
+        scraper.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def sample(name: str, queue: str) -> float:

@@ -91,7 +91,9 @@ LEADER_TRANSITIONS = Counter(
 
 
 def register_workqueue(queue: Any) -> None:
-    """Gauges read from the queue at scrape time (client-go updates them every 500 ms instead)."""
+    """Gauges read from the queue at scrape time (client-go updates them every 500 ms instead),
+    in the Prometheus HTTP server's thread while the event loop changes the queue: the queue's
+    readers (longest_running, unfinished_work) compute from one snapshot of what is processing."""
     WORKQUEUE_DEPTH.labels(name=queue.name).set_function(lambda: queue.depth)
     WORKQUEUE_LONGEST_RUNNING.labels(name=queue.name).set_function(queue.longest_running)
     WORKQUEUE_UNFINISHED_SECONDS.labels(name=queue.name).set_function(queue.unfinished_work)

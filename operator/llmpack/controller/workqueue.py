@@ -14,8 +14,18 @@ What a reconcile returns decides what happens next, as in controller-runtime's r
   BucketRateLimiter of DefaultControllerRateLimiter), and never sooner than a `retry_after` the
   exception carries (the API server's Retry-After on a 429 or 503).
 
+The API server's Retry-After is a minimum delay: add_rate_limited with a `min_delay` sets the
+key's "not before" deadline, and until it passes nothing processes the key: not a watch event's
+add(), not an earlier add_after() timer (an enqueue_soon set during the failed reconcile), not
+the re-add of a key that changed while it was processed; each of them waits for the deadline
+instead. Only the server's Retry-After sets it, not the ordinary exponential backoff or the token
+bucket: a watch event still brings an ordinary backoff forward, as in client-go. The deadline is
+cleared when the key succeeds (forget).
+
 The workers and timers run only between start() and stop(): a replica that is not the leader
-collects keys but reconciles nothing, and a stopped queue forgets its timers at once.
+collects keys but reconciles nothing, and a stopped queue forgets its timers at once. Once
+stop() is called no key is handed out any more: keys still queued stay queued, and the drain
+waits only for the keys already being processed.
 """
 
 from __future__ import annotations
@@ -131,6 +141,8 @@ class WorkQueue(Generic[K]):
         self._processing: dict[K, float] = {}  # key -> when its processing began (monotonic)
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        # key -> time.monotonic() before which it must not be processed (the server's Retry-After)
+        self._not_before: dict[K, float] = {}
         self._tasks: list[asyncio.Task] = []
         self.running = False
         self.shut_down = False
@@ -172,6 +184,11 @@ class WorkQueue(Generic[K]):
     def add(self, key: K) -> None:
         if self.shut_down:
             return
+        if self.running and key not in self._processing and key not in self._queued:
+            hold = self._hold(key)
+            if hold > 0:  # the API server's Retry-After has not passed: wait for it, not sooner
+                self._schedule(key, hold, not_before=hold)
+                return
         timer = self._timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -185,39 +202,61 @@ class WorkQueue(Generic[K]):
             self._queue.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
-        """Re-add later; an earlier pending re-add of the same key wins (no pile-up). Before
-        start() there are no timers: the key is simply pending, to be processed once leading."""
+        """Re-add later; an earlier pending re-add of the same key wins (no pile-up), unless it
+        would come before the key's "not before" deadline. Before start() there are no timers:
+        the key is simply pending, to be processed once leading."""
         if self.shut_down or key in self._queued or key in self._dirty:
             return
-        if delay <= 0 or not self.running:
+        if not self.running:
             self.add(key)
             return
-        existing = self._timers.get(key)
-        loop = asyncio.get_running_loop()
-        if existing and existing.when() <= loop.time() + delay:
+        hold = self._hold(key)
+        delay = max(delay, hold)
+        if delay <= 0:
+            self.add(key)
             return
-        if existing:
-            existing.cancel()
-        self._timers[key] = loop.call_later(delay, self._fire, key)
+        self._schedule(key, delay, not_before=hold)
 
     def add_rate_limited(self, key: K, min_delay: float | None = None) -> float:
-        """Retry after a failure: the rate limiter's delay, at least `min_delay`. Returns it."""
+        """Retry after a failure: the rate limiter's delay, at least `min_delay` (the API server's
+        Retry-After), which also becomes the key's "not before" deadline. Returns the delay."""
         delay = self.rate_limiter.when(key)
-        if min_delay is not None:
+        if min_delay is not None and min_delay > 0:
             delay = max(delay, min_delay)
+            deadline = time.monotonic() + min_delay
+            self._not_before[key] = max(self._not_before.get(key, deadline), deadline)
         metrics.WORKQUEUE_RETRIES.labels(name=self.name).inc()
         self.add_after(key, delay)
         return delay
 
     def forget(self, key: K) -> None:
+        """The key succeeded: its failures and any Retry-After deadline are forgotten."""
         self.rate_limiter.forget(key)
+        self._not_before.pop(key, None)
 
     def num_requeues(self, key: K) -> int:
         return self.rate_limiter.num_requeues(key)
 
+    def _hold(self, key: K) -> float:
+        """Seconds until the key's "not before" deadline (the server's Retry-After); 0 if none."""
+        deadline = self._not_before.get(key)
+        return 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _schedule(self, key: K, delay: float, *, not_before: float = 0.0) -> None:
+        """A timer re-adds the key in `delay` seconds. A pending timer that fires sooner is kept,
+        unless it fires before `not_before` seconds from now (the key's deadline)."""
+        loop = asyncio.get_running_loop()
+        existing = self._timers.get(key)
+        if existing is not None:
+            remaining = existing.when() - loop.time()
+            if not_before <= remaining <= delay:
+                return
+            existing.cancel()
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key)  # which waits on, should the key's deadline not have passed yet
 
     # -- what the metrics read --------------------------------------------------------------------
 
@@ -229,20 +268,27 @@ class WorkQueue(Generic[K]):
         """Keys waiting for a worker (workqueue_depth), not those being processed or delayed."""
         return len(self._queued)
 
+    # Both are called from the Prometheus HTTP server's thread while the event loop changes
+    # _processing: they read one snapshot (tuple() copies it without running Python code, so
+    # under the GIL without another thread's change in between), never the live dict twice.
+
     def longest_running(self) -> float:
-        if not self._processing:
-            return 0.0
-        return time.monotonic() - min(self._processing.values())
+        began = tuple(self._processing.values())
+        return time.monotonic() - min(began) if began else 0.0
 
     def unfinished_work(self) -> float:
+        began = tuple(self._processing.values())
         now = time.monotonic()
-        return sum(now - began for began in self._processing.values())
+        return sum(now - b for b in began)
 
     # -- the workers ------------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
+            if not self.running:  # stop() was called: start no new key, leave it queued
+                self._queue.put_nowait(key)
+                return
             self._queued.discard(key)
             began = time.monotonic()
             added = self._added_at.pop(key, began)
