@@ -212,6 +212,22 @@ def test_client_go_refuses_the_same_configurations():
     assert config().lease_duration == 15 and config().renew_deadline == 10 and config().retry_period == 2
 
 
+def test_a_fractional_lease_duration_is_refused_as_the_lease_holds_whole_seconds():
+    """10.5 s passes "greater than the renew deadline" but would be written as 10 s, exactly the
+    renew deadline: the leader's fence would close no sooner than a standby takes over."""
+
+    def config(**kwargs):
+        return LeaderElectionConfig(lease_name="l", lease_namespace="n", identity="i", **kwargs)
+
+    for lease_duration in (10.5, 15.25, 1.2, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="leaseDuration must be a whole number of seconds"):
+            config(lease_duration=lease_duration, renew_deadline=10 if lease_duration > 10 else 0.8)
+    server, clock = FakeApiServer(), Clock()
+    a = elector(server, "a", clock, lease_duration=11.0, renew_deadline=10.5)
+    assert a.try_acquire_or_renew()
+    assert server.spec()["leaseDurationSeconds"] == 11 > a.config.renew_deadline
+
+
 def test_the_fence_refuses_writes_unless_leading(monkeypatch):
     sent = []
     monkeypatch.setattr(KubeClient, "request", lambda self, method, path, **kw: sent.append(method))
@@ -229,7 +245,7 @@ def test_the_fence_refuses_writes_unless_leading(monkeypatch):
 
 # -- the loops, in real (short) time --------------------------------------------------------------
 
-FAST = {"lease_duration": 1.2, "renew_deadline": 0.8, "retry_period": 0.1}
+FAST = {"lease_duration": 1.0, "renew_deadline": 0.8, "retry_period": 0.1}
 
 
 def running(server, identity, events, **overrides):
@@ -268,31 +284,43 @@ def test_the_standby_takes_over_after_the_leader_dies_and_never_both_lead():
 
     took, overlap = run(main())
     assert not any(overlap)
-    assert 0.6 < took < 1.2 + 3 * 0.1 * 2.2, took  # a lease duration after b last saw a renewal
+    assert 0.6 < took < 1.0 + 3 * 0.1 * 2.2 + 0.2, took  # a lease duration after b last saw a renewal
     assert events == [("started", "a"), ("started", "b")]
     assert server.spec()["holderIdentity"] == "" and server.spec()["leaseTransitions"] == 1  # b released
 
 
 def test_a_leader_that_cannot_renew_stops_before_anyone_can_take_over():
+    """Bounds that hold however loaded the machine, each against the clock: the fence
+    (is_leading) is never open at or after the renew deadline counted from the outage (every
+    successful renewal began before it); the election loop stops leading no sooner than the renew
+    deadline after the last renewal began, and before a standby could take over a lease duration
+    after it. A lease duration well past the renew deadline leaves that margin to a slow loop."""
     server, events = FakeApiServer(), []
+    timing = {**FAST, "lease_duration": 3.0}
 
     async def main():
-        loop = asyncio.get_running_loop()
-        a = running(server, "a", events)
+        a = running(server, "a", events, **timing)
         a.start()
         while not a.is_leading():
             await asyncio.sleep(0.01)
         server.down = True  # an API outage, or a network partition of the leader
-        cut = loop.time()
+        cut = time.monotonic()
+        open_late = []  # moments at or after the renew deadline at which the fence was still open
         while ("stopped", "a") not in events:
-            await asyncio.sleep(0.01)
-        stopped = loop.time() - cut
+            sampled = time.monotonic()
+            if a.is_leading() and sampled >= cut + timing["renew_deadline"]:
+                open_late.append(sampled - cut)
+            assert sampled - cut < 10, "the leader never stopped leading"
+            await asyncio.sleep(0.005)
+        stopped = time.monotonic()
         assert not a.is_leading()
-        return stopped
+        assert a._renewed_at < cut  # the last successful renewal began before the outage
+        return stopped - a._renewed_at, open_late
 
-    stopped = run(main())
-    assert stopped <= FAST["renew_deadline"] + 0.05, stopped  # within the renew deadline...
-    assert stopped < FAST["lease_duration"]  # ...so before any standby sees the lease expire
+    since_renewal, open_late = run(main())
+    assert open_late == []  # the fence closed by the renew deadline
+    assert since_renewal >= timing["renew_deadline"], since_renewal  # not before the deadline...
+    assert since_renewal < timing["lease_duration"], since_renewal  # ...nor once a standby may lead
 
 
 def test_the_fence_closes_at_the_renew_deadline_even_if_the_loop_is_stuck():

@@ -77,9 +77,17 @@ class LeaderElectionConfig:
     release_on_cancel: bool = True
 
     def __post_init__(self) -> None:
-        # client-go's NewLeaderElector checks, in its words.
+        # client-go's NewLeaderElector checks, in its words, and one of ours (whole seconds).
         if self.lease_duration <= self.renew_deadline:
             raise ValueError("leaseDuration must be greater than renewDeadline")
+        if not float(self.lease_duration).is_integer():
+            # The Lease's leaseDurationSeconds is whole seconds: 10.5 s would be written as 10, what
+            # standbys wait, and the leader's fence (the renew deadline) would no longer close
+            # before a standby can take over.
+            raise ValueError(
+                f"leaseDuration must be a whole number of seconds (the Lease's leaseDurationSeconds), "
+                f"not {self.lease_duration:g}s"
+            )
         if self.renew_deadline <= JITTER_FACTOR * self.retry_period:
             raise ValueError("renewDeadline must be greater than retryPeriod*JitterFactor")
         if self.lease_duration < 1:
