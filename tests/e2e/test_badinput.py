@@ -41,6 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
+from operator_runner import OPERATOR_NAMESPACE  # noqa: E402
 from test_badinput_pure import (  # noqa: E402  (the corpus tables are shared with the pure tests)
     BASE_SPEC,
     CEL_CASES,
@@ -70,7 +71,7 @@ from llmpack.render.plan import (  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.badinput]
 
-OPERATOR_NAMESPACE = "llmpack-system"
+
 PROFILER_SELECTOR = "app.kubernetes.io/component=profiler,app.kubernetes.io/managed-by=llmpack"
 COMPLETE_ANNOTATION = "llmpack.io/testbed-complete"
 SECRET = "hf-token"

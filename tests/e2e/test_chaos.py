@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,6 +21,7 @@ from pathlib import Path
 import pytest
 import testbed as testbed_lib
 import yaml
+from operator_runner import OPERATOR_NAMESPACE, OperatorRunner
 from test_operator import EXAMPLES, serving_pods, wait_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -244,59 +242,28 @@ def test_two_writers_racing_on_one_object(operator_process, kube_admin, kubectl,
 # -- two elected replicas: the leader SIGKILLed mid-reconcile ---------------------------------------
 
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 15.0, 10.0, 2.0  # client-go's defaults, the chart's
-OPERATOR_NAMESPACE = "llmpack-system"  # as conftest.py's operator: the Lease lives there
 
 
-class ElectedReplica:
-    """`llmpack operator --leader-elect`, one of several replicas sharing a Lease (the fields and
-    kill/stop of conftest.py's OperatorRunner, plus a metrics port)."""
+class ElectedReplica(OperatorRunner):
+    """`llmpack operator --leader-elect`, one of several replicas sharing a Lease, with a metrics
+    port of its own to ask whether it leads."""
 
     def __init__(self, env: dict[str, str], log_path: Path, identity: str, lease: str):
-        self.env = {**env, "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
+        (port,) = testbed_lib.free_ports(1)
+        super().__init__(
+            env,
+            log_path,
+            metrics_port=port,
+            extra_args=[
+                *("--leader-elect", "--leader-elect-lease-name", lease),
+                *("--leader-elect-identity", identity),
+                *("--leader-elect-lease-duration", f"{LEASE_DURATION:g}s"),
+                *("--leader-elect-renew-deadline", f"{RENEW_DEADLINE:g}s"),
+                *("--leader-elect-retry-period", f"{RETRY_PERIOD:g}s"),
+            ],
+        )
         self.identity = identity
         self.lease = lease
-        (self.metrics_port,) = testbed_lib.free_ports(1)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no lease release, like an OOM kill or a node loss."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text()[-chars:] if self.log_path.exists() else ""
-
-    def start(self) -> None:
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "llmpack.cli", "operator"),
-                    *("--operator-namespace", OPERATOR_NAMESPACE),
-                    *("--metrics-port", str(self.metrics_port), "--liveness", "", "--log-level", "INFO"),
-                    *("--leader-elect", "--leader-elect-lease-name", self.lease),
-                    *("--leader-elect-identity", self.identity),
-                    *("--leader-elect-lease-duration", f"{LEASE_DURATION:g}s"),
-                    *("--leader-elect-renew-deadline", f"{RENEW_DEADLINE:g}s"),
-                    *("--leader-elect-retry-period", f"{RETRY_PERIOD:g}s"),
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
 
     def metrics(self) -> dict[str, float]:
         try:

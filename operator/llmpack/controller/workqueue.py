@@ -272,12 +272,22 @@ class WorkQueue(Generic[K]):
     # _processing: they read one snapshot (tuple() copies it without running Python code, so
     # under the GIL without another thread's change in between), never the live dict twice.
 
+    def _began(self) -> tuple[float, ...]:
+        """When the keys being processed began, as one snapshot. Read from the Prometheus thread
+        while the event loop changes the dict: even copying it can be interrupted (a garbage
+        collection run mid-copy may switch threads), so a copy the loop disturbed is taken again."""
+        while True:
+            try:
+                return tuple(self._processing.values())
+            except RuntimeError:  # "dictionary changed size during iteration"
+                continue
+
     def longest_running(self) -> float:
-        began = tuple(self._processing.values())
+        began = self._began()
         return time.monotonic() - min(began) if began else 0.0
 
     def unfinished_work(self) -> float:
-        began = tuple(self._processing.values())
+        began = self._began()
         now = time.monotonic()
         return sum(now - b for b in began)
 
