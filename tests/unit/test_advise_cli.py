@@ -127,9 +127,16 @@ def _profile_without_usable_points(tmp_path):
         (["--profile", "{tmp}/preempted.json", "--output-len", "390"], "use it with --paper-model"),
         (["--paper-model", "opt-1.3b", "--paper-data", "{tmp}"], "holds no profiles.csv"),
         (["--paper-model", "opt-1.3b", "--plot", "/proc/nope/x.png"], "cannot write the plot"),
+        (["--paper-model", "opt-1.3b", "--min-replica-gain", "-1"], "--min-replica-gain must be"),
+        (
+            ["--paper-model", "opt-1.3b", "-f", "examples/opt-1.3b-mps-dra.yaml", "--gpu", "NVIDIA-L4"],
+            "--gpu cannot be combined with -f",
+        ),
+        (["--paper-model", "opt-1.3b", "-f", "{tmp}/none.yaml"], "cannot read"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(capsys, tmp_path, args, expected):
+def test_bad_input_is_one_line_and_nonzero(capsys, tmp_path, args, expected, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     _profile_without_usable_points(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code, out, err = advise(capsys, *args)

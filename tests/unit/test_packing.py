@@ -62,7 +62,8 @@ def test_smallest_mig_profile():
     h100 = lookup_gpu("NVIDIA-H100-80GB-HBM3")
     small = smallest_mig_profile(5 * GIB, h100)
     assert small.profile.name == "1g.10gb" and small.instances_per_gpu == 7
-    assert 0 < small.gpu_memory_utilization < 1
+    rec = advise(load_paper_profile("opt-1.3b"), gpu=h100)
+    assert rec.mig_profile == "1g.20gb" and 0 < rec.mig_gpu_memory_utilization < 1
     # 15 GiB: 1g.20gb and 2g.20gb hold it; the one with fewer compute slices is smaller
     mid = smallest_mig_profile(15 * GIB, h100)
     assert mid.profile.name == "1g.20gb" and mid.instances_per_gpu == 4

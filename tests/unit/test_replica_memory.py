@@ -15,21 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmpack.advisor.replica_memory import STARTUP_CHECK_MARGIN_BYTES, ReplicaDoesNotFit, replica_memory
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import GPUS, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context
-from llmpack.planner.planning import (
-    STARTUP_CHECK_MARGIN_BYTES,
-    PlanningError,
-    ReplicaDoesNotFit,
-    candidates,
-    choose,
-    profiling_max_model_len,
-    replica_memory,
-)
+from llmpack.planner.planning import PlanningError, candidates, choose, profiling_max_model_len
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
 from llmpack.profiler.simulated import SimulatedBackend
 from llmpack.render.plan import OwnerRef
@@ -186,7 +179,7 @@ def test_every_mode_passes_vllms_check_or_refuses(product: str, need_gib: float)
         try:
             memory = replica_memory(mode, provider, gpu, need, **extra)
         except ReplicaDoesNotFit as err:
-            assert isinstance(err, PlanningError) and err.reason == "ReplicaDoesNotFit"
+            assert err.reason == "ReplicaDoesNotFit"
             assert "use" in str(err) or "lower" in str(err)
             continue
         assert need <= memory.limit_bytes

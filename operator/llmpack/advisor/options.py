@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmpack.advisor.architectures import find_architecture
 from llmpack.hardware import MPS_MAX_CLIENTS
 
 if TYPE_CHECKING:
-    from llmpack.api.llmdeployment import SLOSpec
+    from llmpack.api.llmdeployment import LLMDeploymentSpec, SLOSpec
 
 Policy = Literal["efficiency", "plateau"]
 
@@ -53,6 +54,13 @@ class AdvisorOptions(BaseModel):
     replicas_per_gpu: int | None = Field(
         None, ge=1, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."
     )
+    min_replica_gain: float = Field(
+        0.05,
+        ge=0,
+        lt=10,
+        description="Pack no further when one more replica is predicted to add less than this "
+        "fraction of tokens/s per GPU (spec.advisor.minReplicaGain).",
+    )
 
     @property
     def effective_epsilon(self) -> float:
@@ -64,3 +72,40 @@ def slo_options(slo: SLOSpec) -> dict[str, float | None]:
     to the SLO reaches the advisor (or fails AdvisorOptions' extra="forbid") without a caller
     naming it. Build options as `AdvisorOptions(..., **slo_options(spec.slo))`."""
     return {f"slo_{name}": getattr(slo, name) for name in type(slo).model_fields}
+
+
+def options_for_spec(spec: LLMDeploymentSpec) -> AdvisorOptions:
+    """The advisor's options for an LLMDeployment: the one mapping the operator, `llmpack plan` and
+    `llmpack advise -f` use."""
+    advisor = spec.advisor
+    known = known_context_limit(spec)
+    return AdvisorOptions(
+        policy=advisor.policy,
+        epsilon=advisor.epsilon,
+        latency_factor=advisor.latency_factor,
+        **slo_options(spec.slo),
+        max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
+        prompt_tokens=spec.workload.prompt_tokens,
+        output_tokens=spec.workload.output_tokens,
+        max_model_len=spec.effective_max_model_len(),
+        context_limit=known[0] if known else None,
+        max_num_seqs=advisor.max_num_seqs,
+        replicas_per_gpu=advisor.replicas_per_gpu,
+        min_replica_gain=advisor.min_replica_gain,
+    )
+
+
+def known_context_limit(spec: LLMDeploymentSpec) -> tuple[int, str] | None:
+    """The longest context the model allows, where the operator knows it before profiling, and
+    where that figure comes from: spec.model.architecture.maxPositionEmbeddings, else the built-in
+    catalogue. None for other models: the profiler reads their limit from config.json."""
+    arch = spec.model.architecture
+    if arch is not None and arch.max_position_embeddings is not None:
+        return arch.max_position_embeddings, "spec.model.architecture.maxPositionEmbeddings"
+    known = find_architecture(spec.model.name)
+    if known is not None:
+        return (
+            known.max_position_embeddings,
+            "max_position_embeddings of its config.json, from llmpack's catalogue",
+        )
+    return None

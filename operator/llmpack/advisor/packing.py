@@ -79,7 +79,7 @@ def pack_replicas(
             replicas, limited_by = cap, "MPS client limit"
         else:
             replicas, limited_by = cap, "max_replicas_per_gpu"
-    slot = (device_total_bytes - STARTUP_RESERVE_BYTES) // replicas
+    slot = slot_bytes(device_total_bytes, replicas)
     return Packing(
         replicas_per_gpu=replicas,
         slot_bytes=slot,
@@ -89,11 +89,15 @@ def pack_replicas(
     )
 
 
+def slot_bytes(device_total_bytes: int, replicas: int) -> int:
+    """The equal share of the device each of `replicas` replicas may use."""
+    return (device_total_bytes - STARTUP_RESERVE_BYTES) // replicas
+
+
 @dataclass(frozen=True)
 class MIGPlacement:
     profile: MIGProfile
     instances_per_gpu: int
-    gpu_memory_utilization: float  # of the slice, which vLLM sees as the whole device (FACTS 4)
 
 
 def smallest_mig_profile(per_replica_bytes: int, gpu: GPU) -> MIGPlacement | None:
@@ -103,12 +107,7 @@ def smallest_mig_profile(per_replica_bytes: int, gpu: GPU) -> MIGPlacement | Non
     if not fitting:
         return None
     best = min(fitting, key=lambda p: (p.memory_bytes, p.compute_slices))
-    slot = best.memory_bytes - STARTUP_RESERVE_BYTES
-    return MIGPlacement(
-        profile=best,
-        instances_per_gpu=best.max_instances,
-        gpu_memory_utilization=gpu_memory_utilization_for(slot, best.memory_bytes),
-    )
+    return MIGPlacement(profile=best, instances_per_gpu=best.max_instances)
 
 
 @dataclass(frozen=True)

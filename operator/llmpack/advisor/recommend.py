@@ -1,18 +1,23 @@
 """advise(profile, options) -> Recommendation: the whole advisor in one pure function.
 
 points --(bca)--> B_opt --(memory)--> KV cache and per-replica memory
-       --(packing)--> replicas per GPU, MIG slice, memory freed --> vLLM flags
+       --(packing)--> replicas memory holds --(perfmodel)--> replicas that pay, MIG slice
+       --(replica_memory)--> --gpu-memory-utilization --> memory freed, vLLM flags
+
+The replicas per GPU and the flags here are the ones the operator deploys under MPS through a DRA
+claim (planner/decide.py uses this recommendation; it only picks the mode the cluster offers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpack.advisor import bca, memory, packing
+from llmpack.advisor import bca, memory, packing, perfmodel
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.advisor.options import AdvisorOptions
+from llmpack.advisor.replica_memory import replica_memory
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import BOptSource, CandidateVerdict, Recommendation
 from llmpack.hardware import GPU
@@ -106,15 +111,26 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"{limit.describe()} and one replica's KV cache holds {budget.tokens:,}."
         )
 
-    # 3. Packing -----------------------------------------------------------------------------
-    packed = packing.pack_replicas(
+    # 3. Packing: what memory holds, then as many as the performance model says still pay ------
+    fit = packing.pack_replicas(
         per_replica,
         target.usable_memory_bytes,
         max_replicas_per_gpu=options.max_replicas_per_gpu,
         fixed_replicas=options.replicas_per_gpu,
         device_name=target.product,
     )
+    shared = shared_replicas(profile, target, b_opt, fit, options)
+    # What the replica's process is started with: one decision (replica_memory), for MPS through
+    # a DRA claim pinned to the replica's memory, the mode the paper measured.
+    utilization = replica_memory(
+        "mps", "dra", target, per_replica, replicas_per_gpu=shared.replicas
+    ).gpu_memory_utilization
     mig = packing.smallest_mig_profile(per_replica, target)
+    mig_utilization = (
+        replica_memory("mig", None, target, per_replica, mig=mig.profile).gpu_memory_utilization
+        if mig
+        else None
+    )
 
     # 4. Memory freed versus one instance with vLLM's defaults -------------------------------
     if same_gpu and profile.kv_capacity_tokens is not None:
@@ -136,7 +152,7 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
     args = memory.vllm_args(
         max_num_seqs=b_opt,
         kv_cache_bytes=budget.bytes,
-        gpu_memory_utilization=packed.gpu_memory_utilization,
+        gpu_memory_utilization=utilization,
         max_model_len=max_model_len,
     )
     if not non_kv.measured:
@@ -151,9 +167,10 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one replica "
             f"needs {per_replica / GIB:.2f} GiB.",
             context_text,
-            f"{packed.replicas_per_gpu} replica{'s fit' if packed.replicas_per_gpu != 1 else ' fits'} on one "
-            f"{target.product} (limited by {packed.limited_by}), each with "
-            f"--gpu-memory-utilization {packed.gpu_memory_utilization:.3f}.",
+            f"{fit.replicas_per_gpu} replica{'s fit' if fit.replicas_per_gpu != 1 else ' fits'} on one "
+            f"{target.product} (limited by {fit.limited_by}). Packing: {shared.reason.rstrip('.')}, so "
+            + (f"{shared.replicas} share a GPU" if shared.replicas > 1 else "one replica runs per GPU")
+            + f" under MPS, each with --gpu-memory-utilization {utilization:.3f}.",
             f"Versus one vLLM instance with defaults (KV pool {baseline_pool / GIB:.2f} GiB) this frees "
             f"{freed.freed_bytes / GIB:.2f} GiB, {freed.fraction:.1%} of the GPU's "
             f"{target.memory_bytes / GIB:.0f} GiB.",
@@ -185,13 +202,15 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         gpu_product=target.product,
         gpu_memory_bytes=target.memory_bytes,
         gpu_usable_memory_bytes=target.usable_memory_bytes,
-        replicas_per_gpu=packed.replicas_per_gpu,
-        replicas_limited_by=packed.limited_by,
-        slot_bytes=packed.slot_bytes,
-        gpu_memory_utilization=packed.gpu_memory_utilization,
+        replicas_per_gpu=shared.replicas,
+        replicas_memory_fit=fit.replicas_per_gpu,
+        replicas_limited_by=shared.limited_by,
+        packing_reason=shared.reason,
+        slot_bytes=packing.slot_bytes(target.usable_memory_bytes, shared.replicas),
+        gpu_memory_utilization=utilization,
         mig_profile=mig.profile.name if mig else None,
         mig_instances_per_gpu=mig.instances_per_gpu if mig else None,
-        mig_gpu_memory_utilization=mig.gpu_memory_utilization if mig else None,
+        mig_gpu_memory_utilization=mig_utilization,
         baseline_kv_pool_bytes=baseline_pool,
         kv_in_use_bytes=in_use,
         memory_freed_bytes=freed.freed_bytes,
@@ -200,6 +219,46 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         explanation=explanation,
         notes=notes,
     )
+
+
+@dataclass(frozen=True)
+class SharedReplicas:
+    """Replicas of B_opt per GPU under MPS, and why no more."""
+
+    replicas: int
+    limited_by: str  # packing.Packing's reasons, or "min_replica_gain" / "slo" (the performance model)
+    reason: str  # a sentence
+
+
+def shared_replicas(
+    profile: Profile, target: GPU, b_opt: int, fit: packing.Packing, options: AdvisorOptions
+) -> SharedReplicas:
+    """As many replicas as memory holds (`fit`), trimmed to where one more is still predicted to add
+    `options.min_replica_gain` tokens/s per GPU and the mean ITL stays within the SLO
+    (perfmodel.pack). A fixed count (advisor.replicasPerGPU) wins; a profile the performance model
+    cannot calibrate packs by memory and says so."""
+    if options.replicas_per_gpu is not None:
+        return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, "replicas per GPU fixed by the user.")
+    try:
+        model = perfmodel.calibrate(profile)
+        if profile.gpu.product != target.product:
+            model = model.on_gpu(target)  # measured on another GPU, rescaled by bandwidth
+    except AdvisorError as err:
+        reason = f"no performance prediction ({err}); packed by memory."
+        return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, reason)
+    decision = perfmodel.pack(
+        model,
+        b_opt,
+        max_replicas=options.max_replicas_per_gpu,
+        min_gain=options.min_replica_gain,
+        slo_itl_ms=options.slo_itl_mean_ms,
+        memory_fit=fit.fit_by_memory,
+    )
+    replicas = max(1, decision.replicas)
+    if replicas >= fit.replicas_per_gpu:
+        return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, decision.reason)
+    limited_by = "min_replica_gain" if decision.limited_by == "min_gain" else decision.limited_by
+    return SharedReplicas(replicas, limited_by, decision.reason)
 
 
 @dataclass(frozen=True)

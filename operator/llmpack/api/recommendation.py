@@ -83,11 +83,21 @@ class Recommendation(RecommendationModel):
     gpu_product: str = Field(description="GPU the packing is computed for (nvidia.com/gpu.product).")
     gpu_memory_bytes: int = Field(description="The GPU's memory (the capacity in its name).")
     gpu_usable_memory_bytes: int = Field(description="Device total a CUDA process sees.")
-    replicas_per_gpu: int = Field(description="Replicas of B_opt that share one GPU under MPS.")
-    replicas_limited_by: str = Field("", description="memory, max_replicas_per_gpu, or override.")
+    replicas_per_gpu: int = Field(
+        description="Replicas of B_opt that share one GPU under MPS: what memory holds, trimmed by the "
+        "performance model to where one more still pays (what the operator deploys under MPS)."
+    )
+    replicas_memory_fit: int = Field(description="Replicas of B_opt that one GPU's memory holds.")
+    replicas_limited_by: str = Field(
+        "",
+        description="memory, max_replicas_per_gpu, MPS client limit, override (fixed by the user), "
+        "min_replica_gain or slo (the performance model).",
+    )
+    packing_reason: str = Field("", description="Why no more replicas share a GPU, in a sentence.")
     slot_bytes: int = Field(description="Memory set aside for each replica on a shared GPU.")
     gpu_memory_utilization: float = Field(
-        description="--gpu-memory-utilization of each replica: its slot / the GPU's memory."
+        description="--gpu-memory-utilization of each replica under MPS through a DRA claim (its "
+        "memory less a CUDA context's margin, over the GPU's memory: vLLM's start-up check passes)."
     )
     mig_profile: str | None = Field(None, description="Smallest MIG profile that holds one replica.")
     mig_instances_per_gpu: int | None = Field(None, description="How many such slices one GPU holds.")

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmpack.advisor import AdvisorError, AdvisorOptions, advise
+from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import vllm_args
-from llmpack.advisor.options import slo_options
+from llmpack.advisor.options import options_for_spec
 from llmpack.api.llmdeployment import (
     ADVISED,
     AVAILABLE,
@@ -39,7 +39,6 @@ from llmpack.planner.planning import (
     candidates,
     choose,
     context_refusal,
-    known_context_limit,
     profile_key,
     profiling_plan,
     recommendation_status,
@@ -185,26 +184,10 @@ def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, pla
     )
 
 
-def advisor_options(spec: LLMDeploymentSpec) -> AdvisorOptions:
-    return AdvisorOptions(
-        policy=spec.advisor.policy,
-        epsilon=spec.advisor.epsilon,
-        latency_factor=spec.advisor.latency_factor,
-        **slo_options(spec.slo),
-        max_replicas_per_gpu=spec.sharing.max_replicas_per_gpu,
-        prompt_tokens=spec.workload.prompt_tokens,
-        output_tokens=spec.workload.output_tokens,
-        max_model_len=spec.effective_max_model_len(),
-        context_limit=known[0] if (known := known_context_limit(spec)) else None,
-        max_num_seqs=spec.advisor.max_num_seqs,
-        replicas_per_gpu=spec.advisor.replicas_per_gpu,
-    )
-
-
 def recommend(spec: LLMDeploymentSpec, profile: Profile, gpu: GPU) -> Recommendation:
     """The advisor on the profile, with the spec's settings."""
     try:
-        return advise(profile, advisor_options(spec), gpu)
+        return advise(profile, options_for_spec(spec), gpu)
     except AdvisorError as err:
         raise Refused(ADVISED, "AdvisorRefused", str(err)) from err
 
@@ -212,16 +195,16 @@ def recommend(spec: LLMDeploymentSpec, profile: Profile, gpu: GPU) -> Recommenda
 def serving(
     spec: LLMDeploymentSpec, profile: Profile, cluster: ClusterFacts, context: Context
 ) -> ServingDecision:
-    """The serving decision for a profiled spec: advise, trim the packing with the performance
-    model, pick the mode the cluster offers, size what each replica's process may hold."""
+    """The serving decision for a profiled spec: advise (B_opt, KV, the replicas per GPU that pay
+    under MPS), pick the mode the cluster offers by predicted tokens/s per GPU, size what each
+    replica's process may hold in that mode."""
     gpu = target_gpu(spec, cluster)
     rec = recommend(spec, profile, gpu)
     predictions = Predictions.build(profile, rec, gpu, spec)
     offers = offers_for(spec, cluster)
-    replicas_per_gpu = predictions.replicas_per_gpu(rec.replicas_per_gpu)
     refusals: list[str] = []
     found = candidates(
-        spec, gpu, offers, rec.per_replica_memory_bytes, replicas_per_gpu, predictions.predict, refusals
+        spec, gpu, offers, rec.per_replica_memory_bytes, rec.replicas_per_gpu, predictions.predict, refusals
     )
     try:
         chosen = choose(spec, found, offers, refusals)
@@ -293,8 +276,6 @@ def _explanation(
     utilization: float,
 ) -> str:
     explanation = f"{chosen.label}: {rec.explanation}"
-    if predictions.packing_reason and (chosen.mode == "mps" or predictions.model is None):
-        explanation += f" Packing: {predictions.packing_reason.rstrip('.')}."
     if chosen.mode == "exclusive":
         explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
     elif chosen.mode == "mig":

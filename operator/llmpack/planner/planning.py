@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmpack.advisor import memory
-from llmpack.advisor.architectures import find_architecture
-from llmpack.advisor.memory import MIB, gpu_memory_utilization_for
-from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
+from llmpack.advisor.memory import MIB
+from llmpack.advisor.options import known_context_limit
+from llmpack.advisor.replica_memory import (
+    ReplicaDoesNotFit,
+    ReplicaMemory,
+    replica_memory,
+)
 from llmpack.api.llmdeployment import LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
-from llmpack.hardware import GPU, MIGProfile
+from llmpack.hardware import GPU
 from llmpack.hardware.cluster import Offers
 from llmpack.render.plan import (
     MAX_NAME,
@@ -30,17 +34,6 @@ from llmpack.render.plan import (
     stable_hash,
 )
 
-# Memory kept free on a GPU shared through MPS beyond the replicas' own caps: the MPS server
-# itself and allocator fragmentation. vLLM adds a 150 MiB buffer to its own suggestions.
-MPS_GPU_RESERVE_BYTES = 512 << 20
-
-# What a replica's process already holds, or may find missing, when vLLM checks free memory at
-# start-up: its own CUDA context (taken before the check), and under MPS the gap between the
-# NVML total the caps are computed from and the smaller total CUDA hands out. The advisor packs
-# with the same reserve (a CUDA context plus slack).
-STARTUP_CHECK_MARGIN_BYTES = STARTUP_RESERVE_BYTES
-MIN_UTILIZATION = 0.001  # the flag is rendered with three decimals
-
 
 class PlanningError(ValueError):
     """The deployment cannot be placed as asked; the message says what to change."""
@@ -48,123 +41,6 @@ class PlanningError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-class ReplicaDoesNotFit(PlanningError):
-    def __init__(self, message: str):
-        super().__init__("ReplicaDoesNotFit", message)
-
-
-@dataclass(frozen=True)
-class ReplicaMemory:
-    """What one replica's vLLM process sees as its device, and the flags that follow from it.
-
-    vLLM 0.32 refuses to start when the free memory at start-up is below ceil(total x
-    --gpu-memory-utilization), also with --kv-cache-memory-bytes (vllm/v1/worker/utils.py
-    request_memory; FACTS 1.1, 1.2). `total_bytes` is the most cudaMemGetInfo can say is the
-    device's total, `limit_bytes` the least it can say is free before the process allocates."""
-
-    total_bytes: int  # the whole GPU as NVML reports it, or the MIG slice (the size in its name)
-    limit_bytes: int  # what this process may hold: its MPS pinned limit, else the device
-    gpu_memory_utilization: float  # <= (limit - margin) / total, rounded down to 0.001
-    mps_pinned_memory_bytes: int | None  # the per-client limit llmpack itself sets (DRA claim)
-    presented: str  # the device as the process sees it, in words
-
-    @property
-    def requested_bytes(self) -> int:
-        """What vLLM's start-up check asks to be free, at most."""
-        return math.ceil(self.total_bytes * self.gpu_memory_utilization)
-
-
-def replica_memory(
-    mode: str,
-    provider: str | None,
-    gpu: GPU,
-    per_replica_bytes: int,
-    *,
-    replicas_per_gpu: int = 1,
-    device_plugin_replicas: int | None = None,
-    mig: MIGProfile | None = None,
-) -> ReplicaMemory:
-    """The one decision of --gpu-memory-utilization (and of the DRA claim's MPS memory limit),
-    from what each sharing mode presents to one replica's process (`gpu` carries the total the
-    node reports, nvidia.com/gpu.memory, or the catalogue's):
-
-    - exclusive: the whole GPU; total = its NVML total, free = what CUDA hands out of it.
-    - mps/dra: free = the claim's per-client pinned limit, which llmpack sets to the replica's
-      memory; total = the whole GPU. All replicas' limits must fit on the GPU together.
-    - mps/devicePlugin: free = the limit the device plugin's MPS daemon pins every client to,
-      the GPU's NVML total / the node's nvidia.com/gpu.replicas (per GPU; render/cluster.py),
-      whatever llmpack packs; total = the whole GPU.
-    - mig: the slice is the device; total = the slice.
-
-    The utilisation is the replica's memory over the total, but never above (limit - a CUDA
-    context's margin) / total, so that the check passes under a cap: the KV cache is sized by
-    --kv-cache-memory-bytes, so the utilisation only has to pass that check. Raises
-    ReplicaDoesNotFit, naming what to change, when the replica's memory exceeds what the mode
-    lets one process hold."""
-    need = per_replica_bytes
-    total = gpu.reported_memory_bytes
-    mib = f"{gpu.reported_memory_mib:,} MiB"
-    pinned = None
-    if mode == "mig":
-        if mig is None:
-            raise ValueError("mode mig needs the MIG profile")
-        total, limit = mig.nominal_bytes, mig.memory_bytes
-        presented = f"a {mig.name} MIG slice ({_gib(limit)} usable)"
-        fix = "a larger sharing.migProfile"
-    elif mode == "exclusive":
-        limit = gpu.usable_memory_bytes
-        presented = f"a whole {gpu.product} ({mib}, {_gib(limit)} usable)"
-        fix = "a GPU with more memory"
-    elif provider == "dra":
-        # llmpack sets this limit: the replica's memory, and never so little that the start-up
-        # check could not pass (a CUDA context plus the smallest utilisation vLLM is given).
-        limit = pinned = max(need, STARTUP_CHECK_MARGIN_BYTES + math.ceil(total * MIN_UTILIZATION))
-        room = gpu.usable_memory_bytes - STARTUP_RESERVE_BYTES
-        if replicas_per_gpu * limit > room:
-            raise ReplicaDoesNotFit(
-                f"mps/dra: {replicas_per_gpu} replicas of {_gib(limit)} each do not fit on one "
-                f"{gpu.product} ({_gib(room)} after vLLM's start-up reserve); lower "
-                "advisor.replicasPerGPU or sharing.maxReplicasPerGPU"
-            )
-        presented = f"an MPS client pinned to {_mib(limit)} of a {mib} {gpu.product}"
-        fix = "a larger pinned limit"  # unreachable: the limit is the replica's memory
-    elif provider == "devicePlugin":
-        if not device_plugin_replicas or device_plugin_replicas < 1:
-            raise ValueError("mps/devicePlugin needs the node's nvidia.com/gpu.replicas")
-        # the daemon's set_default_device_pinned_mem_limit: total / replicas, in whole MiB
-        limit = gpu.reported_memory_bytes // device_plugin_replicas // MIB * MIB
-        presented = (
-            f"an MPS client the device plugin pins to {_mib(limit)} ({mib} / nvidia.com/gpu.replicas "
-            f"{device_plugin_replicas}) of a {gpu.product}"
-        )
-        fix = (
-            "fewer nvidia.com/gpu.replicas in the node's device plugin sharing config, "
-            "sharing.mpsProvider dra, or sharing.mode exclusive"
-        )
-    else:
-        raise ValueError(f"no device view for mode {mode!r} with MPS provider {provider!r}")
-    label = f"{mode}/{provider}" if provider else mode
-    if need > limit:
-        raise ReplicaDoesNotFit(
-            f"{label}: one replica needs {_gib(need)} but each replica's process gets {presented}, "
-            f"so vLLM would run out of memory; lower workload tokens, advisor.maxNumSeqs or "
-            f"model.maxModelLen, or use {fix}"
-        )
-    room = limit - STARTUP_CHECK_MARGIN_BYTES
-    if room < math.ceil(total * MIN_UTILIZATION):
-        raise ReplicaDoesNotFit(
-            f"{label}: {presented} leaves nothing free once a CUDA context exists; use {fix}"
-        )
-    utilization = gpu_memory_utilization_for(min(need, room), total)
-    return ReplicaMemory(
-        total_bytes=total,
-        limit_bytes=limit,
-        gpu_memory_utilization=utilization,
-        mps_pinned_memory_bytes=pinned,
-        presented=presented,
-    )
 
 
 @dataclass(frozen=True)
@@ -200,22 +76,6 @@ def effective_sweep(spec: LLMDeploymentSpec) -> str:
         and spec.slo == SLOSpec()  # any SLO may bind below where the default rule stops
     )
     return spec.profiling.sweep if defaults else "exhaustive"
-
-
-def known_context_limit(spec: LLMDeploymentSpec) -> tuple[int, str] | None:
-    """The longest context the model allows, where the operator knows it before profiling, and
-    where that figure comes from: spec.model.architecture.maxPositionEmbeddings, else the built-in
-    catalogue. None for other models: the profiler reads their limit from config.json."""
-    arch = spec.model.architecture
-    if arch is not None and arch.max_position_embeddings is not None:
-        return arch.max_position_embeddings, "spec.model.architecture.maxPositionEmbeddings"
-    known = find_architecture(spec.model.name)
-    if known is not None:
-        return (
-            known.max_position_embeddings,
-            "max_position_embeddings of its config.json, from llmpack's catalogue",
-        )
-    return None
 
 
 def context_refusal(spec: LLMDeploymentSpec) -> str | None:

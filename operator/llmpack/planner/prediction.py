@@ -1,7 +1,8 @@
 """The performance model as the planner needs it: tokens/s per GPU and ITL for each candidate
-packing, and the baseline every gain is measured against (one replica with vLLM defaults).
+mode, and the baseline every gain is measured against (one replica with vLLM defaults). How many
+replicas share a GPU is the advisor's decision (advisor/recommend.py shared_replicas).
 
-Pure (no API calls); it lives beside the reconciler because it binds spec fields to the model.
+Pure (no API calls).
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ class Predictions:
     b_opt: int
     spec: LLMDeploymentSpec
     baseline_tokens_per_s: float | None
-    packing_reason: str = ""
 
     @classmethod
     def build(cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec) -> Predictions:
         try:
             return cls._calibrated(profile, rec, gpu, spec)
-        except AdvisorError as err:
-            # Serving does not depend on predictions: pack by memory, show no gain, say why.
-            return cls(
-                None, gpu, rec.b_opt, spec, None, f"no performance prediction ({err}); packed by memory."
-            )
+        except AdvisorError:
+            # Serving does not depend on predictions: the advisor packed by memory and said why.
+            return cls(None, gpu, rec.b_opt, spec, None)
 
     @classmethod
     def _calibrated(
@@ -43,26 +41,6 @@ class Predictions:
             model = model.on_gpu(gpu)  # a profile measured on another GPU, rescaled by bandwidth
         baseline = perfmodel.baseline(model, profile, gpu)
         return cls(model, gpu, rec.b_opt, spec, baseline.total_tokens_per_s)
-
-    def replicas_per_gpu(self, memory_fit: int) -> int:
-        """Replicas per GPU under MPS: what memory allows, trimmed to where one more still pays
-        (spec.advisor.minReplicaGain) and the SLO holds. A fixed advisor.replicasPerGPU wins."""
-        if self.spec.advisor.replicas_per_gpu is not None:
-            self.packing_reason = "replicas per GPU fixed by advisor.replicasPerGPU."
-            return self.spec.advisor.replicas_per_gpu
-        if self.model is None:
-            return max(1, min(memory_fit, self.spec.sharing.max_replicas_per_gpu))
-        memory_fit = max(1, memory_fit)
-        decision = perfmodel.pack(
-            self.model,
-            self.b_opt,
-            max_replicas=self.spec.sharing.max_replicas_per_gpu,
-            min_gain=self.spec.advisor.min_replica_gain,
-            slo_itl_ms=self.spec.slo.itl_mean_ms,
-            memory_fit=memory_fit,
-        )
-        self.packing_reason = decision.reason
-        return max(1, decision.replicas)
 
     def predict(self, replicas_per_gpu: int, mig_profile: str | None) -> tuple[float | None, float | None]:
         if self.model is None:

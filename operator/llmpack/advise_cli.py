@@ -1,8 +1,17 @@
 """`llmpack advise`: recommend --max-num-seqs, the KV cache size and replicas per GPU from a profile.
 
-llmpack advise (--profile FILE | --paper-model NAME [--output-len N]) [--policy efficiency|plateau]
-               [--epsilon X] [--slo-itl-ms X] [--gpu PRODUCT] [--json] [--plot FILE.png]
-               [--paper-data DIR]
+llmpack advise (--profile FILE | --paper-model NAME [--output-len N])
+               (-f LLMDEPLOYMENT.yaml | [--policy efficiency|plateau] [--epsilon X] [--slo-itl-ms X]
+                [--slo-itl-p99-ms X] [--gpu PRODUCT] [--max-replicas-per-gpu N]
+                [--min-replica-gain X] [--max-model-len N])
+               [--json] [--plot FILE.png] [--paper-data DIR]
+
+The recommendation is the one the operator deploys (advisor/recommend.py advise): replicas per GPU
+are those memory holds trimmed by the performance model, and the flags are those of a replica
+under MPS through a DRA claim. With -f the options come from the LLMDeployment's spec exactly as
+the operator reads them (advisor/options.py options_for_spec), so `llmpack advise -f`, `llmpack
+plan -f` and the operator agree (tests/unit/test_decision_agreement.py). `llmpack plan` adds the
+mode the cluster offers and the objects.
 """
 
 from __future__ import annotations
@@ -10,21 +19,44 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA, load_paper_profile, load_profile
-from llmpack.advisor.options import DEFAULT_EPSILON, AdvisorOptions
+from llmpack.advisor.options import DEFAULT_EPSILON, AdvisorOptions, options_for_spec
 from llmpack.api.profile import Profile, ProfileError
 from llmpack.api.recommendation import Recommendation
 from llmpack.errors import UserError
 from llmpack.hardware import MPS_MAX_CLIENTS, UnknownGPUError, lookup_gpu
+from llmpack.plan_cli import parse_spec, read_llmdeployment
 
 GIB = 1 << 30
 
 
+# The options an LLMDeployment spec sets when -f is given: (flag, argparse dest).
+SPEC_OPTIONS = (
+    ("--policy", "policy"),
+    ("--epsilon", "epsilon"),
+    ("--slo-itl-ms", "slo_itl_ms"),
+    ("--slo-itl-p99-ms", "slo_itl_p99_ms"),
+    ("--gpu", "gpu"),
+    ("--max-replicas-per-gpu", "max_replicas_per_gpu"),
+    ("--min-replica-gain", "min_replica_gain"),
+    ("--max-model-len", "max_model_len"),
+)
+DEFAULT_MAX_REPLICAS_PER_GPU = 8
+DEFAULT_MIN_REPLICA_GAIN = 0.05
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--filename",
+        metavar="FILE",
+        help="take the advisor's options and the GPU from this LLMDeployment, as the operator does",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--profile", metavar="FILE", help="a Profile JSON file (what `llmpack profile` writes)"
@@ -44,7 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         choices=("efficiency", "plateau"),
-        default="efficiency",
         help="efficiency (default): the paper's rule; plateau: smallest batch near the best throughput",
     )
     parser.add_argument(
@@ -71,9 +102,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-replicas-per-gpu",
         type=int,
-        default=8,
         metavar="N",
-        help=f"upper bound on replicas per GPU (default 8, at most {MPS_MAX_CLIENTS})",
+        help=f"upper bound on replicas per GPU (default {DEFAULT_MAX_REPLICAS_PER_GPU}, at most "
+        f"{MPS_MAX_CLIENTS})",
+    )
+    parser.add_argument(
+        "--min-replica-gain",
+        type=float,
+        metavar="X",
+        help="pack no further when one more replica is predicted to add less than this fraction of "
+        f"tokens/s per GPU (default {DEFAULT_MIN_REPLICA_GAIN:g})",
     )
     parser.add_argument("--max-model-len", type=int, metavar="N", help="--max-model-len of each replica")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -88,7 +126,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _options(args: argparse.Namespace) -> AdvisorOptions:
+def _options(args: argparse.Namespace) -> tuple[AdvisorOptions, str | None]:
+    """The options and the GPU to pack onto (None: the profile's)."""
+    if args.filename is not None:
+        given = [flag for flag, dest in SPEC_OPTIONS if getattr(args, dest) is not None]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} cannot be combined with -f: the LLMDeployment's spec sets them"
+            )
+        spec = parse_spec(read_llmdeployment(Path(args.filename)))
+        return options_for_spec(spec), spec.gpu.product
+    max_replicas = args.max_replicas_per_gpu or DEFAULT_MAX_REPLICAS_PER_GPU
+    min_gain = DEFAULT_MIN_REPLICA_GAIN if args.min_replica_gain is None else args.min_replica_gain
     checks = [
         (
             args.epsilon is not None and not 0 < args.epsilon < 1,
@@ -103,22 +152,25 @@ def _options(args: argparse.Namespace) -> AdvisorOptions:
             "--slo-itl-p99-ms must be a positive number of ms",
         ),
         (
-            not 1 <= args.max_replicas_per_gpu <= MPS_MAX_CLIENTS,
+            not 1 <= max_replicas <= MPS_MAX_CLIENTS,
             f"--max-replicas-per-gpu must be between 1 and {MPS_MAX_CLIENTS} (the MPS client limit)",
         ),
+        (not 0 <= min_gain < 10, "--min-replica-gain must be a fraction of at least 0 (0.05 is 5%)"),
         (args.max_model_len is not None and args.max_model_len < 1, "--max-model-len must be at least 1"),
     ]
     for failed, message in checks:
         if failed:
             raise UserError(message)
-    return AdvisorOptions(
-        policy=args.policy,
+    options = AdvisorOptions(
+        policy=args.policy or "efficiency",
         epsilon=args.epsilon,
         slo_itl_mean_ms=args.slo_itl_ms,
         slo_itl_p99_ms=args.slo_itl_p99_ms,
-        max_replicas_per_gpu=args.max_replicas_per_gpu,
+        max_replicas_per_gpu=max_replicas,
+        min_replica_gain=min_gain,
         max_model_len=args.max_model_len,
     )
+    return options, args.gpu
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -134,9 +186,9 @@ def _profile(args: argparse.Namespace) -> Profile:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = _options(args)
+    options, product = _options(args)
     try:
-        gpu = lookup_gpu(args.gpu) if args.gpu else None
+        gpu = lookup_gpu(product) if product else None
         profile = _profile(args)
         rec = _advise(profile, options, gpu)
     except (AdvisorError, ProfileError, UnknownGPUError) as err:
@@ -212,8 +264,9 @@ def print_human(profile: Profile, rec: Recommendation, file: TextIO | None = Non
         ),
         (
             "replicas per GPU",
-            f"{rec.replicas_per_gpu} on {rec.gpu_product} (limited by {rec.replicas_limited_by}; "
-            f"slot {rec.slot_bytes / GIB:.2f} GiB each)",
+            f"{rec.replicas_per_gpu} on {rec.gpu_product} under MPS (memory holds "
+            f"{rec.replicas_memory_fit}; limited by {rec.replicas_limited_by}; slot "
+            f"{rec.slot_bytes / GIB:.2f} GiB each)",
         ),
         (
             "MIG",
