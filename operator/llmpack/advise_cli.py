@@ -20,12 +20,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, get_args
 
 from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA, load_paper_profile, load_profile
 from llmpack.advisor.options import DEFAULT_EPSILON, AdvisorOptions, options_for_spec
+from llmpack.api.llmdeployment import Policy
 from llmpack.api.profile import Profile, ProfileError
 from llmpack.api.recommendation import Recommendation
 from llmpack.errors import UserError
@@ -75,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--policy",
-        choices=("efficiency", "plateau"),
+        choices=get_args(Policy),
         help="efficiency (default): the paper's rule; plateau: smallest batch near the best throughput",
     )
     parser.add_argument(

@@ -3,17 +3,17 @@ the KV cache for, and fixed choices that skip parts of the advice."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmpack.advisor.architectures import find_architecture
+from llmpack.api.llmdeployment import Policy
 from llmpack.hardware import MPS_MAX_CLIENTS
 
 if TYPE_CHECKING:
     from llmpack.api.llmdeployment import LLMDeploymentSpec, SLOSpec
 
-Policy = Literal["efficiency", "plateau"]
 
 # efficiency: the paper's threshold on T(B)/(B*T(B_min)).
 # plateau: accept up to 5% less than the best throughput within the SLO. On the paper's

@@ -7,10 +7,12 @@ validates every object it reads with them. Field names are camelCase in YAML, as
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from llmpack.api.rules import Rule, cel_validations, first_broken
 
 GROUP = "llmpack.io"
 VERSION = "v1alpha1"
@@ -28,7 +30,7 @@ assert f"{GROUP}/{VERSION}" == API_VERSION
 DEFAULT_CANDIDATE_BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512]
 MPS_MAX_CLIENTS = 48  # NVIDIA MPS client limit on compute capability >= 7.5 (FACTS.md 3.1)
 
-Phase = Literal["Pending", "Profiling", "Advising", "Deploying", "Ready", "Degraded", "Failed"]
+Phase = Literal["Pending", "Profiling", "Deploying", "Ready", "Degraded", "Failed"]
 SharingMode = Literal["auto", "mps", "mig", "exclusive"]
 MPSProvider = Literal["dra", "devicePlugin"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -39,6 +41,16 @@ DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Name = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _check(rules: tuple[Rule[ModelT], ...], value: ModelT) -> ModelT:
+    broken = first_broken(rules, value)
+    if broken is not None:
+        raise ValueError(broken)
+    return value
 
 
 def k8s_field_name(name: str) -> str:
@@ -192,19 +204,19 @@ class AdvisorSpec(CamelModel):
         return sorted(set(value))
 
 
+SHARING_RULES: tuple[Rule[SharingSpec], ...] = (
+    Rule(
+        cel="!has(self.migProfile) || self.mode == 'mig' || self.mode == 'auto'",
+        holds=lambda s: not s.mig_profile or s.mode in ("mig", "auto"),
+        message="migProfile applies only to mode mig (or auto); remove it or set mode: mig",
+    ),
+)
+
+
 class SharingSpec(CamelModel):
     """How replicas share a GPU."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.migProfile) || self.mode == 'mig' || self.mode == 'auto'",
-                    "message": "migProfile applies only to mode mig (or auto); remove it or set mode: mig",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_validations(SHARING_RULES))
 
     mode: SharingMode = Field(
         "auto",
@@ -226,6 +238,10 @@ class SharingSpec(CamelModel):
         pattern=r"^[1-7]g\.[0-9]+gb(\.me)?$",
         description="Force a MIG profile (e.g. 1g.10gb) instead of the smallest that holds a replica.",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> SharingSpec:
+        return _check(SHARING_RULES, self)
 
 
 class Toleration(CamelModel):
@@ -288,21 +304,23 @@ class EnvVar(CamelModel):
 # The GPUs a container sees are the device plugin's or the DRA driver's business: these variables
 # would widen it beyond what MIG, MPS or a claim allocated (FACTS.md 3.1, 3.2).
 RESERVED_ENV_PREFIXES = ("NVIDIA_", "CUDA_MPS_", "CUDA_VISIBLE_DEVICES")
+RESERVED_ENV_TEXT = ", ".join(p + "*" if p.endswith("_") else p for p in RESERVED_ENV_PREFIXES[:-1])
+RESERVED_ENV_TEXT += f" or {RESERVED_ENV_PREFIXES[-1]}"
+SERVING_RULES: tuple[Rule[ServingSpec], ...] = (
+    Rule(
+        cel="!has(self.env) || self.env.all(e, "
+        + " && ".join(f"!e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+        + ")",
+        holds=lambda s: not any(e.name.startswith(RESERVED_ENV_PREFIXES) for e in s.env),
+        culprit=lambda s: ", ".join(e.name for e in s.env if e.name.startswith(RESERVED_ENV_PREFIXES)),
+        message=f"serving.env must not set {RESERVED_ENV_TEXT}: the GPUs a replica sees come from its "
+        "MIG slice, MPS share or claim",
+    ),
+)
 
 
 class ServingSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('NVIDIA_') "
-                    "&& !e.name.startsWith('CUDA_MPS_') && !e.name.startsWith('CUDA_VISIBLE_DEVICES'))",
-                    "message": "serving.env must not set NVIDIA_*, CUDA_MPS_* or CUDA_VISIBLE_DEVICES: "
-                    "the GPUs a replica sees come from its MIG slice, MPS share or claim",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_validations(SERVING_RULES))
 
     image: str | None = Field(None, description="Serving image. Default: the operator's configured one.")
     extra_args: list[str] = Field(
@@ -329,16 +347,9 @@ class ServingSpec(CamelModel):
         "the ports right above it, hence the upper bound.",
     )
 
-    @field_validator("env")
-    @classmethod
-    def _no_gpu_visibility_env(cls, value: list[EnvVar]) -> list[EnvVar]:
-        for item in value:
-            if item.name.startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(
-                    f"serving.env must not set {item.name}: the GPUs a replica sees come from its MIG "
-                    "slice, MPS share or claim (NVIDIA_*, CUDA_MPS_* and CUDA_VISIBLE_DEVICES are reserved)"
-                )
-        return value
+    @model_validator(mode="after")
+    def _rules(self) -> ServingSpec:
+        return _check(SERVING_RULES, self)
 
     def engine_args(self) -> list[str]:
         """extra_args without the API server's own flags: what changes the engine a profile measures."""
@@ -442,32 +453,43 @@ def owned_flag(arg: str) -> str | None:
     return None
 
 
+DEFAULT_WORKLOAD = (
+    WorkloadSpec.model_fields["prompt_tokens"].default,
+    WorkloadSpec.model_fields["output_tokens"].default,
+)
+SPEC_RULES: tuple[Rule[LLMDeploymentSpec], ...] = (
+    Rule(
+        cel="!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
+        " || self.sharing.mode != 'exclusive' || self.advisor.replicasPerGPU == 1",
+        holds=lambda s: s.advisor.replicas_per_gpu in (None, 1) or s.sharing.mode != "exclusive",
+        message="sharing.mode exclusive runs one replica per GPU: remove advisor.replicasPerGPU or "
+        "choose mode mps or auto",
+    ),
+    Rule(
+        cel="!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
+        " || !has(self.sharing.maxReplicasPerGPU)"
+        " || self.advisor.replicasPerGPU <= self.sharing.maxReplicasPerGPU",
+        holds=lambda s: (
+            s.advisor.replicas_per_gpu is None or s.advisor.replicas_per_gpu <= s.sharing.max_replicas_per_gpu
+        ),
+        message="advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
+    ),
+    Rule(
+        cel="!has(self.model.maxModelLen) || !has(self.workload) "
+        f"|| (has(self.workload.promptTokens) ? self.workload.promptTokens : {DEFAULT_WORKLOAD[0]}) + "
+        f"(has(self.workload.outputTokens) ? self.workload.outputTokens : {DEFAULT_WORKLOAD[1]})"
+        " <= self.model.maxModelLen",
+        holds=lambda s: (
+            s.model.max_model_len is None
+            or s.workload.prompt_tokens + s.workload.output_tokens <= s.model.max_model_len
+        ),
+        message="model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
+    ),
+)
+
+
 class LLMDeploymentSpec(CamelModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
-                    " || self.sharing.mode != 'exclusive' || self.advisor.replicasPerGPU == 1",
-                    "message": "sharing.mode exclusive runs one replica per GPU: remove "
-                    "advisor.replicasPerGPU or choose mode mps or auto",
-                },
-                {
-                    "rule": "!has(self.advisor) || !has(self.advisor.replicasPerGPU) || !has(self.sharing)"
-                    " || !has(self.sharing.maxReplicasPerGPU)"
-                    " || self.advisor.replicasPerGPU <= self.sharing.maxReplicasPerGPU",
-                    "message": "advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
-                },
-                {
-                    "rule": "!has(self.model.maxModelLen) || !has(self.workload) "
-                    "|| (has(self.workload.promptTokens) ? self.workload.promptTokens : 256) + "
-                    "(has(self.workload.outputTokens) ? self.workload.outputTokens : 256)"
-                    " <= self.model.maxModelLen",
-                    "message": "model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
-                },
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_validations(SPEC_RULES))
 
     model: ModelSpec = Field(description="The model to serve.")
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec, description="The typical request.")
@@ -480,22 +502,10 @@ class LLMDeploymentSpec(CamelModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> LLMDeploymentSpec:
-        # The same rules as the CRD's CEL validations, for objects read before the CRD existed
-        # and for `llmpack` commands that take a spec from a file.
-        fixed = self.advisor.replicas_per_gpu
-        if fixed is not None and self.sharing.mode == "exclusive" and fixed != 1:
-            raise ValueError(
-                "sharing.mode exclusive runs one replica per GPU: remove advisor.replicasPerGPU "
-                "or choose mode mps or auto"
-            )
-        if fixed is not None and fixed > self.sharing.max_replicas_per_gpu:
-            raise ValueError("advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU")
-        if self.sharing.mig_profile and self.sharing.mode not in ("mig", "auto"):
-            raise ValueError("migProfile applies only to mode mig (or auto); remove it or set mode: mig")
-        needed = self.workload.prompt_tokens + self.workload.output_tokens
-        if self.model.max_model_len is not None and self.model.max_model_len < needed:
-            raise ValueError("model.maxModelLen must hold workload.promptTokens + workload.outputTokens")
-        return self
+        # The CRD's CEL rules (api/rules.py), for objects read before the CRD had them and for
+        # `llmpack` commands that take a spec from a file. SharingSpec and ServingSpec check
+        # their own rows.
+        return _check(SPEC_RULES, self)
 
     def effective_max_model_len(self) -> int | None:
         """The --max-model-len the user fixed, or None: the advisor then serves the longest
@@ -557,14 +567,28 @@ class RecommendationStatus(CamelModel):
     baseline_tokens_per_second_per_gpu: float | None = Field(
         None, description="Predicted tokens/s per GPU of one replica with vLLM defaults."
     )
-    predicted_gain: str | None = Field(None, description="Predicted gain over the baseline, e.g. +33.7%.")
-    predicted_gain_fraction: float | None = Field(None, description="The same gain as a fraction.")
+    predicted_gain: str | None = Field(
+        None, description="predictedGainFraction as a percentage, e.g. +33.7% (for kubectl get)."
+    )
+    predicted_gain_fraction: float | None = Field(
+        None, description="Predicted gain in tokens/s per GPU over the baseline, as a fraction."
+    )
     predicted_itl_ms: float | None = Field(None, description="Predicted mean ITL of each replica.")
     memory_freed_fraction: float | None = Field(
         None, description="GPU memory a replica leaves free versus vLLM's default KV reservation."
     )
     vllm_args: list[str] = Field(default_factory=list, description="Flags each vLLM replica gets.")
     explanation: str = Field("", description="Why the advisor chose this.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gain_text(cls, data: Any) -> Any:
+        """predictedGain is derived from predictedGainFraction, never set on its own."""
+        if isinstance(data, dict):
+            fraction = data.get("predicted_gain_fraction", data.get("predictedGainFraction"))
+            data = {k: v for k, v in data.items() if k not in ("predicted_gain", "predictedGain")}
+            data["predictedGain"] = None if fraction is None else f"{fraction * 100:+.1f}%"
+        return data
 
 
 class ProfilingProgress(CamelModel):

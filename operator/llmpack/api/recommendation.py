@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Policy = Literal["efficiency", "plateau"]
+from llmpack.api.llmdeployment import Policy
+
 BOptSource = Literal["advisor", "override"]
 
 

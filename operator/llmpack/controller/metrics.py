@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PHASES = ("Pending", "Profiling", "Advising", "Deploying", "Ready", "Degraded", "Failed")
+from llmpack.api.llmdeployment import Phase
+
+PHASES: tuple[str, ...] = get_args(Phase)
 
 RECONCILE_SECONDS = Histogram(
     "llmpack_reconcile_duration_seconds",

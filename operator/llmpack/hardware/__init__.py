@@ -1,10 +1,10 @@
 """GPU facts the advisor and the planner need: memory, bandwidth and MIG profiles per product.
 Pure data: no Kubernetes client here."""
 
+from llmpack.api.llmdeployment import MPS_MAX_CLIENTS  # the API bounds sharing by it
 from llmpack.hardware.gpus import (
     GPU,
     GPUS,
-    MPS_MAX_CLIENTS,
     MIGProfile,
     ProductLabel,
     UnknownGPUError,

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field, replace
 GIB = 1 << 30
 MIB = 1 << 20
 
-# NVIDIA MPS accepts at most 48 client processes per GPU on compute capability >= 7.5; the device
-# plugin enforces the same bound on `replicas` (FACTS 3.1). Every GPU here is >= 8.0.
-MPS_MAX_CLIENTS = 48
+# NVIDIA MPS's client limit (48 per GPU on compute capability >= 7.5; FACTS 3.1) is defined where
+# the API bounds sharing.maxReplicasPerGPU by it. Every GPU here is >= 8.0.
 
 # Fraction of the NVML-reported total a CUDA process sees as the device total, when not measured.
 CUDA_VISIBLE_FRACTION = 0.98

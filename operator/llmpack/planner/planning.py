@@ -160,6 +160,7 @@ def profiling_plan(
     """The profiling Job for `spec`; `dra`: take the GPU through a DRA claim (the caller knows
     whether the device plugin offers the product at all)."""
     context = profiling_max_model_len(spec)
+    job = kube_name(name, "profile", key[:8], limit=MAX_NAME - len(ProfilingPlan.result_configmap_for("")))
     args = [
         "--backend",
         spec.profiling.backend,
@@ -180,7 +181,7 @@ def profiling_plan(
         "--candidates",
         ",".join(str(b) for b in spec.advisor.candidate_batch_sizes),
         "--result-configmap",
-        f"{kube_name(name, 'profile', key[:8], limit=MAX_NAME - 7)}-result",
+        ProfilingPlan.result_configmap_for(job),
         "--profile-key",
         key,
     ]
@@ -203,7 +204,7 @@ def profiling_plan(
         ]
     secret = spec.model.hf_token_secret_ref
     return ProfilingPlan(
-        name=kube_name(name, "profile", key[:8], limit=MAX_NAME - 7),
+        name=job,
         namespace=namespace,
         owner=owner,
         profile_key=key,
@@ -396,12 +397,6 @@ def serving_plan(
     )
 
 
-def format_gain(fraction: float | None) -> str | None:
-    if fraction is None or math.isnan(fraction):
-        return None
-    return f"{fraction * 100:+.1f}%"
-
-
 def recommendation_status(
     *,
     plan: ServingPlan,
@@ -433,8 +428,7 @@ def recommendation_status(
         per_replica_memory_bytes=per_replica_bytes,
         predicted_tokens_per_second_per_gpu=_round(chosen.tokens_per_s_per_gpu),
         baseline_tokens_per_second_per_gpu=_round(baseline_tokens_per_s),
-        predicted_gain=format_gain(gain),
-        predicted_gain_fraction=None if gain is None else round(gain, 4),
+        predicted_gain_fraction=None if gain is None or math.isnan(gain) else round(gain, 4),
         predicted_itl_ms=_round(chosen.itl_ms, 2),
         memory_freed_fraction=None if memory_freed_fraction is None else round(memory_freed_fraction, 4),
         vllm_args=vllm_args,

@@ -26,6 +26,8 @@ from copy import deepcopy
 from typing import Any
 
 from llmpack.hardware.cluster import (
+    DRA_GPU_DEVICE_CLASS,
+    DRA_GPU_DRIVER,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     MIG_RESOURCE_PREFIX,
@@ -75,8 +77,6 @@ STARTUP_BUDGET_S = 30 * 60
 HEALTH_TIMEOUT_S = 5
 
 
-DRA_DEVICE_CLASS = "gpu.nvidia.com"
-DRA_DRIVER = "gpu.nvidia.com"
 DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
 
 
@@ -200,7 +200,7 @@ def whole_gpu_request() -> dict[str, Any]:
     """The claim's one request: exactly one device of the NVIDIA DRA driver's GPU class."""
     return {
         "name": DRA_CLAIM,
-        "exactly": {"deviceClassName": DRA_DEVICE_CLASS, "allocationMode": "ExactCount", "count": 1},
+        "exactly": {"deviceClassName": DRA_GPU_DEVICE_CLASS, "allocationMode": "ExactCount", "count": 1},
     }
 
 
@@ -227,7 +227,7 @@ def _claim_spec(plan: ServingPlan) -> dict[str, Any]:
                 {
                     "requests": [DRA_CLAIM],
                     "opaque": {
-                        "driver": DRA_DRIVER,
+                        "driver": DRA_GPU_DRIVER,
                         "parameters": {
                             "apiVersion": "resource.nvidia.com/v1beta1",
                             "kind": "GpuConfig",
