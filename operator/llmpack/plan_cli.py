@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         if profile is None and args.simulate:
             profile = simulate(planner.profiling(spec, cluster, context))
         decision = planner.decide(spec, profile, cluster, context)
+        if isinstance(decision, ProfilingDecision) and decision.capacity_refusal:
+            raise decision.capacity_refusal
     except Refused as refused:
         print(f"llmpack plan: {refused.reason}: {refused.message}", file=sys.stderr)
         return 1

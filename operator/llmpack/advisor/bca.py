@@ -45,8 +45,8 @@ it is measurement noise, not headroom). That makes a tighter SLO never choose a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.options import LATENCY_REFERENCE_BATCH, AdvisorOptions
@@ -212,108 +212,26 @@ def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None 
             "no usable measured point: every batch size in the profile preempted requests or measured "
             "no throughput; profile smaller batch sizes (--max-num-seqs) or give the KV cache more memory"
         )
-    base = usable[0]
-    b_min, t_min = base.max_num_seqs, base.total_tokens_per_s
     cap, cap_source = latency_cap(usable, options)
     limits = latency_limits(usable, options)
     _refuse_unmeasured(usable, limits)
-    efficiency_name = f"the efficiency threshold (epsilon {epsilon:g})"
-
-    def efficiency(p: ProfilePoint) -> float:
-        return (p.total_tokens_per_s / p.max_num_seqs) / (t_min / b_min)
-
-    latency_fail: dict[int, list[Failure]] = {
-        p.max_num_seqs: [(lim.name, f) for lim in limits if (f := lim.failure(p)) is not None] for p in usable
-    }
-    failures: dict[int, list[Failure]] = {}  # why each measured batch is not kept
-    passes: dict[int, list[str]] = {}  # why each kept batch is
-    kept: set[int] = set()
-    for p in points:
-        unusable = _usable_failure(p)
-        if unusable is not None:
-            failures[p.max_num_seqs] = [unusable]
-    excluded_from: int | None = None  # plateau: the batch from which the limits exclude all
-
-    if options.policy == "efficiency":
-        for p in usable:
-            failed = list(latency_fail[p.max_num_seqs])
-            eta = efficiency(p)
-            if not eta > epsilon:
-                failed.insert(0, (efficiency_name, f"efficiency {eta:.3f} <= epsilon {epsilon:g}"))
-            if failed:
-                failures[p.max_num_seqs] = failed
-            else:
-                kept.add(p.max_num_seqs)
-                passes[p.max_num_seqs] = [f"efficiency {eta:.3f} > epsilon {epsilon:g}"] + [
-                    lim.success(p) for lim in limits
-                ]
-        chosen = max(kept) if kept else None
-    else:
-        feasible: list[ProfilePoint] = []
-        for p in usable:
-            if excluded_from is None and latency_fail[p.max_num_seqs]:
-                excluded_from = p.max_num_seqs
-            if excluded_from is None:
-                feasible.append(p)
-            elif p.max_num_seqs == excluded_from:
-                failures[p.max_num_seqs] = latency_fail[p.max_num_seqs]
-            else:
-                broken = " and ".join(dict.fromkeys(name for name, _ in latency_fail[excluded_from]))
-                failures[p.max_num_seqs] = latency_fail[p.max_num_seqs] or [
-                    ("", f"a smaller batch (B={excluded_from}) already fails {broken}")
-                ]
-        chosen = None
-        if feasible:
-            best = max(feasible, key=lambda p: p.total_tokens_per_s)
-            floor = (1 - epsilon) * best.total_tokens_per_s
-            for p in feasible:
-                share = p.total_tokens_per_s / best.total_tokens_per_s
-                text = f"{share:.1%} of the best throughput within the cap (B={best.max_num_seqs})"
-                if p.total_tokens_per_s >= floor:
-                    kept.add(p.max_num_seqs)
-                    passes[p.max_num_seqs] = [f"{text} >= {1 - epsilon:.0%}"]
-                else:
-                    failures[p.max_num_seqs] = [("", f"{text} < {1 - epsilon:.0%}")]
-            chosen = min(kept) if kept else None
-
+    judge = Judgement(points=points, usable=usable, limits=limits, epsilon=epsilon)
+    rule: PolicyRule = _efficiency if options.policy == "efficiency" else _plateau
+    chosen, stopper = rule(judge)
     if chosen is None:
-        raise AdvisorError(_refusal(usable, limits, cap_source, failures))
-
-    verdicts = []
-    for p in points:
-        b = p.max_num_seqs
-        verdicts.append(
-            CandidateVerdict(
-                max_num_seqs=b,
-                total_tokens_per_s=p.total_tokens_per_s,
-                itl_mean_ms=p.itl_or_tpot_mean_ms,
-                itl_p99_ms=p.itl_p99_ms,
-                efficiency=efficiency(p),
-                preemptions=p.preemptions,
-                kept=b in kept,
-                chosen=b == chosen,
-                reasons=passes[b] if b in kept else [text for _, text in failures.get(b, [])],
-            )
-        )
-
-    if options.policy == "efficiency":
-        stopper = next((p.max_num_seqs for p in points if p.max_num_seqs > chosen), None)
-    else:
-        # The limits bind the plateau only when they exclude more throughput than the best they
-        # leave: otherwise the best, its floor and the choice are what they would be without them.
-        cut = excluded_from if excluded_from is not None else points[-1].max_num_seqs + 1
-        left = max(p.total_tokens_per_s for p in usable if p.max_num_seqs < cut)
-        excluded = max((p.total_tokens_per_s for p in usable if p.max_num_seqs >= cut), default=0.0)
-        stopper = excluded_from if excluded > left else None
-    binding = tuple(dict.fromkeys(name for name, _ in failures.get(stopper, []) if name)) if stopper else ()
+        raise AdvisorError(_refusal(usable, limits, cap_source, judge.failures))
+    verdicts = judge.verdicts(chosen)
+    binding = (
+        tuple(dict.fromkeys(name for name, _ in judge.failures.get(stopper, []) if name)) if stopper else ()
+    )
     explanation = _explain(
-        options, epsilon, chosen, b_min, cap, cap_source, limits, verdicts, stopper, binding, points
+        options, epsilon, chosen, judge.b_min, cap, cap_source, limits, verdicts, stopper, binding, points
     )
     return BatchSelection(
         policy=options.policy,
         epsilon=epsilon,
         b_opt=chosen,
-        b_min=b_min,
+        b_min=judge.b_min,
         latency_cap_ms=cap,
         latency_cap_source=cap_source,
         itl_p99_cap_ms=options.slo_itl_p99_ms,
@@ -322,6 +240,123 @@ def select_batch(points: Sequence[ProfilePoint], options: AdvisorOptions | None 
         ttft_p99_cap_ms=options.slo_ttft_p99_ms,
         binding=binding,
     )
+
+
+@dataclass
+class Judgement:
+    """What each measured batch size passed or failed, filled in by one policy."""
+
+    points: list[ProfilePoint]  # all, sorted by batch size
+    usable: list[ProfilePoint]
+    limits: list[Limit]
+    epsilon: float
+    failures: dict[int, list[Failure]] = field(default_factory=dict)  # why a batch is not kept
+    passes: dict[int, list[str]] = field(default_factory=dict)  # why a kept batch is
+    kept: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for p in self.points:
+            unusable = _usable_failure(p)
+            if unusable is not None:
+                self.failures[p.max_num_seqs] = [unusable]
+        self.latency_fail: dict[int, list[Failure]] = {
+            p.max_num_seqs: [(lim.name, f) for lim in self.limits if (f := lim.failure(p)) is not None]
+            for p in self.usable
+        }
+
+    @property
+    def b_min(self) -> int:
+        return self.usable[0].max_num_seqs
+
+    def efficiency(self, p: ProfilePoint) -> float:
+        """T(B) / (B x T(B_min) / B_min): the paper's efficiency against the smallest usable batch."""
+        base = self.usable[0]
+        return (p.total_tokens_per_s / p.max_num_seqs) / (base.total_tokens_per_s / base.max_num_seqs)
+
+    def verdicts(self, chosen: int) -> list[CandidateVerdict]:
+        return [
+            CandidateVerdict(
+                max_num_seqs=p.max_num_seqs,
+                total_tokens_per_s=p.total_tokens_per_s,
+                itl_mean_ms=p.itl_or_tpot_mean_ms,
+                itl_p99_ms=p.itl_p99_ms,
+                efficiency=self.efficiency(p),
+                preemptions=p.preemptions,
+                kept=p.max_num_seqs in self.kept,
+                chosen=p.max_num_seqs == chosen,
+                reasons=self.passes[p.max_num_seqs]
+                if p.max_num_seqs in self.kept
+                else [text for _, text in self.failures.get(p.max_num_seqs, [])],
+            )
+            for p in self.points
+        ]
+
+
+# A policy judges every usable point and returns (B_opt or None, the batch whose failure stopped
+# it: the binding constraint's witness, or None when nothing binds).
+PolicyRule = Callable[[Judgement], tuple[int | None, int | None]]
+
+
+def _efficiency(judge: Judgement) -> tuple[int | None, int | None]:
+    """The paper's rule: the largest batch whose efficiency stays above epsilon within the limits."""
+    epsilon = judge.epsilon
+    name = f"the efficiency threshold (epsilon {epsilon:g})"
+    for p in judge.usable:
+        failed = list(judge.latency_fail[p.max_num_seqs])
+        eta = judge.efficiency(p)
+        if not eta > epsilon:
+            failed.insert(0, (name, f"efficiency {eta:.3f} <= epsilon {epsilon:g}"))
+        if failed:
+            judge.failures[p.max_num_seqs] = failed
+        else:
+            judge.kept.add(p.max_num_seqs)
+            judge.passes[p.max_num_seqs] = [f"efficiency {eta:.3f} > epsilon {epsilon:g}"] + [
+                lim.success(p) for lim in judge.limits
+            ]
+    chosen = max(judge.kept) if judge.kept else None
+    if chosen is None:
+        return None, None
+    return chosen, next((p.max_num_seqs for p in judge.points if p.max_num_seqs > chosen), None)
+
+
+def _plateau(judge: Judgement) -> tuple[int | None, int | None]:
+    """The smallest batch within epsilon of the best throughput the limits allow; the limits
+    exclude every batch from the first that breaks one."""
+    excluded_from: int | None = None
+    feasible: list[ProfilePoint] = []
+    for p in judge.usable:
+        fails = judge.latency_fail[p.max_num_seqs]
+        if excluded_from is None and fails:
+            excluded_from = p.max_num_seqs
+        if excluded_from is None:
+            feasible.append(p)
+        elif p.max_num_seqs == excluded_from:
+            judge.failures[p.max_num_seqs] = fails
+        else:
+            broken = " and ".join(dict.fromkeys(name for name, _ in judge.latency_fail[excluded_from]))
+            judge.failures[p.max_num_seqs] = fails or [
+                ("", f"a smaller batch (B={excluded_from}) already fails {broken}")
+            ]
+    if not feasible:
+        return None, None
+    best = max(feasible, key=lambda p: p.total_tokens_per_s)
+    floor = (1 - judge.epsilon) * best.total_tokens_per_s
+    for p in feasible:
+        share = p.total_tokens_per_s / best.total_tokens_per_s
+        text = f"{share:.1%} of the best throughput within the cap (B={best.max_num_seqs})"
+        if p.total_tokens_per_s >= floor:
+            judge.kept.add(p.max_num_seqs)
+            judge.passes[p.max_num_seqs] = [f"{text} >= {1 - judge.epsilon:.0%}"]
+        else:
+            judge.failures[p.max_num_seqs] = [("", f"{text} < {1 - judge.epsilon:.0%}")]
+    if not judge.kept:
+        return None, None
+    # The limits bind the plateau only when they exclude more throughput than the best they
+    # leave: otherwise the best, its floor and the choice are what they would be without them.
+    cut = excluded_from if excluded_from is not None else judge.points[-1].max_num_seqs + 1
+    left = max(p.total_tokens_per_s for p in judge.usable if p.max_num_seqs < cut)
+    excluded = max((p.total_tokens_per_s for p in judge.usable if p.max_num_seqs >= cut), default=0.0)
+    return min(judge.kept), excluded_from if excluded > left else None
 
 
 def _refusal(

@@ -42,32 +42,161 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"throughput and latency were measured on {measured_gpu.product}; memory and packing are "
             f"computed for {target.product}"
         )
-
-    # 1. The batch size ---------------------------------------------------------------------
-    b_source: BOptSource
-    if options.max_num_seqs is not None:
-        b_opt, b_source = options.max_num_seqs, "override"
-        try:
-            selection = bca.select_batch(profile.points, options)
-            candidates = [
-                v.model_copy(update={"chosen": v.max_num_seqs == b_opt}) for v in selection.verdicts
+    batch = choose_batch(profile, options)
+    size = size_replica(profile, options, target, batch.b_opt)
+    placed = place_replicas(profile, options, target, batch.b_opt, size.per_replica)
+    freed = free_memory(profile, target, same_gpu, size, batch.b_opt)
+    point = profile.point(batch.b_opt)
+    args = memory.vllm_args(
+        max_num_seqs=batch.b_opt,
+        kv_cache_bytes=size.budget.bytes,
+        gpu_memory_utilization=placed.utilization,
+        max_model_len=size.max_model_len,
+    )
+    if not size.non_kv.measured:
+        notes.append(
+            "memory besides the KV cache is an estimate (the profile measured none); a profile with "
+            "peak GPU memory per point gives a tighter packing"
+        )
+    return Recommendation(
+        model_name=model.name,
+        policy=options.policy,
+        epsilon=options.effective_epsilon,
+        latency_cap_ms=batch.cap,
+        latency_cap_source=batch.cap_source,
+        itl_p99_cap_ms=options.slo_itl_p99_ms,
+        b_min=batch.b_min,
+        b_opt=batch.b_opt,
+        b_opt_source=batch.source,
+        candidates=batch.candidates,
+        measured_tokens_per_s=point.total_tokens_per_s if point and same_gpu else None,
+        measured_itl_mean_ms=point.itl_or_tpot_mean_ms if point and same_gpu else None,
+        prompt_tokens=size.prompt,
+        output_tokens=size.output,
+        max_model_len=size.max_model_len,
+        kv_tokens=size.budget.tokens,
+        kv_cache_bytes=size.budget.bytes,
+        kv_sizing=size.budget.sizing,
+        weight_bytes=model.weight_bytes,
+        non_kv_memory_bytes=size.non_kv.bytes,
+        non_kv_memory_source=size.non_kv.source,
+        per_replica_memory_bytes=size.per_replica,
+        gpu_product=target.product,
+        gpu_memory_bytes=target.memory_bytes,
+        gpu_usable_memory_bytes=target.usable_memory_bytes,
+        replicas_per_gpu=placed.shared.replicas,
+        replicas_memory_fit=placed.fit.replicas_per_gpu,
+        replicas_limited_by=placed.shared.limited_by,
+        packing_reason=placed.shared.reason,
+        slot_bytes=packing.slot_bytes(target.usable_memory_bytes, placed.shared.replicas),
+        gpu_memory_utilization=placed.utilization,
+        mig_profile=placed.mig.profile.name if placed.mig else None,
+        mig_instances_per_gpu=placed.mig.instances_per_gpu if placed.mig else None,
+        mig_gpu_memory_utilization=placed.mig_utilization,
+        baseline_kv_pool_bytes=freed.baseline_kv_pool_bytes,
+        kv_in_use_bytes=freed.kv_in_use_bytes,
+        memory_freed_bytes=freed.freed_bytes,
+        memory_freed_fraction=freed.fraction,
+        vllm_args=args,
+        explanation=" ".join(
+            [
+                batch.text,
+                size.describe(),
+                placed.describe(target),
+                _freed_text(freed, target),
             ]
-            cap, cap_source, b_min = selection.latency_cap_ms, selection.latency_cap_source, selection.b_min
-        except AdvisorError:
-            candidates, cap, cap_source, b_min = [], None, "", None
-        batch_text = f"B = {b_opt}: fixed by the user (advisor.maxNumSeqs); the advisor's choice was skipped."
-        broken = _slos_broken_at(profile, b_opt, options)
-        if broken:
-            batch_text += f" Warning: the fixed B={b_opt} does not honour the SLO: {broken}."
-    else:
-        selection = bca.select_batch(profile.points, options)
-        b_opt, b_source = selection.b_opt, "advisor"
-        candidates = selection.verdicts
-        cap, cap_source, b_min = selection.latency_cap_ms, selection.latency_cap_source, selection.b_min
-        batch_text = selection.explanation
-    point = profile.point(b_opt)
+        ),
+        notes=notes,
+    )
 
-    # 2. The KV cache and the memory of one replica -----------------------------------------
+
+def _freed_text(freed: packing.MemoryFreed, target: GPU) -> str:
+    return (
+        f"Versus one vLLM instance with defaults (KV pool {freed.baseline_kv_pool_bytes / GIB:.2f} GiB) "
+        f"this frees {freed.freed_bytes / GIB:.2f} GiB, {freed.fraction:.1%} of the GPU's "
+        f"{target.memory_bytes / GIB:.0f} GiB."
+    )
+
+
+# 1. The batch size ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    b_opt: int
+    source: BOptSource
+    candidates: list[CandidateVerdict]
+    cap: float | None  # the mean ITL cap, ms
+    cap_source: str
+    b_min: int | None
+    text: str  # the explanation's sentences
+
+
+def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
+    """B_opt by the BCA (bca.select_batch), or the user's fixed advisor.maxNumSeqs with the
+    advisor's verdicts shown beside it and any SLO it breaks named."""
+    if options.max_num_seqs is None:
+        selection = bca.select_batch(profile.points, options)
+        return BatchChoice(
+            selection.b_opt,
+            "advisor",
+            selection.verdicts,
+            selection.latency_cap_ms,
+            selection.latency_cap_source,
+            selection.b_min,
+            selection.explanation,
+        )
+    b_opt = options.max_num_seqs
+    text = f"B = {b_opt}: fixed by the user (advisor.maxNumSeqs); the advisor's choice was skipped."
+    broken = _slos_broken_at(profile, b_opt, options)
+    if broken:
+        text += f" Warning: the fixed B={b_opt} does not honour the SLO: {broken}."
+    try:
+        selection = bca.select_batch(profile.points, options)
+    except AdvisorError:
+        return BatchChoice(b_opt, "override", [], None, "", None, text)
+    verdicts = [v.model_copy(update={"chosen": v.max_num_seqs == b_opt}) for v in selection.verdicts]
+    return BatchChoice(
+        b_opt,
+        "override",
+        verdicts,
+        selection.latency_cap_ms,
+        selection.latency_cap_source,
+        selection.b_min,
+        text,
+    )
+
+
+# 2. The KV cache and the memory of one replica -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaSize:
+    prompt: int
+    output: int
+    same_workload: bool  # the workload sized for is the one profiled
+    budget: memory.KVBudget
+    non_kv: memory.NonKVMemory
+    max_model_len: int
+    context_text: str
+
+    @property
+    def per_replica(self) -> int:
+        return self.non_kv.bytes + self.budget.bytes
+
+    def describe(self) -> str:
+        budget, non_kv = self.budget, self.non_kv
+        return (
+            f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
+            f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one "
+            f"replica needs {self.per_replica / GIB:.2f} GiB. {self.context_text}"
+        )
+
+
+def size_replica(profile: Profile, options: AdvisorOptions, target: GPU, b_opt: int) -> ReplicaSize:
+    """The KV cache of one replica of B_opt and the context it allows; raises AdvisorError when the
+    workload or a fixed --max-model-len is beyond the model's limit."""
+    model = profile.model
     prompt = options.prompt_tokens or profile.workload.prompt_tokens
     output = options.output_tokens or profile.workload.output_tokens
     fixed_len = options.max_model_len
@@ -97,7 +226,6 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
     budget = _fit_measured_batch(
         budget, non_kv.bytes, target, measured_peak, model.kv_bytes_per_token, profile.block_size
     )
-    per_replica = non_kv.bytes + budget.bytes
     if fixed_len is not None:
         max_model_len = fixed_len
         context_text = (
@@ -110,8 +238,33 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
             f"Requests may hold up to {max_model_len:,} tokens (prompt + output; --max-model-len): "
             f"{limit.describe()} and one replica's KV cache holds {budget.tokens:,}."
         )
+    return ReplicaSize(prompt, output, same_workload, budget, non_kv, max_model_len, context_text)
 
-    # 3. Packing: what memory holds, then as many as the performance model says still pay ------
+
+# 3. Packing: what memory holds, then as many as the performance model says still pay ---------
+
+
+@dataclass(frozen=True)
+class Placement:
+    fit: packing.Packing  # what memory holds
+    shared: SharedReplicas  # what pays
+    utilization: float  # --gpu-memory-utilization under MPS through a DRA claim
+    mig: packing.MIGPlacement | None
+    mig_utilization: float | None
+
+    def describe(self, target: GPU) -> str:
+        fit, shared = self.fit, self.shared
+        return (
+            f"{fit.replicas_per_gpu} replica{'s fit' if fit.replicas_per_gpu != 1 else ' fits'} on one "
+            f"{target.product} (limited by {fit.limited_by}). Packing: {shared.reason.rstrip('.')}, so "
+            + (f"{shared.replicas} share a GPU" if shared.replicas > 1 else "one replica runs per GPU")
+            + f" under MPS, each with --gpu-memory-utilization {self.utilization:.3f}."
+        )
+
+
+def place_replicas(
+    profile: Profile, options: AdvisorOptions, target: GPU, b_opt: int, per_replica: int
+) -> Placement:
     fit = packing.pack_replicas(
         per_replica,
         target.usable_memory_bytes,
@@ -131,94 +284,32 @@ def advise(profile: Profile, options: AdvisorOptions | None = None, gpu: GPU | N
         if mig
         else None
     )
+    return Placement(fit, shared, utilization, mig, mig_utilization)
 
-    # 4. Memory freed versus one instance with vLLM's defaults -------------------------------
+
+# 4. Memory freed versus one instance with vLLM's defaults ---------------------------------------
+
+
+def free_memory(
+    profile: Profile, target: GPU, same_gpu: bool, size: ReplicaSize, b_opt: int
+) -> packing.MemoryFreed:
+    model = profile.model
     if same_gpu and profile.kv_capacity_tokens is not None:
         baseline_pool = profile.kv_capacity_tokens * model.kv_bytes_per_token
     else:
         gmu = profile.gpu_memory_utilization or memory.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-        baseline_pool = packing.default_kv_pool_bytes(target.usable_memory_bytes, non_kv.bytes, gmu)
+        baseline_pool = packing.default_kv_pool_bytes(target.usable_memory_bytes, size.non_kv.bytes, gmu)
     # KV in use at B_opt: the paper's definition, which reproduces its Fig. 12 figures to 0.05
     # points, is the measured peak usage fraction times the default instance's pool. (The run at
     # B_opt had its own pool, < 0.5% smaller; applying the fraction to that pool instead gives
     # 63.3 / 45.2 / 10.6% rather than the paper's 63.2 / 45.1 / 10.5%.)
+    point = profile.point(b_opt)
     usage = point.kv_cache_usage_peak if point is not None else None
-    if same_gpu and same_workload and usage is not None and profile.kv_capacity_tokens is not None:
+    if same_gpu and size.same_workload and usage is not None and profile.kv_capacity_tokens is not None:
         in_use = round(usage * baseline_pool)
     else:
-        in_use = budget.bytes
-    freed = packing.memory_freed(baseline_pool, in_use, target.memory_bytes)
-
-    args = memory.vllm_args(
-        max_num_seqs=b_opt,
-        kv_cache_bytes=budget.bytes,
-        gpu_memory_utilization=utilization,
-        max_model_len=max_model_len,
-    )
-    if not non_kv.measured:
-        notes.append(
-            "memory besides the KV cache is an estimate (the profile measured none); a profile with "
-            "peak GPU memory per point gives a tighter packing"
-        )
-    explanation = " ".join(
-        [
-            batch_text,
-            f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
-            f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one replica "
-            f"needs {per_replica / GIB:.2f} GiB.",
-            context_text,
-            f"{fit.replicas_per_gpu} replica{'s fit' if fit.replicas_per_gpu != 1 else ' fits'} on one "
-            f"{target.product} (limited by {fit.limited_by}). Packing: {shared.reason.rstrip('.')}, so "
-            + (f"{shared.replicas} share a GPU" if shared.replicas > 1 else "one replica runs per GPU")
-            + f" under MPS, each with --gpu-memory-utilization {utilization:.3f}.",
-            f"Versus one vLLM instance with defaults (KV pool {baseline_pool / GIB:.2f} GiB) this frees "
-            f"{freed.freed_bytes / GIB:.2f} GiB, {freed.fraction:.1%} of the GPU's "
-            f"{target.memory_bytes / GIB:.0f} GiB.",
-        ]
-    )
-    return Recommendation(
-        model_name=model.name,
-        policy=options.policy,
-        epsilon=options.effective_epsilon,
-        latency_cap_ms=cap,
-        latency_cap_source=cap_source,
-        itl_p99_cap_ms=options.slo_itl_p99_ms,
-        b_min=b_min,
-        b_opt=b_opt,
-        b_opt_source=b_source,
-        candidates=candidates,
-        measured_tokens_per_s=point.total_tokens_per_s if point and same_gpu else None,
-        measured_itl_mean_ms=point.itl_or_tpot_mean_ms if point and same_gpu else None,
-        prompt_tokens=prompt,
-        output_tokens=output,
-        max_model_len=max_model_len,
-        kv_tokens=budget.tokens,
-        kv_cache_bytes=budget.bytes,
-        kv_sizing=budget.sizing,
-        weight_bytes=model.weight_bytes,
-        non_kv_memory_bytes=non_kv.bytes,
-        non_kv_memory_source=non_kv.source,
-        per_replica_memory_bytes=per_replica,
-        gpu_product=target.product,
-        gpu_memory_bytes=target.memory_bytes,
-        gpu_usable_memory_bytes=target.usable_memory_bytes,
-        replicas_per_gpu=shared.replicas,
-        replicas_memory_fit=fit.replicas_per_gpu,
-        replicas_limited_by=shared.limited_by,
-        packing_reason=shared.reason,
-        slot_bytes=packing.slot_bytes(target.usable_memory_bytes, shared.replicas),
-        gpu_memory_utilization=utilization,
-        mig_profile=mig.profile.name if mig else None,
-        mig_instances_per_gpu=mig.instances_per_gpu if mig else None,
-        mig_gpu_memory_utilization=mig_utilization,
-        baseline_kv_pool_bytes=baseline_pool,
-        kv_in_use_bytes=in_use,
-        memory_freed_bytes=freed.freed_bytes,
-        memory_freed_fraction=freed.fraction,
-        vllm_args=args,
-        explanation=explanation,
-        notes=notes,
-    )
+        in_use = size.budget.bytes
+    return packing.memory_freed(baseline_pool, in_use, target.memory_bytes)
 
 
 @dataclass(frozen=True)

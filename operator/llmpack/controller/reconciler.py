@@ -4,8 +4,11 @@ Each pass recomputes everything from the spec, the cached profile and what the c
 applies the desired objects, and writes the status once. Nothing depends on having seen an
 earlier event: a pass after an operator restart, a lost watch or a hand edit does the same work.
 
-    spec -> profile key -> Profile (cache ConfigMap, or a profiling Job that writes it)
-         -> advise -> candidates per sharing mode -> ServingPlan -> render -> apply -> status
+    gather:  spec (planner.check_spec refuses what no profile can fix, before any API call), the
+             profile (cache ConfigMap, or the result its profiling Job wrote), the nodes
+    decide:  planner.decide(spec, profile, cluster); pure (planner/decide.py)
+    act:     ProfilingDecision -> start or watch the Job;  ServingDecision -> render, apply
+    report:  the status (conditions, recommendation, READY) and events
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class Reconciler:
         events: list[tuple[str, str, str]] = []
         retry_after = None
         try:
-            retry_after = self._reconcile(body, status, generation, events)
+            retry_after = self._reconcile(body=body, status=status, generation=generation, events=events)
             st.set_condition(
                 status, st.DEGRADED, status.phase == "Degraded", _degraded_reason(status), "", generation
             )
@@ -138,7 +141,12 @@ class Reconciler:
     # -- the steps --------------------------------------------------------------------------------
 
     def _reconcile(
-        self, body: dict, status: LLMDeploymentStatus, generation: int | None, events: list
+        self,
+        *,
+        body: dict[str, Any],
+        status: LLMDeploymentStatus,
+        generation: int | None,
+        events: list[tuple[str, str, str]],
     ) -> float | None:
         """One pass; returns when to look again if no event will say (None: wait for events)."""
         meta = body["metadata"]
@@ -153,12 +161,15 @@ class Reconciler:
             serving_image=self.config.serving_image,
         )
         try:
-            planner.target_gpu(spec, self.cluster)
-            planner.check_model(spec)
-            profile = self._profile(spec, context, status, generation, events)
-            decision = planner.serving(spec, profile, self.cluster, context)
+            planner.check_spec(spec, self.cluster)  # before any API call: see check_spec
+            profile = self._gather_profile(
+                spec=spec, context=context, status=status, generation=generation, events=events
+            )
+            decision = planner.decide(spec, profile, self.cluster, context)
         except Refused as refused:
             raise self._blocked(refused) from refused
+        if isinstance(decision, ProfilingDecision):
+            raise self._profiling(spec=spec, decision=decision, status=status)
         plan, rec_status = decision.plan, decision.status
         events += [("Warning", reason, message) for reason, message in decision.warnings]
         previous, status.recommendation = status.recommendation, rec_status
@@ -166,8 +177,8 @@ class Reconciler:
         # Only a claim template can be left behind (the Deployment and Service keep their names):
         # look for stale ones only where one may exist.
         prune = previous is None or "dra" in (previous.mps_provider, plan.mps_provider)
-        applied = self._apply(plan, prune, status, generation)
-        return self._readiness(status, plan, applied, generation)
+        applied = self._apply(plan=plan, prune=prune, status=status, generation=generation)
+        return self._readiness(status=status, plan=plan, applied=applied, generation=generation)
 
     def _parse_spec(self, body: dict) -> LLMDeploymentSpec:
         try:
@@ -190,18 +201,19 @@ class Reconciler:
 
     # -- profile --------------------------------------------------------------------------------
 
-    def _profile(
+    def _gather_profile(
         self,
+        *,
         spec: LLMDeploymentSpec,
         context: Context,
         status: LLMDeploymentStatus,
         generation: int | None,
         events: list[tuple[str, str, str]],
-    ) -> Profile:
-        """The cached profile of this spec, or the profiling Job's result once it has one;
-        raises Blocked while profiling."""
-        profiling = planner.profiling(spec, self.cluster, context)
-        key = profiling.key
+    ) -> Profile | None:
+        """The cached profile of this spec, or the result its profiling Job published (cached
+        now); None while there is neither. Raises Blocked when the Job failed."""
+        key = planner.key_of(spec, context)
+        job = planner.profiling_job(spec, context)
         lookup = self.cache.get(key)
         metrics.PROFILE_CACHE.labels(
             result="invalid" if lookup.problem else ("hit" if lookup.profile else "miss")
@@ -215,10 +227,12 @@ class Reconciler:
             # A profiling pass was under way (or the key moved): Jobs of other keys, or of this key
             # once its profile is cached (a crash between caching and cleaning up), are leftovers.
             # Not on a first pass: a new LLMDeployment has none, and that pass is on the clock.
-            keep = None if cache_hit else profiling.plan.name
+            keep = None if cache_hit else job
             self._delete_leftover_profiling(context.namespace, context.name, keep)
         if profile is None:
-            profile = self._profile_with_job(spec, profiling, status)
+            profile = self._job_result(namespace=context.namespace, job=job, key=key, status=status)
+            if profile is None:
+                return None
             events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
         status.profile_ref = ProfileRef(
             config_map=cache_configmap_name(key),
@@ -238,56 +252,73 @@ class Reconciler:
         )
         return profile
 
-    def _profile_with_job(
-        self, spec: LLMDeploymentSpec, profiling: ProfilingDecision, status: LLMDeploymentStatus
-    ) -> Profile:
-        plan, key, namespace = profiling.plan, profiling.key, profiling.plan.namespace
-        job = self.kube.get("Job", namespace, plan.name)
+    def _job_result(
+        self, *, namespace: str, job: str, key: str, status: LLMDeploymentStatus
+    ) -> Profile | None:
+        """The profile the Job `job` published, cached and the Job cleaned up; None while it has
+        none. Raises Blocked when the Job failed."""
+        found = self.kube.get("Job", namespace, job)
+        if found is None:
+            return None
+        conditions = self._job_conditions(found)
+        result_configmap = ProfilingPlan.result_configmap_for(job)
+        data = (self.kube.get("ConfigMap", namespace, result_configmap) or {}).get("data") or {}
+        # The profile is the result; the Job's Complete condition only follows the pod's exit (and,
+        # after an API server restart, can lag far behind). Whichever shows first is taken.
+        if data.get(DATA_KEY) or "Complete" in conditions:
+            profile = self._read_result(job, data)
+            # Cache first, clean up second: a crash in between must not lose the measurement.
+            self.cache.put(key, profile)
+            self._delete_profiling_job(namespace, job, result_configmap)
+            return profile
+        if "Failed" in conditions:
+            failed_pods = (found.get("status") or {}).get("failed", 0)
+            why = self._termination_message(namespace, job) or conditions["Failed"].get("message", "")
+            status.profiling = ProfilingProgress(job=job, message=why[:500], attempts=failed_pods)
+            raise Blocked(
+                "Failed",
+                st.PROFILE_READY,
+                "ProfilingFailed",
+                f"profiling Job {job} failed after {failed_pods} attempt(s) "
+                f"({conditions['Failed'].get('reason', 'Failed')}): {why or 'no message'}. "
+                "Check the model name and token, that it fits the GPU, or raise profiling.timeoutSeconds; "
+                "delete the Job to retry",
+            )
+        return None
+
+    @staticmethod
+    def _job_conditions(job: dict) -> dict[str, dict]:
+        conditions = (job.get("status") or {}).get("conditions", [])
+        return {c["type"]: c for c in conditions if c["status"] == "True"}
+
+    def _profiling(
+        self, *, spec: LLMDeploymentSpec, decision: ProfilingDecision, status: LLMDeploymentStatus
+    ) -> Blocked:
+        """Start the profiling Job, or say how far the running one got: the pass's outcome."""
+        plan = decision.plan
+        job = self.kube.get("Job", plan.namespace, plan.name)
         if job is None:
-            planner.check_profiling_capacity(spec, self.cluster, plan)
+            if decision.capacity_refusal is not None:
+                return self._blocked(decision.capacity_refusal)
             for obj in render_profiling(plan):
                 self._apply_object(obj, st.PROFILE_READY)
             status.profiling = ProfilingProgress(job=plan.name, message="started")
-            raise Blocked(
+            return Blocked(
                 "Profiling",
                 st.PROFILE_READY,
                 "Profiling",
                 f"profiling {spec.model.name} on {spec.gpu.product} in Job {plan.name}",
                 value=None,
             )
-        conditions = {
-            c["type"]: c for c in (job.get("status") or {}).get("conditions", []) if c["status"] == "True"
-        }
         failed_pods = (job.get("status") or {}).get("failed", 0)
-        result = self.kube.get("ConfigMap", namespace, plan.result_configmap) or {}
-        data = result.get("data") or {}
-        # The profile is the result; the Job's Complete condition only follows the pod's exit (and,
-        # after an API server restart, can lag far behind). Whichever shows first is taken.
-        if data.get(DATA_KEY) or "Complete" in conditions:
-            profile = self._read_result(plan.name, data)
-            # Cache first, clean up second: a crash in between must not lose the measurement.
-            self.cache.put(key, profile)
-            self._delete_profiling(plan)
-            return profile
-        if "Failed" in conditions:
-            why = self._termination_message(namespace, plan.name) or conditions["Failed"].get("message", "")
-            status.profiling = ProfilingProgress(job=plan.name, message=why[:500], attempts=failed_pods)
-            raise Blocked(
-                "Failed",
-                st.PROFILE_READY,
-                "ProfilingFailed",
-                f"profiling Job {plan.name} failed after {failed_pods} attempt(s) "
-                f"({conditions['Failed'].get('reason', 'Failed')}): {why or 'no message'}. "
-                "Check the model name and token, that it fits the GPU, or raise profiling.timeoutSeconds; "
-                "delete the Job to retry",
-            )
+        data = (self.kube.get("ConfigMap", plan.namespace, plan.result_configmap) or {}).get("data") or {}
         progress = (
             data.get("progress")
-            or self._pod_problem(namespace, f"job-name={plan.name}")
+            or self._pod_problem(plan.namespace, f"job-name={plan.name}")
             or ("waiting for the profiler to start")
         )
         status.profiling = ProfilingProgress(job=plan.name, message=progress[:500], attempts=failed_pods)
-        raise Blocked(
+        return Blocked(
             "Profiling",
             st.PROFILE_READY,
             "Profiling",
@@ -383,10 +414,6 @@ class Reconciler:
                 return pod["status"]["message"].strip()
         return ""
 
-    def _delete_profiling(self, plan) -> None:
-        """The profile now lives in the cache; the Job and its identity have no further use."""
-        self._delete_profiling_job(plan.namespace, plan.name, plan.result_configmap)
-
     def _delete_profiling_job(self, namespace: str, job: str, result_configmap: str) -> None:
         # The Job last: while it exists, a later pass finds it and finishes the cleanup.
         for kind, obj_name in (
@@ -415,7 +442,7 @@ class Reconciler:
     # -- apply and observe ------------------------------------------------------------------------
 
     def _apply(
-        self, plan: ServingPlan, prune: bool, status: LLMDeploymentStatus, generation: int | None
+        self, *, plan: ServingPlan, prune: bool, status: LLMDeploymentStatus, generation: int | None
     ) -> list[dict]:
         try:
             desired = render_serving(plan)
@@ -479,7 +506,7 @@ class Reconciler:
         return serving
 
     def _readiness(
-        self, status: LLMDeploymentStatus, plan: ServingPlan, applied: list[dict], generation
+        self, *, status: LLMDeploymentStatus, plan: ServingPlan, applied: list[dict], generation: int | None
     ) -> float | None:
         """The status from the applied Deployment; returns when to look again while its rollout is
         unfinished (a stall changes only the Deployment's conditions, which raise no reconcile)."""

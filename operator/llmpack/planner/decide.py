@@ -40,6 +40,7 @@ from llmpack.planner.planning import (
     choose,
     context_refusal,
     profile_key,
+    profiling_job_name,
     profiling_plan,
     recommendation_status,
     serving_plan,
@@ -76,6 +77,9 @@ class Context:
 class ProfilingDecision:
     key: str
     plan: ProfilingPlan
+    # Why no node could run the Job now (None: one can). Raised by whoever starts the Job: the
+    # operator does not refuse a Job that is already running because a node left meanwhile.
+    capacity_refusal: Refused | None = None
 
 
 @dataclass
@@ -126,6 +130,14 @@ def check_model(spec: LLMDeploymentSpec) -> None:
         )
 
 
+def check_spec(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> None:
+    """The refusals no profile can change (an unknown GPU, a context beyond the model's limit, a
+    model the simulated profiler cannot describe): decide() makes them first, and the controller
+    before it reads anything, so that such a spec costs no API call."""
+    target_gpu(spec, cluster)
+    check_model(spec)
+
+
 def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
     return profile_key(spec, spec.profiling.image or context.profiler_image, context.owner.uid)
 
@@ -144,6 +156,11 @@ def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) 
         dra=not offers.exclusive_gpus and bool(offers.mps_dra_gpus),
     )
     return ProfilingDecision(key=key, plan=plan)
+
+
+def profiling_job(spec: LLMDeploymentSpec, context: Context) -> str:
+    """The name of the Job that profiles `spec` (the controller reads its result by it)."""
+    return profiling_job_name(context.name, key_of(spec, context))
 
 
 def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, plan: ProfilingPlan) -> None:
@@ -258,11 +275,13 @@ def decide(
     spec: LLMDeploymentSpec, profile: Profile | None, cluster: ClusterFacts, context: Context
 ) -> ProfilingDecision | ServingDecision:
     """The whole decision. Raises Refused with what to change."""
-    target_gpu(spec, cluster)
-    check_model(spec)
+    check_spec(spec, cluster)
     if profile is None:
         decision = profiling(spec, cluster, context)
-        check_profiling_capacity(spec, cluster, decision.plan)
+        try:
+            check_profiling_capacity(spec, cluster, decision.plan)
+        except Refused as refused:
+            return ProfilingDecision(decision.key, decision.plan, capacity_refusal=refused)
         return decision
     return serving(spec, profile, cluster, context)
 

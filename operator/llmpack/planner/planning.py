@@ -147,6 +147,12 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
     return stable_hash(data)[:40]
 
 
+def profiling_job_name(name: str, key: str) -> str:
+    """The profiling Job of the LLMDeployment `name` for the profile `key`: stable, so that every
+    pass finds the Job an earlier one started; short enough for its result ConfigMap's name."""
+    return kube_name(name, "profile", key[:8], limit=MAX_NAME - len(ProfilingPlan.result_configmap_for("")))
+
+
 def profiling_plan(
     *,
     name: str,
@@ -160,7 +166,7 @@ def profiling_plan(
     """The profiling Job for `spec`; `dra`: take the GPU through a DRA claim (the caller knows
     whether the device plugin offers the product at all)."""
     context = profiling_max_model_len(spec)
-    job = kube_name(name, "profile", key[:8], limit=MAX_NAME - len(ProfilingPlan.result_configmap_for("")))
+    job = profiling_job_name(name, key)
     args = [
         "--backend",
         spec.profiling.backend,
