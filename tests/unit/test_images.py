@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_extras import EXTRAS, SUBCOMMAND_EXTRA
 
 from llmpack.cli import SUBCOMMANDS
 
@@ -141,6 +142,31 @@ def test_entrypoint_runs_an_llmpack_subcommand_that_exists(dockerfile: Dockerfil
     # Modules being written elsewhere are "planned" while absent; once present, they must be usable.
     if module_exists(module):
         assert defines_functions(module, {"add_arguments", "run"}), f"{module} lacks add_arguments/run"
+
+
+def project_installs(dockerfile: Dockerfile) -> list[str]:
+    """What each `pip install` of the image installs of llmpack itself: `.` or `/src`, with extras."""
+    installs = []
+    for stage in dockerfile.stages:
+        for keyword, value in stage.instructions:
+            if keyword != "RUN":
+                continue
+            for command in re.split(r"&&|;", value):
+                words = [w.strip("'\"") for w in command.split()]
+                if "install" in words and any(re.fullmatch(r"(.*/)?pip3?", w) for w in words):
+                    installs += [w for w in words if re.fullmatch(r"(\.|/src)(\[[\w,-]+\])?", w)]
+    return installs
+
+
+def test_installs_only_the_extra_of_its_program(dockerfile: Dockerfile) -> None:
+    """The operator image has no matplotlib, rich or NVML: each image installs the base and the extra
+    of the command its ENTRYPOINT runs, nothing more (tests/unit/test_extras.py proves the extra is
+    enough)."""
+    extra = SUBCOMMAND_EXTRA[EXPECTED_SUBCOMMAND[dockerfile.path.name]]
+    assert extra in EXTRAS
+    installs = project_installs(dockerfile)
+    assert len(installs) == 1, installs
+    assert installs[0].endswith(f"[{extra}]"), f"{dockerfile.path.name} installs {installs[0]}, not [{extra}]"
 
 
 def unpinned_bases(dockerfile: Dockerfile) -> list[str]:

@@ -1,18 +1,30 @@
-"""`llmpack launch`: run N vLLM replicas that share one GPU (MPS) behind a local router.
+"""`llmpack launch`: a router in front of vLLM replicas, with or without starting them itself.
 
-Command line (what the render layer emits as the serving container's args; the serving image's
-ENTRYPOINT is `llmpack launch`):
+Router only (what the operator's serving pods run: the DRA MPS pod's main container, in front of
+replicas that are containers of their own, started in order by the kubelet as native sidecars;
+see render/serving.py):
+
+    llmpack launch --router-only --router-port 8000 \\
+        --upstream http://127.0.0.1:8001 --upstream http://127.0.0.1:8002
+
+routes and health-checks, and starts nothing. Its /healthz answers for the router alone (each
+replica container has its own liveness probe, and restarting the router would not mend one);
+/readyz is as below.
+
+Standalone (outside Kubernetes: a GPU host of your own, `docker run` of the serving image, whose
+ENTRYPOINT is `llmpack launch`, or bench/router_overhead.py): start N replicas on one GPU and route
+between them:
 
     llmpack launch --replicas 2 --first-port 8100 --router-port 8000 --model facebook/opt-1.3b \\
         -- --max-num-seqs 96 --kv-cache-memory-bytes 4294967296 --gpu-memory-utilization 0.45
 
 - Everything after `--` is the replica command. If it starts with a flag (or is empty), it means
-  `vllm serve MODEL FLAGS` with MODEL from --model: the render layer passes ServingPlan.vllm_args
-  unchanged. A full command (`-- vllm serve facebook/opt-1.3b --max-num-seqs 96`, or any other
+  `vllm serve MODEL FLAGS` with MODEL from --model (the flags `llmpack advise` or `llmpack plan`
+  print). A full command (`-- vllm serve facebook/opt-1.3b --max-num-seqs 96`, or any other
   OpenAI-compatible server) is run as given, without --model.
 - Replica i runs that command plus `--host 127.0.0.1 --port FIRST_PORT+i`; the launcher owns
   --host and --port, and rejects a command that sets them. Only the router's port is reachable from
-  outside the pod.
+  outside.
 - Replicas that differ: `--replica-args=FLAGS` once per replica (a shell-quoted string appended to
   replica i's command; write it with `=` because its value starts with a dash). Their number is the
   replica count, and --replicas may then be left out.
@@ -24,32 +36,26 @@ requests in flight and answers itself on /readyz (200 while at least one replica
 shutting down), /healthz and /health (liveness: 200 from the first replica serving until none has
 served for --unserving-grace seconds; one replica down keeps it 200) and /metrics (the replicas'
 metrics, each sample labelled replica="i", plus the router's own, among them
-llmpack_router_replicas_serving). Probes: a startupProbe on /healthz whose budget covers the first
-replica's start (--start-timeout), then liveness on /healthz and readiness on /readyz. The pod is
-ready once its first replica serves, while later ones still start: what a starting vLLM must not
-share the GPU with is another one starting, not one serving. Exit status: 0 after SIGTERM, 1 when a
-replica fails to start or all have exited, 2 for bad arguments.
-
-The router's limits (--max-body-bytes, 413; --max-in-flight, 503 with Retry-After; --read-timeout,
-504) and why their defaults are what they are: launcher/router.py.
+llmpack_router_replicas_serving). In a container: a startupProbe (or a health check) on /healthz
+whose budget covers the first replica's start (--start-timeout), then liveness on /healthz and
+readiness on /readyz. It is ready once its first replica serves, while later ones still start: what
+a starting vLLM must not share the GPU with is another one starting, not one serving. Exit status:
+0 after SIGTERM, 1 when a replica fails to start or all have exited, 2 for bad arguments.
 
 A replica whose server process exits is seen at once (not through its output pipe, which vLLM's
 engine core and worker processes keep open): the launcher logs it, counts it in
 llmpack_replica_exits_total{replica="i"}, SIGKILLs the processes it left behind (they hold its GPU
-memory) and stops routing to it. The pod serves on with the others (ready, alive) at lower
-capacity, visible in llmpack_router_replicas_serving; once none serves, the launcher exits (all
-exited) or /healthz fails after --unserving-grace (all unhealthy), and the container restarts.
-Orphaned engine processes become the launcher's children (it is PID 1 in its container, and makes
-itself a child subreaper elsewhere), and it reaps them.
-SIGTERM goes to every process of every replica; what still runs after --shutdown-grace is SIGKILLed,
-and the launcher exits only once none is left. A client that hangs up has its request to the
-replica closed, which makes vLLM abort it (llmpack_router_client_disconnects_total).
+memory) and stops routing to it. The others serve on (ready, alive) at lower capacity, visible in
+llmpack_router_replicas_serving; once none serves, the launcher exits (all exited) or /healthz fails
+after --unserving-grace (all unhealthy), for whatever runs it (a container runtime, systemd) to
+restart it. Orphaned engine processes become the launcher's children (it is PID 1 in a container,
+and makes itself a child subreaper elsewhere), and it reaps them. SIGTERM goes to every process of
+every replica; what still runs after --shutdown-grace is SIGKILLed, and the launcher exits only
+once none is left. A client that hangs up has its request to the replica closed, which makes vLLM
+abort it (llmpack_router_client_disconnects_total).
 
-Router only (what a DRA MPS pod runs, where each replica is its own container started in order by
-Kubernetes as a native sidecar): `llmpack launch --router-only --router-port 8000 --upstream
-http://127.0.0.1:8001 --upstream http://127.0.0.1:8002` routes and health-checks, and starts nothing.
-Its /healthz answers for the router alone (each replica container has its own liveness probe, and
-restarting the router would not mend one); /readyz is as above.
+The router's limits, in both uses (--max-body-bytes, 413; --max-in-flight, 503 with Retry-After;
+--read-timeout, 504) and why their defaults are what they are: launcher/router.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The router's own Prometheus metrics, and the merge of every replica's /metrics into one page.
 
-The pod exposes a single /metrics (replicas listen on loopback only), so each replica's samples get
-a `replica="i"` label and samples of the same family are grouped under one HELP/TYPE header, as the
+The router exposes one /metrics for all its replicas (a pod's Service reaches only the router's
+port; the replicas of `llmpack launch` listen on loopback), so each replica's samples get a
+`replica="i"` label and samples of the same family are grouped under one HELP/TYPE header, as the
 text format requires. Parsing and re-writing with prometheus-client keeps the output valid even when
 replicas disagree on which families they expose.
 """

@@ -1,4 +1,4 @@
-"""One replica's process: start it, relay its output to the pod log, wait until it is healthy, stop it.
+"""One replica's process: start it, relay its output to the launcher's, wait until it is healthy, stop it.
 
 Each replica runs in its own session (process group) because vLLM starts helper processes: its API
 server forks a multiprocessing resource tracker and the engine core (`VLLM::EngineCore`), which
@@ -195,7 +195,7 @@ class ReplicaProcess:
             self.exited.set_result(code)
 
     def _on_output(self, data: bytes) -> None:
-        """Copy output to the pod log line by line with the replica's prefix; keep the last lines.
+        """Copy output to the launcher's own line by line with the replica's prefix; keep the last lines.
 
         Takes chunks, not lines: vLLM's progress bars write long lines with no newline."""
         *lines, self._pending = (self._pending + data).split(b"\n")
@@ -245,8 +245,8 @@ def session_members(session_id: int) -> list[int]:
 
 def become_subreaper() -> bool:
     """Have the orphans of our replicas (vLLM's engine processes once their API server is gone)
-    reparented to this process, as they are in the serving container, where llmpack is PID 1; then
-    reap_orphans() can collect them and tests see what a pod does. False where Linux refuses."""
+    reparented to this process, as they are in a container where llmpack is PID 1; then
+    reap_orphans() can collect them and tests see what a container does. False where Linux refuses."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0

@@ -12,7 +12,7 @@ class ReplicaState(enum.Enum):
     STARTING = "starting"  # launched, not yet healthy: the staggered start is waiting on it
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"  # alive as far as we know, but a connection or a /health check failed
-    EXITED = "exited"  # its process is gone; it never comes back (the pod restarts instead)
+    EXITED = "exited"  # its process is gone; it never comes back (the launcher restarts instead)
 
 
 @dataclass
@@ -56,6 +56,3 @@ class Replica:
         if self.serving:
             self.stopped_serving_at = time.monotonic()
         self.state, self.reason = state, reason
-
-    def describe(self) -> str:
-        return f"replica {self.index} ({self.base_url}): {self.state.value}, {self.reason}"

@@ -1,4 +1,6 @@
-"""The pod's HTTP front: spreads requests over the local replicas and answers health and metrics.
+"""The HTTP front of replicas that share a GPU (the router container of a DRA MPS pod, or the one
+`llmpack launch` runs for the replicas it starts): spreads requests over them and answers health
+and metrics.
 
 Choice of replica: the healthy one with the fewest requests in flight (ties rotate), because vLLM's
 latency grows with its running batch, and requests differ too much in length for round robin.

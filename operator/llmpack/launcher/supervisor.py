@@ -1,9 +1,13 @@
-"""The life of a packed serving pod: router up, replicas started one by one, watched, stopped on SIGTERM.
+"""The two ways `llmpack launch` runs: Launcher, the standalone launcher (router up, replicas
+started one by one, watched, stopped on SIGTERM), and RouterOnly, the router of the operator's DRA
+MPS pods, in front of replica containers it does not start.
 
-Exit status: 0 after SIGTERM/SIGINT; 1 when a replica fails to start (the others are stopped and the
-kubelet restarts the container) or when every replica has exited. A replica that dies after start
-is not restarted here: starting a vLLM next to running ones is safe, but the memory its dead engine
-held may not be free yet, so the pod's liveness probe (/healthz) restarts the whole pod instead.
+Launcher's exit status: 0 after SIGTERM/SIGINT; 1 when a replica fails to start (the others are
+stopped, so that whatever runs the launcher restarts it cleanly) or when every replica has exited.
+A replica that dies after start is not restarted here: starting a vLLM next to running ones is
+safe, but the memory its dead engine held may not be free yet, so /healthz fails after
+--unserving-grace instead and a restart of the whole launcher (by its container's liveness probe,
+or its supervisor) mends it.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class LaunchSettings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     # `llmpack launch` only: /healthz fails once no replica has served this long.
     # A minute: longer than a health check's blip (5 s period, 5 s timeout), short against the
-    # minutes a pod restart costs, which is the only mend for replicas the launcher never restarts.
+    # minutes a restart of the launcher costs, the only mend for replicas it never restarts.
     unserving_grace_s: float = 60.0
 
     def session(self) -> aiohttp.ClientSession:
@@ -124,7 +128,7 @@ class Launcher:
         try:
             started = await self._unless_stopped(self._start_in_order(session))
         except ReplicaStartError as err:
-            log.error("%s\nStopping the other replicas; the container exits so that it restarts.", err)
+            log.error("%s\nStopping the other replicas and exiting, so that the launcher is restarted.", err)
             return 1
         if not started:
             return 0
