@@ -10,7 +10,7 @@ import sys
 
 from llmpack.errors import UserError
 
-__all__ = ["SUBCOMMANDS", "UserError", "build_parser", "main"]
+__all__ = ["EXTRAS", "SUBCOMMANDS", "UserError", "build_parser", "main"]
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -21,6 +21,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("llmpack.launcher.cli", "start packed vLLM replicas one after another behind a router"),
     "operator": ("llmpack.controller.cli", "run the operator"),
     "crd": ("llmpack.api.crd", "print the LLMDeployment CustomResourceDefinition"),
+}
+
+# What each command needs besides the base install (pydantic, pyyaml): an extra of pyproject.toml
+# (None: nothing). tests/unit/test_extras.py proves each command runs with its extra alone.
+EXTRAS: dict[str, str | None] = {
+    "advise": "cli",
+    "predict": "cli",
+    "plan": None,
+    "profile": "profiler",
+    "launch": "serving",
+    "operator": "operator",
+    "crd": None,
 }
 
 
@@ -40,15 +52,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = SUBCOMMANDS[name]
-    module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"llmpack {name}", description=help_text)
-    module.add_arguments(sub)
-    args = sub.parse_args(rest)
     try:
-        return int(module.run(args) or 0)
-    except UserError as err:
-        print(f"llmpack {name}: {err}", file=sys.stderr)
+        module = importlib.import_module(module_name)
+        sub = argparse.ArgumentParser(prog=f"llmpack {name}", description=help_text)
+        module.add_arguments(sub)
+        args = sub.parse_args(rest)
+        try:
+            return int(module.run(args) or 0)
+        except UserError as err:
+            print(f"llmpack {name}: {err}", file=sys.stderr)
+            return 2
+    except ModuleNotFoundError as err:
+        if (hint := install_hint(name, err)) is None:
+            raise
+        print(hint, file=sys.stderr)
         return 2
+
+
+def install_hint(command: str, err: ModuleNotFoundError) -> str | None:
+    """What to install when a package the command's extra provides is absent (the command imports
+    it only when used): "llmpack advise needs rich: pip install 'llmpack[cli]'"."""
+    package = (err.name or "").partition(".")[0]
+    extra = EXTRAS.get(command)
+    if extra is None or package in ("", "llmpack"):
+        return None
+    return f"llmpack {command} needs {package}: pip install 'llmpack[{extra}]'"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from llmpack.cli import EXTRAS as SUBCOMMAND_EXTRA
 from llmpack.cli import SUBCOMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,16 +43,6 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
 TEST_ONLY_EXTRAS = {"test"}
 
-# The extra each command needs on top of the base install (None: the base alone).
-SUBCOMMAND_EXTRA: dict[str, str | None] = {
-    "operator": "operator",
-    "profile": "profiler",
-    "launch": "serving",
-    "advise": "cli",
-    "predict": "cli",
-    "plan": None,
-    "crd": None,
-}
 # The packages that are programs of their own: a command does not need another program's extra for
 # a function it calls from there (`llmpack plan --simulate` runs the profiler's simulated backend),
 # so reading stops at their border; running the command proves the part it uses.
@@ -381,3 +372,16 @@ def test_the_restricted_python_refuses_what_the_extra_does_not_install() -> None
 def test_the_operators_extra_has_no_tables_plots_or_gpu_library() -> None:
     """What issue 14 found in the operator image: matplotlib, rich and nvidia-ml-py."""
     assert {"matplotlib", "rich", "nvidia-ml-py"}.isdisjoint(installed_closure("operator"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["advise", "--paper-model", "opt-1.3b"], "llmpack advise needs rich: pip install 'llmpack[cli]'"),
+        (["launch", "--help"], "llmpack launch needs aiohttp: pip install 'llmpack[serving]'"),
+        (["operator"], "llmpack operator needs kubernetes: pip install 'llmpack[operator]'"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra_to_install(argv: list[str], message: str) -> None:
+    done = run_restricted(None, argv=argv)
+    assert (done.returncode, done.stderr.strip()) == (2, message)

@@ -191,15 +191,40 @@ class OperatorState:
 
 
 def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
+    """kopf's registry: the lifecycle hooks and one watch per kind, each only queueing keys
+    (Watches below); the probe reports the queue's depth."""
     registry = kopf.OperatorRegistry()
+    lifecycle, watches = Lifecycle(state), Watches(state)
+    kopf.on.login(registry=registry)(lifecycle.login)
+    kopf.on.startup(registry=registry)(lifecycle.configure)
+    kopf.on.cleanup(registry=registry)(lifecycle.stop)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
+    for group_version, plural in (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "services")):
+        kopf.on.event(*_resource(group_version, plural), labels=MANAGED, registry=registry)(watches.owned)
+    kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)(watches.deployment)
+    kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(watches.pod)
+    kopf.on.event("v1", "nodes", registry=registry)(watches.node)
+    kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)(watches.device_class)
+    kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)(watches.resource_slice)
+    kopf.on.probe(id="queue", registry=registry)(lifecycle.queue_depth)
+    return registry
 
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
+
+def _resource(group_version: str, plural: str) -> tuple[str, ...]:
+    return (*group_version.split("/"), plural) if "/" in group_version else (group_version, plural)
+
+
+@dataclass
+class Lifecycle:
+    """kopf's login, startup and cleanup hooks, and the liveness probe."""
+
+    state: OperatorState
+
+    def login(self, **_: Any) -> kopf.ConnectionInfo:
         """kopf logs in with the same credentials as our own client (--kubeconfig, in-cluster)."""
-        return connection_info(state.kube)
+        return connection_info(self.state.kube)
 
-    @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # events are posted by the reconciler, with our reasons
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -209,19 +234,29 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         # or a restart would briefly plan against the few nodes whose watch events came first.
         while True:
             try:
-                await asyncio.to_thread(state.seed_cluster_facts)
+                await asyncio.to_thread(self.state.seed_cluster_facts)
                 break
             except KubeError as err:  # the API server may be restarting: wait for it
                 logger.warning("cannot list nodes yet (%s); retrying in 2s", err)
                 await asyncio.sleep(2)
-        state.start_queue()
+        self.state.start_queue()
 
-    @kopf.on.cleanup(registry=registry)
-    async def stop(**_: Any) -> None:
-        await state.shutdown()
+    async def stop(self, **_: Any) -> None:
+        await self.state.shutdown()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def llmdeployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def queue_depth(self, **_: Any) -> int:
+        return len(self.state.queue) if self.state.queue else 0
+
+
+@dataclass
+class Watches:
+    """What each watched event means for the work queue. Every handler only updates the caches
+    (objects, cluster facts) and queues the LLMDeployments concerned; the reconcile does the rest."""
+
+    state: OperatorState
+
+    async def llmdeployment(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        state = self.state
         key = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":
             state.objects.pop(key, None)
@@ -235,58 +270,38 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             return  # the echo of our own status write: nothing new to reconcile
         state.enqueue(key)
 
-    def owner_key(body: kopf.Body) -> Key | None:
-        for ref in body.metadata.get("ownerReferences") or []:
-            if ref.get("kind") == "LLMDeployment" and ref.get("apiVersion", "").startswith(GROUP + "/"):
-                return (namespace_of(body), ref["name"])
-        return None
-
-    @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)
-    @kopf.on.event("v1", "configmaps", labels=MANAGED, registry=registry)
-    @kopf.on.event("v1", "services", labels=MANAGED, registry=registry)
-    async def owned_event(body: kopf.Body, **_: Any) -> None:
+    async def owned(self, body: kopf.Body, **_: Any) -> None:
+        """A Job, ConfigMap or Service of an LLMDeployment; in the operator's namespace, a cached
+        profile that changed or went."""
+        state = self.state
         if body.metadata.namespace == state.config.operator_namespace:
-            state.reconciler.cache.forget(body.metadata.name)  # a cached profile changed or went
+            state.reconciler.cache.forget(body.metadata.name)
         key = owner_key(body)
         if key is not None and key in state.objects:
             state.enqueue(key)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    async def deployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def deployment(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A Deployment's status changes many times per rollout; only what the LLMDeployment's
         status or drift correction reads is worth a reconcile."""
+        state = self.state
         identity = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":  # before the owner check: the owner is usually gone first
             state.deployment_states.pop(identity, None)
         key = owner_key(body)
         if key is None or key not in state.objects:
             return
-        status = body.get("status") or {}
-        seen = (
-            event["type"],
-            body.metadata.get("generation"),
-            status.get("observedGeneration"),
-            status.get("readyReplicas"),
-            status.get("updatedReplicas"),
-            # a stalled rollout (ProgressDeadlineExceeded) or pods it cannot create (ReplicaFailure,
-            # a quota) change only the conditions: the status must say so at once
-            tuple(
-                sorted(
-                    (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
-                )
-            ),
-        )
+        seen = (event["type"], *deployment_progress(body))
         if event["type"] != "DELETED":
             if state.deployment_states.get(identity) == seen:
                 return
             state.deployment_states[identity] = seen
         state.enqueue(key)
 
-    @kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)
-    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def pod(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A pod stuck on something the user must fix (a missing Secret, an image that cannot be
         pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
         status: a pass runs when the pod's problem appears, changes or clears."""
+        state = self.state
         identity = (namespace_of(body), body.metadata.name)
         problem = None if event["type"] == "DELETED" else pod_problem(dict(body))
         if state.pod_problems.get(identity) == problem:
@@ -299,8 +314,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         if key is not None:
             state.enqueue_soon(key)
 
-    @kopf.on.event("v1", "nodes", registry=registry)
-    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def node(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        state = self.state
         name = body.metadata.name
         before = state.cluster.nodes.get(name)
         if event["type"] == "DELETED":
@@ -310,25 +325,42 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         if before != state.cluster.nodes.get(name):
             state.enqueue_all()  # what the cluster offers changed: plans may change
 
-    @kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)
-    async def device_class_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def device_class(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event["type"] == "DELETED":
-            state.cluster.device_classes.discard(body.metadata.name)
+            self.state.cluster.device_classes.discard(body.metadata.name)
         else:
-            state.cluster.device_classes.add(body.metadata.name)
-        state.enqueue_all()
+            self.state.cluster.device_classes.add(body.metadata.name)
+        self.state.enqueue_all()
 
-    @kopf.on.event("resource.k8s.io", "v1", "resourceslices", registry=registry)
-    async def resource_slice_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def resource_slice(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         published = None if event["type"] == "DELETED" else dict(body)
-        if state.cluster.publish_slice(body.metadata.name, published):
-            state.enqueue_all()
+        if self.state.cluster.publish_slice(body.metadata.name, published):
+            self.state.enqueue_all()
 
-    @kopf.on.probe(id="queue", registry=registry)
-    async def queue_depth(**_: Any) -> int:
-        return len(state.queue) if state.queue else 0
 
-    return registry
+def owner_key(body: kopf.Body) -> Key | None:
+    """The LLMDeployment that owns `body`, by its owner reference."""
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "LLMDeployment" and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return (namespace_of(body), ref["name"])
+    return None
+
+
+def deployment_progress(body: kopf.Body) -> tuple[Any, ...]:
+    """What of a Deployment the LLMDeployment's status reads: generations, ready and updated
+    replicas, and its conditions (a stalled rollout, ProgressDeadlineExceeded, or pods it cannot
+    create, ReplicaFailure from a quota, change only the conditions: the status must say so)."""
+    status = body.get("status") or {}
+    conditions = sorted(
+        (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
+    )
+    return (
+        body.metadata.get("generation"),
+        status.get("observedGeneration"),
+        status.get("readyReplicas"),
+        status.get("updatedReplicas"),
+        tuple(conditions),
+    )
 
 
 def namespace_of(body: kopf.Body) -> str:
