@@ -26,5 +26,6 @@ BREAKING_SPECS: dict[str, dict[str, Any]] = {
         "sharing": {"maxReplicasPerGPU": 2},
         "advisor": {"replicasPerGPU": 3},
     },
-    SPEC_RULES[2].message: {"model": {**_MODEL, "maxModelLen": 300}},  # the default workload is 512
+    SPEC_RULES[2].message: {"model": _MODEL, "autoscaling": {"minGPUs": 4, "maxGPUs": 2}},
+    SPEC_RULES[3].message: {"model": {**_MODEL, "maxModelLen": 300}},  # the default workload is 512
 }

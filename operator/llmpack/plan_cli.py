@@ -3,7 +3,8 @@ objects it would apply, computed by the operator's own planner (planner/decide.p
 It sits beside the layers, not in planner/, because `--simulate` runs the profiler in process.
 
     llmpack plan -f LLMDEPLOYMENT.yaml [--profile FILE | --simulate] [--cluster FILE.yaml]
-                 [-o yaml|json] [--profiler-image IMAGE] [--serving-image IMAGE]
+                 [--tokens-per-second D] [-o yaml|json] [--profiler-image IMAGE]
+                 [--serving-image IMAGE]
 
 - Without a profile the operator would profile first: the plan is the profiling Job and its
   objects. `--profile FILE` takes a Profile JSON (`llmpack profile --output FILE`, or the
@@ -14,6 +15,9 @@ It sits beside the layers, not in planner/, because `--simulate` runs the profil
   one node offering the spec's GPU whole, 8 of them, through the device plugin (GFD labels with
   the catalogue's reported memory) and the NVIDIA DRA driver; MPS shares of the device plugin and
   MIG slices need a --cluster that has them.
+- `--tokens-per-second D`: how many GPUs serve D prompt+output tokens/s, from the predicted
+  tokens/s per GPU at B_opt within the SLO (the capacity `kubectl get llmd -o wide` shows and the
+  autoscaler's target is sized from): `decision.capacity.gpusFor`.
 - Output: {"decision": ..., "objects": [...]}, where `decision` is what the status would say (the
   recommendation with its explanation, or the profiling Job). An unservable spec exits 1 with the
   message the status would carry; bad input (a file that is not an LLMDeployment) exits 2.
@@ -31,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llmpack.api.llmdeployment import API_VERSION, KIND, LLMDeploymentSpec
+from llmpack.api.llmdeployment import API_VERSION, KIND, PROFILE_READY, LLMDeploymentSpec
 from llmpack.api.profile import Profile, ProfileError
 from llmpack.errors import UserError
 from llmpack.hardware import UnknownGPUError, lookup_gpu
@@ -69,12 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="nodes, DeviceClasses and ResourceSlices as a v1 List (kubectl get ... -o yaml)",
     )
+    parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        metavar="D",
+        help="also say how many GPUs serve D prompt+output tokens/s at the predicted capacity",
+    )
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     parser.add_argument("--profiler-image", default=DEFAULT_PROFILER_IMAGE, metavar="IMAGE")
     parser.add_argument("--serving-image", default=DEFAULT_SERVING_IMAGE, metavar="IMAGE")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tokens_per_second is not None and not args.tokens_per_second > 0:
+        raise UserError("--tokens-per-second must be a positive number of tokens/s")
     body = read_llmdeployment(Path(args.filename))
     spec = parse_spec(body)
     meta = body.get("metadata") or {}
@@ -96,11 +108,31 @@ def run(args: argparse.Namespace) -> int:
         decision = planner.decide(spec, profile, cluster, context)
         if isinstance(decision, ProfilingDecision) and decision.capacity_refusal:
             raise decision.capacity_refusal
+        capacity = None
+        if args.tokens_per_second is not None:
+            capacity = capacity_for(decision, args.tokens_per_second)
     except Refused as refused:
         print(f"llmpack plan: {refused.reason}: {refused.message}", file=sys.stderr)
         return 1
-    print(render_output(decision, args.output))
+    print(render_output(decision, args.output, capacity))
     return 0
+
+
+def capacity_for(
+    decision: ProfilingDecision | planner.ServingDecision, tokens_per_s: float
+) -> dict[str, Any]:
+    if isinstance(decision, ProfilingDecision):
+        raise Refused(
+            PROFILE_READY,
+            "NotProfiled",
+            "--tokens-per-second needs a profile: add --profile FILE or --simulate",
+        )
+    status = decision.status
+    return {
+        "tokensPerSecondPerGPU": status.predicted_tokens_per_second_per_gpu,
+        "concurrencyPerGPU": status.concurrency_per_gpu,
+        "gpusFor": {"tokensPerSecond": tokens_per_s, "gpus": planner.gpus_for(tokens_per_s, status)},
+    }
 
 
 def read_llmdeployment(path: Path) -> dict[str, Any]:
@@ -176,7 +208,11 @@ def simulate(profiling: ProfilingDecision) -> Profile:
     return profile
 
 
-def render_output(decision: ProfilingDecision | planner.ServingDecision, output: str) -> str:
+def render_output(
+    decision: ProfilingDecision | planner.ServingDecision,
+    output: str,
+    capacity: dict[str, Any] | None = None,
+) -> str:
     if isinstance(decision, ProfilingDecision):
         summary: dict[str, Any] = {
             "phase": "Profiling",
@@ -190,6 +226,8 @@ def render_output(decision: ProfilingDecision | planner.ServingDecision, output:
             "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
         }
         objects = render_serving(decision.plan)
+        if capacity is not None:
+            summary["capacity"] = capacity
     document = {"decision": summary, "objects": objects}
     if output == "json":
         return json.dumps(document, indent=2)

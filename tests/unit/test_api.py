@@ -132,8 +132,18 @@ def test_crd_documents_every_spec_field():
 def test_crd_has_the_columns_users_read():
     version = crdgen.crd()["spec"]["versions"][0]
     names = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert names == ["Model", "Mode", "B_opt", "Replicas/GPU", "GPUs", "Ready", "Gain", "Phase", "Age"]
-    assert version["subresources"] == {"status": {}}
+    assert names == [
+        "Model", "Mode", "B_opt", "Replicas/GPU", "Desired", "GPUs", "Ready", "Gain", "Phase", "Age"
+    ]  # fmt: skip
+    # the GPU count scales: kubectl scale, an HPA or KEDA drive spec.gpu.count
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.gpu.count",
+            "statusReplicasPath": ".status.gpus",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
 
 
 def test_crd_command_prints_yaml():

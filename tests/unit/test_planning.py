@@ -109,6 +109,7 @@ def test_mig_takes_the_smallest_offered_slice_that_holds_a_replica_and_caps_repl
         vllm_args=["--max-num-seqs", "8"],
         per_replica_bytes=12 * GIB,
         image="img",
+        b_opt=8,
     )
     assert plan.replicas == 2  # only two 2g.20gb slices exist, not 2 GPUs x 3
     assert plan.mig_profile == "2g.20gb"

@@ -30,7 +30,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Batch size (--max-num-seqs) of each replica",
     },
     {"name": "Replicas/GPU", "type": "integer", "jsonPath": ".status.recommendation.replicasPerGPU"},
-    {"name": "GPUs", "type": "integer", "jsonPath": ".status.recommendation.gpus"},
+    {
+        "name": "Desired",
+        "type": "integer",
+        "jsonPath": ".spec.gpu.count",
+        "description": "GPUs wanted (spec.gpu.count: the user, kubectl scale or the autoscaler)",
+    },
+    {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus", "description": "GPUs in use now"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
     {
         "name": "Gain",
@@ -39,6 +45,20 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Predicted tokens/s per GPU over one replica with vLLM defaults",
     },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Seqs/GPU",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.concurrencyPerGPU",
+        "description": "Concurrent sequences one GPU serves within the SLO (B_opt x replicas on it)",
+    },
+    {
+        "name": "Tok/s/GPU",
+        "type": "number",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.predictedTokensPerSecondPerGPU",
+        "description": "Predicted prompt+output tokens/s one GPU serves at B_opt",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
         "name": "KV/replica",
@@ -49,6 +69,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
 ]
+
+# The GPU count is what scales (kubectl scale, an HPA, KEDA): the scale subresource's replicas are
+# spec.gpu.count, its status the GPUs in use, its selector the serving pods (for Pods metrics).
+SCALE_SUBRESOURCE = {
+    "specReplicasPath": ".spec.gpu.count",
+    "statusReplicasPath": ".status.gpus",
+    "labelSelectorPath": ".status.selector",
+}
 
 _DROP_KEYS = {"title", "$defs", "discriminator"}
 
@@ -156,7 +184,7 @@ def crd() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {"openAPIV3Schema": schema},
                 }

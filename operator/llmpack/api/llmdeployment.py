@@ -270,6 +270,28 @@ class GPUSpec(CamelModel):
     )
 
 
+class AutoscalingSpec(CamelModel):
+    """Scale the number of GPUs on load: the operator renders an autoscaling/v2
+    HorizontalPodAutoscaler that drives this LLMDeployment's scale subresource (spec.gpu.count)."""
+
+    min_gpus: PositiveInt = Field(1, le=4096, description="Fewest GPUs to serve on.")
+    max_gpus: PositiveInt = Field(description="Most GPUs to serve on.", le=4096)
+    target_utilization: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Fraction of the advised concurrency (B_opt x the replicas one serving pod "
+        "holds) that the requests running plus waiting per pod should average; above it the "
+        "autoscaler adds GPUs, below it removes them.",
+    )
+    behavior: dict[str, Any] | None = Field(
+        None,
+        description="The HorizontalPodAutoscaler's spec.behavior (autoscaling/v2: scaleUp and "
+        "scaleDown policies and stabilization windows), passed through as written.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
 class ProfilingSpec(CamelModel):
     backend: Backend = Field(
         "vllm",
@@ -475,6 +497,12 @@ SPEC_RULES: tuple[Rule[LLMDeploymentSpec], ...] = (
         message="advisor.replicasPerGPU must not exceed sharing.maxReplicasPerGPU",
     ),
     Rule(
+        cel="!has(self.autoscaling) || !has(self.autoscaling.minGPUs) "
+        "|| self.autoscaling.minGPUs <= self.autoscaling.maxGPUs",
+        holds=lambda s: s.autoscaling is None or s.autoscaling.min_gpus <= s.autoscaling.max_gpus,
+        message="autoscaling.minGPUs must not exceed autoscaling.maxGPUs",
+    ),
+    Rule(
         cel="!has(self.model.maxModelLen) || !has(self.workload) "
         f"|| (has(self.workload.promptTokens) ? self.workload.promptTokens : {DEFAULT_WORKLOAD[0]}) + "
         f"(has(self.workload.outputTokens) ? self.workload.outputTokens : {DEFAULT_WORKLOAD[1]})"
@@ -499,6 +527,11 @@ class LLMDeploymentSpec(CamelModel):
     gpu: GPUSpec = Field(default_factory=GPUSpec, description="Which GPUs, and how many.")
     profiling: ProfilingSpec = Field(default_factory=ProfilingSpec, description="How the model is profiled.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="The vLLM serving containers.")
+    autoscaling: AutoscalingSpec | None = Field(
+        None,
+        description="Scale GPUs on load with a HorizontalPodAutoscaler llmpack renders and sizes from "
+        "the profile. Without it, gpu.count (or `kubectl scale llmd NAME --replicas N`) decides.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> LLMDeploymentSpec:
@@ -574,6 +607,14 @@ class RecommendationStatus(CamelModel):
         None, description="Predicted gain in tokens/s per GPU over the baseline, as a fraction."
     )
     predicted_itl_ms: float | None = Field(None, description="Predicted mean ITL of each replica.")
+    concurrency_per_gpu: int | None = Field(
+        None,
+        description="Concurrent sequences one GPU serves within the SLO: B_opt x the replicas on it "
+        "(MIG: on its slices).",
+    )
+    concurrency_per_pod: int | None = Field(
+        None, description="Concurrent sequences one serving pod holds: what the autoscaler's target scales."
+    )
     memory_freed_fraction: float | None = Field(
         None, description="GPU memory a replica leaves free versus vLLM's default KV reservation."
     )
@@ -610,6 +651,17 @@ class LLMDeploymentStatus(CamelModel):
     replicas: int | None = Field(None, description="vLLM replicas wanted.")
     ready_replicas: int | None = Field(None, description="vLLM replicas serving.")
     ready: str | None = Field(None, description="Ready replicas over wanted, e.g. 2/4.")
+    gpus: int | None = Field(
+        None,
+        description="GPUs the serving pods occupy now (the scale subresource's status.replicas; the "
+        "desired count is spec.gpu.count).",
+    )
+    selector: str | None = Field(
+        None, description="Label selector of the serving pods (the scale subresource's, for autoscalers)."
+    )
+    autoscaler: str | None = Field(
+        None, description="The HorizontalPodAutoscaler llmpack rendered for spec.autoscaling, if any."
+    )
 
 
 class LLMDeployment(CamelModel):

@@ -8,6 +8,7 @@ import os
 import re
 
 from llmpack.errors import UserError
+from llmpack.render.plan import DEFAULT_AUTOSCALING_METRIC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiler-image", default=os.environ.get("LLMPACK_PROFILER_IMAGE"))
     parser.add_argument("--serving-image", default=os.environ.get("LLMPACK_SERVING_IMAGE"))
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
+    parser.add_argument(
+        "--autoscaling-metric",
+        default=os.environ.get("LLMPACK_AUTOSCALING_METRIC", DEFAULT_AUTOSCALING_METRIC),
+        metavar="NAME",
+        help="per-pod custom metric (requests running + waiting) the HorizontalPodAutoscalers of "
+        f"spec.autoscaling read (default {DEFAULT_AUTOSCALING_METRIC})",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LLMPACK_LOG_LEVEL", "INFO"))
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0: off")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
@@ -106,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from llmpack.controller.operator import run as run_operator
     from llmpack.controller.reconciler import OperatorConfig
 
-    config = OperatorConfig(operator_namespace=args.operator_namespace)
+    config = OperatorConfig(
+        operator_namespace=args.operator_namespace, autoscaling_metric=args.autoscaling_metric
+    )
     if args.profiler_image:
         config.profiler_image = args.profiler_image
     if args.serving_image:

@@ -199,7 +199,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(lifecycle.configure)
     kopf.on.cleanup(registry=registry)(lifecycle.stop)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
-    for group_version, plural in (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "services")):
+    owned = (
+        ("batch/v1", "jobs"),
+        ("v1", "configmaps"),
+        ("v1", "services"),
+        ("autoscaling/v2", "horizontalpodautoscalers"),
+    )
+    for group_version, plural in owned:
         kopf.on.event(*_resource(group_version, plural), labels=MANAGED, registry=registry)(watches.owned)
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)(watches.deployment)
     kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(watches.pod)

@@ -38,6 +38,7 @@ from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context, ProfilingDecision, Refused
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import (
+    DEFAULT_AUTOSCALING_METRIC,
     LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
     OwnerRef,
@@ -45,11 +46,11 @@ from llmpack.render.plan import (
     ServingPlan,
     label_value,
 )
-from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING, serving_name
+from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING, serving_name, serving_selector
 
 logger = logging.getLogger(__name__)
 
-MANAGED_KINDS = ("Deployment", "Service", "ResourceClaimTemplate")
+MANAGED_KINDS = ("Deployment", "Service", "ResourceClaimTemplate", "HorizontalPodAutoscaler")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class OperatorConfig:
     operator_namespace: str = "llmpack-system"
     profiler_image: str = "ghcr.io/llmpack/llmpack-profiler:0.1.0"
     serving_image: str = "ghcr.io/llmpack/llmpack-serving:0.1.0"
+    autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC
     retry_seconds: float = 30.0
 
 
@@ -159,6 +161,7 @@ class Reconciler:
             owner=owner,
             profiler_image=self.config.profiler_image,
             serving_image=self.config.serving_image,
+            autoscaling_metric=self.config.autoscaling_metric,
         )
         try:
             planner.check_spec(spec, self.cluster)  # before any API call: see check_spec
@@ -174,10 +177,17 @@ class Reconciler:
         events += [("Warning", reason, message) for reason, message in decision.warnings]
         previous, status.recommendation = status.recommendation, rec_status
         st.set_condition(status, st.ADVISED, True, "Advised", rec_status.explanation[:1000], generation)
-        # Only a claim template can be left behind (the Deployment and Service keep their names):
-        # look for stale ones only where one may exist.
-        prune = previous is None or "dra" in (previous.mps_provider, plan.mps_provider)
+        # Only a claim template or an autoscaler can be left behind (the Deployment and Service
+        # keep their names): look for stale ones only where one may exist.
+        prune = (
+            previous is None
+            or "dra" in (previous.mps_provider, plan.mps_provider)
+            or (status.autoscaler is not None and plan.autoscaling is None)
+        )
         applied = self._apply(plan=plan, prune=prune, status=status, generation=generation)
+        status.gpus = plan.gpus
+        status.selector = ",".join(f"{k}={v}" for k, v in serving_selector(plan).items())
+        status.autoscaler = serving_name(plan) if plan.autoscaling is not None else None
         return self._readiness(status=status, plan=plan, applied=applied, generation=generation)
 
     def _parse_spec(self, body: dict) -> LLMDeploymentSpec:

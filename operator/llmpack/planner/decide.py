@@ -15,6 +15,7 @@ client, no I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from llmpack.advisor import AdvisorError, advise
@@ -46,7 +47,7 @@ from llmpack.planner.planning import (
     serving_plan,
 )
 from llmpack.planner.prediction import Predictions
-from llmpack.render.plan import OwnerRef, ProfilingPlan, ServingPlan
+from llmpack.render.plan import DEFAULT_AUTOSCALING_METRIC, OwnerRef, ProfilingPlan, ServingPlan
 
 
 class Refused(Exception):
@@ -71,6 +72,7 @@ class Context:
     owner: OwnerRef
     profiler_image: str
     serving_image: str
+    autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC  # what the cluster's metrics adapter exposes
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,8 @@ def serving(
         vllm_args=args,
         per_replica_bytes=rec.per_replica_memory_bytes,
         image=context.serving_image,
+        b_opt=rec.b_opt,
+        autoscaling_metric=context.autoscaling_metric,
     )
     warnings: list[tuple[str, str]] = []
     explanation = _explanation(rec, chosen, predictions, plan, found, utilization)
@@ -336,6 +340,21 @@ def kv_disagreement(profile: Profile) -> str | None:
         f"of the model's config gives {model.kv_bytes_per_token_config:,}; the engine's figure sized "
         "this deployment."
     )
+
+
+def gpus_for(tokens_per_s: float, status: RecommendationStatus) -> int:
+    """GPUs that serve `tokens_per_s` (prompt + output) at the predicted tokens/s per GPU of this
+    decision, i.e. at B_opt within the SLO: the same figure `kubectl get llmd -o wide` shows and
+    the autoscaler's target is sized from. Raises Refused when the profile gave no prediction."""
+    per_gpu = status.predicted_tokens_per_second_per_gpu
+    if not per_gpu:
+        raise Refused(
+            ADVISED,
+            "NoPrediction",
+            "the performance model could not calibrate on this profile, so there is no tokens/s per "
+            "GPU to size a fleet from; profile more batch sizes (advisor.candidateBatchSizes)",
+        )
+    return max(1, math.ceil(tokens_per_s / per_gpu))
 
 
 def selector_text(labels: dict[str, str]) -> str:

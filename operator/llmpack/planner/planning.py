@@ -24,7 +24,9 @@ from llmpack.api.llmdeployment import LLMDeploymentSpec, MPSProvider, Recommenda
 from llmpack.hardware import GPU
 from llmpack.hardware.cluster import Offers
 from llmpack.render.plan import (
+    DEFAULT_AUTOSCALING_METRIC,
     MAX_NAME,
+    AutoscalingPlan,
     OwnerRef,
     ProfilingPlan,
     SecretKey,
@@ -359,8 +361,15 @@ def serving_plan(
     vllm_args: list[str],
     per_replica_bytes: int,
     image: str,
+    b_opt: int,
+    autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC,
 ) -> ServingPlan:
+    autoscaling = spec.autoscaling
     gpus = spec.gpu.count
+    if autoscaling is not None:
+        # The autoscaler keeps gpu.count within its bounds; until its first pass (or after a hand
+        # edit) the operator serves within them too.
+        gpus = min(max(gpus, autoscaling.min_gpus), autoscaling.max_gpus)
     replicas = gpus * chosen.replicas_per_gpu
     if chosen.replica_limit is not None and replicas > chosen.replica_limit:
         # MIG: the slices are partitioned by the cluster admin; serve on what exists.
@@ -399,8 +408,23 @@ def serving_plan(
         port=spec.serving.port,
         node_selector=spec.gpu.node_selector,
         tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
+        autoscaling=None
+        if autoscaling is None
+        else AutoscalingPlan(
+            min_gpus=autoscaling.min_gpus,
+            max_gpus=autoscaling.max_gpus,
+            metric=autoscaling_metric,
+            target_per_pod=autoscaling.target_utilization * concurrency_per_pod(chosen, b_opt),
+            behavior=autoscaling.behavior,
+        ),
         **extra,
     )
+
+
+def concurrency_per_pod(chosen: Candidate, b_opt: int) -> int:
+    """Concurrent sequences one serving pod holds: a DRA MPS pod runs all of a GPU's replicas, every
+    other mode one replica per pod (render/serving.py)."""
+    return b_opt * (chosen.replicas_per_gpu if chosen.provider == "dra" else 1)
 
 
 def recommendation_status(
@@ -436,6 +460,8 @@ def recommendation_status(
         baseline_tokens_per_second_per_gpu=_round(baseline_tokens_per_s),
         predicted_gain_fraction=None if gain is None or math.isnan(gain) else round(gain, 4),
         predicted_itl_ms=_round(chosen.itl_ms, 2),
+        concurrency_per_gpu=b_opt * chosen.replicas_per_gpu,
+        concurrency_per_pod=concurrency_per_pod(chosen, b_opt),
         memory_freed_fraction=None if memory_freed_fraction is None else round(memory_freed_fraction, 4),
         vllm_args=vllm_args,
         explanation=explanation,

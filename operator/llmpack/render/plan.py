@@ -57,6 +57,22 @@ class SecretKey(Frozen):
     key: str = "token"
 
 
+# The per-pod metric an autoscaler reads by default: requests running plus waiting in a serving pod's
+# vLLM replicas, as the README's prometheus-adapter rule names it (the chart's
+# autoscaling.metricName, the operator's --autoscaling-metric, changes it).
+DEFAULT_AUTOSCALING_METRIC = "vllm_requests_in_flight"
+
+
+class AutoscalingPlan(Frozen):
+    """A HorizontalPodAutoscaler on the LLMDeployment's scale subresource (GPUs)."""
+
+    min_gpus: int = Field(ge=1)
+    max_gpus: int = Field(ge=1)
+    metric: str = Field(min_length=1, description="Per-pod metric of the custom metrics API.")
+    target_per_pod: float = Field(gt=0, description="Average value per serving pod to hold the metric at.")
+    behavior: dict[str, Any] | None = None
+
+
 class ServingPlan(Frozen):
     """How one LLMDeployment is served: which objects, which flags, on which GPUs."""
 
@@ -91,10 +107,14 @@ class ServingPlan(Frozen):
     port: int = 8000
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    autoscaling: AutoscalingPlan | None = None
 
     def config_hash(self) -> str:
-        """Changes whenever a rendered pod would change, so pods roll on any serving change."""
-        return stable_hash(self.model_dump(mode="json", exclude={"owner"}))[:16]
+        """Changes whenever a rendered pod would change, so pods roll on any serving change; not on
+        a change of scale (how many GPUs, replicas, the autoscaler's bounds), which adds or removes
+        whole pods and leaves the others serving."""
+        scale = {"owner", "gpus", "replicas", "autoscaling"}
+        return stable_hash(self.model_dump(mode="json", exclude=scale))[:16]
 
 
 class ProfilingPlan(Frozen):

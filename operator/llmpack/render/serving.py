@@ -80,8 +80,9 @@ HEALTH_TIMEOUT_S = 5
 DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
 
 
-def render_serving(plan: ServingPlan) -> list[dict[str, Any]]:
-    """The objects that serve `plan`, in apply order (a claim template before the pods using it)."""
+def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
+    """The objects that run `plan`'s replicas, in apply order (a claim template before the pods
+    using it). render.render_serving adds the autoscaler."""
     if plan.mode == "exclusive":
         return [exclusive_deployment(plan), serving_service(plan)]
     if plan.mode == "mig":
