@@ -50,6 +50,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 SERVICE_CIDR = "10.0.0.0/16"  # one Service per LLMDeployment: room for scale runs
 POD_CIDR = "10.244.0.1/16"
+HPA_SYNC_PERIOD_SECONDS = 5  # kube-controller-manager --horizontal-pod-autoscaler-sync-period
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # kwok-stages.yaml: what a test (or hack/testbed/player.py) sets on a pod to steer its lifecycle.
 FAIL_ANNOTATION = "llmpack.io/testbed-fail"  # "true": the Running pod fails
@@ -890,6 +891,9 @@ def _bring_up(tb: Testbed, timeout: float) -> None:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            # No kube-proxy here: the aggregation layer dials an APIService's endpoint itself
+            # (custom_metrics.py serves custom.metrics.k8s.io that way).
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             f"--cert-dir={d / 'apiserver-certs'}",
             "--profiling=false",
@@ -924,6 +928,9 @@ def _bring_up(tb: Testbed, timeout: float) -> None:
             # controller marked every pod NotReady for good (kwok does not undo that). Fake nodes
             # never die, so the grace is longer than any test or benchmark run.
             "--node-monitor-grace-period=2h",
+            # The HPA controller's period (default 15 s), shorter so autoscaling tests take seconds;
+            # results are reported as multiples of it (HPA_SYNC_PERIOD_SECONDS).
+            f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD_SECONDS}s",
         ],
     )
     sched_kubeconfig = d / "scheduler.kubeconfig"

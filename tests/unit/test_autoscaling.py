@@ -48,9 +48,9 @@ def test_the_hpa_targets_the_llmdeployment_with_a_target_from_the_decision():
     (metric,) = spec["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "vllm_requests_in_flight"
     # one DRA pod per GPU holds B_opt x replicas per GPU sequences; half of that is the target
-    per_pod = rec["maxNumSeqs"] * rec["replicasPerGPU"]
-    assert rec["concurrencyPerPod"] == rec["concurrencyPerGPU"] == per_pod
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": quantity(0.5 * per_pod)}
+    per_gpu = rec["maxNumSeqs"] * rec["replicasPerGPU"]
+    assert rec["concurrencyPerGPU"] == per_gpu
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": quantity(0.5 * per_gpu)}
     assert spec["behavior"] == BEHAVIOR
     assert hpa["metadata"]["ownerReferences"][0]["name"] == "auto"
     assert run.status["autoscaler"] == "auto"
@@ -86,15 +86,29 @@ def test_scaling_adds_whole_pods_and_rolls_none_and_never_profiles_again():
     assert result.status["profileRef"]["key"] == first.status["profileRef"]["key"]
 
 
-def test_devicePlugin_pods_hold_one_replica_so_the_target_is_one_replicas_share():
-    spec = {**autoscaled(), "sharing": {"mode": "mps", "mpsProvider": "devicePlugin"}}
+def hpa_desired_gpus(average_per_pod: float, target: float, pods: int) -> int:
+    """The HPA controller's rule for a Pods metric (replica_calculator.go calcPlainMetricReplicas):
+    ceil(average / target x ready pods), written as the scale's replicas (GPUs here)."""
+    return math.ceil(average_per_pod / target * pods)
+
+
+@pytest.mark.parametrize("provider", ["dra", "devicePlugin"])
+def test_the_hpas_answer_is_in_gpus_whatever_the_pods_per_gpu(provider):
+    """devicePlugin runs one replica per pod (k pods per GPU), DRA one pod per GPU: with the target
+    per GPU, the HPA's ceil(average per pod / target x pods) is GPUs in both."""
+    spec = {**autoscaled(count=2), "sharing": {"mode": "mps", "mpsProvider": provider}}
     run = reconcile_through(spec, name="auto")
     rec = run.status["recommendation"]
     (hpa,) = applied(run, "HorizontalPodAutoscaler")
     target = hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
-    assert rec["concurrencyPerPod"] == rec["maxNumSeqs"] and target == quantity(0.8 * rec["maxNumSeqs"])
-    # the pods of one GPU come and go together: replicas are always whole GPUs' worth
-    assert applied(run, "Deployment")[0]["spec"]["replicas"] == rec["replicasPerGPU"] * run.status["gpus"]
+    per_gpu = rec["maxNumSeqs"] * rec["replicasPerGPU"]
+    assert target == quantity(0.8 * per_gpu)
+    pods = applied(run, "Deployment")[0]["spec"]["replicas"]
+    gpus = run.status["gpus"]
+    assert pods == (gpus if provider == "dra" else gpus * rec["replicasPerGPU"])
+    # load of 3 GPUs at the target utilisation, spread over today's 2 GPUs' pods
+    load = 3 * 0.8 * per_gpu
+    assert hpa_desired_gpus(load / pods, 0.8 * per_gpu, pods) == 3
 
 
 def test_turning_autoscaling_off_removes_the_hpa():

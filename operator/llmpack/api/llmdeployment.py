@@ -280,9 +280,9 @@ class AutoscalingSpec(CamelModel):
         0.8,
         gt=0,
         le=1,
-        description="Fraction of the advised concurrency (B_opt x the replicas one serving pod "
-        "holds) that the requests running plus waiting per pod should average; above it the "
-        "autoscaler adds GPUs, below it removes them.",
+        description="Fraction of the advised concurrency (B_opt x the replicas on one GPU) that the "
+        "requests running plus waiting per GPU should average; above it the autoscaler adds GPUs, "
+        "below it removes them.",
     )
     behavior: dict[str, Any] | None = Field(
         None,
@@ -612,9 +612,7 @@ class RecommendationStatus(CamelModel):
         description="Concurrent sequences one GPU serves within the SLO: B_opt x the replicas on it "
         "(MIG: on its slices).",
     )
-    concurrency_per_pod: int | None = Field(
-        None, description="Concurrent sequences one serving pod holds: what the autoscaler's target scales."
-    )
+
     memory_freed_fraction: float | None = Field(
         None, description="GPU memory a replica leaves free versus vLLM's default KV reservation."
     )

@@ -414,17 +414,11 @@ def serving_plan(
             min_gpus=autoscaling.min_gpus,
             max_gpus=autoscaling.max_gpus,
             metric=autoscaling_metric,
-            target_per_pod=autoscaling.target_utilization * concurrency_per_pod(chosen, b_opt),
+            target_per_pod=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu,
             behavior=autoscaling.behavior,
         ),
         **extra,
     )
-
-
-def concurrency_per_pod(chosen: Candidate, b_opt: int) -> int:
-    """Concurrent sequences one serving pod holds: a DRA MPS pod runs all of a GPU's replicas, every
-    other mode one replica per pod (render/serving.py)."""
-    return b_opt * (chosen.replicas_per_gpu if chosen.provider == "dra" else 1)
 
 
 def recommendation_status(
@@ -461,7 +455,6 @@ def recommendation_status(
         predicted_gain_fraction=None if gain is None or math.isnan(gain) else round(gain, 4),
         predicted_itl_ms=_round(chosen.itl_ms, 2),
         concurrency_per_gpu=b_opt * chosen.replicas_per_gpu,
-        concurrency_per_pod=concurrency_per_pod(chosen, b_opt),
         memory_freed_fraction=None if memory_freed_fraction is None else round(memory_freed_fraction, 4),
         vllm_args=vllm_args,
         explanation=explanation,

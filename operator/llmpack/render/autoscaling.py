@@ -3,12 +3,15 @@
 It targets the LLMDeployment itself: its scale subresource scales spec.gpu.count (api/crd.py
 SCALE_SUBRESOURCE), and its status.selector names the serving pods the HPA averages a Pods
 metric over. The metric (requests running plus waiting per pod) comes from the cluster's custom
-metrics adapter (the README has a prometheus-adapter rule); llmpack only sets its name and the
-target, which is the planner's: target utilisation x the concurrency one serving pod holds.
+metrics adapter (the README has a prometheus-adapter rule); llmpack sets its name and the target.
 
-The HPA's replica count is GPUs while the metric is averaged per pod; both scale together (a DRA
-MPS pod is one GPU, other modes run a fixed number of pods per GPU), so the ratio the HPA computes
-is the same.
+The target is per pod in the HPA's units, which are GPUs here: the HPA computes
+ceil(average per pod / target x the number of pods) and writes it as the scale's replicas. A DRA
+MPS pod is one GPU; in the other modes k pods share a GPU (k = replicas per GPU) and each sees 1/k
+of its load. Setting the target to target utilisation x B_opt x replicas per GPU (the advised
+concurrency of one GPU) makes that formula come out in GPUs in every mode:
+ceil(load per GPU / k / (u x B_opt x k) x k x GPUs) = ceil(load per GPU / (u x B_opt x k) x GPUs).
+(MIG with fewer slices than GPUs x k breaks the constant k; the count is then approximate.)
 """
 
 from __future__ import annotations
