@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], bool]] = {
     "fleet_packing": ([], [], True),
     "router_overhead": (["--requests", "1000"], [], False),
     "apply_latency": (["--applies", "50"], ["--applies", "50"], True),
+    "autoscaling": ([], [], True),
     "operator_scale": (
         ["--counts", "10,100,300"],
         ["--counts", "10,100,300,1000", "--control-plane-qps", "500"],

@@ -1,4 +1,5 @@
-"""custom.metrics.k8s.io for the testbed: per-pod values a test sets, served to the real HPA.
+"""custom.metrics.k8s.io and external.metrics.k8s.io for the testbed: per-pod values a test sets,
+served to the real HPA.
 
 On a real cluster a metrics adapter (prometheus-adapter, KEDA's metrics server) answers the custom
 metrics API from what it scrapes. Here nothing generates load, so this stands in for the adapter
@@ -13,12 +14,16 @@ Service's endpoint itself; Kubernetes refuses loopback endpoint addresses, so th
 on the host's first non-loopback IPv4 address (`host_address`). A host with none cannot serve it
 (TestbedError says so).
 
-It serves custom.metrics.k8s.io/v1beta2 (the version the HPA controller prefers):
-    GET /apis/custom.metrics.k8s.io/v1beta2                                 discovery
+It serves custom.metrics.k8s.io/v1beta2 (the version the HPA controller prefers) and
+external.metrics.k8s.io/v1beta1:
     GET /apis/custom.metrics.k8s.io/v1beta2/namespaces/NS/pods/NAME|*/METRIC?labelSelector=...
-Pods are listed from the API server (as the admin) by the HPA's label selector; each gets the
-value set for its namespace and metric. Every answered query is recorded in `queries` (the
-benchmark reads when the HPA looked).
+    GET /apis/external.metrics.k8s.io/v1beta1/namespaces/NS/METRIC?labelSelector=llmdeployment=X
+(and each version's discovery). Pods are listed from the API server (as the admin) by the HPA's
+label selector; each gets the value set for its namespace and metric. An external metric is the
+sum over the pods its selector names: `llmdeployment=X` stands for the serving pods' label
+llmpack.io/llmdeployment=X, as the README's Prometheus relabelling names it. Only the aggregator
+is served (its front-proxy client certificate is required). Every answered query is recorded in
+`queries` (the benchmark reads when the HPA looked).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from testbed import Testbed, TestbedError, _b64, _write
 
 GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
+EXTERNAL_GROUP = "external.metrics.k8s.io"
+EXTERNAL_VERSION = "v1beta1"
+API_SERVICES = ((GROUP, VERSION), (EXTERNAL_GROUP, EXTERNAL_VERSION))
+EXTERNAL_LABEL = ("llmdeployment", "llmpack.io/llmdeployment")  # selector key -> the pods' label
 NAMESPACE = "llmpack-testbed"  # where its Service and Endpoints live
 SERVICE = "custom-metrics"
 SIOCGIFADDR = 0x8915
@@ -104,9 +113,14 @@ class CustomMetrics:
         cert, key = self._serving_certificate()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
+        # the aggregation layer only: it presents the front-proxy client certificate
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(self.testbed.dir / "pki" / "front-proxy-ca.crt"))
         server = ThreadingHTTPServer((self.address, 0), _handler(self))
         server.daemon_threads = True
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # The handshake in the handler's thread, not in the accept loop: one slow client (the
+        # aggregator keeps connections open) must not hold up the others.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
         threading.Thread(target=server.serve_forever, name="custom-metrics", daemon=True).start()
         self._register(server.server_address[1], cert)
@@ -116,13 +130,10 @@ class CustomMetrics:
     def stop(self) -> None:
         # The namespace stays: deleting it takes a while, and a server started meanwhile could not
         # create its Service there. The next start() applies over what is left.
-        for kind, name in (
-            ("apiservice", f"{VERSION}.{GROUP}"),
-            ("service", SERVICE),
-            ("endpoints", SERVICE),
-        ):
-            namespaced = [] if kind == "apiservice" else ["-n", NAMESPACE]
-            self.testbed.kubectl("delete", kind, name, *namespaced, "--ignore-not-found", check=False)
+        names = [f"{version}.{group}" for group, version in API_SERVICES]
+        self.testbed.kubectl("delete", "apiservice", *names, "--ignore-not-found", check=False)
+        for kind in ("service", "endpoints"):
+            self.testbed.kubectl("delete", kind, SERVICE, "-n", NAMESPACE, "--ignore-not-found", check=False)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -134,6 +145,11 @@ class CustomMetrics:
         parts = [urllib.parse.unquote(p) for p in path.split("/") if p]  # "*" arrives as %2A
         if parts == ["apis", GROUP, VERSION]:
             return 200, self._discovery()
+        if parts == ["apis", EXTERNAL_GROUP, EXTERNAL_VERSION]:
+            return 200, self._discovery(external=True)
+        # apis/EXTERNAL_GROUP/EXTERNAL_VERSION/namespaces/NS/METRIC
+        if len(parts) == 6 and parts[:3] == ["apis", EXTERNAL_GROUP, EXTERNAL_VERSION]:
+            return self._external_value(parts[4], parts[5], query.get("labelSelector", [""])[0])
         # apis/GROUP/VERSION/namespaces/NS/pods/NAME/METRIC
         if len(parts) == 8 and parts[:3] == ["apis", GROUP, VERSION] and parts[3] == "namespaces":
             namespace, resource, name, metric = parts[4], parts[5], parts[6], parts[7]
@@ -141,9 +157,20 @@ class CustomMetrics:
                 return self._pod_values(namespace, name, metric, query.get("labelSelector", [""])[0])
         return 404, _status(404, f"{path} is not served by the testbed's custom metrics")
 
-    def _discovery(self) -> dict[str, Any]:
+    def _discovery(self, external: bool = False) -> dict[str, Any]:
         with self._lock:
             metrics = sorted({metric for _, metric in self.values})
+        if external:
+            kind = "ExternalMetricValueList"
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{EXTERNAL_GROUP}/{EXTERNAL_VERSION}",
+                "resources": [
+                    {"name": m, "singularName": "", "namespaced": True, "kind": kind, "verbs": ["get"]}
+                    for m in metrics
+                ],
+            }
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
@@ -158,6 +185,29 @@ class CustomMetrics:
                 }
                 for m in metrics
             ],
+        }
+
+    def _external_value(self, namespace: str, metric: str, selector: str) -> tuple[int, dict[str, Any]]:
+        """The sum over the pods the selector names (llmdeployment=X: the serving pods of X)."""
+        key, label = EXTERNAL_LABEL
+        pod_selector = ",".join(
+            f"{label}={part.split('=', 1)[1]}" if part.startswith(key + "=") else part
+            for part in selector.split(",")
+            if part
+        )
+        code, listed = self._pod_values(namespace, "*", metric, pod_selector)
+        if code != 200:
+            return code, listed
+        total = sum(int(item["value"].removesuffix("m")) for item in listed["items"])
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        labels = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        item = {"metricName": metric, "metricLabels": labels, "timestamp": now, "value": f"{total}m"}
+        api_version = f"{EXTERNAL_GROUP}/{EXTERNAL_VERSION}"
+        return 200, {
+            "kind": "ExternalMetricValueList",
+            "apiVersion": api_version,
+            "metadata": {},
+            "items": [item],
         }
 
     def _pod_values(
@@ -248,19 +298,22 @@ class CustomMetrics:
                     {"addresses": [{"ip": self.address}], "ports": [{"name": "https", "port": port}]}
                 ],
             },
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": f"{VERSION}.{GROUP}"},
-                "spec": {
-                    "group": GROUP,
-                    "version": VERSION,
-                    "service": {"name": SERVICE, "namespace": NAMESPACE, "port": 443},
-                    "caBundle": _b64(cert),
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 200,
-                },
-            },
+            *(
+                {
+                    "apiVersion": "apiregistration.k8s.io/v1",
+                    "kind": "APIService",
+                    "metadata": {"name": f"{version}.{group}"},
+                    "spec": {
+                        "group": group,
+                        "version": version,
+                        "service": {"name": SERVICE, "namespace": NAMESPACE, "port": 443},
+                        "caBundle": _b64(cert),
+                        "groupPriorityMinimum": 100,
+                        "versionPriority": 200,
+                    },
+                }
+                for group, version in API_SERVICES
+            ),
         ]
         self.testbed.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
@@ -268,14 +321,17 @@ class CustomMetrics:
 
     def _wait_available(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        conditions: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            service = self.testbed.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{VERSION}.{GROUP}")
-            conditions = (service.get("status") or {}).get("conditions") or []
-            if any(c["type"] == "Available" and c["status"] == "True" for c in conditions):
-                return
-            time.sleep(0.5)
-        raise TestbedError(f"the custom metrics APIService did not become Available: {conditions}")
+        for group, version in API_SERVICES:
+            path = f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{group}"
+            while True:
+                conditions = (self.testbed.get(path).get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Available" and c["status"] == "True" for c in conditions):
+                    break
+                if time.monotonic() > deadline:
+                    raise TestbedError(
+                        f"the APIService {version}.{group} did not become Available: {conditions}"
+                    )
+                time.sleep(0.5)
 
 
 def _status(code: int, message: str) -> dict[str, Any]:

@@ -61,6 +61,11 @@ def wanted(kube, namespace: str, name: str) -> int:
     return kube.get("LLMDeployment", namespace, name)["spec"]["gpu"]["count"]
 
 
+def hpa_active(kube, namespace: str, name: str) -> bool:
+    conditions = (kube.get("HorizontalPodAutoscaler", namespace, name).get("status") or {}).get("conditions")
+    return any(c["type"] == "ScalingActive" and c["status"] == "True" for c in conditions or [])
+
+
 def live_pods(kube, namespace: str, name: str) -> list[dict]:
     return [p for p in serving_pods(kube, namespace, name) if not p["metadata"].get("deletionTimestamp")]
 
@@ -91,6 +96,8 @@ def test_the_hpa_scales_gpus_up_on_load_and_back_down_to_min(
     hpa = kube_admin.get("HorizontalPodAutoscaler", namespace, name)
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
     target = 0.8 * rec["concurrencyPerGPU"]
+    # the HPA has read the metric (0) once: it is active before the load changes
+    wait_for("the HPA active", lambda: hpa_active(kube_admin, namespace, name), timeout=180)
 
     # load of 2.5 GPUs at the target: the HPA asks for ceil(2.5) = 3
     changed = time.time()
@@ -154,3 +161,33 @@ def test_kubectl_scale_moves_the_gpus_without_autoscaling(
     kubectl("scale", "llmd", name, "-n", namespace, "--replicas", "1")
     wait_for("back to 1 GPU", lambda: serving_at(kube_admin, namespace, name, 1))
     wait_for("the second GPU's pod gone", lambda: len(live_pods(kube_admin, namespace, name)) == 1)
+
+
+def test_with_several_pods_per_gpu_the_hpa_reads_the_total_and_scales_gpus(
+    operator_process, kube_admin, kubectl, player, namespace, custom_metrics
+):
+    """Device-plugin MPS runs one replica per pod, k pods per GPU: the HPA reads the LLMDeployment's
+    total through external.metrics.k8s.io and still answers in GPUs (render/autoscaling.py)."""
+    name = "shared"
+    custom_metrics.set(namespace, METRIC, 0)
+    sharing = {"mode": "mps", "mpsProvider": "devicePlugin"}
+    scaling = {"minGPUs": 1, "maxGPUs": 2, "behavior": FAST}
+    # a batch whose replica fits the device plugin's 1/4-GPU MPS slices of the testbed's MPS node
+    apply(kubectl, namespace, name, sharing=sharing, advisor={"maxNumSeqs": 64}, autoscaling=scaling)
+    obj = wait_phase(kube_admin, player, namespace, name)
+    rec = obj["status"]["recommendation"]
+    k = rec["replicasPerGPU"]
+    assert rec["mpsProvider"] == "devicePlugin" and k > 1 and len(live_pods(kube_admin, namespace, name)) == k
+    (metric,) = kube_admin.get("HorizontalPodAutoscaler", namespace, name)["spec"]["metrics"]
+    assert metric["type"] == "External"
+    wait_for("the HPA active", lambda: hpa_active(kube_admin, namespace, name), timeout=180)
+
+    # 1.8 GPUs' worth of sequences in flight, spread over the k pods of the one GPU
+    custom_metrics.set(namespace, METRIC, 1.8 * 0.8 * rec["concurrencyPerGPU"] / k)
+    wait_for("the HPA scales to 2 GPUs", lambda: wanted(kube_admin, namespace, name) == 2)
+    obj = wait_for("2 GPUs serving", lambda: serving_at(kube_admin, namespace, name, 2))
+    assert len(live_pods(kube_admin, namespace, name)) == 2 * k  # whole GPUs' worth of pods
+    assert obj["status"]["ready"] == f"{2 * k}/{2 * k}"
+    custom_metrics.set(namespace, METRIC, 0)
+    wait_for("back to 1 GPU", lambda: wanted(kube_admin, namespace, name) == 1)
+    wait_for("1 GPU serving", lambda: serving_at(kube_admin, namespace, name, 1))

@@ -54,6 +54,7 @@ class OperatorState:
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
+    autoscaler_generations: dict[Key, int] = field(default_factory=dict)  # what last triggered a pass
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler = field(init=False)
     leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
@@ -199,15 +200,12 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(lifecycle.configure)
     kopf.on.cleanup(registry=registry)(lifecycle.stop)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
-    owned = (
-        ("batch/v1", "jobs"),
-        ("v1", "configmaps"),
-        ("v1", "services"),
-        ("autoscaling/v2", "horizontalpodautoscalers"),
-    )
+    owned = (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "services"))
     for group_version, plural in owned:
         kopf.on.event(*_resource(group_version, plural), labels=MANAGED, registry=registry)(watches.owned)
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)(watches.deployment)
+    hpas = ("autoscaling", "v2", "horizontalpodautoscalers")
+    kopf.on.event(*hpas, labels=MANAGED, registry=registry)(watches.autoscaler)
     kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(watches.pod)
     kopf.on.event("v1", "nodes", registry=registry)(watches.node)
     kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)(watches.device_class)
@@ -303,6 +301,29 @@ class Watches:
             state.deployment_states[identity] = seen
         state.enqueue(key)
 
+    async def autoscaler(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """An HPA of an LLMDeployment: its spec changing or it going is drift to undo; its status
+        (rewritten every HPA period) is not news (the scale it decides arrives as an LLMDeployment
+        event). The set of known HPAs lets a pass find one the status forgot."""
+        state = self.state
+        identity = (namespace_of(body), body.metadata.name)
+        known = state.reconciler.autoscalers
+        if event["type"] == "DELETED":
+            known.discard(identity)
+            seen = None
+        else:
+            known.add(identity)
+            seen = body.metadata.get("generation")
+        if state.autoscaler_generations.get(identity) == seen and seen is not None:
+            return
+        if seen is None:
+            state.autoscaler_generations.pop(identity, None)
+        else:
+            state.autoscaler_generations[identity] = seen
+        key = owner_key(body)
+        if key is not None and key in state.objects:
+            state.enqueue(key)
+
     async def pod(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A pod stuck on something the user must fix (a missing Secret, an image that cannot be
         pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
@@ -363,6 +384,7 @@ def deployment_progress(body: kopf.Body) -> tuple[Any, ...]:
     return (
         body.metadata.get("generation"),
         status.get("observedGeneration"),
+        status.get("replicas"),  # the GPUs in use (status.gpus) follow the pods that exist
         status.get("readyReplicas"),
         status.get("updatedReplicas"),
         tuple(conditions),

@@ -14,6 +14,7 @@ earlier event: a pass after an operator restart, a lost watch or a hand edit doe
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,8 @@ class Reconciler:
         self.config = config
         self.cluster = cluster
         self.cache = ProfileCache(kube, config.operator_namespace)
+        # (namespace, name) of the HorizontalPodAutoscalers llmpack manages, kept by the watch
+        self.autoscalers: set[tuple[str, str]] = set()
 
     # -- entry point ------------------------------------------------------------------------------
 
@@ -182,10 +185,9 @@ class Reconciler:
         prune = (
             previous is None
             or "dra" in (previous.mps_provider, plan.mps_provider)
-            or (status.autoscaler is not None and plan.autoscaling is None)
+            or (plan.autoscaling is None and self._has_autoscaler(plan, status))
         )
         applied = self._apply(plan=plan, prune=prune, status=status, generation=generation)
-        status.gpus = plan.gpus
         status.selector = ",".join(f"{k}={v}" for k, v in serving_selector(plan).items())
         status.autoscaler = serving_name(plan) if plan.autoscaling is not None else None
         return self._readiness(status=status, plan=plan, applied=applied, generation=generation)
@@ -478,6 +480,12 @@ class Reconciler:
             self._prune(plan, desired)
         return applied
 
+    def _has_autoscaler(self, plan: ServingPlan, status: LLMDeploymentStatus) -> bool:
+        """Whether an autoscaler of this LLMDeployment may be left: the status says one was
+        rendered, or the HPA watch has seen one (the status write after rendering it may have
+        been lost)."""
+        return status.autoscaler is not None or (plan.namespace, serving_name(plan)) in self.autoscalers
+
     def _prune(self, plan: ServingPlan, desired: list[dict]) -> None:
         """Delete what an earlier plan rendered and this one does not (e.g. the claim template
         after a switch from MPS to MIG). Only kinds this plan could have left behind are listed."""
@@ -522,6 +530,10 @@ class Reconciler:
         unfinished (a stall changes only the Deployment's conditions, which raise no reconcile)."""
         deployment = next(o for o in applied if o["kind"] == "Deployment")
         dstatus = deployment.get("status") or {}
+        # GPUs in use now (the scale subresource's status.replicas): the pods that exist, whole GPUs'
+        # worth of them, as a Deployment's status.replicas counts its pods
+        pods_per_gpu = 1 if plan.mps_provider == "dra" else plan.replicas_per_gpu
+        status.gpus = math.ceil((dstatus.get("replicas") or 0) / pods_per_gpu)
         ready = min(plan.replicas, self._replicas_serving(plan, dstatus.get("readyReplicas") or 0))
         status.replicas = plan.replicas
         status.ready_replicas = ready

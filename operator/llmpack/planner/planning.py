@@ -414,7 +414,9 @@ def serving_plan(
             min_gpus=autoscaling.min_gpus,
             max_gpus=autoscaling.max_gpus,
             metric=autoscaling_metric,
-            target_per_pod=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu,
+            target_per_gpu=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu,
+            # a DRA MPS pod holds a GPU's replicas; other modes run one replica per pod
+            pods_per_gpu=1 if chosen.provider == "dra" else chosen.replicas_per_gpu,
             behavior=autoscaling.behavior,
         ),
         **extra,

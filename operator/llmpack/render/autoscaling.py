@@ -1,17 +1,23 @@
 """The HorizontalPodAutoscaler of an LLMDeployment with spec.autoscaling (autoscaling/v2).
 
 It targets the LLMDeployment itself: its scale subresource scales spec.gpu.count (api/crd.py
-SCALE_SUBRESOURCE), and its status.selector names the serving pods the HPA averages a Pods
-metric over. The metric (requests running plus waiting per pod) comes from the cluster's custom
-metrics adapter (the README has a prometheus-adapter rule); llmpack sets its name and the target.
+SCALE_SUBRESOURCE), so the HPA's replicas are GPUs. The metric, requests running plus waiting,
+comes from the cluster's metrics adapter (the README has prometheus-adapter rules); llmpack sets its
+name (the chart's autoscaling.metricName) and the target, the planner's: target utilisation x
+B_opt x replicas per GPU, the requests in flight one GPU should hold.
 
-The target is per pod in the HPA's units, which are GPUs here: the HPA computes
-ceil(average per pod / target x the number of pods) and writes it as the scale's replicas. A DRA
-MPS pod is one GPU; in the other modes k pods share a GPU (k = replicas per GPU) and each sees 1/k
-of its load. Setting the target to target utilisation x B_opt x replicas per GPU (the advised
-concurrency of one GPU) makes that formula come out in GPUs in every mode:
-ceil(load per GPU / k / (u x B_opt x k) x k x GPUs) = ceil(load per GPU / (u x B_opt x k) x GPUs).
-(MIG with fewer slices than GPUs x k breaks the constant k; the count is then approximate.)
+Which metric type depends on how many serving pods share a GPU (k), because of how the HPA
+controller counts (pkg/controller/podautoscaler/replica_calculator.go):
+
+- k = 1 (a DRA MPS pod holds all of a GPU's replicas; exclusive): a Pods metric, averaged over the
+  pods of status.selector, target per pod = per GPU. The HPA keeps the count while the average is
+  within 10% of the target, else asks ceil(average / target x pods) = GPUs.
+- k > 1 (device-plugin MPS and MIG run one replica per pod): a Pods metric would be wrong. The HPA
+  multiplies its ratio by the pod count, and its 10% tolerance applies to the per-pod ratio, so no
+  single per-pod target makes both come out in GPUs. An External metric with an AverageValue target
+  does: the HPA asks ceil(total / target) and tolerates |total / (target x current GPUs) - 1| <= 10%.
+  Its selector names the LLMDeployment (`llmdeployment: NAME`, the serving pods' label
+  llmpack.io/llmdeployment as Prometheus relabels it); the adapter sums the series it selects.
 """
 
 from __future__ import annotations
@@ -19,14 +25,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from llmpack.render.plan import ServingPlan
+from llmpack.render.plan import ServingPlan, label_value
 from llmpack.render.serving import object_meta, serving_name
+
+# The label the External metric's selector matches: the serving pods' llmpack.io/llmdeployment,
+# under a name a Prometheus series can carry (the README's relabelling gives it).
+EXTERNAL_METRIC_LABEL = "llmdeployment"
 
 
 def horizontal_pod_autoscaler(plan: ServingPlan) -> dict[str, Any]:
     if plan.autoscaling is None:
         raise ValueError("the plan has no autoscaling")
     scaling = plan.autoscaling
+    target = {"type": "AverageValue", "averageValue": quantity(scaling.target_per_gpu)}
+    if scaling.pods_per_gpu == 1:
+        metric = {"type": "Pods", "pods": {"metric": {"name": scaling.metric}, "target": target}}
+    else:
+        selector = {"matchLabels": {EXTERNAL_METRIC_LABEL: label_value(plan.name)}}
+        metric = {
+            "type": "External",
+            "external": {"metric": {"name": scaling.metric, "selector": selector}, "target": target},
+        }
     spec: dict[str, Any] = {
         "scaleTargetRef": {
             "apiVersion": plan.owner.api_version,
@@ -35,15 +54,7 @@ def horizontal_pod_autoscaler(plan: ServingPlan) -> dict[str, Any]:
         },
         "minReplicas": scaling.min_gpus,
         "maxReplicas": scaling.max_gpus,
-        "metrics": [
-            {
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": scaling.metric},
-                    "target": {"type": "AverageValue", "averageValue": quantity(scaling.target_per_pod)},
-                },
-            }
-        ],
+        "metrics": [metric],
     }
     if scaling.behavior:
         spec["behavior"] = scaling.behavior

@@ -68,8 +68,11 @@ class AutoscalingPlan(Frozen):
 
     min_gpus: int = Field(ge=1)
     max_gpus: int = Field(ge=1)
-    metric: str = Field(min_length=1, description="Per-pod metric of the custom metrics API.")
-    target_per_pod: float = Field(gt=0, description="Average value per serving pod to hold the metric at.")
+    metric: str = Field(min_length=1, description="Requests running + waiting, per pod or in total.")
+    target_per_gpu: float = Field(
+        gt=0, description="Requests in flight per GPU to hold: u x B_opt x replicas."
+    )
+    pods_per_gpu: int = Field(ge=1, description="Serving pods on one GPU (1: a DRA MPS pod, or exclusive).")
     behavior: dict[str, Any] | None = None
 
 
