@@ -1,6 +1,6 @@
 """Autoscaling on the testbed: how fast load turns into serving GPUs, and GPUs used over a load curve.
 
-    python -m bench.autoscaling [--steps 3] [--curve 0.4,1.3,2.6,3.7,2.2,1.1,0.3] [--hold 3]
+    python -m bench.autoscaling [--steps 8] [--curve 0.4,1.3,2.6,3.7,2.2,1.1,0.3] [--hold 3]
                                 [--results-dir DIR]
 
 A fresh testbed with the real HPA controller of kube-controller-manager (sync period
@@ -106,8 +106,12 @@ class Bench:
         hpa = self.kube.get("HorizontalPodAutoscaler", NAMESPACE, NAME) or {}
         conditions = (hpa.get("status") or {}).get("conditions") or []
         for c in conditions:
-            if c["type"] == "ScalingActive" and c["status"] != "True":
-                self.warmup_messages.setdefault(c.get("message", ""), time.time())
+            if c["status"] != "True":
+                self.warmup_messages.setdefault(f"{c['type']}: {c.get('message', '')}", time.time())
+        if not conditions:
+            self.warmup_messages.setdefault(
+                "no conditions yet (the HPA controller has not synced it)", time.time()
+            )
         return any(c["type"] == "ScalingActive" and c["status"] == "True" for c in conditions)
 
     def pods(self) -> int:
@@ -278,7 +282,7 @@ def run(steps: int, levels: list[float], hold: float) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.autoscaling", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed 1 -> 3 GPU steps (default 3)")
+    parser.add_argument("--steps", type=int, default=8, help="timed 1 -> 3 GPU steps (default 8)")
     parser.add_argument(
         "--curve",
         default="0.4,1.3,2.6,3.7,2.2,1.1,0.3",
