@@ -2,7 +2,7 @@
 targets the LLMDeployment with a target sized from the decision; scaling adds or removes whole
 pods and never rolls the others; turning autoscaling off removes the HPA; `llmpack plan` says how
 many GPUs a throughput needs from the same numbers. The real HPA controller drives it in
-tests/e2e/test_autoscaling.py."""
+tests/e2e/test_hpa_e2e.py."""
 
 from __future__ import annotations
 
