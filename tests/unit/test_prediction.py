@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from llmpack.advisor import AdvisorOptions, advise
 from llmpack.advisor.loaders import load_paper_profile
-from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.hardware import lookup_gpu
 from llmpack.planner.prediction import Predictions
 
@@ -22,8 +21,7 @@ def setup(points=None, **options):
     profile = profile_of(points)
     rec = advise(profile, AdvisorOptions(**options))
     gpu = lookup_gpu(profile.gpu.product)
-    spec = LLMDeploymentSpec.model_validate({"model": {"name": "m"}})
-    return rec, Predictions.build(profile, rec, gpu, spec)
+    return rec, Predictions.build(profile, rec, gpu)
 
 
 def test_packing_predicts_a_gain_and_stops_where_one_more_replica_adds_too_little():

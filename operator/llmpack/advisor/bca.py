@@ -253,13 +253,14 @@ class Judgement:
     failures: dict[int, list[Failure]] = field(default_factory=dict)  # why a batch is not kept
     passes: dict[int, list[str]] = field(default_factory=dict)  # why a kept batch is
     kept: set[int] = field(default_factory=set)
+    latency_fail: dict[int, list[Failure]] = field(init=False)  # per usable batch: limits it breaks
 
     def __post_init__(self) -> None:
         for p in self.points:
             unusable = _usable_failure(p)
             if unusable is not None:
                 self.failures[p.max_num_seqs] = [unusable]
-        self.latency_fail: dict[int, list[Failure]] = {
+        self.latency_fail = {
             p.max_num_seqs: [(lim.name, f) for lim in self.limits if (f := lim.failure(p)) is not None]
             for p in self.usable
         }

@@ -331,9 +331,7 @@ def shared_replicas(
     if options.replicas_per_gpu is not None:
         return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, "replicas per GPU fixed by the user.")
     try:
-        model = perfmodel.calibrate(profile)
-        if profile.gpu.product != target.product:
-            model = model.on_gpu(target)  # measured on another GPU, rescaled by bandwidth
+        model = perfmodel.calibrate(profile, gpu=target)  # another GPU: rescaled by bandwidth
     except AdvisorError as err:
         reason = f"no performance prediction ({err}); packed by memory."
         return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, reason)

@@ -54,7 +54,7 @@ class OperatorState:
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
-    autoscaler_generations: dict[Key, int] = field(default_factory=dict)  # what last triggered a pass
+    autoscaler_generations: dict[Key, int | None] = field(default_factory=dict)  # what last triggered a pass
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler = field(init=False)
     leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
@@ -307,19 +307,15 @@ class Watches:
         event). The set of known HPAs lets a pass find one the status forgot."""
         state = self.state
         identity = (namespace_of(body), body.metadata.name)
-        known = state.reconciler.autoscalers
         if event["type"] == "DELETED":
-            known.discard(identity)
-            seen = None
-        else:
-            known.add(identity)
-            seen = body.metadata.get("generation")
-        if state.autoscaler_generations.get(identity) == seen and seen is not None:
-            return
-        if seen is None:
+            state.reconciler.autoscalers.discard(identity)
             state.autoscaler_generations.pop(identity, None)
         else:
-            state.autoscaler_generations[identity] = seen
+            state.reconciler.autoscalers.add(identity)
+            generation = body.metadata.get("generation")
+            if state.autoscaler_generations.get(identity) == generation:
+                return
+            state.autoscaler_generations[identity] = generation
         key = owner_key(body)
         if key is not None and key in state.objects:
             state.enqueue(key)

@@ -85,6 +85,16 @@ class Blocked(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class JobSeen:
+    """What one pass read of a profiling Job: the Job (None: none exists) and the data of its
+    result ConfigMap (the profile, or the profiler's progress line)."""
+
+    name: str
+    job: dict[str, Any] | None
+    data: dict[str, str]
+
+
 @dataclass
 class Result:
     status: dict[str, Any]
@@ -168,14 +178,14 @@ class Reconciler:
         )
         try:
             planner.check_spec(spec, self.cluster)  # before any API call: see check_spec
-            profile = self._gather_profile(
+            profile, seen = self._gather_profile(
                 spec=spec, context=context, status=status, generation=generation, events=events
             )
             decision = planner.decide(spec, profile, self.cluster, context)
         except Refused as refused:
             raise self._blocked(refused) from refused
         if isinstance(decision, ProfilingDecision):
-            raise self._profiling(spec=spec, decision=decision, status=status)
+            raise self._profiling(spec=spec, decision=decision, status=status, seen=seen)
         plan, rec_status = decision.plan, decision.status
         events += [("Warning", reason, message) for reason, message in decision.warnings]
         previous, status.recommendation = status.recommendation, rec_status
@@ -221,9 +231,10 @@ class Reconciler:
         status: LLMDeploymentStatus,
         generation: int | None,
         events: list[tuple[str, str, str]],
-    ) -> Profile | None:
+    ) -> tuple[Profile | None, JobSeen]:
         """The cached profile of this spec, or the result its profiling Job published (cached
-        now); None while there is neither. Raises Blocked when the Job failed."""
+        now); None while there is neither, with what was read of the Job (the profiling step
+        reports from it). Raises Blocked when the Job failed."""
         key = planner.key_of(spec, context)
         job = planner.profiling_job(spec, context)
         lookup = self.cache.get(key)
@@ -241,10 +252,12 @@ class Reconciler:
             # Not on a first pass: a new LLMDeployment has none, and that pass is on the clock.
             keep = None if cache_hit else job
             self._delete_leftover_profiling(context.namespace, context.name, keep)
+        seen = JobSeen(job, None, {})
         if profile is None:
-            profile = self._job_result(namespace=context.namespace, job=job, key=key, status=status)
+            seen = self._read_job(context.namespace, job)
+            profile = self._job_result(seen=seen, namespace=context.namespace, key=key, status=status)
             if profile is None:
-                return None
+                return None, seen
             events.append(("Normal", "Profiled", f"profile {key[:12]} measured and cached"))
         status.profile_ref = ProfileRef(
             config_map=cache_configmap_name(key),
@@ -262,19 +275,26 @@ class Reconciler:
             f"{len(profile.points)} points of {profile.model.name} on {profile.gpu.product}",
             generation,
         )
-        return profile
+        return profile, seen
+
+    def _read_job(self, namespace: str, job: str) -> JobSeen:
+        """The profiling Job and its result ConfigMap's data, read once per pass."""
+        found = self.kube.get("Job", namespace, job)
+        if found is None:
+            return JobSeen(job, None, {})
+        result = self.kube.get("ConfigMap", namespace, ProfilingPlan.result_configmap_for(job)) or {}
+        return JobSeen(job, found, result.get("data") or {})
 
     def _job_result(
-        self, *, namespace: str, job: str, key: str, status: LLMDeploymentStatus
+        self, *, seen: JobSeen, namespace: str, key: str, status: LLMDeploymentStatus
     ) -> Profile | None:
-        """The profile the Job `job` published, cached and the Job cleaned up; None while it has
-        none. Raises Blocked when the Job failed."""
-        found = self.kube.get("Job", namespace, job)
+        """The profile the Job published, cached and the Job cleaned up; None while it has none.
+        Raises Blocked when the Job failed."""
+        job, found, data = seen.name, seen.job, seen.data
         if found is None:
             return None
         conditions = self._job_conditions(found)
         result_configmap = ProfilingPlan.result_configmap_for(job)
-        data = (self.kube.get("ConfigMap", namespace, result_configmap) or {}).get("data") or {}
         # The profile is the result; the Job's Complete condition only follows the pod's exit (and,
         # after an API server restart, can lag far behind). Whichever shows first is taken.
         if data.get(DATA_KEY) or "Complete" in conditions:
@@ -304,11 +324,17 @@ class Reconciler:
         return {c["type"]: c for c in conditions if c["status"] == "True"}
 
     def _profiling(
-        self, *, spec: LLMDeploymentSpec, decision: ProfilingDecision, status: LLMDeploymentStatus
+        self,
+        *,
+        spec: LLMDeploymentSpec,
+        decision: ProfilingDecision,
+        status: LLMDeploymentStatus,
+        seen: JobSeen,
     ) -> Blocked:
-        """Start the profiling Job, or say how far the running one got: the pass's outcome."""
+        """Start the profiling Job, or say how far the running one got (from what this pass
+        read of it): the pass's outcome."""
         plan = decision.plan
-        job = self.kube.get("Job", plan.namespace, plan.name)
+        job, data = seen.job, seen.data
         if job is None:
             if decision.capacity_refusal is not None:
                 return self._blocked(decision.capacity_refusal)
@@ -323,7 +349,6 @@ class Reconciler:
                 value=None,
             )
         failed_pods = (job.get("status") or {}).get("failed", 0)
-        data = (self.kube.get("ConfigMap", plan.namespace, plan.result_configmap) or {}).get("data") or {}
         progress = (
             data.get("progress")
             or self._pod_problem(plan.namespace, f"job-name={plan.name}")

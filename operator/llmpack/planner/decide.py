@@ -219,7 +219,7 @@ def serving(
     replica's process may hold in that mode."""
     gpu = target_gpu(spec, cluster)
     rec = recommend(spec, profile, gpu)
-    predictions = Predictions.build(profile, rec, gpu, spec)
+    predictions = Predictions.build(profile, rec, gpu)
     offers = offers_for(spec, cluster)
     refusals: list[str] = []
     found = candidates(

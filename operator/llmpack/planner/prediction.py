@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmpack.advisor import AdvisorError, perfmodel
-from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU
@@ -21,26 +20,17 @@ class Predictions:
     model: perfmodel.PerfModel | None  # None: the profile could not calibrate the model
     gpu: GPU
     b_opt: int
-    spec: LLMDeploymentSpec
     baseline_tokens_per_s: float | None
 
     @classmethod
-    def build(cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec) -> Predictions:
+    def build(cls, profile: Profile, rec: Recommendation, gpu: GPU) -> Predictions:
         try:
-            return cls._calibrated(profile, rec, gpu, spec)
+            model = perfmodel.calibrate(profile, gpu=gpu)  # another GPU: rescaled by bandwidth
         except AdvisorError:
             # Serving does not depend on predictions: the advisor packed by memory and said why.
-            return cls(None, gpu, rec.b_opt, spec, None)
-
-    @classmethod
-    def _calibrated(
-        cls, profile: Profile, rec: Recommendation, gpu: GPU, spec: LLMDeploymentSpec
-    ) -> Predictions:
-        model = perfmodel.calibrate(profile)
-        if profile.gpu.product != gpu.product:
-            model = model.on_gpu(gpu)  # a profile measured on another GPU, rescaled by bandwidth
+            return cls(None, gpu, rec.b_opt, None)
         baseline = perfmodel.baseline(model, profile, gpu)
-        return cls(model, gpu, rec.b_opt, spec, baseline.total_tokens_per_s)
+        return cls(model, gpu, rec.b_opt, baseline.total_tokens_per_s)
 
     def predict(self, replicas_per_gpu: int, mig_profile: str | None) -> tuple[float | None, float | None]:
         if self.model is None:
