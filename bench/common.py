@@ -302,7 +302,7 @@ def start_testbed(objects: list[dict] | None = None, timeout: float = 120, servi
 
 
 def kube_client(tb):
-    from llmpack.controller.kube import KubeClient
+    from llmpack.runtime.kube import KubeClient
 
     return KubeClient.from_config(str(tb.kubeconfig))
 
@@ -616,7 +616,7 @@ def run_operator_with_request_gauge(argv: list[str]) -> int:
     from prometheus_client import Gauge
 
     from llmpack.cli import main as llmpack_main
-    from llmpack.controller import kube
+    from llmpack.runtime import kube
 
     clients: list[Any] = []
     original_init = kube.KubeClient.__init__

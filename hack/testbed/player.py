@@ -43,7 +43,7 @@ FAIL_ANNOTATION = "llmpack.io/testbed-fail"
 
 @dataclass
 class ProfilerPlayer:
-    kube: object  # llmpack.controller.kube.KubeClient acting as admin
+    kube: object  # llmpack.runtime.kube.KubeClient acting as admin
     server: str
     ca_file: Path
     python: str = sys.executable
@@ -160,7 +160,7 @@ class ProfilerPlayer:
         return done
 
     def _annotate(self, pod: dict, annotations: dict[str, str]) -> None:
-        from llmpack.controller.kube import KubeError
+        from llmpack.runtime.kube import KubeError
 
         meta = pod["metadata"]
         try:

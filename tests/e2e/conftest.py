@@ -21,7 +21,7 @@ def crd_installed(testbed, kubectl):
 
 @pytest.fixture(scope="session")
 def kube_admin(testbed):
-    from llmpack.controller.kube import KubeClient
+    from llmpack.runtime.kube import KubeClient
 
     return KubeClient.from_config(str(testbed.kubeconfig))
 

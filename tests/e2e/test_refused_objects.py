@@ -18,7 +18,7 @@ import pytest
 import yaml
 from test_operator import wait_phase
 
-from llmpack.controller.kube import KubeError
+from llmpack.runtime.kube import KubeError
 
 pytestmark = pytest.mark.e2e
 

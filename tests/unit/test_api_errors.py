@@ -16,7 +16,7 @@ import pytest
 from test_badinput_pure import BASE_SPEC, FakeKube, reconcile_through
 
 from llmpack.controller import status as st
-from llmpack.controller.kube import ErrorClass, KubeClient, KubeError, classify
+from llmpack.runtime.kube import ErrorClass, KubeClient, KubeError, classify
 
 
 def status_body(**fields: Any) -> bytes:

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmpack.controller.kube import yaml_safe_json
+from llmpack.runtime.kube import yaml_safe_json
 
 # Keys of a Kubernetes object's maps are field names or qualified names (labels, annotations, node
 # selectors, resources, ConfigMap data): ASCII, at most 253 + 1 + 63 characters. YAML caps an

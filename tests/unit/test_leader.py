@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from llmpack.controller.kube import KubeClient, KubeError
-from llmpack.controller.leader import (
+from llmpack.runtime.kube import KubeClient, KubeError
+from llmpack.runtime.leader import (
     FencedKubeClient,
     LeaderElectionConfig,
     LeaderElectionRecord,

@@ -20,6 +20,7 @@ from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import GPUS, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.hardware.sharing import MIG, Exclusive, MPSThroughDevicePlugin, MPSThroughDRA, Sharing
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context
 from llmpack.planner.planning import PlanningError, candidates, choose, profiling_max_model_len
@@ -172,12 +173,13 @@ def test_every_mode_passes_vllms_check_or_refuses(product: str, need_gib: float)
     cap; or the mode is refused with a reason."""
     gpu = lookup_gpu(product)
     need = int(need_gib * GIB)
-    views = [("exclusive", None, {}), ("mps", "dra", {"replicas_per_gpu": 2})]
-    views += [("mps", "devicePlugin", {"device_plugin_replicas": r}) for r in (2, 4, 7, 10, 48)]
-    views += [("mig", None, {"mig": p}) for p in gpu.mig_profiles]
-    for mode, provider, extra in views:
+    views: list[tuple[Sharing, dict]] = [(Exclusive(), {}), (MPSThroughDRA(), {"replicas_per_gpu": 2})]
+    views += [(MPSThroughDevicePlugin(r), {"device_plugin_replicas": r}) for r in (2, 4, 7, 10, 48)]
+    views += [(MIG(p), {"mig": p}) for p in gpu.mig_profiles]
+    for sharing, extra in views:
+        mode, provider = sharing.mode, sharing.provider
         try:
-            memory = replica_memory(mode, provider, gpu, need, **extra)
+            memory = replica_memory(sharing, gpu, need, replicas_per_gpu=extra.get("replicas_per_gpu", 1))
         except ReplicaDoesNotFit as err:
             assert err.reason == "ReplicaDoesNotFit"
             assert "use" in str(err) or "lower" in str(err)
@@ -203,12 +205,14 @@ def test_every_mode_passes_vllms_check_or_refuses(product: str, need_gib: float)
 def test_dra_limits_of_all_replicas_must_fit_on_the_gpu():
     gpu = lookup_gpu(H100)
     with pytest.raises(ReplicaDoesNotFit, match=r"advisor\.replicasPerGPU"):
-        replica_memory("mps", "dra", gpu, 30 * GIB, replicas_per_gpu=3)
-    assert replica_memory("mps", "dra", gpu, 30 * GIB, replicas_per_gpu=2).mps_pinned_memory_bytes == 30 * GIB
+        replica_memory(MPSThroughDRA(), gpu, 30 * GIB, replicas_per_gpu=3)
+    assert (
+        replica_memory(MPSThroughDRA(), gpu, 30 * GIB, replicas_per_gpu=2).mps_pinned_memory_bytes == 30 * GIB
+    )
 
 
 def test_a_tiny_dra_replica_still_gets_a_limit_the_check_can_pass():
-    memory = replica_memory("mps", "dra", lookup_gpu(H100), 512 * MIB, replicas_per_gpu=4)
+    memory = replica_memory(MPSThroughDRA(), lookup_gpu(H100), 512 * MIB, replicas_per_gpu=4)
     assert memory.mps_pinned_memory_bytes > 512 * MIB
     assert passes(
         memory.total_bytes, memory.limit_bytes - STARTUP_CHECK_MARGIN_BYTES, memory.gpu_memory_utilization
@@ -218,11 +222,11 @@ def test_a_tiny_dra_replica_still_gets_a_limit_the_check_can_pass():
 def test_mig_utilisation_is_of_the_slice():
     gpu = lookup_gpu(H100)
     slice_ = gpu.mig_profile("2g.20gb")
-    memory = replica_memory("mig", None, gpu, 12 * GIB, mig=slice_)
+    memory = replica_memory(MIG(slice_), gpu, 12 * GIB)
     assert memory.total_bytes == 20 * GIB
     assert memory.gpu_memory_utilization == math.floor(12 * GIB / (20 * GIB) * 1000) / 1000 == 0.6
     with pytest.raises(ReplicaDoesNotFit, match=r"larger sharing\.migProfile"):
-        replica_memory("mig", None, gpu, 20 * GIB, mig=slice_)
+        replica_memory(MIG(slice_), gpu, 20 * GIB)
 
 
 # -- the GPU's memory as the cluster reports it ------------------------------------------------
@@ -237,7 +241,7 @@ def test_the_nodes_reported_memory_replaces_the_catalogues():
         LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}), facts
     )
     assert gpu.reported_memory_mib == 80_000
-    memory = replica_memory("mps", "devicePlugin", gpu, 10 * GIB, device_plugin_replicas=4)
+    memory = replica_memory(MPSThroughDevicePlugin(4), gpu, 10 * GIB)
     assert memory.limit_bytes == 20_000 * MIB and memory.total_bytes == 80_000 * MIB
 
 
@@ -248,7 +252,7 @@ def test_without_the_label_the_catalogues_reported_total_is_used_not_the_nominal
         LLMDeploymentSpec.model_validate({"model": {"name": "facebook/opt-1.3b"}}), facts
     )
     assert gpu == lookup_gpu(H100) and gpu.reported_memory_mib == H100_REPORTED_MIB
-    memory = replica_memory("mps", "devicePlugin", gpu, 10 * GIB, device_plugin_replicas=4)
+    memory = replica_memory(MPSThroughDevicePlugin(4), gpu, 10 * GIB)
     assert memory.limit_bytes == 20_389 * MIB  # 81,559 / 4, not 80 GiB / 4 = 20,480 MiB
 
 

@@ -290,7 +290,7 @@ def test_the_operator_never_reads_a_secret_nor_leaks_the_token(mode, caplog):
 def test_controller_code_never_requests_the_secret_kind():
     """Grep over the source, as the fake API above only sees what one reconcile does: no code path
     of the operator, the profiler or the launcher reads, lists or writes Secrets. The only mention
-    allowed is the path table of controller/kube.py (what a kind's URL is)."""
+    allowed is the path table of runtime/kube.py (what a kind's URL is)."""
     allowed_tables = {'"Secret": ("secrets", True),', '"Secret": "v1",'}
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -300,7 +300,7 @@ def test_controller_code_never_requests_the_secret_kind():
             if names_the_kind or names_the_path:
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert found == []
-    kube_py = (PACKAGE / "controller" / "kube.py").read_text()
+    kube_py = (PACKAGE / "runtime" / "kube.py").read_text()
     assert all(entry in kube_py for entry in allowed_tables), (
         "the documented exception moved: update this test"
     )

@@ -13,8 +13,8 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from llmpack.controller.kube import KubeClient, KubeError
-from llmpack.controller.workqueue import ItemExponentialBackoff, RateLimiter, TokenBucket, WorkQueue
+from llmpack.runtime.kube import KubeClient, KubeError
+from llmpack.runtime.workqueue import ItemExponentialBackoff, RateLimiter, TokenBucket, WorkQueue
 
 
 def run(coro):

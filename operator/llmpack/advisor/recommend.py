@@ -21,6 +21,7 @@ from llmpack.advisor.replica_memory import replica_memory
 from llmpack.api.profile import Profile
 from llmpack.api.recommendation import BOptSource, CandidateVerdict, Recommendation
 from llmpack.hardware import GPU
+from llmpack.hardware.sharing import MIG, MPSThroughDRA
 
 GIB = memory.GIB
 
@@ -276,13 +277,11 @@ def place_replicas(
     # What the replica's process is started with: one decision (replica_memory), for MPS through
     # a DRA claim pinned to the replica's memory, the mode the paper measured.
     utilization = replica_memory(
-        "mps", "dra", target, per_replica, replicas_per_gpu=shared.replicas
+        MPSThroughDRA(), target, per_replica, replicas_per_gpu=shared.replicas
     ).gpu_memory_utilization
     mig = packing.smallest_mig_profile(per_replica, target)
     mig_utilization = (
-        replica_memory("mig", None, target, per_replica, mig=mig.profile).gpu_memory_utilization
-        if mig
-        else None
+        replica_memory(MIG(mig.profile), target, per_replica).gpu_memory_utilization if mig else None
     )
     return Placement(fit, shared, utilization, mig, mig_utilization)
 

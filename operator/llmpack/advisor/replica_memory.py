@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 
 from llmpack.advisor.errors import AdvisorError
-from llmpack.advisor.memory import GIB, MIB, gpu_memory_utilization_for
+from llmpack.advisor.memory import GIB, gpu_memory_utilization_for
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
-from llmpack.hardware import GPU, MIGProfile
+from llmpack.hardware import GPU
+from llmpack.hardware.sharing import DoesNotFit, Sharing
 
 # What a replica's process already holds, or may find missing, when vLLM checks free memory at
 # start-up: its own CUDA context (taken before the check), and under MPS the gap between the
@@ -53,18 +54,15 @@ class ReplicaMemory:
 
 
 def replica_memory(
-    mode: str,
-    provider: str | None,
+    sharing: Sharing,
     gpu: GPU,
     per_replica_bytes: int,
     *,
     replicas_per_gpu: int = 1,
-    device_plugin_replicas: int | None = None,
-    mig: MIGProfile | None = None,
 ) -> ReplicaMemory:
     """The one decision of --gpu-memory-utilization (and of the DRA claim's MPS memory limit),
-    from what each sharing mode presents to one replica's process (`gpu` carries the total the
-    node reports, nvidia.com/gpu.memory, or the catalogue's):
+    from what `sharing` presents to one replica's process (hardware/sharing.py `Device`; `gpu`
+    carries the total the node reports, nvidia.com/gpu.memory, or the catalogue's):
 
     - exclusive: the whole GPU; total = its NVML total, free = what CUDA hands out of it.
     - mps/dra: free = the claim's per-client pinned limit, which llmpack sets to the replica's
@@ -80,72 +78,40 @@ def replica_memory(
     ReplicaDoesNotFit, naming what to change, when the replica's memory exceeds what the mode
     lets one process hold."""
     need = per_replica_bytes
-    total = gpu.reported_memory_bytes
-    mib = f"{gpu.reported_memory_mib:,} MiB"
-    pinned = None
-    if mode == "mig":
-        if mig is None:
-            raise ValueError("mode mig needs the MIG profile")
-        total, limit = mig.nominal_bytes, mig.memory_bytes
-        presented = f"a {mig.name} MIG slice ({_gib(limit)} usable)"
-        fix = "a larger sharing.migProfile"
-    elif mode == "exclusive":
-        limit = gpu.usable_memory_bytes
-        presented = f"a whole {gpu.product} ({mib}, {_gib(limit)} usable)"
-        fix = "a GPU with more memory"
-    elif provider == "dra":
-        # llmpack sets this limit: the replica's memory, and never so little that the start-up
-        # check could not pass (a CUDA context plus the smallest utilisation vLLM is given).
-        limit = pinned = max(need, STARTUP_CHECK_MARGIN_BYTES + math.ceil(total * MIN_UTILIZATION))
-        room = gpu.usable_memory_bytes - STARTUP_RESERVE_BYTES
-        if replicas_per_gpu * limit > room:
-            raise ReplicaDoesNotFit(
-                f"mps/dra: {replicas_per_gpu} replicas of {_gib(limit)} each do not fit on one "
-                f"{gpu.product} ({_gib(room)} after vLLM's start-up reserve); lower "
-                "advisor.replicasPerGPU or sharing.maxReplicasPerGPU"
-            )
-        presented = f"an MPS client pinned to {_mib(limit)} of a {mib} {gpu.product}"
-        fix = "a larger pinned limit"  # unreachable: the limit is the replica's memory
-    elif provider == "devicePlugin":
-        if not device_plugin_replicas or device_plugin_replicas < 1:
-            raise ValueError("mps/devicePlugin needs the node's nvidia.com/gpu.replicas")
-        # the daemon's set_default_device_pinned_mem_limit: total / replicas, in whole MiB
-        limit = gpu.reported_memory_bytes // device_plugin_replicas // MIB * MIB
-        presented = (
-            f"an MPS client the device plugin pins to {_mib(limit)} ({mib} / nvidia.com/gpu.replicas "
-            f"{device_plugin_replicas}) of a {gpu.product}"
+    # llmpack never pins a client so low that the start-up check could not pass (a CUDA context
+    # plus the smallest utilisation vLLM is given).
+    floor = STARTUP_CHECK_MARGIN_BYTES + math.ceil(gpu.reported_memory_bytes * MIN_UTILIZATION)
+    try:
+        device = sharing.device(
+            gpu,
+            need_bytes=need,
+            replicas_per_gpu=replicas_per_gpu,
+            floor_bytes=floor,
+            reserve_bytes=STARTUP_RESERVE_BYTES,
         )
-        fix = (
-            "fewer nvidia.com/gpu.replicas in the node's device plugin sharing config, "
-            "sharing.mpsProvider dra, or sharing.mode exclusive"
-        )
-    else:
-        raise ValueError(f"no device view for mode {mode!r} with MPS provider {provider!r}")
-    label = f"{mode}/{provider}" if provider else mode
+    except DoesNotFit as err:
+        raise ReplicaDoesNotFit(str(err)) from err
+    total, limit, presented = device.total_bytes, device.limit_bytes, device.presented
     if need > limit:
         raise ReplicaDoesNotFit(
-            f"{label}: one replica needs {_gib(need)} but each replica's process gets {presented}, "
+            f"{sharing.label}: one replica needs {_gib(need)} but each replica's process gets {presented}, "
             f"so vLLM would run out of memory; lower workload tokens, advisor.maxNumSeqs or "
-            f"model.maxModelLen, or use {fix}"
+            f"model.maxModelLen, or use {device.fix}"
         )
     room = limit - STARTUP_CHECK_MARGIN_BYTES
     if room < math.ceil(total * MIN_UTILIZATION):
         raise ReplicaDoesNotFit(
-            f"{label}: {presented} leaves nothing free once a CUDA context exists; use {fix}"
+            f"{sharing.label}: {presented} leaves nothing free once a CUDA context exists; use {device.fix}"
         )
     utilization = gpu_memory_utilization_for(min(need, room), total)
     return ReplicaMemory(
         total_bytes=total,
         limit_bytes=limit,
         gpu_memory_utilization=utilization,
-        mps_pinned_memory_bytes=pinned,
+        mps_pinned_memory_bytes=device.pinned_bytes,
         presented=presented,
     )
 
 
 def _gib(size: int) -> str:
     return f"{size / GIB:.1f} GiB"
-
-
-def _mib(size: int) -> str:
-    return f"{math.ceil(size / MIB):,} MiB"

@@ -243,6 +243,16 @@ class SharingSpec(CamelModel):
     def _rules(self) -> SharingSpec:
         return _check(SHARING_RULES, self)
 
+    @property
+    def forced_mig_profile(self) -> str | None:
+        """The MIG profile the spec fixes (mode mig with migProfile), which the profile measures."""
+        return self.mig_profile if self.mode == "mig" else None
+
+    @property
+    def requested(self) -> str:
+        """The mode asked for, in words: e.g. "mps (dra)"."""
+        return self.mode + (f" ({self.mps_provider})" if self.mode == "mps" else "")
+
 
 class Toleration(CamelModel):
     key: str | None = Field(None, description="Taint key the toleration applies to.")

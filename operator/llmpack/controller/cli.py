@@ -109,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     if level > logging.DEBUG:
         # kopf logs every handled watch event at INFO; our handlers only enqueue, so that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from llmpack.controller.kube import KubeClient
-    from llmpack.controller.operator import OperatorState
-    from llmpack.controller.operator import run as run_operator
-    from llmpack.controller.reconciler import OperatorConfig
+    # The API client first: it is what names a missing `kubernetes`.
+    from llmpack.runtime.kube import KubeClient
+
+    # The operator's modules, which need kopf as well.
+    from llmpack.controller.operator import OperatorState  # isort: skip
+    from llmpack.controller.operator import run as run_operator  # isort: skip
+    from llmpack.controller.reconciler import OperatorConfig  # isort: skip
 
     config = OperatorConfig(
         operator_namespace=args.operator_namespace, autoscaling_metric=args.autoscaling_metric
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     election = None
     client_class = KubeClient
     if args.leader_elect:
-        from llmpack.controller.leader import FencedKubeClient, LeaderElectionConfig, default_identity
+        from llmpack.runtime.leader import FencedKubeClient, LeaderElectionConfig, default_identity
 
         client_class = FencedKubeClient  # writes refused unless leading
         try:

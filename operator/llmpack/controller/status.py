@@ -20,7 +20,7 @@ from llmpack.api.llmdeployment import (
     ConditionStatus,
     LLMDeploymentStatus,
 )
-from llmpack.controller.kube import quota_refusal
+from llmpack.runtime.kube import quota_refusal
 
 __all__ = ["ADVISED", "AVAILABLE", "CONDITION_TYPES", "DEGRADED", "PROFILE_READY", "PROGRESSING"]
 

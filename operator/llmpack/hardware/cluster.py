@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpack.hardware.sharing import MIG, Exclusive, MPSThroughDevicePlugin, MPSThroughDRA
+
 # Labels and resources of NVIDIA GPU Feature Discovery and the device plugin (FACTS.md 3.2, 4.3).
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
@@ -99,16 +101,13 @@ class Offers:
 
     @property
     def modes(self) -> list[str]:
-        available = []
-        if self.exclusive_gpus:
-            available.append("exclusive")
-        if self.mps_dra_gpus:
-            available.append("mps/dra")
-        if self.device_plugin_mps_gpus:
-            available.append("mps/devicePlugin")
-        if self.mig_slices:
-            available.append("mig")
-        return available
+        offered = [
+            (Exclusive(), self.exclusive_gpus),
+            (MPSThroughDRA(), self.mps_dra_gpus),
+            (MPSThroughDevicePlugin(self.device_plugin_mps_replicas or 1), self.device_plugin_mps_gpus),
+        ]
+        labels = [sharing.label for sharing, count in offered if count]
+        return labels + ([MIG.mode] if self.mig_slices else [])
 
     def describe(self) -> str:
         return ", ".join(self.modes) or "nothing"

@@ -34,6 +34,7 @@ from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, Offers
+from llmpack.hardware.sharing import MIG, Exclusive
 from llmpack.planner.planning import (
     Candidate,
     PlanningError,
@@ -299,9 +300,9 @@ def _explanation(
     utilization: float,
 ) -> str:
     explanation = f"{chosen.label}: {rec.explanation}"
-    if chosen.mode == "exclusive":
+    if isinstance(chosen.sharing, Exclusive):
         explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
-    elif chosen.mode == "mig":
+    elif isinstance(chosen.sharing, MIG):
         explanation += (
             f" Deployed one replica per {chosen.mig_profile} slice, {plan.replicas} in all "
             f"(--gpu-memory-utilization {utilization:.3f} of the slice)."

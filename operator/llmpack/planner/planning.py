@@ -23,6 +23,14 @@ from llmpack.advisor.replica_memory import (
 from llmpack.api.llmdeployment import LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU
 from llmpack.hardware.cluster import Offers
+from llmpack.hardware.sharing import (
+    MIG,
+    Exclusive,
+    MPSThroughDevicePlugin,
+    MPSThroughDRA,
+    ServingMode,
+    Sharing,
+)
 from llmpack.render.plan import (
     DEFAULT_AUTOSCALING_METRIC,
     MAX_NAME,
@@ -30,7 +38,6 @@ from llmpack.render.plan import (
     OwnerRef,
     ProfilingPlan,
     SecretKey,
-    ServingMode,
     ServingPlan,
     kube_name,
     stable_hash,
@@ -47,20 +54,30 @@ class PlanningError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to serve: a mode, its packing, and its predicted figures."""
+    """One way to serve: a sharing mode, its packing, and its predicted figures."""
 
-    mode: ServingMode
-    provider: MPSProvider | None  # for mps
+    sharing: Sharing
     replicas_per_gpu: int
-    mig_profile: str | None
     memory: ReplicaMemory  # what one replica's process sees, its --gpu-memory-utilization
     tokens_per_s_per_gpu: float | None
     itl_ms: float | None
     replica_limit: int | None = None  # MIG: slices of this profile the cluster offers
 
     @property
+    def mode(self) -> ServingMode:
+        return self.sharing.mode
+
+    @property
+    def provider(self) -> MPSProvider | None:
+        return self.sharing.provider
+
+    @property
+    def mig_profile(self) -> str | None:
+        return self.sharing.mig.name if self.sharing.mig else None
+
+    @property
     def label(self) -> str:
-        return f"{self.mode}/{self.provider}" if self.provider else self.mode
+        return self.sharing.label
 
 
 # predict(replicas_per_gpu, mig_profile) -> (tokens/s per GPU, mean ITL ms per replica)
@@ -135,7 +152,7 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
         "architecture": spec.model.architecture.to_k8s() if spec.model.architecture else None,
         "maxModelLen": profiling_max_model_len(spec),
         "gpu": spec.gpu.product,
-        "mig": spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
+        "mig": spec.sharing.forced_mig_profile,
         "engine": profiler_image,
         "backend": spec.profiling.backend,
         "workload": spec.workload.to_k8s(),
@@ -219,8 +236,8 @@ def profiling_plan(
         image=spec.profiling.image or image,
         args=args,
         gpu_product=spec.gpu.product,
-        mig_profile=spec.sharing.mig_profile if spec.sharing.mode == "mig" else None,
-        dra=dra and not (spec.sharing.mode == "mig" and spec.sharing.mig_profile),
+        mig_profile=spec.sharing.forced_mig_profile,
+        dra=dra and not spec.sharing.forced_mig_profile,
         node_selector=spec.gpu.node_selector,
         tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
         active_deadline_seconds=spec.profiling.timeout_seconds,
@@ -240,52 +257,35 @@ def candidates(
 ) -> list[Candidate]:
     """Every way the cluster can serve this deployment, with its predicted tokens/s per GPU. A mode
     the cluster offers but that cannot hold a replica is explained in `refusals`."""
-    wanted = spec.sharing.mode
+    wanted, provider = spec.sharing.mode, spec.sharing.mps_provider
     found: list[Candidate] = []
     refusals = [] if refusals is None else refusals
 
-    def add(
-        mode: ServingMode,
-        provider: MPSProvider | None,
-        rpg: int,
-        mig: str | None = None,
-        *,
-        device_plugin_replicas: int | None = None,
-    ) -> None:
+    def add(sharing: Sharing, rpg: int) -> None:
         try:
-            memory = replica_memory(
-                mode,
-                provider,
-                gpu,
-                per_replica_bytes,
-                replicas_per_gpu=rpg,
-                mig=gpu.mig_profile(mig) if mig else None,
-                device_plugin_replicas=device_plugin_replicas,
-            )
+            memory = replica_memory(sharing, gpu, per_replica_bytes, replicas_per_gpu=rpg)
         except ReplicaDoesNotFit as err:
             refusals.append(str(err))
             return
-        tps, itl = predict(rpg, mig)
-        limit = offers.mig_slices.get(mig) if mig else None
-        found.append(Candidate(mode, provider, rpg, mig, memory, tps, itl, limit))
+        mig = sharing.mig
+        tps, itl = predict(rpg, mig.name if mig else None)
+        limit = offers.mig_slices.get(mig.name) if mig else None
+        found.append(Candidate(sharing, rpg, memory, tps, itl, limit))
 
-    if wanted in ("auto", "exclusive") and offers.exclusive_gpus:
-        add("exclusive", None, 1)
-    if wanted in ("auto", "mps"):
-        allow_dra = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "dra"
-        allow_dp = spec.sharing.mode == "auto" or spec.sharing.mps_provider == "devicePlugin"
-        if allow_dra and offers.mps_dra_gpus:
-            add("mps", "dra", replicas_per_gpu)
-        slices = offers.device_plugin_mps_replicas
-        if allow_dp and offers.device_plugin_mps_gpus and slices:
-            # The device plugin caps every client at total/replicas: a replica fits only if its
-            # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
-            add("mps", "devicePlugin", min(slices, replicas_per_gpu), device_plugin_replicas=slices)
-    if wanted in ("auto", "mig") and offers.mig_slices:
+    if Exclusive.requested_by(wanted, provider) and offers.exclusive_gpus:
+        add(Exclusive(), 1)
+    if MPSThroughDRA.requested_by(wanted, provider) and offers.mps_dra_gpus:
+        add(MPSThroughDRA(), replicas_per_gpu)
+    slices = offers.device_plugin_mps_replicas
+    if MPSThroughDevicePlugin.requested_by(wanted, provider) and offers.device_plugin_mps_gpus and slices:
+        # The device plugin caps every client at total/replicas: a replica fits only if its
+        # whole footprint does (FACTS.md 3.2); it cannot take two slices' memory.
+        add(MPSThroughDevicePlugin(slices), min(slices, replicas_per_gpu))
+    if MIG.requested_by(wanted, provider) and offers.mig_slices:
         profile = _mig_profile_for(spec, gpu, offers, per_replica_bytes, refusals)
         if profile:
             per_gpu = gpu.mig_profile(profile).max_instances
-            add("mig", None, min(per_gpu, spec.sharing.max_replicas_per_gpu), profile)
+            add(MIG(gpu.mig_profile(profile)), min(per_gpu, spec.sharing.max_replicas_per_gpu))
     return found
 
 
@@ -332,7 +332,7 @@ def choose(
     spec: LLMDeploymentSpec, found: list[Candidate], offers: Offers, refusals: list[str] | None = None
 ) -> Candidate:
     if not found:
-        mode = spec.sharing.mode + (f" ({spec.sharing.mps_provider})" if spec.sharing.mode == "mps" else "")
+        mode = spec.sharing.requested
         if refusals:
             raise PlanningError(
                 "NoMatchingNodes",
@@ -377,15 +377,15 @@ def serving_plan(
         gpus = math.ceil(replicas / chosen.replicas_per_gpu)
     secret = spec.model.hf_token_secret_ref
     extra: dict[str, Any] = {}
-    if chosen.provider == "dra":
+    if chosen.sharing.pinned_by_llmpack:
         extra = {
             "mps_pinned_memory_bytes": chosen.memory.mps_pinned_memory_bytes,
             # No thread cap: the paper's gain comes from replicas filling each other's idle gaps
             # between decode steps; capping each to 1/R of the SMs would forbid exactly that.
             "mps_active_thread_percentage": 100,
         }
-    if chosen.provider == "devicePlugin":
-        extra = {"gpu_slices_per_replica": 1}
+    if chosen.sharing.gpu_slices_per_replica:
+        extra = {"gpu_slices_per_replica": chosen.sharing.gpu_slices_per_replica}
     return ServingPlan(
         name=name,
         namespace=namespace,
@@ -415,8 +415,7 @@ def serving_plan(
             max_gpus=autoscaling.max_gpus,
             metric=autoscaling_metric,
             target_per_gpu=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu,
-            # a DRA MPS pod holds a GPU's replicas; other modes run one replica per pod
-            pods_per_gpu=1 if chosen.provider == "dra" else chosen.replicas_per_gpu,
+            pods_per_gpu=chosen.sharing.pods_per_gpu(chosen.replicas_per_gpu),
             behavior=autoscaling.behavior,
         ),
         **extra,

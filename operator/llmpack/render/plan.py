@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from llmpack.api.llmdeployment import MPSProvider
+from llmpack.hardware.sharing import ServingMode, Sharing, sharing_type
 
 MANAGED_BY = "llmpack"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -25,8 +28,6 @@ ANNOTATION_CONFIG_HASH = "llmpack.io/config-hash"
 MAX_NAME = 63
 _DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-
-ServingMode = Literal["exclusive", "mps", "mig"]
 
 
 class Frozen(BaseModel):
@@ -88,7 +89,7 @@ class ServingPlan(Frozen):
     hf_token_secret: SecretKey | None = None
 
     mode: ServingMode
-    mps_provider: Literal["dra", "devicePlugin"] | None = None
+    mps_provider: MPSProvider | None = None
     gpu_product: str
     gpus: int = Field(ge=1, description="Whole GPUs (exclusive, mps) the replicas occupy.")
     replicas_per_gpu: int = Field(ge=1)
@@ -111,6 +112,11 @@ class ServingPlan(Frozen):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     autoscaling: AutoscalingPlan | None = None
+
+    @property
+    def sharing(self) -> type[Sharing]:
+        """The sharing mode's type (hardware/sharing.py), from the fields that name it."""
+        return sharing_type(self.mode, self.mps_provider)
 
     def config_hash(self) -> str:
         """Changes whenever a rendered pod would change, so pods roll on any serving change; not on

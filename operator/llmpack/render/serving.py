@@ -34,6 +34,7 @@ from llmpack.hardware.cluster import (
     SHARED_SUFFIX,
     SHARING_STRATEGY_LABEL,
 )
+from llmpack.hardware.sharing import MIG, Exclusive, MPSThroughDevicePlugin, MPSThroughDRA
 from llmpack.render.plan import (
     ANNOTATION_CONFIG_HASH,
     LABEL_COMPONENT,
@@ -83,15 +84,15 @@ DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
 def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
     """The objects that run `plan`'s replicas, in apply order (a claim template before the pods
     using it). render.render_serving adds the autoscaler."""
-    if plan.mode == "exclusive":
-        return [exclusive_deployment(plan), serving_service(plan)]
-    if plan.mode == "mig":
-        return [mig_deployment(plan), serving_service(plan)]
-    if plan.mode == "mps" and plan.mps_provider == "dra":
-        return [mps_claim_template(plan), mps_dra_deployment(plan), serving_service(plan)]
-    if plan.mode == "mps" and plan.mps_provider == "devicePlugin":
-        return [mps_device_plugin_deployment(plan), serving_service(plan)]
-    raise ValueError(f"cannot render mode {plan.mode!r} with MPS provider {plan.mps_provider!r}")
+    sharing = plan.sharing
+    deployment = {
+        Exclusive: exclusive_deployment,
+        MIG: mig_deployment,
+        MPSThroughDRA: mps_dra_deployment,
+        MPSThroughDevicePlugin: mps_device_plugin_deployment,
+    }[sharing](plan)
+    claim = [mps_claim_template(plan)] if sharing.uses_claim_template else []
+    return [*claim, deployment, serving_service(plan)]
 
 
 # -- one Deployment per mode -------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from llmpack.controller import metrics
+from llmpack.runtime import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 It rides on the official client's configuration, authentication and connection pool, and issues
 plain REST calls: server-side apply needs `application/apply-patch+yaml`, status needs the
-`/status` subresource, and every object is a dict (what the render layer produces), so typed
-models would only add conversions. This module is the only place that talks to the API server.
+`/status` subresource, and every object is a dict, so typed models would only add conversions.
+Knows the built-in kinds; a controller registers its own (register_kind).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "llmpack"
 
-# kind -> (plural, namespaced). Only what llmpack reads or writes.
+# kind -> (plural, namespaced): the built-in kinds a controller of this runtime reads or writes;
+# register_kind adds a custom resource.
 KINDS: dict[str, tuple[str, bool]] = {
     "ConfigMap": ("configmaps", True),
     "Secret": ("secrets", True),
@@ -43,7 +44,6 @@ KINDS: dict[str, tuple[str, bool]] = {
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "DeviceClass": ("deviceclasses", False),
     "ResourceSlice": ("resourceslices", False),
-    "LLMDeployment": ("llmdeployments", True),
 }
 API_VERSIONS: dict[str, str] = {
     "ConfigMap": "v1",
@@ -63,8 +63,13 @@ API_VERSIONS: dict[str, str] = {
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "DeviceClass": "resource.k8s.io/v1",
     "ResourceSlice": "resource.k8s.io/v1",
-    "LLMDeployment": "llmpack.io/v1alpha1",
 }
+
+
+def register_kind(kind: str, api_version: str, plural: str, *, namespaced: bool) -> None:
+    """Make a custom resource's kind known to path_for (and so to every KubeClient call)."""
+    KINDS[kind] = (plural, namespaced)
+    API_VERSIONS[kind] = api_version
 
 
 _SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)

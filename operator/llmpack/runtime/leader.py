@@ -42,8 +42,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from llmpack.controller import metrics
-from llmpack.controller.kube import KubeClient, KubeError
+from llmpack.runtime import metrics
+from llmpack.runtime.kube import KubeClient, KubeError
 
 logger = logging.getLogger("llmpack.leader")
 
