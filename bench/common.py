@@ -302,7 +302,7 @@ def start_testbed(objects: list[dict] | None = None, timeout: float = 120, servi
 
 
 def kube_client(tb):
-    from llmpack.runtime.kube import KubeClient
+    from llmpack.controller.client import KubeClient
 
     return KubeClient.from_config(str(tb.kubeconfig))
 

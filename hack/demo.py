@@ -84,7 +84,7 @@ def main() -> int:
                 start_new_session=True,
             )
         console.print(f"operator running (log: {log_path})")
-        from llmpack.runtime.kube import KubeClient
+        from llmpack.controller.client import KubeClient
 
         kube = KubeClient.from_config(str(tb.kubeconfig))
         if args.engine == "vllm":

@@ -21,7 +21,7 @@ def crd_installed(testbed, kubectl):
 
 @pytest.fixture(scope="session")
 def kube_admin(testbed):
-    from llmpack.runtime.kube import KubeClient
+    from llmpack.controller.client import KubeClient
 
     return KubeClient.from_config(str(testbed.kubeconfig))
 

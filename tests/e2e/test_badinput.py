@@ -58,6 +58,7 @@ from test_badinput_pure import (  # noqa: E402  (the corpus tables are shared wi
 
 from llmpack.api.llmdeployment import LLMDeploymentSpec  # noqa: E402
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name  # noqa: E402
+from llmpack.controller.client import KubeClient, KubeError  # noqa: E402
 from llmpack.controller.reconciler import OperatorConfig  # noqa: E402
 from llmpack.planner.planning import profile_key  # noqa: E402
 from llmpack.render.plan import (  # noqa: E402
@@ -67,7 +68,6 @@ from llmpack.render.plan import (  # noqa: E402
     LABEL_PROFILE_KEY,
     MANAGED_BY,
 )
-from llmpack.runtime.kube import KubeClient, KubeError  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.badinput]
 

@@ -251,7 +251,7 @@ def start_operator(testbed, deployment: dict, kubeconfig: Path, log: Path) -> Op
 def player_for(testbed):
     from player import ProfilerPlayer
 
-    from llmpack.runtime.kube import KubeClient
+    from llmpack.controller.client import KubeClient
 
     return ProfilerPlayer(
         kube=KubeClient.from_config(str(testbed.kubeconfig)), server=testbed.server, ca_file=testbed.ca_file

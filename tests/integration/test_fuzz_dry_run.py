@@ -36,11 +36,11 @@ from test_badinput_pure import reconcile_through, simulated_profile  # noqa: E40
 
 from llmpack.advisor.architectures import ARCHITECTURES  # noqa: E402
 from llmpack.api.llmdeployment import MPS_MAX_CLIENTS, LLMDeploymentSpec  # noqa: E402
+from llmpack.controller.client import KubeClient, KubeError  # noqa: E402
 from llmpack.hardware import GPUS  # noqa: E402
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts  # noqa: E402
 from llmpack.planner.planning import context_refusal  # noqa: E402
 from llmpack.profiler.backend import BackendError  # noqa: E402
-from llmpack.runtime.kube import KubeClient, KubeError  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from llmpack.api.profile import Profile
+from llmpack.controller.client import KubeClient
 from llmpack.render.plan import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_PROFILE_KEY, MANAGED_BY
-from llmpack.runtime.kube import KubeClient
 
 logger = logging.getLogger(__name__)
 

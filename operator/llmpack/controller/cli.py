@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         # kopf logs every handled watch event at INFO; our handlers only enqueue, so that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # The API client first: it is what names a missing `kubernetes`.
-    from llmpack.runtime.kube import KubeClient
+    from llmpack.controller.client import KubeClient
 
     # The operator's modules, which need kopf as well.
     from llmpack.controller.operator import OperatorState  # isort: skip

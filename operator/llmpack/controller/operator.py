@@ -29,11 +29,11 @@ import kopf
 
 from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
+from llmpack.controller.client import KubeClient, KubeError
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
 from llmpack.controller.status import comparable, pod_problem
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
-from llmpack.runtime.kube import KubeClient, KubeError
 from llmpack.runtime.leader import LeaderElectionConfig, LeaderElector, LeaseLock, NotLeader
 from llmpack.runtime.workqueue import WorkQueue
 

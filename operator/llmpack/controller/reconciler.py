@@ -33,6 +33,7 @@ from llmpack.api.profile import Profile
 from llmpack.controller import metrics
 from llmpack.controller import status as st
 from llmpack.controller.cache import DATA_KEY, ProfileCache, cache_configmap_name
+from llmpack.controller.client import ErrorClass, KubeClient, KubeError
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context, ProfilingDecision, Refused
@@ -47,7 +48,6 @@ from llmpack.render.plan import (
     label_value,
 )
 from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING, serving_name, serving_selector
-from llmpack.runtime.kube import ErrorClass, KubeClient, KubeError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,10 @@
+"""The runtime's API client (runtime/kube.py), told about llmpack's own kind: whoever talks to the
+API server about LLMDeployments (the operator, the tests, the benchmarks) imports the client from
+here, so that the LLMDeployment kind's path is known."""
+
+from llmpack.api.llmdeployment import API_VERSION, KIND, PLURAL
+from llmpack.runtime.kube import ErrorClass, KubeClient, KubeError, register_kind
+
+register_kind(KIND, API_VERSION, PLURAL, namespaced=True)
+
+__all__ = ["ErrorClass", "KubeClient", "KubeError"]
