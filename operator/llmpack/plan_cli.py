@@ -49,7 +49,8 @@ from llmpack.hardware.cluster import (
     NodeFacts,
 )
 from llmpack.planner import decide as planner
-from llmpack.planner.decide import Context, ProfilingDecision, Refused
+from llmpack.planner.decide import Context, ProfilingDecision
+from llmpack.planner.refusal import Refused
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import OwnerRef
 
@@ -101,37 +102,41 @@ def run(args: argparse.Namespace) -> int:
         serving_image=args.serving_image,
     )
     cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
-    try:
-        profile = read_profile(Path(args.profile)) if args.profile else None
-        if profile is None and args.simulate:
-            profile = simulate(planner.profiling(spec, cluster, context))
-        decision = planner.decide(spec, profile, cluster, context)
-        if isinstance(decision, ProfilingDecision) and decision.capacity_refusal:
-            raise decision.capacity_refusal
-        capacity = None
-        if args.tokens_per_second is not None:
-            capacity = capacity_for(decision, args.tokens_per_second)
-    except Refused as refused:
+    profile = read_profile(Path(args.profile)) if args.profile else None
+    if profile is None and args.simulate:
+        profile = simulate(planner.profiling(spec, cluster, context))
+    decision = planner.decide(spec, profile, cluster, context)
+    if isinstance(decision, ProfilingDecision) and decision.capacity_refusal:
+        decision = decision.capacity_refusal
+    capacity = None
+    if args.tokens_per_second is not None and not isinstance(decision, Refused):
+        capacity = capacity_for(decision, args.tokens_per_second)
+    refused = next((r for r in (decision, capacity) if isinstance(r, Refused)), None)
+    if refused is not None:
         print(f"llmpack plan: {refused.reason}: {refused.message}", file=sys.stderr)
         return 1
+    assert not isinstance(decision, Refused) and not isinstance(capacity, Refused)  # for mypy
     print(render_output(decision, args.output, capacity))
     return 0
 
 
 def capacity_for(
     decision: ProfilingDecision | planner.ServingDecision, tokens_per_s: float
-) -> dict[str, Any]:
+) -> dict[str, Any] | Refused:
     if isinstance(decision, ProfilingDecision):
-        raise Refused(
+        return Refused(
             PROFILE_READY,
             "NotProfiled",
             "--tokens-per-second needs a profile: add --profile FILE or --simulate",
         )
     status = decision.status
+    gpus = planner.gpus_for(tokens_per_s, status)
+    if isinstance(gpus, Refused):
+        return gpus
     return {
         "tokensPerSecondPerGPU": status.predicted_tokens_per_second_per_gpu,
         "concurrencyPerGPU": status.concurrency_per_gpu,
-        "gpusFor": {"tokensPerSecond": tokens_per_s, "gpus": planner.gpus_for(tokens_per_s, status)},
+        "gpusFor": {"tokensPerSecond": tokens_per_s, "gpus": gpus},
     }
 
 

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from test_badinput_pure import BASE_SPEC, FakeKube, reconcile_through
+from test_badinput_pure import BASE_SPEC, FakeKube, merged, reconcile_through
 
 from llmpack.controller import status as st
 from llmpack.runtime.kube import ErrorClass, KubeClient, KubeError, classify
@@ -466,10 +466,11 @@ def test_a_refusal_while_the_previous_configuration_serves_is_degraded():
     deployment["status"] = {"readyReplicas": 1, "observedGeneration": 1, "updatedReplicas": 1}
     kube.case = VAP_FORBIDDEN
     obj = {**served.results[-1].status}
+    changed = merged(BASE_SPEC, {"serving": {"env": [{"name": "CHANGED", "value": "1"}]}})
     result = served.reconciler.reconcile(
         {
             "metadata": {"name": "bad", "namespace": "team-a", "uid": "uid-bad", "generation": 2},
-            "spec": BASE_SPEC,
+            "spec": changed,  # a new generation whose Deployment the policy refuses
             "status": obj,
         }
     )

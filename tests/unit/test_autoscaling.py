@@ -199,13 +199,12 @@ def test_status_gpus_are_the_gpus_the_existing_pods_occupy(provider, pods, gpus)
 
 
 def test_a_forgotten_autoscaler_is_pruned_when_the_watch_knows_it():
-    """The status write after rendering the HPA may be lost (a 409, a restart): the HPA watch's
-    record finds it when autoscaling is turned off."""
+    """The status write after rendering the HPA may be lost (a 409, a restart): the watch cache
+    (here the fake's store, what the HPA watch delivered) finds it when autoscaling is turned off."""
     exclusive = {"sharing": {"mode": "exclusive"}}  # DRA prunes on every pass anyway (claim templates)
     first = reconcile_through({**autoscaled(count=2), **exclusive}, name="auto")
     plain = {**DRA, **exclusive, "gpu": {"count": 2}}
     forgotten = {k: v for k, v in first.status.items() if k != "autoscaler"}
     assert applied(first, "HorizontalPodAutoscaler")
-    first.reconciler.autoscalers.add(("team-a", "auto"))  # what the HPA watch recorded
     first.reconciler.reconcile({**body(plain, "auto"), "status": forgotten})
     assert applied(first, "HorizontalPodAutoscaler") == []

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from llmpack.hardware.cluster import (
 from llmpack.planner.planning import profile_key, profiling_max_model_len
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
 from llmpack.profiler.simulated import SimulatedBackend
+from llmpack.runtime.fake import FakeClient
 
 pytestmark = pytest.mark.badinput
 
@@ -380,63 +381,9 @@ def operator_field(case: Case) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", case.field.removeprefix("spec."))
 
 
-# -- a fake API for the reconciler --------------------------------------------------------------
+# -- the reconciler's API: the runtime's in-memory double -----------------------------------------
 
-
-@dataclass
-class FakeKube:
-    """Enough of KubeClient for a reconcile: a dict of objects, and a record of every call."""
-
-    objects: dict[tuple[str, str | None, str], dict[str, Any]] = field(default_factory=dict)
-    calls: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
-    applied: list[dict[str, Any]] = field(default_factory=list)  # every object as applied, in order
-
-    def put(self, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = copy.deepcopy(obj)
-
-    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get", kind, namespace, name))
-        found = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(found) if found is not None else None
-
-    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict]:
-        self.calls.append(("list", kind, namespace, label_selector))
-        wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if part)
-        return [
-            copy.deepcopy(obj)
-            for (k, ns, _), obj in self.objects.items()
-            if k == kind
-            and (namespace is None or ns == namespace)
-            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
-        ]
-
-    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        meta = obj["metadata"]
-        self.calls.append(("apply", obj["kind"], meta.get("namespace"), meta["name"]))
-        self.applied.append(copy.deepcopy(obj))
-        stored = copy.deepcopy(obj)
-        before = self.objects.get((obj["kind"], meta.get("namespace"), meta["name"]))
-        if before is not None:
-            stored["status"] = before.get("status", {})
-            if "data" in before and "data" not in stored:
-                stored["data"] = before["data"]
-        if not dry_run:
-            self.put(stored)
-        return copy.deepcopy(stored)
-
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.apply(obj)
-
-    def delete(self, kind: str, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
-        self.calls.append(("delete", kind, namespace, name))
-        return self.objects.pop((kind, namespace, name), None) is not None
-
-    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict:
-        raise AssertionError(f"the reconciler does not merge-patch ({kind} {name})")
-
-    def request(self, method: str, path: str, **_: Any) -> Any:
-        raise AssertionError(f"the reconciler makes no raw request ({method} {path})")
+FakeKube = FakeClient
 
 
 def body(spec: dict[str, Any], name: str = "bad", namespace: str = "team-a") -> dict[str, Any]:
@@ -537,7 +484,7 @@ def reconcile_through(
     """Reconcile `spec` as the operator does; when it starts profiling (and `play`), play the Job
     (publish `profile_json`, by default what the simulated backend measures) and reconcile again."""
     kube = kube or FakeKube()
-    reconciler = Reconciler(kube, OperatorConfig(), cluster or cluster_offering_everything())
+    reconciler = Reconciler(kube, OperatorConfig(), cluster or cluster_offering_everything(), kube.store)
     obj = body(spec, name, namespace)
     results = [reconciler.reconcile(obj)]
     if play and results[-1].status.get("phase") == "Profiling":
@@ -879,7 +826,7 @@ def spoilt(how: str | Raw | Callable[[dict[str, Any]], None]) -> str:
 def test_duplicate_batch_sizes_are_refused():
     data = good_profile()
     data["points"][1]["max_num_seqs"] = data["points"][0]["max_num_seqs"]
-    lookup = ProfileCache(_cache_kube(json.dumps(data)), "llmpack-system").get("k" * 40)
+    lookup = ProfileCache(_cache_kube(json.dumps(data)), "llmpack-system").lookup("k" * 40)
     assert lookup.profile is None and "repeated max_num_seqs" in lookup.problem
 
 
@@ -898,14 +845,14 @@ def _cache_kube(raw: str | None) -> FakeKube:
 
 @pytest.mark.parametrize(("case", "how", "needle"), PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
 def test_a_tampered_cache_entry_is_reported_naming_the_field_and_not_used(case, how, needle):
-    lookup = ProfileCache(_cache_kube(spoilt(how)), "llmpack-system").get("k" * 40)
+    lookup = ProfileCache(_cache_kube(spoilt(how)), "llmpack-system").lookup("k" * 40)
     assert lookup.profile is None
     assert lookup.problem.startswith(f"cached profile {cache_configmap_name('k' * 40)} is invalid")
     assert needle in lookup.problem, lookup.problem
 
 
 def test_a_cache_entry_without_its_data_key_is_reported():
-    lookup = ProfileCache(_cache_kube(None), "llmpack-system").get("k" * 40)
+    lookup = ProfileCache(_cache_kube(None), "llmpack-system").lookup("k" * 40)
     assert lookup.profile is None and DATA_KEY in lookup.problem
 
 
@@ -958,7 +905,7 @@ def test_a_job_left_by_a_crash_between_caching_and_cleanup_is_deleted_after_rest
     """The operator caches the profile, then deletes the Job; killed in between, the restarted
     operator finds the profile cached and must still remove the Job and its identity."""
     kube = FakeKube()
-    first = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    first = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
     obj = body(BASE_SPEC)
     profiling = first.reconcile(obj)
     assert profiling.status["phase"] == "Profiling"
@@ -967,7 +914,7 @@ def test_a_job_left_by_a_crash_between_caching_and_cleanup_is_deleted_after_rest
     first.cache.put(profile_key(spec, OperatorConfig().profiler_image, "uid-bad"), simulated_profile(spec))
     # killed here: the Job is still there, the status still says Profiling
 
-    restarted = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    restarted = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
     result = restarted.reconcile({**obj, "status": profiling.status})
     assert result.status["phase"] in ("Deploying", "Ready"), result.status
     assert profiling_jobs(kube) == []
@@ -977,7 +924,7 @@ def test_a_job_left_by_a_crash_between_caching_and_cleanup_is_deleted_after_rest
 
 def test_a_spec_change_mid_profiling_replaces_the_job_of_the_old_spec():
     kube = FakeKube()
-    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
     first = reconciler.reconcile(body(BASE_SPEC))
     (old_job,) = profiling_jobs(kube)
     changed = merged(BASE_SPEC, {"workload": {"promptTokens": 512}})
@@ -992,7 +939,7 @@ def test_a_published_profile_is_taken_before_the_job_reports_complete():
     """The Job's Complete condition follows the pod's exit and can lag (an API server restart
     delays the Job controller); the profile in the result ConfigMap is what counts."""
     kube = FakeKube()
-    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything())
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
     obj = body(BASE_SPEC)
     first = reconciler.reconcile(obj)
     (job,) = [o for (k, _, _), o in kube.objects.items() if k == "Job"]

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-
 from llmpack.api.llmdeployment import LLMDeploymentSpec
 from llmpack.hardware import lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.planner.planning import (
-    PlanningError,
     candidates,
     choose,
     profile_key,
     profiling_plan,
     serving_plan,
 )
+from llmpack.planner.refusal import Refused
 from llmpack.render.plan import OwnerRef
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -90,8 +88,8 @@ def test_device_plugin_mps_needs_the_whole_replica_within_one_slice():
     offers = cluster(whole=0, mps_replicas=4).offers(H100)
     assert [c.label for c in candidates(s, gpu, offers, 15 * GIB, 8, flat())] == ["mps/devicePlugin"]
     assert candidates(s, gpu, offers, 30 * GIB, 8, flat()) == []
-    with pytest.raises(PlanningError, match="no node offers"):
-        choose(s, candidates(s, gpu, offers, 30 * GIB, 8, flat()), offers)
+    refused = choose(s, candidates(s, gpu, offers, 30 * GIB, 8, flat()), offers)
+    assert isinstance(refused, Refused) and "no node offers" in refused.message
 
 
 def test_mig_takes_the_smallest_offered_slice_that_holds_a_replica_and_caps_replicas():
@@ -119,9 +117,9 @@ def test_explicit_mode_the_cluster_lacks_is_refused_with_what_it_offers():
     gpu = lookup_gpu(H100)
     s = spec(sharing={"mode": "mig"})
     offers = cluster(whole=8).offers(H100)
-    with pytest.raises(PlanningError) as err:
-        choose(s, candidates(s, gpu, offers, GIB, 1, flat()), offers)
-    assert "exclusive" in str(err.value) and err.value.reason == "NoMatchingNodes"
+    refused = choose(s, candidates(s, gpu, offers, GIB, 1, flat()), offers)
+    assert isinstance(refused, Refused)
+    assert "exclusive" in refused.message and refused.reason == "NoMatchingNodes"
 
 
 def test_profile_key_ignores_serving_fields_and_tracks_measurement_fields():

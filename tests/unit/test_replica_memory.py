@@ -23,7 +23,8 @@ from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.hardware.sharing import MIG, Exclusive, MPSThroughDevicePlugin, MPSThroughDRA, Sharing
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context
-from llmpack.planner.planning import PlanningError, candidates, choose, profiling_max_model_len
+from llmpack.planner.planning import candidates, choose, profiling_max_model_len
+from llmpack.planner.refusal import Refused
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
 from llmpack.profiler.simulated import SimulatedBackend
 from llmpack.render.plan import OwnerRef
@@ -154,9 +155,11 @@ def test_a_replica_larger_than_the_device_plugins_cap_is_refused_naming_what_to_
     rec = planner.recommend(parsed, profile, planner.target_gpu(parsed, cluster))
     assert rec.per_replica_memory_bytes > H100_REPORTED_MIB * MIB // 16
     config = OperatorConfig()
-    with pytest.raises(planner.Refused) as err:
-        planner.serving(parsed, profile, cluster, Context("m", "ns", OWNER, config.profiler_image, "img"))
-    message = str(err.value)
+    refused = planner.serving(
+        parsed, profile, cluster, Context("m", "ns", OWNER, config.profiler_image, "img")
+    )
+    assert isinstance(refused, Refused)
+    message = refused.message
     assert "5,097 MiB" in message and "nvidia.com/gpu.replicas 16" in message
     for fix in ("advisor.maxNumSeqs", "fewer nvidia.com/gpu.replicas", "sharing.mpsProvider dra"):
         assert fix in message
@@ -288,5 +291,5 @@ def test_nodes_split_differently_plan_for_the_smallest_cap():
     refusals: list[str] = []
     found = candidates(spec, lookup_gpu(H100), offers, 12 * GIB, 4, lambda r, m: (None, None), refusals)
     assert found == [] and "10,194 MiB" in refusals[0]
-    with pytest.raises(PlanningError, match=r"nvidia\.com/gpu\.replicas 8"):
-        choose(spec, found, offers, refusals)
+    refused = choose(spec, found, offers, refusals)
+    assert isinstance(refused, Refused) and "nvidia.com/gpu.replicas 8" in refused.message

@@ -117,13 +117,12 @@ def run(args: argparse.Namespace) -> int:
     from llmpack.controller.operator import run as run_operator  # isort: skip
     from llmpack.controller.reconciler import OperatorConfig  # isort: skip
 
+    images = {"profiler_image": args.profiler_image, "serving_image": args.serving_image}
     config = OperatorConfig(
-        operator_namespace=args.operator_namespace, autoscaling_metric=args.autoscaling_metric
+        operator_namespace=args.operator_namespace,
+        autoscaling_metric=args.autoscaling_metric,
+        **{k: v for k, v in images.items() if v},
     )
-    if args.profiler_image:
-        config.profiler_image = args.profiler_image
-    if args.serving_image:
-        config.serving_image = args.serving_image
     election = None
     client_class = KubeClient
     if args.leader_elect:

@@ -22,6 +22,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,10 +32,11 @@ from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
 from llmpack.controller.client import KubeClient, KubeError
 from llmpack.controller.reconciler import OperatorConfig, Reconciler
-from llmpack.controller.status import comparable, pod_problem
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
+from llmpack.planner.conditions import comparable, pod_problem
 from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from llmpack.runtime.leader import LeaderElectionConfig, LeaderElector, LeaseLock, NotLeader
+from llmpack.runtime.store import Store
 from llmpack.runtime.workqueue import WorkQueue
 
 logger = logging.getLogger("llmpack.operator")
@@ -55,6 +57,8 @@ class OperatorState:
     deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
     autoscaler_generations: dict[Key, int | None] = field(default_factory=dict)  # what last triggered a pass
+    # the watch cache every pass reads the LLMDeployments' objects from (observe.py)
+    store: Store = field(default_factory=lambda: Store(index_label=LABEL_DEPLOYMENT))
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler = field(init=False)
     leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
@@ -62,7 +66,7 @@ class OperatorState:
     exit_on_lost_lease: Any = None  # what to call when leading is lost; default: os._exit(1)
 
     def __post_init__(self) -> None:
-        self.reconciler = Reconciler(self.kube, self.config, self.cluster)
+        self.reconciler = Reconciler(self.kube, self.config, self.cluster, self.store)
 
     def seed_cluster_facts(self) -> None:
         for node in self.kube.list("Node"):
@@ -102,7 +106,9 @@ class OperatorState:
     # -- leading --------------------------------------------------------------------------------
 
     def start_queue(self) -> None:
-        self.queue = WorkQueue(self.process, workers=self.workers, expected_errors=(KubeError, NotLeader))
+        self.queue = WorkQueue(
+            self.process, workers=self.workers, expected_errors=(KubeError, NotLeader), name="llmdeployment"
+        )
         if self.leader_election is None:
             self.queue.start()
             return
@@ -200,12 +206,15 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(lifecycle.configure)
     kopf.on.cleanup(registry=registry)(lifecycle.stop)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
-    owned = (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "services"))
-    for group_version, plural in owned:
-        kopf.on.event(*_resource(group_version, plural), labels=MANAGED, registry=registry)(watches.owned)
+    owned = (("batch/v1", "jobs", "Job"), ("v1", "configmaps", "ConfigMap"), ("v1", "services", "Service"))
+    for group_version, plural, kind in owned:
+        resource = _resource(group_version, plural)
+        kopf.on.event(*resource, labels=MANAGED, id=f"owned-{plural}", registry=registry)(watches.owned(kind))
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)(watches.deployment)
     hpas = ("autoscaling", "v2", "horizontalpodautoscalers")
     kopf.on.event(*hpas, labels=MANAGED, registry=registry)(watches.autoscaler)
+    templates = ("resource.k8s.io", "v1", "resourceclaimtemplates")
+    kopf.on.event(*templates, labels=MANAGED, registry=registry)(watches.claim_template)
     kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(watches.pod)
     kopf.on.event("v1", "nodes", registry=registry)(watches.node)
     kopf.on.event("resource.k8s.io", "v1", "deviceclasses", registry=registry)(watches.device_class)
@@ -274,20 +283,44 @@ class Watches:
             return  # the echo of our own status write: nothing new to reconcile
         state.enqueue(key)
 
-    async def owned(self, body: kopf.Body, **_: Any) -> None:
+    def cache(self, kind: str, event: kopf.RawEvent, body: kopf.Body) -> None:
+        """Keep the watch cache (store) current: every pass reads from it."""
+        if event["type"] == "DELETED":
+            self.state.store.remove(kind, body.metadata.namespace, body.metadata.name)
+        else:
+            self.state.store.put(kind, body)
+
+    def owned(self, kind: str) -> Callable[..., Awaitable[None]]:
+        """The handler of a Job, ConfigMap or Service watch (see owned_event)."""
+
+        async def handler(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+            await self.owned_event(kind, event, body)
+
+        return handler
+
+    async def owned_event(self, kind: str, event: kopf.RawEvent, body: kopf.Body) -> None:
         """A Job, ConfigMap or Service of an LLMDeployment; in the operator's namespace, a cached
         profile that changed or went."""
         state = self.state
+        self.cache(kind, event, body)
         if body.metadata.namespace == state.config.operator_namespace:
             state.reconciler.cache.forget(body.metadata.name)
         key = owner_key(body)
         if key is not None and key in state.objects:
             state.enqueue(key)
 
+    async def claim_template(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """A ResourceClaimTemplate of an LLMDeployment: one a plan no longer renders is pruned."""
+        self.cache("ResourceClaimTemplate", event, body)
+        key = owner_key(body)
+        if key is not None and key in self.state.objects and event["type"] in (None, "ADDED", "DELETED"):
+            self.state.enqueue(key)
+
     async def deployment(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """A Deployment's status changes many times per rollout; only what the LLMDeployment's
         status or drift correction reads is worth a reconcile."""
         state = self.state
+        self.cache("Deployment", event, body)
         identity = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":  # before the owner check: the owner is usually gone first
             state.deployment_states.pop(identity, None)
@@ -304,14 +337,13 @@ class Watches:
     async def autoscaler(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         """An HPA of an LLMDeployment: its spec changing or it going is drift to undo; its status
         (rewritten every HPA period) is not news (the scale it decides arrives as an LLMDeployment
-        event). The set of known HPAs lets a pass find one the status forgot."""
+        event). The watch cache lets a pass find one the status forgot."""
         state = self.state
+        self.cache("HorizontalPodAutoscaler", event, body)
         identity = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":
-            state.reconciler.autoscalers.discard(identity)
             state.autoscaler_generations.pop(identity, None)
         else:
-            state.reconciler.autoscalers.add(identity)
             generation = body.metadata.get("generation")
             if state.autoscaler_generations.get(identity) == generation:
                 return
@@ -325,6 +357,7 @@ class Watches:
         pulled, a crash loop, no room to schedule) changes neither its Job's nor its Deployment's
         status: a pass runs when the pod's problem appears, changes or clears."""
         state = self.state
+        self.cache("Pod", event, body)
         identity = (namespace_of(body), body.metadata.name)
         problem = None if event["type"] == "DELETED" else pod_problem(dict(body))
         if state.pod_problems.get(identity) == problem:
@@ -414,8 +447,11 @@ def run(
     liveness: str | None,
 ) -> None:
     registry = build_registry(state)
-    # The in-memory profile cache is invalidated by the watch of the operator's own namespace.
-    state.reconciler.cache.memoize = not namespaces or state.config.operator_namespace in namespaces
+    # The in-memory profile cache is invalidated by the watch of the operator's own namespace, and
+    # only that watch puts the cache's ConfigMaps into the watch cache.
+    watched = not namespaces or state.config.operator_namespace in namespaces
+    state.reconciler.cache.memoize = watched
+    state.reconciler.cache.store = state.store if watched else None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(

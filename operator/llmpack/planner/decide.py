@@ -1,16 +1,21 @@
 """The one decision: (spec, profile or none, cluster facts) -> a profiling plan or a serving plan.
 
-    decide(spec, profile, cluster, context)
+    admit(spec, cluster, context) -> Admitted | Refused
+        the refusals no profile can change (an unknown GPU, a context beyond the model's limit, a
+        model the simulated profiler cannot describe), and what every later step reads: the GPU as
+        the cluster reports it, what the cluster offers for it (read once), the profile key
+    decide_admitted(admitted, profile, context)
         -> Refused                     the spec cannot be served here; the message says what to change
         -> ProfilingDecision           no profile yet: the profiling Job to run (or refused up front)
         -> ServingDecision             the recommendation, the final replicas per GPU, the mode, the
                                        predicted gain, the binding constraints, the explanation, and
                                        the ServingPlan that render/ turns into objects
+    decide(spec, profile, cluster, context): both
 
-The controller gathers the inputs (the cached profile, the nodes it watches), calls `decide`
-once, renders, applies and writes the status. `llmpack plan` and `llmpack advise` call the same
-functions, so the three give the same decision for the same inputs. Pure: no kopf, no Kubernetes
-client, no I/O.
+A refusal is a value (Refused), returned, never raised. The operator's pass (planner/reconcile.py)
+admits the spec while it observes and decides on the admitted spec; `llmpack plan` and `llmpack
+advise` call the same functions, so the three give the same decision for the same inputs. Pure:
+no kopf, no Kubernetes client, no I/O.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from llmpack.hardware.cluster import ClusterFacts, Offers
 from llmpack.hardware.sharing import MIG, Exclusive
 from llmpack.planner.planning import (
     Candidate,
-    PlanningError,
     candidates,
     choose,
     context_refusal,
@@ -48,20 +52,21 @@ from llmpack.planner.planning import (
     serving_plan,
 )
 from llmpack.planner.prediction import Predictions
+from llmpack.planner.refusal import Refused
 from llmpack.render.plan import DEFAULT_AUTOSCALING_METRIC, OwnerRef, ProfilingPlan, ServingPlan
 
 
-class Refused(Exception):
-    """The spec cannot go further as it is: `condition` is the step that stopped, `reason` one
-    CamelCase word, the message what to change. `retryable`: the cluster may change (nodes come),
-    so the operator looks again later; otherwise only a spec change helps."""
+@dataclass(frozen=True)
+class Admitted:
+    """A spec no early refusal stops, with what the later steps read: the GPU as the cluster
+    reports it, what the cluster offers for it (one reading of the live cluster per pass), and
+    the profile key and the name of the Job that measures it."""
 
-    def __init__(self, condition: str, reason: str, message: str, *, retryable: bool = False):
-        super().__init__(message)
-        self.condition = condition
-        self.reason = reason
-        self.message = message
-        self.retryable = retryable
+    spec: LLMDeploymentSpec
+    gpu: GPU
+    offers: Offers
+    key: str
+    job: str
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class Context:
 class ProfilingDecision:
     key: str
     plan: ProfilingPlan
-    # Why no node could run the Job now (None: one can). Raised by whoever starts the Job: the
+    # Why no node could run the Job now (None: one can). Heeded by whoever starts the Job: the
     # operator does not refuse a Job that is already running because a node left meanwhile.
     capacity_refusal: Refused | None = None
 
@@ -102,43 +107,55 @@ def offers_for(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> Offers:
     return cluster.offers(spec.gpu.product, spec.gpu.node_selector)
 
 
-def target_gpu(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> GPU:
+def target_gpu(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> GPU | Refused:
     """The GPU as the cluster reports it: the catalogue entry with the memory the nodes'
     nvidia.com/gpu.memory label says (the NVML total the device plugin divides), where one does."""
+    return _reported_gpu(spec, offers_for(spec, cluster))
+
+
+def _reported_gpu(spec: LLMDeploymentSpec, offers: Offers) -> GPU | Refused:
     try:
         gpu = lookup_gpu(spec.gpu.product)
     except UnknownGPUError as err:
-        raise Refused(PROGRESSING, "UnknownGPU", f"gpu.product: {err}") from err
-    reported = offers_for(spec, cluster).gpu_memory_mib
+        return Refused(PROGRESSING, "UnknownGPU", f"gpu.product: {err}")
+    reported = offers.gpu_memory_mib
     return gpu.with_reported_memory(reported) if reported else gpu
 
 
-def check_model(spec: LLMDeploymentSpec) -> None:
+def check_model(spec: LLMDeploymentSpec) -> Refused | None:
     """Refusals before any profiling: a context beyond the model's limit (vLLM refuses that
     --max-model-len, and rejects every longer request), and a model the simulated backend cannot
     describe. The vllm profiler reads the model's own config.json where it runs (a local path or
     the Hub) and refuses with the same words where the operator does not know the limit."""
     refusal = context_refusal(spec)
     if refusal is not None:
-        raise Refused(PROGRESSING, "ContextTooLong", refusal)
+        return Refused(PROGRESSING, "ContextTooLong", refusal)
     if spec.profiling.backend == "vllm":
-        return
+        return None
     if spec.model.architecture is None and find_architecture(spec.model.name) is None:
-        raise Refused(
+        return Refused(
             PROGRESSING,
             "UnknownModel",
             f"model {spec.model.name} is not in llmpack's catalogue and the simulated profiler cannot "
             "read its config: set spec.model.architecture (numLayers, numKvHeads, headDim, "
             "parameterBytes) from the model's config.json, or profile with backend vllm",
         )
+    return None
 
 
-def check_spec(spec: LLMDeploymentSpec, cluster: ClusterFacts) -> None:
+def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> Admitted | Refused:
     """The refusals no profile can change (an unknown GPU, a context beyond the model's limit, a
-    model the simulated profiler cannot describe): decide() makes them first, and the controller
-    before it reads anything, so that such a spec costs no API call."""
-    target_gpu(spec, cluster)
-    check_model(spec)
+    model the simulated profiler cannot describe), made first, so that such a spec costs no API
+    call; and the facts every later step reads, computed once."""
+    offers = offers_for(spec, cluster)
+    gpu = _reported_gpu(spec, offers)
+    if isinstance(gpu, Refused):
+        return gpu
+    refusal = check_model(spec)
+    if refusal is not None:
+        return refusal
+    key = key_of(spec, context)
+    return Admitted(spec=spec, gpu=gpu, offers=offers, key=key, job=profiling_job_name(context.name, key))
 
 
 def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
@@ -147,8 +164,11 @@ def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
 
 def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> ProfilingDecision:
     """The profiling Job for `spec` (its name is stable: the controller finds a running one by it)."""
-    key = key_of(spec, context)
     offers = offers_for(spec, cluster)
+    return _profiling(spec, offers, key_of(spec, context), context)
+
+
+def _profiling(spec: LLMDeploymentSpec, offers: Offers, key: str, context: Context) -> ProfilingDecision:
     plan = profiling_plan(
         name=context.name,
         namespace=context.namespace,
@@ -158,20 +178,16 @@ def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) 
         image=context.profiler_image,
         dra=not offers.exclusive_gpus and bool(offers.mps_dra_gpus),
     )
-    return ProfilingDecision(key=key, plan=plan)
+    return ProfilingDecision(
+        key=key, plan=plan, capacity_refusal=check_profiling_capacity(spec, offers, plan)
+    )
 
 
-def profiling_job(spec: LLMDeploymentSpec, context: Context) -> str:
-    """The name of the Job that profiles `spec` (the controller reads its result by it)."""
-    return profiling_job_name(context.name, key_of(spec, context))
-
-
-def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, plan: ProfilingPlan) -> None:
+def check_profiling_capacity(spec: LLMDeploymentSpec, offers: Offers, plan: ProfilingPlan) -> Refused | None:
     """Refuse to profile where no node offers what the Job asks for: its pod would sit Pending
     until the profiling deadline. The Job takes a whole GPU (through the device plugin, or a
     DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
     the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
-    offers = offers_for(spec, cluster)
     mig_profile = plan.mig_profile
     if mig_profile and not offers.mig_slices.get(mig_profile):
         offered = ", ".join(sorted(offers.mig_slices)) or "none"
@@ -194,8 +210,8 @@ def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, pla
                 "it will serve on"
             )
     else:
-        return
-    raise Refused(
+        return None
+    return Refused(
         PROFILE_READY,
         "NoMatchingNodes",
         f"cannot profile: {problem}. Change sharing.mode or gpu.product (nvidia.com/gpu.product of a "
@@ -204,36 +220,42 @@ def check_profiling_capacity(spec: LLMDeploymentSpec, cluster: ClusterFacts, pla
     )
 
 
-def recommend(spec: LLMDeploymentSpec, profile: Profile, gpu: GPU) -> Recommendation:
-    """The advisor on the profile, with the spec's settings."""
+def recommend(spec: LLMDeploymentSpec, profile: Profile, gpu: GPU) -> Recommendation | Refused:
+    """The advisor on the profile, with the spec's settings; its refusal (AdvisorError, the
+    advisor's own exception) becomes the planner's value here."""
     try:
         return advise(profile, options_for_spec(spec), gpu)
     except AdvisorError as err:
-        raise Refused(ADVISED, "AdvisorRefused", str(err)) from err
+        return Refused(ADVISED, "AdvisorRefused", str(err))
 
 
 def serving(
     spec: LLMDeploymentSpec, profile: Profile, cluster: ClusterFacts, context: Context
-) -> ServingDecision:
-    """The serving decision for a profiled spec: advise (B_opt, KV, the replicas per GPU that pay
-    under MPS), pick the mode the cluster offers by predicted tokens/s per GPU, size what each
-    replica's process may hold in that mode."""
-    gpu = target_gpu(spec, cluster)
+) -> ServingDecision | Refused:
+    """The serving decision for a profiled spec (see serving_for)."""
+    admitted = admit(spec, cluster, context)
+    return admitted if isinstance(admitted, Refused) else serving_for(admitted, profile, context)
+
+
+def serving_for(admitted: Admitted, profile: Profile, context: Context) -> ServingDecision | Refused:
+    """The serving decision for an admitted, profiled spec: advise (B_opt, KV, the replicas per
+    GPU that pay under MPS), pick the mode the cluster offers by predicted tokens/s per GPU, size
+    what each replica's process may hold in that mode."""
+    spec, gpu, offers = admitted.spec, admitted.gpu, admitted.offers
     rec = recommend(spec, profile, gpu)
+    if isinstance(rec, Refused):
+        return rec
     predictions = Predictions.build(profile, rec, gpu)
-    offers = offers_for(spec, cluster)
     refusals: list[str] = []
     found = candidates(
         spec, gpu, offers, rec.per_replica_memory_bytes, rec.replicas_per_gpu, predictions.predict, refusals
     )
-    try:
-        chosen = choose(spec, found, offers, refusals)
-    except PlanningError as err:
-        message = str(err)
+    chosen = choose(spec, found, offers, refusals)
+    if isinstance(chosen, Refused):
         if spec.gpu.node_selector:
-            message += f" (only nodes matching gpu.nodeSelector {selector_text(spec.gpu.node_selector)} "
-            message += "count)"
-        raise Refused(AVAILABLE, err.reason, message, retryable=True) from err
+            where = f" (only nodes matching gpu.nodeSelector {selector_text(spec.gpu.node_selector)} count)"
+            return Refused(AVAILABLE, chosen.reason, chosen.message + where, retryable=True)
+        return chosen
     # One decision (planning.replica_memory): what the chosen mode presents to each replica's
     # process, so that vLLM's start-up check of free memory passes under an MPS cap too.
     utilization = chosen.memory.gpu_memory_utilization
@@ -278,17 +300,21 @@ def serving(
 
 def decide(
     spec: LLMDeploymentSpec, profile: Profile | None, cluster: ClusterFacts, context: Context
-) -> ProfilingDecision | ServingDecision:
-    """The whole decision. Raises Refused with what to change."""
-    check_spec(spec, cluster)
+) -> ProfilingDecision | ServingDecision | Refused:
+    """The whole decision; a refusal says what to change."""
+    admitted = admit(spec, cluster, context)
+    if isinstance(admitted, Refused):
+        return admitted
+    return decide_admitted(admitted, profile, context)
+
+
+def decide_admitted(
+    admitted: Admitted, profile: Profile | None, context: Context
+) -> ProfilingDecision | ServingDecision | Refused:
+    """The decision for a spec `admit` let through: profile it, or serve it from `profile`."""
     if profile is None:
-        decision = profiling(spec, cluster, context)
-        try:
-            check_profiling_capacity(spec, cluster, decision.plan)
-        except Refused as refused:
-            return ProfilingDecision(decision.key, decision.plan, capacity_refusal=refused)
-        return decision
-    return serving(spec, profile, cluster, context)
+        return _profiling(admitted.spec, admitted.offers, admitted.key, context)
+    return serving_for(admitted, profile, context)
 
 
 def _explanation(
@@ -343,13 +369,13 @@ def kv_disagreement(profile: Profile) -> str | None:
     )
 
 
-def gpus_for(tokens_per_s: float, status: RecommendationStatus) -> int:
+def gpus_for(tokens_per_s: float, status: RecommendationStatus) -> int | Refused:
     """GPUs that serve `tokens_per_s` (prompt + output) at the predicted tokens/s per GPU of this
     decision, i.e. at B_opt within the SLO: the same figure `kubectl get llmd -o wide` shows and
-    the autoscaler's target is sized from. Raises Refused when the profile gave no prediction."""
+    the autoscaler's target is sized from. Refused when the profile gave no prediction."""
     per_gpu = status.predicted_tokens_per_second_per_gpu
     if not per_gpu:
-        raise Refused(
+        return Refused(
             ADVISED,
             "NoPrediction",
             "the performance model could not calibrate on this profile, so there is no tokens/s per "

@@ -20,7 +20,7 @@ from llmpack.advisor.replica_memory import (
     ReplicaMemory,
     replica_memory,
 )
-from llmpack.api.llmdeployment import LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
+from llmpack.api.llmdeployment import AVAILABLE, LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU
 from llmpack.hardware.cluster import Offers
 from llmpack.hardware.sharing import (
@@ -31,6 +31,7 @@ from llmpack.hardware.sharing import (
     ServingMode,
     Sharing,
 )
+from llmpack.planner.refusal import Refused
 from llmpack.render.plan import (
     DEFAULT_AUTOSCALING_METRIC,
     MAX_NAME,
@@ -42,14 +43,6 @@ from llmpack.render.plan import (
     kube_name,
     stable_hash,
 )
-
-
-class PlanningError(ValueError):
-    """The deployment cannot be placed as asked; the message says what to change."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -330,19 +323,25 @@ def _mig_profile_for(
 
 def choose(
     spec: LLMDeploymentSpec, found: list[Candidate], offers: Offers, refusals: list[str] | None = None
-) -> Candidate:
+) -> Candidate | Refused:
+    """The candidate to serve with; refused where the cluster offers none that holds a replica
+    (the cluster may change: retryable)."""
     if not found:
         mode = spec.sharing.requested
         if refusals:
-            raise PlanningError(
+            return Refused(
+                AVAILABLE,
                 "NoMatchingNodes",
                 f"no node can serve {spec.gpu.product} with sharing mode {mode}: {'; '.join(refusals)}. "
                 "Lower workload tokens or the batch size, choose another sharing.mode, or add nodes",
+                retryable=True,
             )
-        raise PlanningError(
+        return Refused(
+            AVAILABLE,
             "NoMatchingNodes",
             f"no node offers {spec.gpu.product} for sharing mode {mode}; the cluster offers "
             f"{offers.describe()} for it. Change sharing.mode or gpu.product, or add nodes",
+            retryable=True,
         )
     if len(found) == 1:
         return found[0]

@@ -157,6 +157,15 @@ class ProfilingPlan(Frozen):
         return f"{job}-result"
 
 
+# The key of a published Profile's JSON in a ConfigMap: the profiling Job's result and the cache.
+PROFILE_DATA_KEY = "profile.json"
+
+
+def profile_cache_name(key: str) -> str:
+    """The profile cache's ConfigMap (in the operator's namespace) for the profile `key`."""
+    return f"llmpack-profile-{key[:40]}"
+
+
 def stable_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

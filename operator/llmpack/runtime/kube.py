@@ -22,7 +22,9 @@ import urllib3
 
 logger = logging.getLogger(__name__)
 
-FIELD_MANAGER = "llmpack"
+# Who the client is, to the API server: the field manager of its server-side applies and the
+# component of its events. A controller sets its own (controller/client.py).
+DEFAULTS = {"field_manager": "controller", "component": "controller"}
 
 # kind -> (plural, namespaced): the built-in kinds a controller of this runtime reads or writes;
 # register_kind adds a custom resource.
@@ -243,9 +245,9 @@ def path_for(kind: str, namespace: str | None = None, name: str | None = None, a
 class KubeClient:
     """Synchronous API calls; the operator runs them in worker threads."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, field_manager: str = FIELD_MANAGER):
+    def __init__(self, api_client: kubernetes.client.ApiClient, field_manager: str | None = None):
         self.api = api_client
-        self.field_manager = field_manager
+        self.field_manager = field_manager or DEFAULTS["field_manager"]
         self.requests = 0  # counted for the scale benchmark (API requests per reconcile)
 
     @classmethod
@@ -337,7 +339,7 @@ class KubeClient:
         return self.request("GET", path_for(kind, namespace), query=query).get("items", [])
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """Server-side apply with force: llmpack owns the fields it renders, so hand edits of them
+        """Server-side apply with force: the controller owns the fields it renders, so hand edits of them
         are undone on the next reconcile (drift), while fields it does not render stay."""
         meta = obj["metadata"]
         query = {"fieldManager": self.field_manager, "force": "true"}
@@ -388,10 +390,11 @@ class KubeClient:
         reason: str,
         message: str,
         type_: str = "Normal",
-        component: str = "llmpack-operator",
+        component: str | None = None,
     ) -> None:
         """Post a core/v1 Event on an object. Events are best effort: a failure is logged only."""
         meta = involved["metadata"]
+        component = component or DEFAULTS["component"]
         now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         event = {
             "apiVersion": "v1",

@@ -45,7 +45,7 @@ from typing import Any
 from llmpack.runtime import metrics
 from llmpack.runtime.kube import KubeClient, KubeError
 
-logger = logging.getLogger("llmpack.leader")
+logger = logging.getLogger(__name__)
 
 JITTER_FACTOR = 1.2  # client-go's leaderelection.JitterFactor
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -305,8 +305,8 @@ class LeaderElector:
     # -- the loops ---------------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpack-leader")
-        self._task = asyncio.create_task(self.run(), name="llmpack-leader-election")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-election")
+        self._task = asyncio.create_task(self.run(), name="leader-election")
         return self._task
 
     async def _attempt(self, timeout: float) -> bool:

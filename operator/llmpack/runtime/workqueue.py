@@ -125,7 +125,7 @@ class WorkQueue(Generic[K]):
         process: Process[K],
         workers: int = 4,
         *,
-        name: str = "llmdeployment",
+        name: str = "default",
         rate_limiter: RateLimiter | None = None,
         expected_errors: tuple[type[BaseException], ...] = (),
     ):
@@ -157,7 +157,7 @@ class WorkQueue(Generic[K]):
             return
         self.running = True
         self._tasks = [
-            asyncio.create_task(self._work(), name=f"llmpack-worker-{i}") for i in range(self._workers)
+            asyncio.create_task(self._work(), name=f"{self.name}-worker-{i}") for i in range(self._workers)
         ]
 
     async def stop(self, *, drain: float = 0.0) -> None:

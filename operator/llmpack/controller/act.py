@@ -1,0 +1,90 @@
+"""Act: carry out one Outcome (planner/outcome.py) against the API server. Decides nothing.
+
+Order: the cache write, the applies in order, then the deletes. An apply the API server refuses
+for a reason someone must fix (runtime/kube.py classify: an admission policy, a quota, an invalid
+object, a missing grant) stops the acting and comes back as an ApplyRefusal, which the
+reconciler hands to the decision as an observation; any other API error is raised, for the work
+queue to retry with backoff.
+
+An object already as desired is not applied again: the client remembers, per object, a hash of
+what it last applied and the version the API server answered (the generation where the kind has
+one, else the resourceVersion), and skips the apply while the watch cache shows that same
+version. A change by anyone else (a `kubectl scale`, a hand edit of the spec) moves the version,
+so the next pass applies again and undoes it; after a restart every object is applied once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmpack.controller.cache import ProfileCache
+from llmpack.planner.outcome import ObjectRef, Outcome
+from llmpack.planner.snapshot import ApplyRefusal
+from llmpack.render.plan import stable_hash
+from llmpack.runtime.client import Client
+from llmpack.runtime.kube import ErrorClass, KubeError
+from llmpack.runtime.store import Store
+
+logger = logging.getLogger(__name__)
+
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class Actor:
+    def __init__(self, *, kube: Client, store: Store, cache: ProfileCache):
+        self.kube = kube
+        self.store = store
+        self.cache = cache
+        self.applied: dict[ObjectKey, tuple[str, str | None]] = {}  # -> (hash applied, version answered)
+
+    def act(self, outcome: Outcome) -> ApplyRefusal | None:
+        if outcome.cache_evict is not None:
+            self.cache.evict(outcome.cache_evict)
+        if outcome.cache_put is not None:
+            self.cache.put(*outcome.cache_put)
+        for obj in outcome.apply:
+            refusal = self.apply(obj)
+            if refusal is not None:
+                return refusal
+        for ref in outcome.delete:
+            self.delete(ref)
+        return None
+
+    def apply(self, obj: dict[str, Any]) -> ApplyRefusal | None:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace") or "", meta["name"])
+        digest = stable_hash(obj)
+        observed = self.store.get(key[0], key[1], key[2])
+        if observed is not None and self.applied.get(key) == (digest, _version(observed)):
+            return None  # as desired, and nobody changed it since
+        try:
+            answered = self.kube.apply(obj)
+        except KubeError as err:
+            self.applied.pop(key, None)
+            if not err.refusal:
+                raise
+            return ApplyRefusal(
+                kind=obj["kind"],
+                name=meta["name"],
+                reason=err.error_class.value,
+                message=err.message,
+                retry=err.error_class is not ErrorClass.REJECTED,
+            )
+        self.applied[key] = (digest, _version(answered))
+        return None
+
+    def delete(self, ref: ObjectRef) -> None:
+        self.applied.pop((ref.kind, ref.namespace, ref.name), None)
+        try:
+            self.kube.delete(ref.kind, ref.namespace, ref.name)
+        except KubeError as err:
+            if not err.refusal:
+                raise
+            logger.warning("could not delete %s %s/%s: %s", ref.kind, ref.namespace, ref.name, err)
+
+
+def _version(obj: dict[str, Any]) -> str | None:
+    meta = obj.get("metadata") or {}
+    generation = meta.get("generation")
+    return f"g{generation}" if generation is not None else meta.get("resourceVersion")

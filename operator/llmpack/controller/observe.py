@@ -1,0 +1,130 @@
+"""Observe: one immutable Snapshot of one LLMDeployment per pass, with I/O only.
+
+What it reads, and from where:
+- the spec, admitted once (planner.reconcile.admit_spec: parsed, refused early where no profile
+  can help; the cluster's live facts read once here, as a frozen Offers value);
+- the profile cache's entry for the spec's key (controller/cache.py: validated profiles kept in
+  memory, the watch cache, a GET only when neither has it);
+- the profiling Jobs this LLMDeployment owns, their result ConfigMaps and pods, the serving
+  Deployment, its pods and the objects an earlier plan may have left: all from the watch cache
+  (runtime/store.py), never a LIST per pass.
+
+Objects count as this LLMDeployment's only when they carry its labels and its owner reference
+(its uid): an object a tenant labels to look like llmpack's is never read, nor deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from llmpack.api.llmdeployment import API_VERSION, KIND
+from llmpack.controller import metrics
+from llmpack.controller.cache import ProfileCache
+from llmpack.controller.status import deployment_problem
+from llmpack.hardware.cluster import ClusterFacts
+from llmpack.planner.decide import Context
+from llmpack.planner.reconcile import PRUNABLE_KINDS, admit_spec
+from llmpack.planner.refusal import Refused
+from llmpack.planner.snapshot import JobSeen, ServingSeen, Settings, Snapshot
+from llmpack.render.plan import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    OwnerRef,
+    ProfilingPlan,
+    kube_name,
+    label_value,
+)
+from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
+from llmpack.runtime.store import Store
+
+Object = dict[str, Any]
+
+
+def now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Observer:
+    def __init__(self, *, store: Store, cache: ProfileCache, cluster: ClusterFacts, settings: Settings):
+        self.store = store
+        self.cache = cache
+        self.cluster = cluster
+        self.settings = settings
+
+    def observe(self, body: Object) -> Snapshot:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        settings = self.settings
+        context = Context(
+            name=name,
+            namespace=namespace,
+            owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=uid),
+            profiler_image=settings.profiler_image,
+            serving_image=settings.serving_image,
+            autoscaling_metric=settings.autoscaling_metric,
+        )
+        admission = admit_spec(body.get("spec") or {}, self.cluster, context)
+        snapshot = Snapshot(
+            context=context,
+            generation=meta.get("generation"),
+            status=body.get("status") or {},
+            admission=admission,
+            now=now(),
+        )
+        if isinstance(admission, Refused):
+            return snapshot  # nothing else to read: such a spec costs no API call
+        cached = self.cache.lookup(admission.key)
+        metrics.PROFILE_CACHE.labels(
+            result="invalid" if cached.problem else ("hit" if cached.profile else "miss")
+        ).inc()
+        return replace(
+            snapshot,
+            cached=cached,
+            jobs=self._jobs(namespace, name, uid),
+            serving=self._serving(namespace, name, uid),
+        )
+
+    def _owned(self, kind: str, namespace: str, labels: dict[str, str], uid: str) -> list[Object]:
+        return [o for o in self.store.list(kind, namespace, labels) if _owned_by(o, uid)]
+
+    def _jobs(self, namespace: str, name: str, uid: str) -> tuple[JobSeen, ...]:
+        labels = {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: COMPONENT_PROFILER}
+        seen = []
+        for job in self._owned("Job", namespace, labels, uid):
+            job_name = job["metadata"]["name"]
+            result = self.store.get("ConfigMap", namespace, ProfilingPlan.result_configmap_for(job_name))
+            pods = self.store.list("Pod", namespace, {**labels, "job-name": job_name})
+            seen.append(
+                JobSeen(
+                    name=job_name,
+                    job=job,
+                    result=dict((result or {}).get("data") or {}) if _owned_by(result, uid) else {},
+                    pods=tuple(pods),
+                )
+            )
+        return tuple(sorted(seen, key=lambda j: j.name))
+
+    def _serving(self, namespace: str, name: str, uid: str) -> ServingSeen:
+        labels = {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: COMPONENT_SERVING}
+        deployment = self.store.get("Deployment", namespace, kube_name(name))
+        if deployment is not None and not _owned_by(deployment, uid):
+            deployment = None
+        owned = tuple(
+            (kind, o["metadata"]["name"])
+            for kind in PRUNABLE_KINDS
+            for o in self._owned(kind, namespace, labels, uid)
+        )
+        return ServingSeen(
+            deployment=deployment,
+            pods=tuple(self.store.list("Pod", namespace, labels)),
+            owned=owned,
+            stall=deployment_problem(deployment) if deployment is not None else None,
+        )
+
+
+def _owned_by(obj: Object | None, uid: str) -> bool:
+    """Whether `obj` names the LLMDeployment `uid` as its owner."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
