@@ -31,9 +31,9 @@ from llmpack.advisor.perfmodel import (
     pack,
     replica_memory_bytes,
 )
-from llmpack.advisor.predict_cli import load_replication_points
 from llmpack.api.profile import GPUFacts, ModelFacts, Profile, ProfilePoint, WorkloadShape
 from llmpack.hardware import GPUS, lookup_gpu
+from llmpack.predict_cli import load_replication_points
 
 PAPER_MODELS = ("opt-1.3b", "opt-2.7b", "llama-2-7b", "llama-2-13b")
 H100_80 = lookup_gpu("NVIDIA-H100-80GB-HBM3")
