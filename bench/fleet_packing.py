@@ -8,9 +8,9 @@ Llama-3.2-1B with different workloads, latency SLOs (mean ITL) and demands in re
 measured one (H100 64 GB; the performance model rescales it to the H100 80GB by bandwidth) or, for
 the two models the paper did not measure, the `simulated` profiler backend's on the H100 80GB.
 
-Per service, as the operator decides it (`advise` + `perfmodel.pack`): B_opt within the SLO, the
-memory of one replica, how many fit on a GPU, and how many of them to pack (each further replica
-must add >= 5% predicted tokens/s and keep the predicted ITL within the SLO). Then, for the
+Per service, as the operator decides it (`advise` + `perfmodel_packing.pack`): B_opt within the
+SLO, the memory of one replica, how many fit on a GPU, and how many of them to pack (each further
+replica must add >= 5% predicted tokens/s and keep the predicted ITL within the SLO). Then, for the
 demand, the GPUs needed:
 
 - exclusive, vLLM defaults (the baseline): one instance per GPU at vLLM's defaults
@@ -42,7 +42,7 @@ from fractions import Fraction
 from functools import cache
 
 from bench.common import Result, Table, paper_data_main
-from llmpack.advisor import AdvisorOptions, advise, perfmodel
+from llmpack.advisor import AdvisorOptions, advise, perfmodel, perfmodel_packing
 from llmpack.advisor.loaders import load_paper_profile
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
 from llmpack.api.profile import Profile
@@ -189,7 +189,7 @@ def size(service: Service, gpu: GPU | None = None, data_dir: str | None = None) 
     rec = advise(profile, options, gpu)
     perf = perfmodel.calibrate(profile, gpu=gpu)
     fit = max(1, rec.replicas_per_gpu)
-    decision = perfmodel.pack(
+    decision = perfmodel_packing.pack(
         perf,
         rec.b_opt,
         max_replicas=fit,

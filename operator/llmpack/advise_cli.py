@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     except (AdvisorError, ProfileError, UnknownGPUError) as err:
         raise UserError(str(err)) from None
     if args.plot:
-        from llmpack.advisor.plotting import plot_recommendation
+        from llmpack.plotting import plot_recommendation
 
         try:
             plot_recommendation(profile, rec, args.plot)

@@ -15,7 +15,7 @@ __all__ = ["EXTRAS", "SUBCOMMANDS", "UserError", "build_parser", "main"]
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "advise": ("llmpack.advise_cli", "recommend max-num-seqs, KV cache size and packing from a profile"),
-    "predict": ("llmpack.advisor.predict_cli", "predict throughput and latency of R replicas on one GPU"),
+    "predict": ("llmpack.predict_cli", "predict throughput and latency of R replicas on one GPU"),
     "plan": ("llmpack.plan_cli", "dry run: what the operator would decide and apply for an LLMDeployment"),
     "profile": ("llmpack.profiler.cli", "measure a model on this GPU and publish the Profile"),
     "launch": ("llmpack.launcher.cli", "start packed vLLM replicas one after another behind a router"),

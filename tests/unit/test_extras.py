@@ -7,7 +7,7 @@ its image installs only that one (images/README.md):
     operator   llmpack operator                                  llmpack.controller
     profiler   llmpack profile (the profiling Job)               llmpack.profiler
     serving    llmpack launch (the serving pods' router)         llmpack.launcher
-    cli        llmpack advise, llmpack predict (tables, --plot)  advise_cli, advisor.predict_cli
+    cli        llmpack advise, llmpack predict (tables, --plot)  advise_cli, predict_cli, plotting
     (none)     llmpack plan, llmpack crd
 
 Proved twice. By reading: every third-party import under operator/llmpack is a declared

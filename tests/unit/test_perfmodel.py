@@ -1,6 +1,6 @@
 """The performance model (advisor/perfmodel.py): calibration on the paper's profiles, leave-one-out
-errors, the MPS calibration on the paper's replication runs, physics the predictions must obey,
-and the packing decision.
+errors and the MPS calibration on the paper's replication runs (advisor/perfmodel_validation.py),
+physics the predictions must obey, and the packing decision (advisor/perfmodel_packing.py).
 
 The paper data is read from ../shared/paper-data (or $LLMPACK_PAPER_DATA), never from the repo.
 Tolerances are stated beside each test; the figures they guard are in the module docstring of
@@ -15,7 +15,6 @@ from functools import cache
 
 import pytest
 
-from llmpack.advisor import perfmodel
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import load_paper_profile
 from llmpack.advisor.packing import fit_by_memory
@@ -25,15 +24,13 @@ from llmpack.advisor.perfmodel import (
     baseline,
     calibrate,
     default_max_num_seqs,
-    fit_mps_concurrency_gain,
-    leave_one_out,
-    mps_leave_one_out,
-    pack,
     replica_memory_bytes,
 )
-from llmpack.advisor.predict_cli import load_replication_points
+from llmpack.advisor.perfmodel_packing import pack
+from llmpack.advisor.perfmodel_validation import fit_mps_concurrency_gain, leave_one_out, mps_leave_one_out
 from llmpack.api.profile import GPUFacts, ModelFacts, Profile, ProfilePoint, WorkloadShape
 from llmpack.hardware import GPUS, lookup_gpu
+from llmpack.predict_cli import load_replication_points
 
 PAPER_MODELS = ("opt-1.3b", "opt-2.7b", "llama-2-7b", "llama-2-13b")
 H100_80 = lookup_gpu("NVIDIA-H100-80GB-HBM3")
@@ -428,4 +425,4 @@ def test_synthetic_profile_predicts_itself():
     assert model.gpu.product == "TEST-GPU-48GB"
     for point in profile.points:
         assert model.single(point.max_num_seqs).itl_mean_ms == pytest.approx(point.itl_mean_ms, rel=1e-9)
-    assert all(abs(r.itl_error) < 1e-9 for r in perfmodel.leave_one_out(profile))
+    assert all(abs(r.itl_error) < 1e-9 for r in leave_one_out(profile))

@@ -1,6 +1,12 @@
 """Performance model: decode throughput and inter-token latency (ITL) of one vLLM replica against
 its batch size, and of R replicas sharing one GPU under MPS or each in a MIG slice.
 
+This module holds the model (`PerfModel`, `Prediction`), its calibration on a profile
+(`calibrate`) and what gains are measured against (`baseline`, `default_max_num_seqs`,
+`replica_memory_bytes`). How well it predicts runs it was not fitted on, and the fit of its MPS
+term, are in advisor/perfmodel_validation.py; the policy that uses it to choose how many MPS
+replicas to put on a GPU is in advisor/perfmodel_packing.py.
+
 Why a model at all: packing pays only where one instance leaves the GPU idle between decode steps
 (the CPU schedules, samples and streams while no kernel runs). The operator must predict from a
 single-instance profile whether a second replica fills those gaps or just queues for the same HBM.
@@ -51,9 +57,10 @@ With u = gpu/step of one replica, two replicas gain 2 / (1 + u^2): a GPU busy 69
   sits in one replica or several, and the profile measured that drain.
 - MPS_CONCURRENCY_GAIN (kappa): concurrent kernels of several replicas may move memory more
   efficiently than one; each efficiency closes kappa * (1 - 1/R) of its gap to the peak. It is
-  fitted on the paper's replication runs (`fit_mps_concurrency_gain`, replication_calibration.csv:
-  OPT-1.3B, one instance at 96/256/768, two and four MPS replicas at 96); the fit finds almost none,
-  i.e. the measured MPS gain is the overlap of idle gaps, which the queue above predicts alone.
+  fitted on the paper's replication runs (perfmodel_validation.py `fit_mps_concurrency_gain`,
+  replication_calibration.csv: OPT-1.3B, one instance at 96/256/768, two and four MPS replicas at
+  96); the fit finds almost none, i.e. the measured MPS gain is the overlap of idle gaps, which the
+  queue above predicts alone.
 
 One replica in a MIG slice: the slice's memory traffic flows at its share of the bandwidth and no
 faster than its share of SMs can issue it, so gpu(b) is divided by min(bandwidth fraction, compute
@@ -62,8 +69,8 @@ fraction); the idle gap (CPU) is unchanged. Slices are isolated, so N slices giv
 Another GPU (`PerfModel.on_gpu`): the efficiencies and the idle gap carry over; the GPU time
 scales with the bandwidth ratio. That ignores a different host CPU.
 
-Memory is not this module's business: a prediction assumes each replica holds a KV cache for its
-batch. `pack` takes how many replicas fit (`memory_fit`, from advisor/packing.py) as an input.
+Memory is not the model's business: a prediction assumes each replica holds a KV cache for its
+batch. `replica_memory_bytes` only states what such a replica needs, by advisor/memory.py's model.
 
 What the model does not know: prefill. With chunked prefill off the prompts' prefill steps stall
 decoding and the measured ITL includes those stalls; the fit absorbs them into the terms above, so
@@ -85,9 +92,10 @@ from llmpack.hardware import GPU, MPS_MAX_CLIENTS, MIGProfile
 
 GIB = 1 << 30
 
-# Fitted by `fit_mps_concurrency_gain` on shared/paper-data/replication_calibration.csv against the
-# OPT-1.3B background profile (least squares on the relative error of the measured MPS gains);
-# tests/unit/test_perfmodel.py re-fits it from the CSV and fails when this constant drifts.
+# Fitted by `fit_mps_concurrency_gain` (advisor/perfmodel_validation.py) on
+# shared/paper-data/replication_calibration.csv against the OPT-1.3B background profile (least
+# squares on the relative error of the measured MPS gains); tests/unit/test_perfmodel.py re-fits it
+# from the CSV and fails when this constant drifts.
 MPS_CONCURRENCY_GAIN = 0.014
 
 # vLLM's default --max-num-seqs (FACTS 1.3, vLLM 0.33 EngineArgs.get_batch_defaults): 1024 on
@@ -197,8 +205,8 @@ class PerfModel:
 
     def mps(self, replicas: int, batch: int) -> Prediction:
         """`replicas` replicas at --max-num-seqs `batch` each, sharing one GPU under MPS."""
-        _check_count("replicas", replicas, MPS_MAX_CLIENTS)
-        _check_count("batch", batch)
+        check_count("replicas", replicas, MPS_MAX_CLIENTS)
+        check_count("batch", batch)
         running = self.running(batch, replicas * batch)
         gpu = self.gpu_ms(running, replicas)
         idle = self.idle_ms(running)
@@ -219,8 +227,8 @@ class PerfModel:
     def mig(self, profile: MIGProfile, batch: int, instances: int = 1) -> Prediction:
         """One replica at --max-num-seqs `batch` in a MIG slice of `profile` of this model's GPU;
         with `instances` > 1, that many such slices (isolated, so throughput adds up)."""
-        _check_count("batch", batch)
-        _check_count("instances", instances, max(profile.max_instances, 1))
+        check_count("batch", batch)
+        check_count("instances", instances, max(profile.max_instances, 1))
         fraction = min(profile.bandwidth_fraction, profile.compute_fraction)
         running = self.running(batch, instances * batch)
         gpu = self.gpu_ms(running, 1, fraction)
@@ -476,176 +484,15 @@ def _closed_queue_cycle_ms(gpu_ms: float, idle_ms: float, replicas: int) -> floa
     return response + idle_ms
 
 
-def _check_count(name: str, value: int, upper: int | None = None) -> None:
+def check_count(name: str, value: int, upper: int | None = None) -> None:
+    """Raise AdvisorError unless `value` is a whole number from 1 to `upper` (replicas, batch sizes)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise AdvisorError(f"{name} must be a whole number of at least 1, got {value!r}")
     if upper is not None and value > upper:
         raise AdvisorError(f"{name} must be at most {upper}, got {value}")
 
 
-# Leave-one-out --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LeaveOneOut:
-    """A measured point predicted by a model fitted without it.
-
-    The primary figures predict the point from its measured running batch: they test the fitted
-    terms (efficiencies and idle gap). The `*_from_batch` figures predict it from --max-num-seqs
-    alone, the running batch interpolated from the other points as a prediction for an unmeasured
-    batch size would be (None where not applicable)."""
-
-    label: str
-    measured_total_tokens_per_s: float
-    predicted_total_tokens_per_s: float
-    measured_itl_ms: float | None
-    predicted_itl_ms: float
-    measured_gain: float | None = None  # MPS points: total / the same run's single instance
-    predicted_gain: float | None = None
-    fitted: bool = True  # False: a point the model was never fitted on (a plain hold-out)
-    predicted_total_from_batch: float | None = None
-    predicted_itl_from_batch: float | None = None
-
-    @property
-    def total_error(self) -> float:
-        return self.predicted_total_tokens_per_s / self.measured_total_tokens_per_s - 1.0
-
-    @property
-    def itl_error(self) -> float | None:
-        if not self.measured_itl_ms:
-            return None
-        return self.predicted_itl_ms / self.measured_itl_ms - 1.0
-
-    @property
-    def gain_error(self) -> float | None:
-        if self.measured_gain is None or self.predicted_gain is None:
-            return None
-        return self.predicted_gain / self.measured_gain - 1.0
-
-    @property
-    def total_error_from_batch(self) -> float | None:
-        if self.predicted_total_from_batch is None:
-            return None
-        return self.predicted_total_from_batch / self.measured_total_tokens_per_s - 1.0
-
-    @property
-    def itl_error_from_batch(self) -> float | None:
-        if self.predicted_itl_from_batch is None or not self.measured_itl_ms:
-            return None
-        return self.predicted_itl_from_batch / self.measured_itl_ms - 1.0
-
-
-def leave_one_out(profile: Profile) -> list[LeaveOneOut]:
-    """For each point the fit uses: refit without it (efficiencies, idle gap and running-batch
-    curve) and predict its mean ITL and total tokens/s on the profile's own GPU, from its measured
-    running batch and from its --max-num-seqs alone."""
-    full = calibrate(profile)
-    results = []
-    for point in full.points:
-        try:
-            perf = calibrate(profile, exclude=(point.max_num_seqs,))
-        except AdvisorError:
-            continue
-        itl = perf.step_ms(point.running)
-        from_batch = perf.single(point.max_num_seqs)
-        results.append(
-            LeaveOneOut(
-                label=f"B={point.max_num_seqs}",
-                measured_total_tokens_per_s=point.total_tokens_per_s,
-                predicted_total_tokens_per_s=point.running / itl * 1000.0 * perf.total_per_output_token,
-                measured_itl_ms=point.itl_ms,
-                predicted_itl_ms=itl,
-                predicted_total_from_batch=from_batch.total_tokens_per_s,
-                predicted_itl_from_batch=from_batch.itl_mean_ms,
-            )
-        )
-    return results
-
-
-# MPS calibration on the paper's replication runs ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReplicationPoint:
-    """One run of R replicas at --max-num-seqs B on one GPU (replication_calibration.csv)."""
-
-    replicas: int
-    max_num_seqs: int
-    total_tokens_per_s: float
-    itl_mean_ms: float | None = None
-    running_total: float | None = None  # mean running sequences summed over the replicas
-
-    @property
-    def label(self) -> str:
-        return f"{self.replicas}x{self.max_num_seqs}" + (" MPS" if self.replicas > 1 else " single")
-
-
-def _measured_gain(point: ReplicationPoint, points: Sequence[ReplicationPoint]) -> float | None:
-    for single in points:
-        if single.replicas == 1 and single.max_num_seqs == point.max_num_seqs:
-            return point.total_tokens_per_s / single.total_tokens_per_s
-    return None
-
-
-def _mps_error(perf: PerfModel, point: ReplicationPoint, points: Sequence[ReplicationPoint]) -> float:
-    """Relative error of the predicted gain (or of the total, without a single run to compare)."""
-    predicted = perf.mps(point.replicas, point.max_num_seqs)
-    gain = _measured_gain(point, points)
-    if gain is not None:
-        return predicted.total_tokens_per_s / perf.single(point.max_num_seqs).total_tokens_per_s / gain - 1
-    return predicted.total_tokens_per_s / point.total_tokens_per_s - 1
-
-
-def fit_mps_concurrency_gain(perf: PerfModel, points: Sequence[ReplicationPoint]) -> float:
-    """kappa in [0, 1] minimising the squared relative errors of the predicted MPS gains (each
-    measured gain is the R-replica run over the same study's single instance at the same batch, so
-    run-to-run drift and the single-instance model's own error cancel)."""
-    shared = [p for p in points if p.replicas > 1]
-    if not shared:
-        raise AdvisorError("no run with more than one replica to calibrate MPS on")
-
-    def cost(kappa: float) -> float:
-        model = replace(perf, mps_concurrency_gain=kappa)
-        return sum(_mps_error(model, p, points) ** 2 for p in shared)
-
-    best = min((k / 200 for k in range(201)), key=cost)  # grid of 0.005, then refine
-    low, high = max(best - 0.005, 0.0), min(best + 0.005, 1.0)
-    return min((low + (high - low) * i / 100 for i in range(101)), key=cost)
-
-
-def mps_leave_one_out(perf: PerfModel, points: Sequence[ReplicationPoint]) -> list[LeaveOneOut]:
-    """Each multi-replica run predicted with kappa fitted on the other multi-replica runs; each
-    single-instance run predicted by the profile's model as is (a hold-out: never fitted)."""
-    results = []
-    for point in points:
-        if point.replicas == 1:
-            model, fitted = perf, False
-        else:
-            others = [p for p in points if p is not point]
-            kappa = fit_mps_concurrency_gain(perf, others) if any(p.replicas > 1 for p in others) else 0.0
-            model, fitted = replace(perf, mps_concurrency_gain=kappa), True
-        predicted = model.mps(point.replicas, point.max_num_seqs)
-        gain = _measured_gain(point, points) if point.replicas > 1 else None
-        results.append(
-            LeaveOneOut(
-                label=point.label,
-                measured_total_tokens_per_s=point.total_tokens_per_s,
-                predicted_total_tokens_per_s=predicted.total_tokens_per_s,
-                measured_itl_ms=point.itl_mean_ms,
-                predicted_itl_ms=predicted.itl_mean_ms,
-                measured_gain=gain,
-                predicted_gain=(
-                    predicted.total_tokens_per_s / model.single(point.max_num_seqs).total_tokens_per_s
-                    if gain is not None
-                    else None
-                ),
-                fitted=fitted,
-            )
-        )
-    return results
-
-
-# What the operator compares against, and how many replicas to pack ----------------------------
+# What the operator compares against ----------------------------------------------------------
 
 
 def default_max_num_seqs(gpu: GPU) -> int:
@@ -711,98 +558,14 @@ def baseline(
     return replace(prediction, note=note)
 
 
-@dataclass(frozen=True)
-class PackingDecision:
-    """How many MPS replicas of one batch size to put on one GPU, and why."""
-
-    replicas: int
-    predictions: dict[int, Prediction]  # per replica count evaluated (1 = one replica alone)
-    reason: str
-    limited_by: str  # min_gain, slo, memory, max_replicas
-    slo_met: bool = True
-
-    @property
-    def chosen(self) -> Prediction:
-        return self.predictions[self.replicas]
-
-    @property
-    def gain(self) -> float:
-        """Predicted tokens/s of the chosen packing over one replica at the same batch, minus 1."""
-        return self.chosen.total_tokens_per_s / self.predictions[1].total_tokens_per_s - 1.0
-
-
-def pack(
-    perf: PerfModel,
-    batch: int,
-    max_replicas: int,
-    min_gain: float = 0.05,
-    slo_itl_ms: float | None = None,
-    memory_fit: int | None = None,
-) -> PackingDecision:
-    """Add MPS replicas of `batch` one at a time while the next one is predicted to add at least
-    `min_gain` (relative) tokens/s per GPU and keeps the predicted mean ITL within `slo_itl_ms`;
-    never beyond `max_replicas` or `memory_fit` (how many replicas the GPU's memory holds)."""
-    _check_count("batch", batch)
-    _check_count("max_replicas", max_replicas)
-    if memory_fit is not None and memory_fit < 1:
-        raise AdvisorError(f"not even one replica at --max-num-seqs {batch} fits the GPU's memory")
-    cap, cap_reason = min(max_replicas, MPS_MAX_CLIENTS), "max_replicas"
-    if memory_fit is not None and memory_fit <= cap:  # a tie: memory is what a user would raise
-        cap, cap_reason = memory_fit, "memory"
-    predictions = {1: perf.single(batch)}
-    first = predictions[1]
-    if slo_itl_ms is not None and first.itl_mean_ms > slo_itl_ms:
-        return PackingDecision(
-            replicas=1,
-            predictions=predictions,
-            reason=f"even one replica at --max-num-seqs {batch} is predicted at {first.itl_mean_ms:.1f} ms "
-            f"mean ITL, above the SLO of {slo_itl_ms:g} ms: lower the batch size",
-            limited_by="slo",
-            slo_met=False,
-        )
-    for replicas in range(2, cap + 1):
-        predictions[replicas] = nxt = perf.mps(replicas, batch)
-        prev = predictions[replicas - 1]
-        added = nxt.total_tokens_per_s / prev.total_tokens_per_s - 1.0
-        if slo_itl_ms is not None and nxt.itl_mean_ms > slo_itl_ms:
-            return PackingDecision(
-                replicas=replicas - 1,
-                predictions=predictions,
-                reason=f"{replicas} replicas refused: predicted mean ITL {nxt.itl_mean_ms:.1f} ms breaks the "
-                f"SLO of {slo_itl_ms:g} ms",
-                limited_by="slo",
-            )
-        if added < min_gain:
-            return PackingDecision(
-                replicas=replicas - 1,
-                predictions=predictions,
-                reason=f"a replica number {replicas} is predicted to add {added:+.1%} tokens/s, less than "
-                f"the {min_gain:.0%} threshold",
-                limited_by="min_gain",
-            )
-    what = "the GPU's memory holds" if cap_reason == "memory" else f"the limit of {max_replicas} allows"
-    return PackingDecision(
-        replicas=cap,
-        predictions=predictions,
-        reason=f"{cap} replica{'s' if cap != 1 else ''}: as many as {what}",
-        limited_by=cap_reason,
-    )
-
-
 __all__ = [
     "MPS_CONCURRENCY_GAIN",
     "FitPoint",
-    "LeaveOneOut",
-    "PackingDecision",
     "PerfModel",
     "Prediction",
-    "ReplicationPoint",
     "baseline",
     "calibrate",
+    "check_count",
     "default_max_num_seqs",
-    "fit_mps_concurrency_gain",
-    "leave_one_out",
-    "mps_leave_one_out",
-    "pack",
     "replica_memory_bytes",
 ]

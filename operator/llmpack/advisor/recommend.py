@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpack.advisor import bca, memory, packing, perfmodel
+from llmpack.advisor import bca, memory, packing, perfmodel, perfmodel_packing
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
@@ -325,7 +325,7 @@ def shared_replicas(
 ) -> SharedReplicas:
     """As many replicas as memory holds (`fit`), trimmed to where one more is still predicted to add
     `options.min_replica_gain` tokens/s per GPU and the mean ITL stays within the SLO
-    (perfmodel.pack). A fixed count (advisor.replicasPerGPU) wins; a profile the performance model
+    (perfmodel_packing.pack). A fixed count (advisor.replicasPerGPU) wins; a profile the performance model
     cannot calibrate packs by memory and says so."""
     if options.replicas_per_gpu is not None:
         return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, "replicas per GPU fixed by the user.")
@@ -334,7 +334,7 @@ def shared_replicas(
     except AdvisorError as err:
         reason = f"no performance prediction ({err}); packed by memory."
         return SharedReplicas(fit.replicas_per_gpu, fit.limited_by, reason)
-    decision = perfmodel.pack(
+    decision = perfmodel_packing.pack(
         model,
         b_opt,
         max_replicas=options.max_replicas_per_gpu,

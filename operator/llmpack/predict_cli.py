@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmpack.advisor import packing, perfmodel
+from llmpack.advisor import packing, perfmodel, perfmodel_validation
 from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA, load_paper_profile, load_profile, resolve_paper_data_dir
-from llmpack.advisor.perfmodel import LeaveOneOut, PerfModel, Prediction, ReplicationPoint
+from llmpack.advisor.perfmodel import PerfModel, Prediction
+from llmpack.advisor.perfmodel_validation import LeaveOneOut, ReplicationPoint
 from llmpack.api.profile import Profile, ProfileError
 from llmpack.errors import UserError
 from llmpack.hardware import GPU, MPS_MAX_CLIENTS, MIGProfile, UnknownGPUError, lookup_gpu
@@ -284,7 +285,7 @@ def _summary(results: list[LeaveOneOut]) -> dict[str, float | None]:
 
 
 def _leave_one_out(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
-    fit = perfmodel.leave_one_out(profile)
+    fit = perfmodel_validation.leave_one_out(profile)
     out: dict[str, Any] = {"profile": _loo_rows(fit), "profile_summary": _summary(fit)}
     try:
         points = load_replication_points(args.paper_data)
@@ -293,10 +294,10 @@ def _leave_one_out(profile: Profile, args: argparse.Namespace) -> dict[str, Any]
         out["mps_calibration"] = None
         out["mps_calibration_note"] = f"MPS calibration not checked: {err}"
         return out
-    mps = perfmodel.mps_leave_one_out(calibration, points)
+    mps = perfmodel_validation.mps_leave_one_out(calibration, points)
     out["mps_calibration"] = _loo_rows(mps)
     out["mps_calibration_summary"] = _summary([r for r in mps if r.fitted])
-    out["mps_concurrency_gain_refit"] = perfmodel.fit_mps_concurrency_gain(calibration, points)
+    out["mps_concurrency_gain_refit"] = perfmodel_validation.fit_mps_concurrency_gain(calibration, points)
     return out
 
 
