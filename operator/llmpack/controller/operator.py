@@ -31,7 +31,7 @@ import kopf
 from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
 from llmpack.controller.client import KubeClient, KubeError
-from llmpack.controller.reconciler import OperatorConfig, Reconciler
+from llmpack.controller.reconciler import OperatorConfig, Reconciler, Result
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.planner.conditions import comparable, pod_problem
 from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
@@ -54,7 +54,7 @@ class OperatorState:
     workers: int = 4
     cluster: ClusterFacts = field(default_factory=ClusterFacts)
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    deployment_states: dict[Key, tuple] = field(default_factory=dict)  # what last triggered a pass
+    deployment_states: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # what last triggered a pass
     pod_problems: dict[Key, str] = field(default_factory=dict)  # managed pods that do not run, and why
     autoscaler_generations: dict[Key, int | None] = field(default_factory=dict)  # what last triggered a pass
     # the watch cache every pass reads the LLMDeployments' objects from (observe.py)
@@ -184,7 +184,7 @@ class OperatorState:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         return result.retry_after
 
-    def _write_status(self, key: Key, body: dict[str, Any], result) -> dict[str, Any] | None:
+    def _write_status(self, key: Key, body: dict[str, Any], result: Result) -> dict[str, Any] | None:
         """Events, then the status if it changed (in a worker thread); returns the updated object."""
         namespace, name = key
         for type_, reason, message in result.events:

@@ -254,13 +254,15 @@ class KubeClient:
     def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
         configuration = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_kube_config(
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
         except (kubernetes.config.ConfigException, FileNotFoundError, TypeError):
             if kubeconfig:
                 raise
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         configuration.connection_pool_maxsize = 32
         return cls(kubernetes.client.ApiClient(configuration))
 
@@ -293,7 +295,7 @@ class KubeClient:
         except (urllib3.exceptions.HTTPError, OSError) as err:
             # The API server is unreachable (restarting, network): a retryable condition, not a bug.
             raise KubeError(0, "Unavailable", f"API server unreachable: {type(err).__name__}") from err
-        data = response.read()
+        data = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status < 300:
             raise self._error(response.status, data, response.headers)
         return json.loads(data) if data else None
@@ -326,7 +328,8 @@ class KubeClient:
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", path_for(kind, namespace, name))
+            found: dict[str, Any] = self.request("GET", path_for(kind, namespace, name))
+            return found
         except KubeError as err:
             if err.not_found:
                 return None
@@ -336,23 +339,29 @@ class KubeClient:
         self, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         query = {"labelSelector": label_selector} if label_selector else None
-        return self.request("GET", path_for(kind, namespace), query=query).get("items", [])
+        items: list[dict[str, Any]] = self.request("GET", path_for(kind, namespace), query=query).get(
+            "items", []
+        )
+        return items
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """Server-side apply with force: the controller owns the fields it renders, so hand edits of them
-        are undone on the next reconcile (drift), while fields it does not render stay."""
+        """Server-side apply with force: the controller owns the fields it renders, so hand edits
+        of them are undone on the next reconcile (drift), while fields it does not render stay."""
         meta = obj["metadata"]
         query = {"fieldManager": self.field_manager, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
         path = path_for(obj["kind"], meta.get("namespace"), meta["name"], obj["apiVersion"])
-        return self.request("PATCH", path, query=query, body=obj, content_type="application/apply-patch+yaml")
+        applied: dict[str, Any] = self.request(
+            "PATCH", path, query=query, body=obj, content_type="application/apply-patch+yaml"
+        )
+        return applied
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        return self.request(
-            "POST", path_for(obj["kind"], meta.get("namespace"), api_version=obj["apiVersion"]), body=obj
-        )
+        path = path_for(obj["kind"], meta.get("namespace"), api_version=obj["apiVersion"])
+        created: dict[str, Any] = self.request("POST", path, body=obj)
+        return created
 
     def delete(self, kind: str, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
         try:
@@ -371,17 +380,22 @@ class KubeClient:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return self.request(
+        patched: dict[str, Any] = self.request(
             "PATCH",
             path_for(kind, namespace, name) + "/status",
             body=body,
             content_type="application/merge-patch+json",
         )
+        return patched
 
-    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict:
-        return self.request(
-            "PATCH", path_for(kind, namespace, name), body=patch, content_type="application/merge-patch+json"
+    def merge_patch(
+        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        path = path_for(kind, namespace, name)
+        patched: dict[str, Any] = self.request(
+            "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
+        return patched
 
     def event(
         self,

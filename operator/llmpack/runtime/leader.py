@@ -190,7 +190,7 @@ class LeaderElector:
         self.observed_time = float("-inf")
         self._renewed_at = float("-inf")  # start of the last successful acquire or renew
         self._leading = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.reported_leader = ""
         metrics.LEADER.labels(name=config.lease_name).set(0)
@@ -304,7 +304,7 @@ class LeaderElector:
 
     # -- the loops ---------------------------------------------------------------------------------
 
-    def start(self) -> asyncio.Task:
+    def start(self) -> asyncio.Task[None]:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-election")
         self._task = asyncio.create_task(self.run(), name="leader-election")
         return self._task

@@ -60,7 +60,7 @@ class ItemExponentialBackoff:
         self.failures[key] = exponent + 1
         if exponent >= 64:  # 2**64 * base overflows any sane cap; client-go guards the same way
             return self.cap
-        return min(self.base * 2**exponent, self.cap)
+        return min(self.base * 2.0**exponent, self.cap)
 
     def forget(self, key: Key) -> None:
         self.failures.pop(key, None)
@@ -143,7 +143,7 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
         # key -> time.monotonic() before which it must not be processed (the server's Retry-After)
         self._not_before: dict[K, float] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.running = False
         self.shut_down = False
         self.idle = asyncio.Event()
