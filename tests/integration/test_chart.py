@@ -502,6 +502,8 @@ def test_service_monitor_only_when_enabled(helm):
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # llmpack_llmdeployment_*{namespace} keep the LLMDeployment's namespace, not the operator pod's
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["spec"]["ports"][0]["name"] == "metrics"
     # without the prometheus-operator's CRD the install says why instead of failing on an unknown kind

@@ -8,9 +8,13 @@ from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from llmpack.api.llmdeployment import Phase
+from llmpack.api.llmdeployment import Phase, SLOSpec
 
 PHASES: tuple[str, ...] = get_args(Phase)
+# spec.slo's fields as (camelCase key, objective label): ("itlP99Ms", "itl_p99").
+SLO_OBJECTIVES: tuple[tuple[str, str], ...] = tuple(
+    (info.alias or name, name.removesuffix("_ms")) for name, info in SLOSpec.model_fields.items()
+)
 
 RECONCILE_SECONDS = Histogram(
     "llmpack_reconcile_duration_seconds",
@@ -32,20 +36,99 @@ GPUS_EXCLUSIVE = Gauge(
 )
 
 
+# -- one series per LLMDeployment, labelled like its serving pods' metrics once scraped (namespace,
+# llmdeployment), so a dashboard can put them beside vLLM's; the chart's ServiceMonitor keeps these
+# labels (honorLabels) instead of the operator pod's namespace.
+LLMD_LABELS = ("namespace", "llmdeployment")
+LLMD_PHASE = Gauge(
+    "llmpack_llmdeployment_phase",
+    "1 for an LLMDeployment's current phase, 0 for the others.",
+    [*LLMD_LABELS, "phase"],
+)
+LLMD_GPUS_DESIRED = Gauge(
+    "llmpack_llmdeployment_gpus_desired",
+    "GPUs an LLMDeployment asks for (spec.gpu.count: the user, kubectl scale or its autoscaler).",
+    LLMD_LABELS,
+)
+LLMD_GPUS = Gauge(
+    "llmpack_llmdeployment_gpus", "GPUs an LLMDeployment's pods occupy now (status.gpus).", LLMD_LABELS
+)
+LLMD_REPLICAS = Gauge(
+    "llmpack_llmdeployment_replicas", "vLLM replicas an LLMDeployment wants (status.replicas).", LLMD_LABELS
+)
+LLMD_READY_REPLICAS = Gauge(
+    "llmpack_llmdeployment_ready_replicas",
+    "vLLM replicas of an LLMDeployment serving (status.readyReplicas).",
+    LLMD_LABELS,
+)
+LLMD_SLO_SECONDS = Gauge(
+    "llmpack_llmdeployment_slo_seconds",
+    "An LLMDeployment's latency objectives (spec.slo), by objective: "
+    + ", ".join(objective for _, objective in SLO_OBJECTIVES)
+    + ".",
+    [*LLMD_LABELS, "objective"],
+)
+LLMD_PREDICTED_TOKENS = Gauge(
+    "llmpack_llmdeployment_predicted_tokens_per_second_per_gpu",
+    "Prompt+output tokens/s one GPU of an LLMDeployment is predicted to serve at B_opt "
+    "(status.recommendation.predictedTokensPerSecondPerGPU).",
+    LLMD_LABELS,
+)
+
+# The per-LLMDeployment series set by the last observe_phases: those it does not set again (a
+# deleted LLMDeployment, an SLO removed) are removed rather than left at their last value.
+_published: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+
 def observe_phases(objects: Iterable[dict[str, Any]]) -> None:
-    """Recompute the per-phase and GPU gauges from the operator's view of every LLMDeployment."""
+    """Recompute the per-phase and GPU gauges, and every LLMDeployment's own series, from the
+    operator's view of every LLMDeployment."""
     phases: Tally[str] = Tally()
     gpus = exclusive = 0
+    series: dict[tuple[Gauge, tuple[str, ...]], float] = {}
     for obj in objects:
         status = obj.get("status") or {}
-        phases[status.get("phase", "Pending")] += 1
+        phase = status.get("phase", "Pending")
+        phases[phase] += 1
         rec = status.get("recommendation") or {}
         gpus += rec.get("gpus", 0) or 0
         exclusive += rec.get("replicas", 0) or 0
+        series.update(deployment_series(obj, status, rec, phase))
     for phase in PHASES:
         DEPLOYMENTS_BY_PHASE.labels(phase=phase).set(phases.get(phase, 0))
     GPUS_IN_USE.set(gpus)
     GPUS_EXCLUSIVE.set(exclusive)
+    for (gauge, labels), value in series.items():
+        gauge.labels(*labels).set(value)
+    for gauge, labels in _published - series.keys():
+        gauge.remove(*labels)
+    _published.clear()
+    _published.update(series)
+
+
+def deployment_series(
+    obj: dict[str, Any], status: dict[str, Any], rec: dict[str, Any], phase: str
+) -> dict[tuple[Gauge, tuple[str, ...]], float]:
+    """One LLMDeployment's series: (gauge, label values) -> value; a figure it lacks is left out."""
+    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+    spec = obj.get("spec") or {}
+    series: dict[tuple[Gauge, tuple[str, ...]], float] = {
+        (LLMD_PHASE, (*key, p)): float(p == phase) for p in PHASES
+    }
+    series[(LLMD_GPUS_DESIRED, key)] = (spec.get("gpu") or {}).get("count", 1)
+    for gauge, value in (
+        (LLMD_GPUS, status.get("gpus")),
+        (LLMD_REPLICAS, status.get("replicas")),
+        (LLMD_READY_REPLICAS, status.get("readyReplicas")),
+        (LLMD_PREDICTED_TOKENS, rec.get("predictedTokensPerSecondPerGPU")),
+    ):
+        if value is not None:
+            series[(gauge, key)] = value
+    slo = spec.get("slo") or {}
+    for field, objective in SLO_OBJECTIVES:
+        if slo.get(field) is not None:
+            series[(LLMD_SLO_SECONDS, (*key, objective))] = slo[field] / 1000
+    return series
 
 
 # -- the work queue and leader election, by controller-runtime's and client-go's metric names ------
