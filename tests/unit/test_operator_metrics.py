@@ -73,3 +73,15 @@ def test_slo_objectives_are_every_slo_field():
         "itlP99Ms": "itl_p99",
         "ttftP99Ms": "ttft_p99",
     }
+
+
+def test_the_llmdeployment_label_is_its_serving_pods_label():
+    """A name too long for a label value is shortened as the serving pods' llmpack.io/llmdeployment
+    label is, so the operator's series and the pods' metrics share the value."""
+    from llmpack.render.plan import label_value
+
+    name = "a-very-long-llmdeployment-name-" + "x" * 40
+    metrics.observe_phases([llmd(name)])
+    assert label_value(name) != name
+    shortened = {"namespace": "team-a", "llmdeployment": label_value(name)}
+    assert sample("llmpack_llmdeployment_gpus_desired", **shortened) == 1

@@ -9,6 +9,7 @@ from typing import Any, get_args
 from prometheus_client import Counter, Gauge, Histogram
 
 from llmpack.api.llmdeployment import Phase, SLOSpec
+from llmpack.render.plan import label_value
 
 PHASES: tuple[str, ...] = get_args(Phase)
 # spec.slo's fields as (camelCase key, objective label): ("itlP99Ms", "itl_p99").
@@ -110,7 +111,8 @@ def deployment_series(
     obj: dict[str, Any], status: dict[str, Any], rec: dict[str, Any], phase: str
 ) -> dict[tuple[Gauge, tuple[str, ...]], float]:
     """One LLMDeployment's series: (gauge, label values) -> value; a figure it lacks is left out."""
-    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+    # the serving pods' label llmpack.io/llmdeployment, which scrapes relabel to `llmdeployment`
+    key = (obj["metadata"].get("namespace", ""), label_value(obj["metadata"]["name"]))
     spec = obj.get("spec") or {}
     series: dict[tuple[Gauge, tuple[str, ...]], float] = {
         (LLMD_PHASE, (*key, p)): float(p == phase) for p in PHASES
