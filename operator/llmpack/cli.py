@@ -10,9 +10,16 @@ import sys
 
 from llmpack.errors import UserError
 
-__all__ = ["EXTRAS", "SUBCOMMANDS", "UserError", "build_parser", "main"]
+__all__ = ["DESCRIPTION", "EXTRAS", "SUBCOMMANDS", "UserError", "build_parser", "main"]
 
-# name -> (module, one-line help)
+DESCRIPTION = (
+    "Serve small LLMs with vLLM on Kubernetes: profile a model, choose the batch size that reaches "
+    "the throughput plateau within the latency objective, and pack memory-capped replicas onto "
+    "each GPU (MPS or MIG)."
+)
+
+# name -> (module, one-line help: lower case, no full stop, as argparse lists commands; the
+# command's own --help turns it into a sentence)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "advise": ("llmpack.advise_cli", "recommend max-num-seqs, KV cache size and packing from a profile"),
     "predict": ("llmpack.predict_cli", "predict throughput and latency of R replicas on one GPU"),
@@ -37,7 +44,7 @@ EXTRAS: dict[str, str | None] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmpack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="llmpack", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, help_text = SUBCOMMANDS[name]
     try:
         module = importlib.import_module(module_name)
-        sub = argparse.ArgumentParser(prog=f"llmpack {name}", description=help_text)
+        sub = argparse.ArgumentParser(prog=f"llmpack {name}", description=sentence(help_text))
         module.add_arguments(sub)
         args = sub.parse_args(rest)
         try:
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(hint, file=sys.stderr)
         return 2
+
+
+def sentence(help_text: str) -> str:
+    """A command's one-line help as its --help description: "Run the operator."."""
+    return help_text[:1].upper() + help_text[1:] + "."
 
 
 def install_hint(command: str, err: ModuleNotFoundError) -> str | None:

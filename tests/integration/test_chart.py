@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llmpack"
 README = CHART / "README.md"
 EXAMPLE = ROOT / "examples" / "opt-1.3b-mps-dra.yaml"
+DASHBOARD = CHART / "dashboards" / "llmdeployment.json"
 RELEASE = "llmpack"
 # A refusal by RBAC, in the operator's or kopf's words. A 403 for creating in a namespace that is
 # being deleted (a leftover of another test) is admission, not RBAC, and is not counted.
@@ -305,6 +306,7 @@ VALUE_SETS = [
     ("watchNamespaces={team-a,llmpack-system}", "replicaCount=3"),
     ("metrics.port=0",),
     ("leaderElection.enabled=false",),
+    ("grafanaDashboard.enabled=true",),
 ]
 
 
@@ -502,6 +504,8 @@ def test_service_monitor_only_when_enabled(helm):
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # llmpack_llmdeployment_*{namespace} keep the LLMDeployment's namespace, not the operator pod's
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["spec"]["ports"][0]["name"] == "metrics"
     # without the prometheus-operator's CRD the install says why instead of failing on an unknown kind
@@ -516,6 +520,31 @@ def test_service_monitor_only_when_enabled(helm):
         check=False,
     )
     assert result.returncode != 0 and "metrics.serviceMonitor.enabled" in result.stderr
+
+
+def test_grafana_dashboard_only_when_enabled_where_the_sidecar_looks(helm):
+    assert not by_kind(render(helm), "ConfigMap")
+    (dashboard,) = by_kind(render(helm, "grafanaDashboard.enabled=true", namespace="ops"), "ConfigMap")
+    assert dashboard["metadata"]["namespace"] == "ops"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's default label
+    ((key, text),) = dashboard["data"].items()
+    assert key.endswith(".json")  # the sidecar writes each key as a file and Grafana loads *.json
+    assert json.loads(text) == json.loads(DASHBOARD.read_text())
+    (moved,) = by_kind(
+        render(
+            helm,
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.label=example.com/dashboard",
+            "grafanaDashboard.labelValue=llm",
+            "grafanaDashboard.annotations.grafana_folder=LLM",
+        ),
+        "ConfigMap",
+    )
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["labels"]["example.com/dashboard"] == "llm"
+    assert "grafana_dashboard" not in moved["metadata"]["labels"]
+    assert moved["metadata"]["annotations"] == {"grafana_folder": "LLM"}
 
 
 # =================================================================================================
@@ -533,6 +562,8 @@ def test_service_monitor_only_when_enabled(helm):
         ("images.operator.pullPolicy=Sometimes", "/images/operator/pullPolicy"),
         ("workers=0", "/workers"),
         ("leaderElection.retryPeriod=2", "/leaderElection/retryPeriod"),
+        ("grafanaDashboard.label=not a label", "/grafanaDashboard/label"),
+        ("grafanaDashboard.namespace=Monitoring", "/grafanaDashboard/namespace"),
         ("loglevel=DEBUG", "loglevel"),  # a misspelt key is refused, not ignored
     ],
 )

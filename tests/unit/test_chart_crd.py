@@ -30,3 +30,18 @@ def test_chart_carries_every_generated_crd_unchanged():
 def test_chart_crds_are_only_the_generated_ones():
     extra = {p.name for p in CHART_CRDS.iterdir()} - {p.name for p in GENERATED.glob("*.yaml")}
     assert not extra, f"charts/llmpack/crds/ has files crds/ does not generate: {extra}"
+
+
+def test_each_crd_carries_the_hash_of_its_spec():
+    """The chart refuses an upgrade while the cluster's CRD carries another hash
+    (templates/crd-check.yaml): the hash must follow every change of the spec."""
+    import yaml
+
+    from llmpack.api.crd import SPEC_HASH_ANNOTATION, spec_hash
+
+    for path in CHART_CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        assert crd["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(crd["spec"]), path.name
+        changed = {**crd["spec"], "scope": "Cluster"}
+        assert spec_hash(changed) != spec_hash(crd["spec"])
+    assert SPEC_HASH_ANNOTATION in (ROOT / "charts" / "llmpack" / "templates" / "crd-check.yaml").read_text()

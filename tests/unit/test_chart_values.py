@@ -71,6 +71,12 @@ def test_defaults_match_the_operator():
     }
     for image in ("operator", "profiler", "serving"):
         assert values["images"][image]["tag"] == ""  # the chart's appVersion
+    assert values["crds"] == {"check": True}  # an upgrade over an older CRD is refused, saying why
+    assert values["grafanaDashboard"]["enabled"] is False
+    assert (values["grafanaDashboard"]["label"], values["grafanaDashboard"]["labelValue"]) == (
+        "grafana_dashboard",  # the Grafana sidecar's default (kube-prometheus-stack)
+        "1",
+    )
 
 
 def test_log_level_choices_are_the_operators():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import sys
 from typing import Any
 
@@ -19,6 +21,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from llmpack.api import llmdeployment as api
+
+# The SHA-256 of the CRD's spec, as an annotation of the CRD itself: the Helm chart compares the
+# cluster's with its own before an upgrade (Helm never upgrades a chart's crds/) and says how to
+# apply the new one.
+SPEC_HASH_ANNOTATION = f"{api.GROUP}/crd-spec-sha256"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
@@ -164,33 +171,44 @@ def crd() -> dict[str, Any]:
             "status": status,
         },
     }
+    crd_spec: dict[str, Any] = {
+        "group": api.GROUP,
+        "scope": "Namespaced",
+        "names": {
+            "kind": api.KIND,
+            "listKind": f"{api.KIND}List",
+            "plural": api.PLURAL,
+            "singular": api.SINGULAR,
+            "shortNames": api.SHORT_NAMES,
+            "categories": ["llmpack"],
+        },
+        "versions": [
+            {
+                "name": api.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": schema},
+            }
+        ],
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
-        "spec": {
-            "group": api.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": api.SHORT_NAMES,
-                "categories": ["llmpack"],
-            },
-            "versions": [
-                {
-                    "name": api.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(crd_spec)},
         },
+        "spec": crd_spec,
     }
+
+
+def spec_hash(crd_spec: dict[str, Any]) -> str:
+    """SHA-256 of the CRD's spec as canonical JSON: any change to the schema, printer columns,
+    subresources or names changes it."""
+    canonical = json.dumps(crd_spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def render_yaml() -> str:

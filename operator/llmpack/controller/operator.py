@@ -67,6 +67,7 @@ class OperatorState:
 
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.kube, self.config, self.cluster, self.store)
+        metrics.observe_phases(self.objects.values())  # a live view: /metrics reads it at each scrape
 
     def seed_cluster_facts(self) -> None:
         for node in self.kube.list("Node"):
@@ -171,7 +172,6 @@ class OperatorState:
                 # Keep the newest copy so the next pass does not start from the status we replaced.
                 if self.objects.get(key) is body:
                     self.objects[key] = updated
-                metrics.observe_phases(self.objects.values())
         except KubeError as err:
             if err.namespace_terminating:
                 return None  # its namespace is going away, and the LLMDeployment with it
@@ -273,7 +273,6 @@ class Watches:
         key = (namespace_of(body), body.metadata.name)
         if event["type"] == "DELETED":
             state.objects.pop(key, None)
-            metrics.observe_phases(state.objects.values())
             return
         known = state.objects.get(key)
         state.objects[key] = copy.deepcopy(dict(body))

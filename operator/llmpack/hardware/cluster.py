@@ -35,6 +35,7 @@ MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as NVML reports the total (GFD)
 SHARED_SUFFIX = "-SHARED"
+MPS_SHARING_STRATEGY = "mps"  # the value of SHARING_STRATEGY_LABEL on nodes the device plugin shares with MPS
 DRA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
 DRA_GPU_DRIVER = "gpu.nvidia.com"  # the NVIDIA DRA driver's name in ResourceSlices
 
@@ -160,7 +161,7 @@ class ClusterFacts:
             if not node.schedulable or not wanted <= node.labels.items():
                 continue
             label = node.labels.get(GPU_PRODUCT_LABEL, "")
-            shared = node.labels.get(SHARING_STRATEGY_LABEL) == "mps"
+            shared = node.labels.get(SHARING_STRATEGY_LABEL) == MPS_SHARING_STRATEGY
             if shared and label == product + SHARED_SUFFIX:
                 replicas = max(_int(node.labels.get(GPU_REPLICAS_LABEL)), 1)  # per GPU (see above)
                 offers.device_plugin_mps_replicas = max(offers.device_plugin_mps_replicas or 1, replicas)

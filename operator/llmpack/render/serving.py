@@ -31,6 +31,7 @@ from llmpack.hardware.cluster import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     MIG_RESOURCE_PREFIX,
+    MPS_SHARING_STRATEGY,
     SHARED_SUFFIX,
     SHARING_STRATEGY_LABEL,
 )
@@ -121,7 +122,7 @@ def mps_device_plugin_deployment(plan: ServingPlan) -> dict[str, Any]:
     and the MPS client must see that one."""
     selector = {
         **plan.node_selector,
-        SHARING_STRATEGY_LABEL: "mps",
+        SHARING_STRATEGY_LABEL: MPS_SHARING_STRATEGY,
         GPU_PRODUCT_LABEL: plan.gpu_product + SHARED_SUFFIX,
     }
     return one_replica_per_pod(plan, {GPU_RESOURCE: plan.gpu_slices_per_replica or 1}, selector, shm=False)
