@@ -138,9 +138,11 @@ def deployment_series(
 ) -> list[tuple[str, tuple[str, ...], float]]:
     """One LLMDeployment's series: (family, label values, value); a figure it lacks is left out."""
     # the serving pods' label llmpack.io/llmdeployment, which scrapes relabel to `llmdeployment`
-    key = (obj["metadata"].get("namespace", ""), label_value(obj["metadata"]["name"]))
+    key: tuple[str, ...] = (obj["metadata"].get("namespace", ""), label_value(obj["metadata"]["name"]))
     spec = obj.get("spec") or {}
-    series = [("llmpack_llmdeployment_phase", (*key, p), float(p == phase)) for p in PHASES]
+    series: list[tuple[str, tuple[str, ...], float]] = [
+        ("llmpack_llmdeployment_phase", (*key, p), float(p == phase)) for p in PHASES
+    ]
     series.append(("llmpack_llmdeployment_gpus_desired", key, (spec.get("gpu") or {}).get("count", 1)))
     for name, value in (
         ("llmpack_llmdeployment_gpus", status.get("gpus")),

@@ -168,10 +168,9 @@ class OperatorState:
             result = await asyncio.to_thread(self.reconciler.reconcile, body)
             updated = await asyncio.to_thread(self._write_status, key, body, result)
             # Back on the event loop, where the watch handlers change self.objects too.
-            if updated is not None:
-                # Keep the newest copy so the next pass does not start from the status we replaced.
-                if self.objects.get(key) is body:
-                    self.objects[key] = updated
+            # Keep the newest copy so the next pass does not start from the status we replaced.
+            if updated is not None and self.objects.get(key) is body:
+                self.objects[key] = updated
         except KubeError as err:
             if err.namespace_terminating:
                 return None  # its namespace is going away, and the LLMDeployment with it
