@@ -22,7 +22,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -167,9 +167,11 @@ class OperatorState:
         try:
             result = await asyncio.to_thread(self.reconciler.reconcile, body)
             updated = await asyncio.to_thread(self._write_status, key, body, result)
-            # Back on the event loop, where the watch handlers change self.objects too.
-            # Keep the newest copy so the next pass does not start from the status we replaced.
-            if updated is not None and self.objects.get(key) is body:
+            # Back on the event loop, where the watch handlers change self.objects too. Keep the
+            # newest copy, so that the next pass does not start from the status this one replaced
+            # (a watch event of an earlier write may have arrived meanwhile).
+            current = self.objects.get(key)
+            if updated is not None and current is not None and not older(updated, current):
                 self.objects[key] = updated
         except KubeError as err:
             if err.namespace_terminating:
@@ -274,6 +276,8 @@ class Watches:
             state.objects.pop(key, None)
             return
         known = state.objects.get(key)
+        if known is not None and older(body, known):
+            return  # the echo of a write whose successor the operator already holds
         state.objects[key] = copy.deepcopy(dict(body))
         if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get(
             "resourceVersion"
@@ -390,6 +394,16 @@ class Watches:
         published = None if event["type"] == "DELETED" else dict(body)
         if self.state.cluster.publish_slice(body.metadata.name, published):
             self.state.enqueue_all()
+
+
+def older(obj: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether `obj` is an older version of the same object than `than`. resourceVersions are
+    opaque to clients, but the API server's are etcd revisions: where both are whole numbers they
+    order the versions (client-go's informers assume no order and may hand out an older copy; the
+    operator would then write a status from it and get a 409). Otherwise: not older."""
+    mine, theirs = (str((o.get("metadata") or {}).get("resourceVersion", "")) for o in (obj, than))
+    same_object = (obj.get("metadata") or {}).get("uid") == (than.get("metadata") or {}).get("uid")
+    return same_object and mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
 
 
 def owner_key(body: kopf.Body) -> Key | None:
