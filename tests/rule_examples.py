@@ -6,15 +6,71 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpack.api.llmdeployment import SERVING_RULES, SHARING_RULES, SPEC_RULES
+from llmpack.api.llmdeployment import (
+    ENV_RULES,
+    ENV_SOURCE_RULES,
+    GPU_RULES,
+    MODEL_RULES,
+    SERVING_RULES,
+    SHARING_RULES,
+    SPEC_RULES,
+    TOLERATION_RULES,
+)
 
 _MODEL = {"name": "facebook/opt-1.3b"}
+ALL_RULES = (
+    *MODEL_RULES,
+    *SHARING_RULES,
+    *TOLERATION_RULES,
+    *GPU_RULES,
+    *ENV_SOURCE_RULES,
+    *ENV_RULES,
+    *SERVING_RULES,
+    *SPEC_RULES,
+)
 
 BREAKING_SPECS: dict[str, dict[str, Any]] = {
+    MODEL_RULES[0].message: {"model": {"name": "--help"}},
+    MODEL_RULES[1].message: {"model": {**_MODEL, "revision": "--trust-remote-code"}},
     SHARING_RULES[0].message: {"model": _MODEL, "sharing": {"mode": "mps", "migProfile": "1g.10gb"}},
+    TOLERATION_RULES[0].message: {
+        "model": _MODEL,
+        "gpu": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+    },
+    TOLERATION_RULES[1].message: {"model": _MODEL, "gpu": {"tolerations": [{"effect": "NoSchedule"}]}},
+    TOLERATION_RULES[2].message: {
+        "model": _MODEL,
+        "gpu": {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 60}]},
+    },
+    GPU_RULES[0].message: {"model": _MODEL, "gpu": {"nodeSelector": {"bad key!": "x"}}},
+    ENV_SOURCE_RULES[0].message: {
+        "model": _MODEL,
+        "serving": {
+            "env": [
+                {
+                    "name": "A",
+                    "valueFrom": {
+                        "secretKeyRef": {"name": "s", "key": "k"},
+                        "fieldRef": {"fieldPath": "metadata.name"},
+                    },
+                }
+            ]
+        },
+    },
+    ENV_RULES[0].message: {
+        "model": _MODEL,
+        "serving": {
+            "env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        },
+    },
     SERVING_RULES[0].message: {
         "model": _MODEL,
         "serving": {"env": [{"name": "CUDA_MPS_PIPE_DIRECTORY", "value": "/tmp"}]},
+    },
+    SERVING_RULES[1].message: {"model": _MODEL, "serving": {"extraArgs": ["--max-num-seqs", "64"]}},
+    SERVING_RULES[2].message: {
+        "model": _MODEL,
+        "serving": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}},
     },
     SPEC_RULES[0].message: {
         "model": _MODEL,

@@ -45,7 +45,6 @@ from operator_runner import OPERATOR_NAMESPACE  # noqa: E402
 from test_badinput_pure import (  # noqa: E402  (the corpus tables are shared with the pure tests)
     BASE_SPEC,
     CEL_CASES,
-    OWNED_FLAGS,
     PROFILE_CASES,
     SCHEMA_CASES,
     UNKNOWN_FIELD_CASES,
@@ -210,21 +209,6 @@ OPERATOR_CASES: list[Served] = [
         {"model": {"name": "acme/unknown-7b"}, "profiling": {"backend": "simulated"}},
         "UnknownModel",
         ("spec.model.architecture",),
-    ),
-    *(
-        Served(
-            "extra-args-" + "-".join(a).lstrip("-").replace("=", "-").replace(".", ""),
-            {"serving": {"extraArgs": a}},
-            "InvalidSpec",
-            ("serving.extraArgs", f"must not set {a[0].split('=')[0]}"),
-        )
-        for a in OWNED_FLAGS
-    ),
-    Served(
-        "env-unknown-field",
-        {"serving": {"env": [{"name": "A", "value": "1", "bogus": True}]}},
-        "InvalidSpec",
-        ("serving.env.0.bogus", "Extra inputs are not permitted"),
     ),
     Served(
         "slo-itl-mean-unmeetable",

@@ -118,7 +118,10 @@ NODE_SELECTORS = [{}, {"pool": "gpu"}, {"topology.kubernetes.io/zone": "eu-west-
 RESOURCES = [
     None,
     {"requests": {"cpu": "4", "memory": "32Gi"}},
-    {"requests": {"cpu": "500m"}, "limits": {"memory": "64Gi", "nvidia.com/gpu": "8"}},
+    {
+        "requests": {"cpu": "500m", "memory": 16 * 2**30},
+        "limits": {"memory": "64Gi", "ephemeral-storage": "1e11"},
+    },
 ]
 EXTRA_ARGS = [
     "--enforce-eager",

@@ -107,8 +107,12 @@ def _structural(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
+    if node.get("x-kubernetes-int-or-string"):  # a quantity: Kubernetes' own anyOf integer|string
+        return node
     if "anyOf" in node:  # Optional[X] -> X: absent fields are how Kubernetes spells null
         variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) == 1 and variants[0].get("x-kubernetes-int-or-string"):
+            return {**variants[0], **{k: v for k, v in node.items() if k != "default" or v is not None}}
         if len(variants) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {variants}")
         inner = variants[0]
@@ -138,12 +142,18 @@ def _structural(node: Any) -> Any:
     return node
 
 
-def _default_nested_objects(node: dict[str, Any]) -> None:
-    """Give optional sub-objects `default: {}` so the API server fills in their own defaults."""
+def _has_defaults(node: dict[str, Any]) -> bool:
+    return any("default" in p or _has_defaults(p) for p in node.get("properties", {}).values())
+
+
+def _default_nested_objects(node: dict[str, Any], *, top: bool = True) -> None:
+    """Give the spec's optional sections `default: {}` so that CEL rules and `kubectl get` see them,
+    and deeper optional objects one where the API server then fills in defaults of their own (an
+    empty serving.resources.limits would be a value the user never wrote)."""
     for prop in node.get("properties", {}).values():
         if prop.get("type") == "object" and "properties" in prop:
-            _default_nested_objects(prop)
-            if not prop.get("required"):
+            _default_nested_objects(prop, top=False)
+            if not prop.get("required") and (top or _has_defaults(prop)):
                 prop.setdefault("default", {})
 
 

@@ -7,11 +7,16 @@ validates every object it reads with them. Field names are camelCase in YAML, as
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, TypeVar
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from typing_extensions import TypedDict
 
+from llmpack.api.profile import MAX_MEMORY_BYTES, MAX_TOKENS
+from llmpack.api.quantity import Quantity, quantity_value
 from llmpack.api.rules import Rule, cel_validations, first_broken
 
 GROUP = "llmpack.io"
@@ -29,6 +34,12 @@ assert f"{GROUP}/{VERSION}" == API_VERSION
 # between 64 and 512, where the throughput plateau of small models usually starts.
 DEFAULT_CANDIDATE_BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512]
 MPS_MAX_CLIENTS = 48  # NVIDIA MPS client limit on compute capability >= 7.5 (FACTS.md 3.1)
+MAX_NUM_SEQS = 4096  # the largest batch (--max-num-seqs) a spec may fix or have profiled
+MAX_GPUS = 4096
+# Latency objectives beyond these mean nothing for interactive serving; they bound what the
+# advisor compares with measured figures.
+MAX_ITL_MS = 60_000.0
+MAX_TTFT_MS = 3_600_000.0
 
 Phase = Literal["Pending", "Profiling", "Deploying", "Ready", "Degraded", "Failed"]
 SharingMode = Literal["auto", "mps", "mig", "exclusive"]
@@ -41,6 +52,20 @@ DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Name = Annotated[str, Field(min_length=1, max_length=253)]
+# Object names the pods reference (a Secret): a DNS subdomain, as the API server requires.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+# A label value (nodeSelector values, the GPU product label): up to 63 characters.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+# A label or taint key: an optional DNS-subdomain prefix and a name of up to 63 characters.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+QualifiedName = Annotated[str, Field(min_length=1, max_length=317, pattern=QUALIFIED_NAME)]
+# A container image reference: no whitespace (the kubelet would refuse it).
+ImageRef = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^\S+$")]
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -62,8 +87,14 @@ def k8s_field_name(name: str) -> str:
 class CamelModel(BaseModel):
     """Base: camelCase aliases, unknown fields refused (a typo in YAML is an error, not a no-op)."""
 
+    # allow_inf_nan: JSON has no infinity or NaN, so the API server can never hold one; a spec read
+    # from YAML by `llmpack plan` (.inf, .nan) is refused the same way.
     model_config = ConfigDict(
-        alias_generator=k8s_field_name, populate_by_name=True, extra="forbid", validate_assignment=True
+        alias_generator=k8s_field_name,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     def to_k8s(self) -> dict[str, Any]:
@@ -73,45 +104,84 @@ class CamelModel(BaseModel):
 class SecretKeyRef(CamelModel):
     """A key in a Secret of the LLMDeployment's namespace."""
 
-    name: Name = Field(description="Name of the Secret in the LLMDeployment's namespace.")
-    key: str = Field("token", min_length=1, description="Key inside the Secret. Default: token.")
+    name: ObjectName = Field(description="Name of the Secret in the LLMDeployment's namespace.")
+    key: str = Field(
+        "token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key inside the Secret. Default: token.",
+    )
 
 
 class Architecture(CamelModel):
     """Model shape, for models the operator cannot look up in its built-in catalogue."""
 
-    num_layers: PositiveInt = Field(description="Transformer layers (config.json num_hidden_layers).")
+    num_layers: PositiveInt = Field(
+        le=1024, description="Transformer layers (config.json num_hidden_layers)."
+    )
     num_kv_heads: PositiveInt = Field(
+        le=1024,
         description="Key/value attention heads (num_key_value_heads; equals the attention heads "
-        "without grouped-query attention)."
+        "without grouped-query attention).",
     )
     head_dim: PositiveInt = Field(
+        le=4096,
         description="Dimension of one KV head as vLLM reads it: config.json's head_dim where the config "
         "sets it (Qwen3 sets 128 where hidden_size / heads is 64), else hidden_size / "
         "num_attention_heads. Models with latent attention (DeepSeek-V2/V3: kv_lora_rank) need no "
-        "architecture here: profile them with the vllm backend, which reads their config."
+        "architecture here: profile them with the vllm backend, which reads their config.",
     )
     parameter_bytes: PositiveInt = Field(
-        description="Bytes of the weights as served (parameters x bytes per parameter of the dtype)."
+        le=MAX_MEMORY_BYTES,
+        description="Bytes of the weights as served (parameters x bytes per parameter of the dtype).",
     )
     max_position_embeddings: PositiveInt | None = Field(
         None,
+        le=MAX_TOKENS,
         description="Longest sequence the model supports (config.json max_position_embeddings, "
         "times a linear or dynamic RoPE scaling factor, as vLLM reads it). The operator refuses "
         "a longer model.maxModelLen or workload before profiling, and caps the default context at it.",
     )
 
 
+# The model's name and revision reach vLLM's command line (`vllm serve NAME --revision REV`): one
+# that starts with "-" would be read as a flag.
+MODEL_RULES: tuple[Rule[ModelSpec], ...] = (
+    Rule(
+        cel="!self.name.startsWith('-')",
+        holds=lambda m: not m.name.startswith("-"),
+        message="model.name must not start with '-' (vLLM would read it as a flag): give the Hugging "
+        "Face id (org/name) or the model's path (./-name for a relative one)",
+    ),
+    Rule(
+        cel="!has(self.revision) || !self.revision.startsWith('-')",
+        holds=lambda m: m.revision is None or not m.revision.startswith("-"),
+        message="model.revision must not start with '-' (vLLM would read it as a flag): give a branch, "
+        "tag or commit",
+    ),
+)
+
+
 class ModelSpec(CamelModel):
+    model_config = ConfigDict(json_schema_extra=cel_validations(MODEL_RULES))
+
     name: Name = Field(
-        description="Hugging Face model id (e.g. facebook/opt-1.3b) or a local path in the image."
+        description="Hugging Face model id (e.g. facebook/opt-1.3b) or a local path in the image; "
+        "must not start with '-'."
     )
-    revision: str | None = Field(None, description="Model revision (branch, tag or commit) to serve.")
+    revision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Model revision (branch, tag or commit) to serve; must not start with '-'.",
+    )
     dtype: DType = Field(
         "auto", description="Weight and KV-cache dtype passed to vLLM --dtype. auto: the model's own."
     )
     max_model_len: PositiveInt | None = Field(
         None,
+        le=MAX_TOKENS,
         description="Longest prompt + output one request may have, in tokens (vLLM --max-model-len); "
         "at most what the model allows (its config.json's max_position_embeddings, read as vLLM "
         "does): a longer one is refused before profiling where the operator knows the model's "
@@ -126,6 +196,10 @@ class ModelSpec(CamelModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding a Hugging Face token, for gated models."
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelSpec:
+        return _check(MODEL_RULES, self)
 
 
 class WorkloadSpec(CamelModel):
@@ -145,15 +219,17 @@ class SLOSpec(CamelModel):
     itl_mean_ms: float | None = Field(
         None,
         gt=0,
+        le=MAX_ITL_MS,
         description="Upper bound on mean inter-token latency, in milliseconds. Replaces the "
         "derived latency cap (advisor.latencyFactor).",
     )
     itl_p99_ms: float | None = Field(
-        None, gt=0, description="Upper bound on p99 inter-token latency, in milliseconds."
+        None, gt=0, le=MAX_ITL_MS, description="Upper bound on p99 inter-token latency, in milliseconds."
     )
     ttft_p99_ms: float | None = Field(
         None,
         gt=0,
+        le=MAX_TTFT_MS,
         description="Upper bound on p99 time to first token, in milliseconds, as the profile "
         "measures it (as many requests in flight as the batch size).",
     )
@@ -174,10 +250,11 @@ class AdvisorSpec(CamelModel):
     latency_factor: float = Field(
         5.0,
         gt=1,
+        le=1000,
         description="Without an SLO, the latency cap is this factor times the mean ITL measured at "
         "the batch size nearest 32.",
     )
-    candidate_batch_sizes: list[PositiveInt] = Field(
+    candidate_batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_NUM_SEQS)]] = Field(
         default_factory=lambda: list(DEFAULT_CANDIDATE_BATCH_SIZES),
         min_length=1,
         max_length=64,
@@ -192,7 +269,7 @@ class AdvisorSpec(CamelModel):
         "fraction of tokens/s.",
     )
     max_num_seqs: PositiveInt | None = Field(
-        None, le=4096, description="Fixed --max-num-seqs: skips the advisor's choice of batch size."
+        None, le=MAX_NUM_SEQS, description="Fixed --max-num-seqs: skips the advisor's choice of batch size."
     )
     replicas_per_gpu: PositiveInt | None = Field(
         None, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."
@@ -235,7 +312,8 @@ class SharingSpec(CamelModel):
     )
     mig_profile: str | None = Field(
         None,
-        pattern=r"^[1-7]g\.[0-9]+gb(\.me)?$",
+        max_length=16,
+        pattern=r"^[1-7]g\.[0-9]{1,4}gb(\.me)?$",
         description="Force a MIG profile (e.g. 1g.10gb) instead of the smallest that holds a replica.",
     )
 
@@ -254,38 +332,139 @@ class SharingSpec(CamelModel):
         return self.mode + (f" ({self.mps_provider})" if self.mode == "mps" else "")
 
 
+# What the API server checks in a pod's tolerations, checked here at admission instead of when
+# the operator's Deployment or Job is refused.
+TOLERATION_RULES: tuple[Rule[Toleration], ...] = (
+    Rule(
+        cel="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        holds=lambda t: t.operator != "Exists" or not t.value,
+        message="a toleration with operator Exists matches any value: remove gpu.tolerations[].value",
+    ),
+    Rule(
+        cel="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        holds=lambda t: bool(t.key) or t.operator == "Exists",
+        message="a toleration without a key must have operator Exists: set gpu.tolerations[].key or "
+        "operator Exists",
+    ),
+    Rule(
+        cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        holds=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        message="tolerationSeconds applies only to effect NoExecute: set gpu.tolerations[].effect "
+        "NoExecute or remove tolerationSeconds",
+    ),
+)
+
+
 class Toleration(CamelModel):
-    key: str | None = Field(None, description="Taint key the toleration applies to.")
+    model_config = ConfigDict(json_schema_extra=cel_validations(TOLERATION_RULES))
+
+    key: QualifiedName | None = Field(None, description="Taint key the toleration applies to.")
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
-    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    value: LabelValue | None = Field(None, description="Taint value to match with operator Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=31_536_000,
+        description="How long a NoExecute taint is tolerated, in seconds (at most a year).",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Toleration:
+        return _check(TOLERATION_RULES, self)
+
+
+def _bad_label_keys(selector: dict[str, str]) -> list[str]:
+    return [k for k in selector if len(k) > 317 or not re.match(QUALIFIED_NAME, k)]
+
+
+GPU_RULES: tuple[Rule[GPUSpec], ...] = (
+    Rule(
+        cel="!has(self.nodeSelector) || self.nodeSelector.all(k, size(k) <= 317 "
+        f"&& k.matches(r'{QUALIFIED_NAME}'))",
+        holds=lambda g: not _bad_label_keys(g.node_selector),
+        culprit=lambda g: ", ".join(_bad_label_keys(g.node_selector)),
+        message="gpu.nodeSelector keys must be label keys: an optional DNS prefix and '/', then up to "
+        "63 letters, digits, '-', '_' or '.'",
+    ),
+)
 
 
 class GPUSpec(CamelModel):
-    product: str = Field(
+    model_config = ConfigDict(json_schema_extra=cel_validations(GPU_RULES))
+
+    product: LabelValue = Field(
         "NVIDIA-H100-80GB-HBM3",
         min_length=1,
         description="GPU product as in the node label nvidia.com/gpu.product "
         "(set by NVIDIA GPU Feature Discovery), e.g. NVIDIA-H100-80GB-HBM3.",
     )
-    count: PositiveInt = Field(1, le=4096, description="How many GPUs to serve the model on.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels the serving and profiling pods require."
+    count: PositiveInt = Field(1, le=MAX_GPUS, description="How many GPUs to serve the model on.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra node labels the serving and profiling pods require (label keys and values).",
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations for the serving and profiling pods."
+        default_factory=list, max_length=64, description="Tolerations for the serving and profiling pods."
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> GPUSpec:
+        return _check(GPU_RULES, self)
+
+
+class HPAScalingPolicy(TypedDict):
+    """One autoscaling/v2 HPAScalingPolicy."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    type: Annotated[Literal["Pods", "Percent"], Field(description="Pods or Percent.")]
+    value: Annotated[int, Field(ge=1, le=100_000, description="Pods, or percent of the current ones.")]
+    periodSeconds: Annotated[int, Field(ge=1, le=1800, description="Window the policy holds for.")]
+
+
+class HPAScalingRules(TypedDict, total=False):
+    """One autoscaling/v2 HPAScalingRules (scaleUp or scaleDown), with the API server's bounds."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    stabilizationWindowSeconds: Annotated[
+        int, Field(ge=0, le=3600, description="Past recommendations considered, in seconds.")
+    ]
+    selectPolicy: Annotated[
+        Literal["Max", "Min", "Disabled"], Field(description="Which policy wins; Disabled: no scaling.")
+    ]
+    policies: Annotated[
+        list[HPAScalingPolicy], Field(max_length=16, description="How fast the GPU count may change.")
+    ]
+    tolerance: Annotated[Quantity, Field(description="Ratio of metric to target that causes no change.")]
+
+
+class HPABehavior(TypedDict, total=False):
+    """autoscaling/v2 HorizontalPodAutoscalerBehavior."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    scaleUp: HPAScalingRules
+    scaleDown: HPAScalingRules
+
+
+# As ResourcesField below: a plain mapping to the planner and the renderer.
+if TYPE_CHECKING:
+    BehaviorField = dict[str, Any]
+else:
+    BehaviorField = HPABehavior
 
 
 class AutoscalingSpec(CamelModel):
     """Scale the number of GPUs on load: the operator renders an autoscaling/v2
     HorizontalPodAutoscaler that drives this LLMDeployment's scale subresource (spec.gpu.count)."""
 
-    min_gpus: PositiveInt = Field(1, le=4096, description="Fewest GPUs to serve on.")
-    max_gpus: PositiveInt = Field(description="Most GPUs to serve on.", le=4096)
+    min_gpus: PositiveInt = Field(1, le=MAX_GPUS, description="Fewest GPUs to serve on.")
+    max_gpus: PositiveInt = Field(description="Most GPUs to serve on.", le=MAX_GPUS)
     target_utilization: float = Field(
         0.8,
         gt=0,
@@ -294,11 +473,10 @@ class AutoscalingSpec(CamelModel):
         "requests running plus waiting per GPU should average; above it the autoscaler adds GPUs, "
         "below it removes them.",
     )
-    behavior: dict[str, Any] | None = Field(
+    behavior: BehaviorField | None = Field(
         None,
         description="The HorizontalPodAutoscaler's spec.behavior (autoscaling/v2: scaleUp and "
-        "scaleDown policies and stabilization windows), passed through as written.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        "scaleDown policies, stabilization windows, tolerance), passed through as written.",
     )
 
 
@@ -308,7 +486,9 @@ class ProfilingSpec(CamelModel):
         description="vllm: measure the model with vLLM on the GPU. simulated: derive the profile from "
         "the performance model (no GPU work; for tests and dry runs).",
     )
-    image: str | None = Field(None, description="Profiler image. Default: the operator's configured one.")
+    image: ImageRef | None = Field(
+        None, description="Profiler image. Default: the operator's configured one."
+    )
     sweep: Sweep = Field(
         "adaptive",
         description="adaptive: double the batch until the advisor's stop test holds, then refine. "
@@ -323,21 +503,159 @@ class ProfilingSpec(CamelModel):
     )
 
 
-class EnvVar(CamelModel):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+class KeyRef(CamelModel):
+    name: ObjectName = Field(description="Name of the object in the LLMDeployment's namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in it.")
+    optional: bool | None = Field(None, description="Whether the object or its key may be missing.")
 
-    name: str = Field(min_length=1, description="Environment variable name.")
-    value: str | None = Field(None, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
+
+class FieldRef(CamelModel):
+    field_path: str = Field(min_length=1, max_length=256, description="Field of the pod, e.g. metadata.name.")
+    api_version: str | None = Field(None, max_length=64, description="Version of that field path's schema.")
+
+
+class ResourceFieldRef(CamelModel):
+    resource: str = Field(min_length=1, max_length=64, description="e.g. limits.memory.")
+    container_name: str | None = Field(None, max_length=63, description="Container whose resource to read.")
+    divisor: Quantity | None = Field(None, description="Unit the value is given in (default 1).")
+
+
+ENV_SOURCE_RULES: tuple[Rule[EnvVarSource], ...] = (
+    Rule(
+        cel="[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef), "
+        "has(self.resourceFieldRef)].filter(x, x).size() == 1",
+        holds=lambda v: (
+            sum(
+                x is not None
+                for x in (v.secret_key_ref, v.config_map_key_ref, v.field_ref, v.resource_field_ref)
+            )
+            == 1
+        ),
+        message="serving.env[].valueFrom names one source: set exactly one of secretKeyRef, "
+        "configMapKeyRef, fieldRef or resourceFieldRef",
+    ),
+)
+
+
+class EnvVarSource(CamelModel):
+    """Where a variable's value comes from (a container's env[].valueFrom)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_validations(ENV_SOURCE_RULES))
+
+    secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
+    field_ref: FieldRef | None = Field(None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldRef | None = Field(None, description="A resource of a container.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> EnvVarSource:
+        return _check(ENV_SOURCE_RULES, self)
+
+
+ENV_RULES: tuple[Rule[EnvVar], ...] = (
+    Rule(
+        cel="!has(self.value) || self.value == '' || !has(self.valueFrom)",
+        holds=lambda e: not e.value or e.value_from is None,
+        message="serving.env[] sets value or valueFrom, not both: remove one",
+    ),
+)
+
+
+class EnvVar(CamelModel):
+    model_config = ConfigDict(json_schema_extra=cel_validations(ENV_RULES))
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[!-<>-~]+$",
+        description="Environment variable name (printable ASCII, no '=' or space).",
+    )
+    value: str | None = Field(None, max_length=32_768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
         None, description="Source of the value (as in a container's env[].valueFrom)."
     )
 
+    @model_validator(mode="after")
+    def _rules(self) -> EnvVar:
+        return _check(ENV_RULES, self)
+
+
+# Flags the operator renders from its decision or that would take the replica away from where the
+# operator (and the launcher, FLAGS_OWNED_BY_LAUNCHER) puts it, mapped to the flag vLLM reads them
+# as. vLLM 0.32's parser (`vllm serve --help`; tests/engine/test_vllm_args.py) has no short alias
+# for any of them; --device-memory-utilization is its alias of --gpu-memory-utilization.
+OWNED_FLAGS = {
+    "--max-num-seqs": "--max-num-seqs",
+    "--kv-cache-memory-bytes": "--kv-cache-memory-bytes",
+    "--gpu-memory-utilization": "--gpu-memory-utilization",
+    "--device-memory-utilization": "--gpu-memory-utilization",
+    "--max-model-len": "--max-model-len",
+    "--model": "--model",
+    "--port": "--port",
+    "--host": "--host",
+    "--uds": "--uds",
+}
+OWNED_FLAGS_TEXT = ", ".join(OWNED_FLAGS)
+
+
+def owned_flag(arg: str) -> str | None:
+    """The operator's flag that `arg` would set in vLLM's parser, or None. vLLM's parser reads
+    `--max_num_seqs` as `--max-num-seqs` (underscores become dashes) and, like argparse, any
+    unambiguous prefix of a flag as the flag (`--kv-cache-memory`), so both count; so do
+    `--flag value` and `--flag=value`. OWNED_FLAGS_CEL is the same test for the API server."""
+    if not arg.startswith("--"):
+        return None
+    name = arg.split("=", 1)[0].replace("_", "-")
+    if len(name) <= 2:
+        return None
+    for flag, target in OWNED_FLAGS.items():
+        if flag.startswith(name):
+            return target
+    return None
+
+
+def _owned_in(extra_args: list[str]) -> list[str]:
+    found = []
+    for arg in extra_args:
+        target = owned_flag(arg)
+        if target is not None:
+            given = arg.split("=", 1)[0]
+            found.append(given if given == target else f"{given}, which vLLM reads as {target}")
+    return found
+
+
+OWNED_FLAGS_CEL = (
+    "!has(self.extraArgs) || self.extraArgs.all(a, !a.startsWith('--') || size(a.split('=')[0]) <= 2"
+    f" || ![{', '.join(repr(f) for f in OWNED_FLAGS)}]"
+    ".exists(f, f.startsWith(a.split('=')[0].replace('_', '-'))))"
+)
 
 # The GPUs a container sees are the device plugin's or the DRA driver's business: these variables
 # would widen it beyond what MIG, MPS or a claim allocated (FACTS.md 3.1, 3.2).
 RESERVED_ENV_PREFIXES = ("NVIDIA_", "CUDA_MPS_", "CUDA_VISIBLE_DEVICES")
 RESERVED_ENV_TEXT = ", ".join(p + "*" if p.endswith("_") else p for p in RESERVED_ENV_PREFIXES[:-1])
 RESERVED_ENV_TEXT += f" or {RESERVED_ENV_PREFIXES[-1]}"
+
+# The container resources a spec may set (GPUs are the plan's); the CEL below spells
+# ephemeral-storage as CEL escapes it.
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+
+
+def _cel_field(name: str) -> str:
+    return name.replace("-", "__dash__")
+
+
+def _requests_over_limits(resources: Mapping[str, Any] | None) -> list[str]:
+    requests, limits = (resources or {}).get("requests") or {}, (resources or {}).get("limits") or {}
+    return [
+        f"{name} {requests[name]} > {limits[name]}"
+        for name in RESOURCE_NAMES
+        if name in requests
+        and name in limits
+        and quantity_value(requests[name]) > quantity_value(limits[name])
+    ]
+
+
 SERVING_RULES: tuple[Rule[ServingSpec], ...] = (
     Rule(
         cel="!has(self.env) || self.env.all(e, "
@@ -348,28 +666,80 @@ SERVING_RULES: tuple[Rule[ServingSpec], ...] = (
         message=f"serving.env must not set {RESERVED_ENV_TEXT}: the GPUs a replica sees come from its "
         "MIG slice, MPS share or claim",
     ),
+    Rule(
+        cel=OWNED_FLAGS_CEL,
+        holds=lambda s: not _owned_in(s.extra_args),
+        culprit=lambda s: "; ".join(_owned_in(s.extra_args)),
+        message=f"serving.extraArgs must not set a flag the operator owns: {OWNED_FLAGS_TEXT}, as "
+        "--flag value, --flag=value, with underscores or abbreviated (use advisor.maxNumSeqs, "
+        "model.maxModelLen, model.name or serving.port instead)",
+    ),
+    Rule(
+        cel="!has(self.resources) || !has(self.resources.requests) || !has(self.resources.limits) || ("
+        + " && ".join(
+            f"(!has(self.resources.requests.{_cel_field(n)}) || !has(self.resources.limits.{_cel_field(n)})"
+            f" || quantity(string(self.resources.requests.{_cel_field(n)}))"
+            f".compareTo(quantity(string(self.resources.limits.{_cel_field(n)}))) <= 0)"
+            for n in RESOURCE_NAMES
+        )
+        + ")",
+        holds=lambda s: not _requests_over_limits(s.resources),
+        culprit=lambda s: ", ".join(_requests_over_limits(s.resources)),
+        message="serving.resources.requests must not exceed serving.resources.limits: lower the request "
+        "or raise the limit",
+    ),
 )
+
+ResourceList = TypedDict(
+    "ResourceList",
+    {
+        "cpu": Annotated[Quantity, Field(description="CPU cores, e.g. 4 or 500m.")],
+        "memory": Annotated[Quantity, Field(description="Memory in bytes, e.g. 16Gi.")],
+        "ephemeral-storage": Annotated[Quantity, Field(description="Local scratch space in bytes.")],
+    },
+    total=False,
+)
+ResourceList.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+
+class ContainerResources(TypedDict, total=False):
+    """Requests and limits of cpu, memory and ephemeral-storage (GPUs are set by the operator)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    requests: Annotated[ResourceList, Field(description="What the scheduler reserves.")]
+    limits: Annotated[ResourceList, Field(description="What the container may use at most.")]
+
+
+# The planner and the renderer pass these on as plain mappings (a TypedDict is a dict at run time);
+# to the type checker they are what those layers declare.
+if TYPE_CHECKING:
+    ResourcesField = dict[str, Any]
+else:
+    ResourcesField = ContainerResources
 
 
 class ServingSpec(CamelModel):
     model_config = ConfigDict(json_schema_extra=cel_validations(SERVING_RULES))
 
-    image: str | None = Field(None, description="Serving image. Default: the operator's configured one.")
-    extra_args: list[str] = Field(
+    image: ImageRef | None = Field(None, description="Serving image. Default: the operator's configured one.")
+    extra_args: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
         default_factory=list,
-        description="Extra vLLM arguments for every replica. The operator owns --max-num-seqs, "
-        "--kv-cache-memory-bytes, --gpu-memory-utilization, --max-model-len and --port. Every flag "
+        max_length=128,
+        description="Extra vLLM arguments for every replica. The operator owns "
+        f"{OWNED_FLAGS_TEXT} (refused in any spelling vLLM reads). Every flag "
         "here except the API server's own (--served-model-name, --api-key, --chat-template, logging, "
         "TLS, tool parsers...) also reaches the profiling run and its cache key, because it changes "
         "the engine that is measured (--kv-cache-dtype, --quantization, --enforce-eager, --block-size, "
         "--enable-prefix-caching, --max-num-batched-tokens...).",
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment of the vLLM containers.")
-    resources: dict[str, Any] | None = Field(
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment of the vLLM containers."
+    )
+    resources: ResourcesField | None = Field(
         None,
-        description="CPU and memory requests/limits of each vLLM container (GPU resources are set "
-        "by the operator).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="CPU, memory and ephemeral-storage requests/limits of each vLLM container, as "
+        "Kubernetes quantities (GPU resources are set by the operator).",
     )
     port: int = Field(
         8000,
@@ -386,33 +756,6 @@ class ServingSpec(CamelModel):
     def engine_args(self) -> list[str]:
         """extra_args without the API server's own flags: what changes the engine a profile measures."""
         return engine_args(self.extra_args)
-
-    @field_validator("extra_args")
-    @classmethod
-    def _no_owned_flags(cls, value: list[str]) -> list[str]:
-        for arg in value:
-            owned = owned_flag(arg)
-            if owned is not None:
-                given = arg.split("=", 1)[0]
-                spelled = "" if given == owned else f" (vLLM reads {given} as {owned})"
-                raise ValueError(
-                    f"serving.extraArgs must not set {given}{spelled}: the operator sets it from "
-                    "the advisor's recommendation (use advisor.maxNumSeqs to fix the batch size)"
-                )
-        return value
-
-
-# Flags the operator renders from its decision; the aliases vLLM 0.32 accepts for them
-# (vllm/engine/arg_utils.py: --device-memory-utilization is --gpu-memory-utilization).
-OWNED_FLAGS = {
-    "--max-num-seqs": "--max-num-seqs",
-    "--kv-cache-memory-bytes": "--kv-cache-memory-bytes",
-    "--gpu-memory-utilization": "--gpu-memory-utilization",
-    "--device-memory-utilization": "--gpu-memory-utilization",
-    "--max-model-len": "--max-model-len",
-    "--port": "--port",
-    "--host": "--host",
-}
 
 
 # Flags of vLLM's OpenAI API server (vllm/entrypoints/openai/cli_args.py, 0.32) that change what
@@ -455,34 +798,26 @@ SERVER_ONLY_FLAGS = frozenset(
 )
 
 
+def _is_flag(arg: str) -> bool:
+    """Whether vLLM's parser reads `arg` as an option (`--flag`, `-O0`, `-tp`), not as a value: as
+    argparse does, a negative number is a value (vLLM has no option that looks like one)."""
+    return arg.startswith("-") and arg != "-" and not re.match(r"^-\d+$|^-\d*\.\d+$", arg)
+
+
 def engine_args(extra_args: list[str]) -> list[str]:
     """`extra_args` without SERVER_ONLY_FLAGS and their values (a value is the next item when it
-    does not start with "--"; `--flag=value` is one item)."""
+    is not an option; `--flag=value` is one item). A short option (`-O0`, `-tp 2`) is never a
+    server-only flag's value: it reaches the profile and its key."""
     kept: list[str] = []
     skipping = False
     for arg in extra_args:
-        if arg.startswith("--"):
+        if _is_flag(arg):
             skipping = arg.split("=", 1)[0].replace("_", "-") in SERVER_ONLY_FLAGS
             if not skipping:
                 kept.append(arg)
         elif not skipping:
             kept.append(arg)
     return kept
-
-
-def owned_flag(arg: str) -> str | None:
-    """The operator's flag that `arg` would set in vLLM's parser, or None. vLLM's parser reads
-    `--max_num_seqs` as `--max-num-seqs` (underscores become dashes) and, like argparse, any
-    unambiguous prefix of a flag as the flag (`--kv-cache-memory`), so both count."""
-    if not arg.startswith("--"):
-        return None
-    name = arg.split("=", 1)[0].replace("_", "-")
-    if len(name) <= 2:
-        return None
-    for flag, target in OWNED_FLAGS.items():
-        if flag.startswith(name):
-            return target
-    return None
 
 
 DEFAULT_WORKLOAD = (

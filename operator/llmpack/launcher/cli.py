@@ -55,7 +55,8 @@ once none is left. A client that hangs up has its request to the replica closed,
 abort it (llmpack_router_client_disconnects_total).
 
 The router's limits, in both uses (--max-body-bytes, 413; --max-in-flight, 503 with Retry-After;
---read-timeout, 504) and why their defaults are what they are: launcher/router.py.
+--read-timeout, 504; --body-timeout, 408; --header-timeout, the connection closed) and why their
+defaults are what they are: launcher/router.py.
 """
 
 from __future__ import annotations
@@ -135,6 +136,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests proxied at once; more are refused with 503 and Retry-After",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout_s,
+        metavar="SECONDS",
+        help="a request body must arrive whole within this long (else 408): a slow upload must not "
+        "hold an in-flight slot",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout_s,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long after it opened "
+        "or after the previous answer (also the idle keep-alive timeout)",
+    )
+    parser.add_argument(
         "--unserving-grace",
         type=float,
         default=defaults.unserving_grace_s,
@@ -205,6 +222,8 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
         ("--read-timeout", args.read_timeout),
         ("--max-body-bytes", args.max_body_bytes),
         ("--max-in-flight", args.max_in_flight),
+        ("--body-timeout", args.body_timeout),
+        ("--header-timeout", args.header_timeout),
         ("--unserving-grace", args.unserving_grace),
     ):
         if value <= 0:
@@ -222,5 +241,7 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
         read_timeout_s=args.read_timeout,
         max_body_bytes=args.max_body_bytes,
         max_in_flight=args.max_in_flight,
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
         unserving_grace_s=args.unserving_grace,
     )

@@ -58,7 +58,8 @@ class RouterMetrics:
         self.rejected = Counter(
             "llmpack_router_rejected_requests",
             "Requests the router refused itself: overloaded (503, --max-in-flight requests already "
-            "in flight) or body_too_large (413, over --max-body-bytes).",
+            "in flight), body_too_large (413, over --max-body-bytes) or body_timeout (408, the body "
+            "not received within --body-timeout).",
             ["reason"],
             registry=self.registry,
         )

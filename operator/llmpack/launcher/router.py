@@ -41,6 +41,19 @@ Limits (the router container has 1 GiB; every one is a flag of `llmpack launch`)
   one GPU run at once (their max-num-seqs sum to a few hundred), so it only bites on an overload
   that vLLM would otherwise queue. Health, readiness and metrics are never capped: probes must
   answer most when the pod is busiest.
+- A request body must arrive whole within --body-timeout (60 s) of the router starting to read it,
+  else the request is answered 408 and its replica connection closed: a client uploading a byte at a
+  time would otherwise hold its in-flight slot (and a replica's connection) for as long as it likes,
+  and --max-in-flight such clients would lock everyone else out. 60 s moves the largest body
+  allowed (16 MiB) at 280 KB/s; a prompt of a few KB needs a tiny fraction of that.
+- A connection must deliver a complete request line and headers within --header-timeout (15 s) of
+  opening, and of the previous answer on a kept-alive connection, else it is closed (aiohttp's
+  keep-alive timer, which also runs from the moment a connection opens): a client trickling its
+  headers (slowloris) holds no slot, but would hold a socket and its buffers. The same timer closes
+  idle kept-alive connections; vLLM's own server (uvicorn) closes them after 5 s.
+- The request target is routed by its path and query in both forms HTTP/1.1 allows, origin-form
+  (`/v1/models`) and absolute-form (`http://host/v1/models`, which a server must accept); the host
+  it names is not used, as the router forwards only to its replicas.
 - A replica that sends nothing for --read-timeout (600 s) is given up on: 504 to the client if no
   answer has begun, else the client's connection is broken (as for a replica that breaks off), and
   it counts as the replica's failure (llmpack_router_upstream_errors{kind="timeout"}, health
@@ -101,6 +114,8 @@ REPLICA_HEADER = "X-LLMPack-Replica"
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_READ_TIMEOUT_S = 600.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_HEADER_TIMEOUT_S = 15.0
 RETRY_AFTER_S = 1  # an overload is answered at once; a client that retries soon finds a free slot
 
 
@@ -126,24 +141,39 @@ class _BodyTooLarge(Exception):
     """A chunked request body passed the limit while it was streamed to the replica."""
 
 
+class _BodyTooSlow(Exception):
+    """The request body did not arrive whole within the body timeout."""
+
+
 class _RequestBody:
     """The client's body, streamed to one replica and counted on the way (see the module docstring).
 
     Not read before a replica is connected, so a request whose replica could not be connected can
     still go whole to another."""
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    def __init__(self, request: web.Request, limit: int, timeout_s: float) -> None:
         self._request = request
         self._limit = limit
+        self._timeout_s = timeout_s
         self.bytes_read = 0
         self.too_large = False
+        self.too_slow = False
 
     def payload(self) -> AsyncIterator[bytes] | None:
         return self._chunks() if self._request.body_exists else None
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         content = self._request.content
-        while chunk := await content.readany():
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self.too_slow = True
+                raise _BodyTooSlow from None
+            if not chunk:
+                return
             self.bytes_read += len(chunk)
             if self.bytes_read > self._limit:
                 self.too_large = True
@@ -161,6 +191,8 @@ class Router:
         metrics_timeout_s: float = 5.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         unserving_grace_s: float | None = None,
     ) -> None:
         """unserving_grace_s: how long /healthz stays 200 while no replica serves (and none is still
@@ -171,6 +203,8 @@ class Router:
         self.draining = False  # set on SIGTERM: not ready any more, still serving what arrives
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
+        self.body_timeout_s = body_timeout_s
+        self.header_timeout_s = header_timeout_s
         self.unserving_grace_s = unserving_grace_s
         self.in_flight = 0  # requests being proxied, over all replicas
         self._session = session
@@ -200,6 +234,7 @@ class Router:
             handle_signals=False,
             shutdown_timeout=1.0,
             handler_cancellation=True,  # see the module docstring: a client leaving ends its request
+            keepalive_timeout=self.header_timeout_s,  # the header timeout (module docstring)
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -249,7 +284,7 @@ class Router:
             self.in_flight -= 1
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        body = _RequestBody(request, self.max_body_bytes)
+        body = _RequestBody(request, self.max_body_bytes, self.body_timeout_s)
         headers = forwarded_headers(request.headers)
         not_connected: list[Replica] = []
         while (replica := self.pick(exclude=not_connected)) is not None:
@@ -271,6 +306,17 @@ class Router:
         self.metrics.unroutable.inc()
         return web.json_response({"error": "no healthy replica", "replicas": self._status()}, status=503)
 
+    def _body_too_slow(self) -> web.Response:
+        self.metrics.rejected.labels("body_timeout").inc()
+        return web.json_response(
+            {
+                "error": f"request body not received within {self.body_timeout_s:g} s (--body-timeout)",
+                "bodyTimeoutSeconds": self.body_timeout_s,
+            },
+            status=408,
+            headers={"Connection": "close"},
+        )
+
     def _body_too_large(self, size: int | None) -> web.Response:
         self.metrics.rejected.labels("body_too_large").inc()
         what = f"{size} bytes" if size is not None else "the body"
@@ -286,7 +332,8 @@ class Router:
     async def _forward(
         self, request: web.Request, replica: Replica, body: _RequestBody, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
-        url = URL(replica.base_url + request.raw_path, encoded=True)
+        # rel_url: the path and query of an origin-form and of an absolute-form target alike.
+        url = URL(replica.base_url + request.rel_url.raw_path_qs, encoded=True)
         try:
             upstream = await self._session.request(
                 request.method, url, data=body.payload(), headers=headers, allow_redirects=False
@@ -302,9 +349,11 @@ class Router:
                 {"error": f"replica {replica.index} sent nothing for {self._read_timeout_s():g} s: {err}"},
                 status=504,
             )
-        except aiohttp.ClientError as err:
+        except (aiohttp.ClientError, _BodyTooLarge, _BodyTooSlow) as err:
             if body.too_large:  # the client's doing, not the replica's
                 return self._body_too_large(None)
+            if body.too_slow:
+                return self._body_too_slow()
             self.metrics.upstream_errors.labels(replica.label, "response").inc()
             replica.recheck_now.set()
             log.warning(

@@ -27,6 +27,8 @@ from llmpack.launcher.metrics import RouterMetrics
 from llmpack.launcher.process import ReplicaProcess, ReplicaStartError, become_subreaper, reap_orphans
 from llmpack.launcher.replica import Replica, ReplicaState
 from llmpack.launcher.router import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_READ_TIMEOUT_S,
@@ -54,6 +56,8 @@ class LaunchSettings:
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     # `llmpack launch` only: /healthz fails once no replica has served this long.
     # A minute: longer than a health check's blip (5 s period, 5 s timeout), short against the
     # minutes a restart of the launcher costs, the only mend for replicas it never restarts.
@@ -79,6 +83,8 @@ class LaunchSettings:
             metrics=metrics,
             max_body_bytes=self.max_body_bytes,
             max_in_flight=self.max_in_flight,
+            body_timeout_s=self.body_timeout_s,
+            header_timeout_s=self.header_timeout_s,
             unserving_grace_s=None if replicas_restart_themselves else self.unserving_grace_s,
         )
 

@@ -549,3 +549,120 @@ def test_past_the_in_flight_cap_requests_get_a_503_with_retry_after_and_probes_s
             assert (await complete(client, url))[0] == 200
 
     asyncio.run(scenario())
+
+
+# --- slow clients: body and header timeouts, and absolute-form targets ------------------------------
+
+
+async def raw_connection(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+def answered_whole(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        None,
+    )
+    return length is not None and len(body) >= length
+
+
+async def slow_upload(url: str, stop: asyncio.Event) -> bytes:
+    """A client announcing a 1000-byte completion request and sending one byte every 0.1 s: never
+    idle for long, never done. Returns what the router answered."""
+    reader, writer = await raw_connection(url)
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    answer = b""
+    try:
+        while not stop.is_set():
+            if not answer:
+                writer.write(b" ")
+                await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    chunk = await reader.read(65536)
+                    if not chunk or answered_whole(answer := answer + chunk):
+                        return answer
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    return answer
+
+
+def test_slow_uploads_cannot_lock_out_other_clients() -> None:
+    """The 1,024-slow-clients lock-out in small: with 2 slots, 2 trickling uploads take both; past
+    the body timeout they are answered 408 and a third client, turned away meanwhile, is served."""
+
+    async def scenario() -> None:
+        async with routed(1, max_in_flight=2, body_timeout_s=1.0) as (upstreams, router, url, client):
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            slow = [asyncio.create_task(slow_upload(url, stop)) for _ in range(2)]
+            await eventually(lambda: router.in_flight == 2)
+            assert (await complete(client, url))[0] == 503  # both slots held by the slow uploads
+            while (status := (await complete(client, url))[0]) == 503:
+                assert loop.time() - started < 3.0, "still locked out past the body timeout"
+                await asyncio.sleep(0.05)
+            assert status == 200 and upstreams[0].fake.completions == 1
+            answers = await asyncio.gather(*slow)
+            stop.set()
+            for answer_bytes in answers:
+                assert answer_bytes.startswith(b"HTTP/1.1 408"), answer_bytes
+                assert b"--body-timeout" in answer_bytes
+            assert router.in_flight == 0
+            assert await scraped(client, url, "llmpack_router_rejected_requests") >= 3  # 2 x 408, 503s
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_trickling_its_headers_is_closed_after_the_header_timeout() -> None:
+    async def scenario() -> None:
+        async with routed(1, header_timeout_s=0.5) as (_upstreams, _router, url, client):
+            reader, writer = await raw_connection(url)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: router\r\n")
+            closed_after = None
+            for i in range(40):
+                try:
+                    writer.write(f"X-Slow-{i}: x\r\n".encode())
+                    await writer.drain()
+                    async with asyncio.timeout(0.1):
+                        if await reader.read() == b"":
+                            closed_after = loop.time() - started
+                            break
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    closed_after = loop.time() - started
+                    break
+            writer.close()
+            assert closed_after is not None and 0.4 < closed_after < 2.0, closed_after
+            async with client.get(url + "/v1/models") as response:  # others are served meanwhile
+                assert response.status == 200
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("target", ["http://elsewhere.example/v1/models?x=1", "/v1/models?x=1"])
+def test_absolute_and_origin_form_targets_are_routed_by_their_path(target: str) -> None:
+    async def scenario() -> None:
+        async with routed(1) as (_upstreams, _router, url, _client):
+            reader, writer = await raw_connection(url)
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n".encode())
+            answer_bytes = await reader.read()
+            writer.close()
+            assert answer_bytes.startswith(b"HTTP/1.1 200"), answer_bytes
+            assert b'"owned_by": "fake-0"' in answer_bytes or b'"owned_by":"fake-0"' in answer_bytes
+
+    asyncio.run(scenario())
