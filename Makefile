@@ -49,6 +49,7 @@ demo: venv testbed
 
 crds: venv
 	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml
+	cp crds/llmpack.io_llmdeployments.yaml charts/llmpack/crds/llmpack.io_llmdeployments.yaml
 
 docs: venv
 	$(VENV)/bin/llmpack crd --reference > docs/api.md
