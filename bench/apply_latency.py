@@ -76,7 +76,7 @@ def measure(applies: int, log=print) -> Latencies:
     try:
         kube = kube_client(tb)
         spec = example_spec()
-        seed_profile_cache(kube, spec)
+        seed_profile_cache(kube, spec, [NAMESPACE])
         create_namespace(kube, NAMESPACE)
         operator = OperatorProcess(tb)
         watcher = Watcher(kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")

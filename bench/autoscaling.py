@@ -193,7 +193,7 @@ def measure(
             "targetUtilization": TARGET_UTILIZATION,
             "behavior": FAST,
         }
-        seed_profile_cache(kube, spec)
+        seed_profile_cache(kube, spec, [NAMESPACE])
         create_namespace(kube, NAMESPACE)
         metrics = CustomMetrics(tb).start()
         metrics.set(NAMESPACE, METRIC, 0)

@@ -435,11 +435,12 @@ def llmdeployment(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, 
     }
 
 
-def seed_profile_cache(kube, spec: dict[str, Any]) -> str:
+def seed_profile_cache(kube, spec: dict[str, Any], namespaces: Sequence[str]) -> list[str]:
     """Put the profile the operator would measure for `spec` into its cache, as the operator
     itself files one: the profiling Job's own `llmpack profile` arguments run here with the
     simulated backend (what hack/testbed/player.py does on the testbed), the result stored with
-    the operator's ProfileCache under the operator's key. Returns the key."""
+    the operator's ProfileCache under the operator's key for each of `namespaces` (keys are per
+    namespace, the chart's default). Returns the keys."""
     from llmpack.api.llmdeployment import LLMDeploymentSpec
     from llmpack.api.profile import Profile
     from llmpack.controller.cache import ProfileCache
@@ -450,9 +451,9 @@ def seed_profile_cache(kube, spec: dict[str, Any]) -> str:
     parsed = LLMDeploymentSpec.model_validate(spec)
     config = OperatorConfig(operator_namespace=OPERATOR_NAMESPACE)
     image = parsed.profiling.image or config.profiler_image
-    key = profile_key(parsed, image)
+    keys = [profile_key(parsed, image, scope=namespace) for namespace in namespaces]
     owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="seed", uid="seed")
-    plan = profiling_plan(name="seed", namespace="seed", owner=owner, spec=parsed, key=key, image=image)
+    plan = profiling_plan(name="seed", namespace="seed", owner=owner, spec=parsed, key=keys[0], image=image)
     args = _without_flags(plan.args, ("--result-configmap", "--profile-key", "--backend"))
     with tempfile.TemporaryDirectory(prefix="llmpack-bench-profile-") as tmp:
         out = Path(tmp) / "profile.json"
@@ -475,8 +476,10 @@ def seed_profile_cache(kube, spec: dict[str, Any]) -> str:
         if done.returncode != 0:
             raise RuntimeError(f"llmpack profile failed: {done.stderr[-2000:]}")
         profile = Profile.load(out)
-    ProfileCache(kube, OPERATOR_NAMESPACE).put(key, profile)
-    return key
+    cache = ProfileCache(kube, OPERATOR_NAMESPACE)
+    for key in keys:
+        cache.put(key, profile.model_copy(update={"key": key}))
+    return keys
 
 
 def _without_flags(args: list[str], flags: Sequence[str]) -> list[str]:

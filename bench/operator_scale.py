@@ -148,7 +148,7 @@ def measure(
         if control_plane_qps:
             raise_control_plane_qps(tb, control_plane_qps)
         kube = kube_client(tb)
-        seed_profile_cache(kube, SPEC)
+        seed_profile_cache(kube, SPEC, [NAMESPACE, WARMUP_NAMESPACE])
         for namespace in (NAMESPACE, WARMUP_NAMESPACE):
             create_namespace(kube, namespace)
         operator = OperatorProcess(tb)

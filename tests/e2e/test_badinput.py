@@ -335,8 +335,9 @@ def profiler_image() -> str:
     return os.environ.get("LLMPACK_PROFILER_IMAGE") or OperatorConfig().profiler_image
 
 
-def key_of(spec: dict[str, Any]) -> str:
-    return profile_key(LLMDeploymentSpec.model_validate(spec), profiler_image())
+def key_of(spec: dict[str, Any], namespace: str) -> str:
+    """The operator's key for `spec` in `namespace` (per namespace: the chart's default)."""
+    return profile_key(LLMDeploymentSpec.model_validate(spec), profiler_image(), scope=namespace)
 
 
 def cache_spec(index: int) -> dict[str, Any]:
@@ -419,10 +420,13 @@ def outcomes(
     for case in OPERATOR_CASES:
         if case.seed_profile:
             spec = merged(BASE_SPEC, case.spec)
-            cache.put(key_of(spec), simulated_profile(LLMDeploymentSpec.model_validate(spec)))
+            key = key_of(spec, corpus_ns)
+            cache.put(
+                key, simulated_profile(LLMDeploymentSpec.model_validate(spec)).model_copy(update={"key": key})
+            )
     keys = {}
     for index, (case_id, how, _) in enumerate(CACHE_CASES):
-        keys[case_id] = key_of(cache_spec(index))
+        keys[case_id] = key_of(cache_spec(index), corpus_ns)
         write_cache_entry(kube_admin, keys[case_id], None if how is None else spoilt(how))
 
     corpus = [llmd(resource_name("op", c.id), merged(BASE_SPEC, c.spec)) for c in OPERATOR_CASES]

@@ -52,7 +52,8 @@ from llmpack.controller.reconciler import OperatorConfig
 from llmpack.hardware import lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
-from llmpack.planner.decide import Context, Refused
+from llmpack.planner.decide import Context
+from llmpack.planner.refusal import Refused
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import OwnerRef
 
@@ -124,10 +125,12 @@ def product_cluster(product: str, memory_mib: int, device_plugin_replicas: int) 
 # -- the operator's path -------------------------------------------------------------------------
 
 
-def render(name: str, spec_data: dict[str, Any], cluster: ClusterFacts) -> tuple[Any, list[dict[str, Any]]]:
+def render(
+    name: str, spec_data: dict[str, Any], cluster: ClusterFacts
+) -> tuple[Any, list[dict[str, Any]]] | Refused:
     """`spec_data` through the reconciler's own steps (test_vllm_args.render_deployment's path):
     the profiling Job, the simulated profile it would publish, the GPU as the nodes report it,
-    advise, plan, render_serving. Raises Refused where the operator would refuse."""
+    advise, plan, render_serving. Refused where the operator would refuse."""
     config = OperatorConfig()
     spec = LLMDeploymentSpec.model_validate(spec_data)
     owner = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name=name, uid=f"uid-{name}")
@@ -136,8 +139,10 @@ def render(name: str, spec_data: dict[str, Any], cluster: ClusterFacts) -> tuple
         o for o in render_profiling(planner.profiling(spec, cluster, context).plan) if o["kind"] == "Job"
     ]
     profile = simulated_profile(job)
-    plan = planner.serving(spec, profile, cluster, context).plan
-    return plan, render_serving(plan)
+    decision = planner.serving(spec, profile, cluster, context)
+    if isinstance(decision, Refused):
+        return decision
+    return decision.plan, render_serving(decision.plan)
 
 
 def mebibytes(quantity: str) -> int:
@@ -263,11 +268,11 @@ def gather() -> Gathered:
     refused: dict[str, str] = {}
 
     def one(where: str, name: str, spec: dict[str, Any], cluster: ClusterFacts) -> None:
-        try:
-            plan, objects = render(name, spec, cluster)
-        except Refused as err:
-            refused[where] = f"{err.reason}: {err.message}"
+        rendered = render(name, spec, cluster)
+        if isinstance(rendered, Refused):
+            refused[where] = f"{rendered.reason}: {rendered.message}"
             return
+        plan, objects = rendered
         modes[where] = f"{plan.mode}/{plan.mps_provider}" if plan.mps_provider else plan.mode
         cases.extend(replica_cases(where, plan, objects, cluster))
 

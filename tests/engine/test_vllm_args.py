@@ -41,6 +41,7 @@ from llmpack.launcher import cli as launch_cli
 from llmpack.launcher.command import replica_commands
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context
+from llmpack.planner.refusal import Refused
 from llmpack.profiler import cli as profile_cli
 from llmpack.profiler import vllm as profiler_vllm
 from llmpack.profiler.facts import flag_value
@@ -251,6 +252,7 @@ def render_deployment(where: str, name: str, spec_data: dict[str, Any]) -> Rende
     commands = profiling_commands(where, job)
     profile = simulated_profile(job)
     decision = planner.serving(spec, profile, cluster, context)  # the operator's own decision
+    assert not isinstance(decision, Refused), f"{where}: {decision.reason}: {decision.message}"
     plan, status = decision.plan, decision.status
     meant = {
         "max_num_seqs": status.max_num_seqs,

@@ -485,13 +485,26 @@ def simulated_profile(spec: LLMDeploymentSpec) -> Profile:
 
 
 def finish_profiling(kube: FakeKube, namespace: str, profile_json: str | None) -> None:
-    """Play the profiling Job: publish `profile_json` into its result ConfigMap, mark it Complete."""
+    """Play the profiling Job: publish `profile_json` into its result ConfigMap (with the key the
+    Job was given, as the profiler files it, where it is a JSON object), mark it Complete."""
     (job,) = [o for (k, ns, _), o in kube.objects.items() if k == "Job" and ns == namespace]
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     result = kube.objects[("ConfigMap", namespace, args[args.index("--result-configmap") + 1])]
     if profile_json is not None:
-        result["data"] = {DATA_KEY: profile_json}
+        result["data"] = {DATA_KEY: with_key(profile_json, args[args.index("--profile-key") + 1])}
     job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+
+
+def with_key(profile_json: str, key: str) -> str:
+    """The JSON with the key the profiler adds (llmpack profile --profile-key); other text as is."""
+    try:
+        data = json.loads(profile_json)
+    except ValueError:
+        return profile_json
+    if isinstance(data, dict) and data.get("key") is None:
+        data["key"] = key
+        return json.dumps(data)
+    return profile_json
 
 
 @dataclass
@@ -901,7 +914,7 @@ def test_profiler_output_that_is_missing_fails_with_profile_missing():
 def test_a_tampered_cache_entry_is_evicted_and_profiled_again():
     """The end-to-end run plays the new Job; here the steps: event, eviction, a new Job."""
     spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
-    key = profile_key(spec, OperatorConfig().profiler_image, "uid-bad")
+    key = operator_key(spec)
     kube = FakeKube()
     kube.put(
         {
@@ -939,7 +952,7 @@ def test_a_job_left_by_a_crash_between_caching_and_cleanup_is_deleted_after_rest
     assert profiling.status["phase"] == "Profiling"
     (job,) = profiling_jobs(kube)
     spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
-    first.cache.put(profile_key(spec, OperatorConfig().profiler_image, "uid-bad"), simulated_profile(spec))
+    first.cache.put(operator_key(spec), simulated_profile(spec))
     # killed here: the Job is still there, the status still says Profiling
 
     restarted = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
@@ -963,9 +976,9 @@ def test_a_spec_change_mid_profiling_replaces_the_job_of_the_old_spec():
     assert second.status["profiling"]["job"] == new_job
 
 
-def test_a_published_profile_is_taken_before_the_job_reports_complete():
-    """The Job's Complete condition follows the pod's exit and can lag (an API server restart
-    delays the Job controller); the profile in the result ConfigMap is what counts."""
+def test_a_published_profile_is_taken_only_once_the_job_succeeded():
+    """The result ConfigMap lies in the tenant's namespace, where anyone with `edit` can write it
+    while the Job runs: what it holds counts only once the Job succeeded."""
     kube = FakeKube()
     reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
     obj = body(BASE_SPEC)
@@ -974,7 +987,33 @@ def test_a_published_profile_is_taken_before_the_job_reports_complete():
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     result = kube.objects[("ConfigMap", "team-a", args[args.index("--result-configmap") + 1])]
     spec = LLMDeploymentSpec.model_validate(BASE_SPEC)
-    result["data"] = {DATA_KEY: simulated_profile(spec).model_dump_json(), "progress": "done"}
+    published = with_key(simulated_profile(spec).model_dump_json(), args[args.index("--profile-key") + 1])
+    result["data"] = {DATA_KEY: published, "progress": "done"}
     second = reconciler.reconcile({**obj, "status": first.status})
-    assert second.status["phase"] in ("Deploying", "Ready"), second.status
+    assert second.status["phase"] == "Profiling", second.status
+    job["status"] = {"succeeded": 1}  # the Job controller counts the pod before its condition
+    third = reconciler.reconcile({**obj, "status": second.status})
+    assert third.status["phase"] in ("Deploying", "Ready"), third.status
     assert profiling_jobs(kube) == []
+
+
+def test_a_result_claiming_another_measurement_is_refused_with_what_it_claims():
+    """A forged result (another model and GPU, as a tenant with `edit` could write it) is not
+    used: the status says what it claims and that something other than the profiler wrote it."""
+    forged = simulated_profile(
+        LLMDeploymentSpec.model_validate(merged(BASE_SPEC, {"model": {"name": "facebook/opt-2.7b"}}))
+    )
+    forged = forged.model_copy(update={"gpu": forged.gpu.model_copy(update={"product": "NVIDIA-L4"})})
+    run = reconcile_through(BASE_SPEC, profile_json=forged.model_dump_json())
+    message = assert_failed(
+        run, "ProfileMismatch", "model 'facebook/opt-2.7b'", "GPU 'NVIDIA-L4'", "was not used"
+    )
+    assert "facebook/opt-1.3b" in message
+    assert not [k for (k, ns, _) in run.kube.objects if k == "ConfigMap" and ns == "llmpack-system"], (
+        "nothing cached"
+    )
+
+
+def operator_key(spec: LLMDeploymentSpec, namespace: str = "team-a") -> str:
+    """The key the operator files `spec`'s profile under (per namespace, the chart's default)."""
+    return profile_key(spec, OperatorConfig().profiler_image, "uid-bad", scope=namespace)

@@ -68,6 +68,13 @@ def profile_of(spec: dict[str, Any]) -> CachedProfile:
     return CachedProfile(simulated_profile(LLMDeploymentSpec.model_validate(spec)))
 
 
+def published(spec: dict[str, Any]) -> dict[str, str]:
+    """A result ConfigMap's data as the profiler writes it for BASE_SPEC's Job (its key)."""
+    profile = profile_of(spec).profile
+    assert profile is not None
+    return {PROFILE_DATA_KEY: profile.model_copy(update={"key": admitted(BASE_SPEC).key}).model_dump_json()}
+
+
 def job(name: str, *, conditions: list[dict[str, Any]] | None = None, failed: int = 0) -> dict[str, Any]:
     return {
         "kind": "Job",
@@ -149,16 +156,10 @@ def rows() -> list[Row]:
             message="ValueError: max_num_batched_tokens (1)",
         ),
         Row(
-            "profile published: cached, the Job and its identity deleted, serving objects applied",
+            "profile published, Job succeeded: cached, the Job and its identity deleted, serving applied",
             snapshot(
                 spec,
-                jobs=(
-                    JobSeen(
-                        job_name,
-                        job(job_name),
-                        {PROFILE_DATA_KEY: profile_of(spec).profile.model_dump_json()},  # type: ignore[union-attr]
-                    ),
-                ),
+                jobs=(JobSeen(job_name, job(job_name, conditions=[_true("Complete")]), published(spec)),),
             ),
             "Deploying",
             applies=["ResourceClaimTemplate", "Deployment", "Service"],
@@ -167,8 +168,37 @@ def rows() -> list[Row]:
             cached=True,
         ),
         Row(
+            "profile published while the Job runs: not taken yet (the tenant can write it)",
+            snapshot(spec, jobs=(JobSeen(job_name, job(job_name), published(spec)),)),
+            "Profiling",
+            "Profiling",
+        ),
+        Row(
+            "profile published claiming another model and GPU: refused, nothing cached",
+            snapshot(
+                spec,
+                jobs=(
+                    JobSeen(
+                        job_name,
+                        job(job_name, conditions=[_true("Complete")]),
+                        published(merged(spec, {"model": {"name": "facebook/opt-2.7b"}})),
+                    ),
+                ),
+            ),
+            "Failed",
+            "ProfileMismatch",
+            message="model 'facebook/opt-2.7b'",
+        ),
+        Row(
             "profile published that does not validate: Failed, nothing cached",
-            snapshot(spec, jobs=(JobSeen(job_name, job(job_name), {PROFILE_DATA_KEY: "{}"}),)),
+            snapshot(
+                spec,
+                jobs=(
+                    JobSeen(
+                        job_name, job(job_name, conditions=[_true("Complete")]), {PROFILE_DATA_KEY: "{}"}
+                    ),
+                ),
+            ),
             "Failed",
             "ProfileInvalid",
         ),

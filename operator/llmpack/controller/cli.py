@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving-image", default=os.environ.get("LLMPACK_SERVING_IMAGE"))
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     parser.add_argument(
+        "--share-profiles-across-namespaces",
+        action="store_true",
+        help="let a profile measured for one namespace serve LLMDeployments of every namespace "
+        "(default: each namespace's own; a tenant can write its profiling Job's result)",
+    )
+    parser.add_argument(
         "--autoscaling-metric",
         default=os.environ.get("LLMPACK_AUTOSCALING_METRIC", DEFAULT_AUTOSCALING_METRIC),
         metavar="NAME",
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     config = OperatorConfig(
         operator_namespace=args.operator_namespace,
         autoscaling_metric=args.autoscaling_metric,
+        share_profiles=args.share_profiles_across_namespaces,
         **{k: v for k, v in images.items() if v},
     )
     election = None

@@ -64,6 +64,7 @@ class Observer:
             profiler_image=settings.profiler_image,
             serving_image=settings.serving_image,
             autoscaling_metric=settings.autoscaling_metric,
+            profile_scope=None if settings.share_profiles else namespace,
         )
         admission = admit_spec(body.get("spec") or {}, self.cluster, context)
         snapshot = Snapshot(

@@ -79,6 +79,10 @@ class Context:
     profiler_image: str
     serving_image: str
     autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC  # what the cluster's metrics adapter exposes
+    # Whose measurements a profile may serve: the namespace (the default: a profile measured in
+    # one tenant's namespace, where that tenant can write the Job's result, never serves another),
+    # or None where the cluster admin shares profiles across namespaces.
+    profile_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,8 @@ def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> A
 
 
 def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
-    return profile_key(spec, spec.profiling.image or context.profiler_image, context.owner.uid)
+    image = spec.profiling.image or context.profiler_image
+    return profile_key(spec, image, context.owner.uid, scope=context.profile_scope)
 
 
 def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> ProfilingDecision:

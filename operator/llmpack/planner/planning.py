@@ -135,9 +135,13 @@ def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return memory.unknown_context_for_profiling(prompt, output)
 
 
-def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None) -> str:
+def profile_key(
+    spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | None = None, *, scope: str | None = None
+) -> str:
     """Hash of everything that changes a measurement. Serving-only fields are deliberately out:
-    changing them rolls the pods without profiling again."""
+    changing them rolls the pods without profiling again. `scope`: the namespace whose
+    measurements the profile may serve (None: shared across namespaces, as the cluster admin
+    chooses); a scoped key is a different key in every namespace."""
     data: dict[str, Any] = {
         "model": spec.model.name,
         "revision": spec.model.revision,
@@ -156,6 +160,8 @@ def profile_key(spec: LLMDeploymentSpec, profiler_image: str, owner_uid: str | N
         data["engineArgs"] = spec.serving.engine_args()
     if not spec.profiling.reuse_cached_profile:
         data["owner"] = owner_uid  # a profile of its own, measured once
+    if scope is not None:  # only when set: shared keys stay as they were
+        data["namespace"] = scope
     return stable_hash(data)[:40]
 
 

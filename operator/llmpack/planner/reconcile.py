@@ -219,7 +219,7 @@ def _profile(
         if job.name != admitted.job or cache_hit:
             _delete_profiling(draft, snapshot.context.namespace, job.name)
     if profile is None and current is not None:
-        published = _job_result(current, draft)
+        published = _job_result(current, admitted, draft)
         if isinstance(published, Stop):
             return published
         if published is not None:
@@ -252,13 +252,19 @@ def _job_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in conditions if c.get("status") == "True"}
 
 
-def _job_result(seen: JobSeen, draft: _Draft) -> Profile | Stop | None:
-    """The profile the Job published; a Stop when it failed or published none; None while it runs.
-    The profile is the result; the Job's Complete condition only follows the pod's exit (and,
-    after an API server restart, can lag far behind): whichever shows first is taken."""
+def _job_result(seen: JobSeen, admitted: Admitted, draft: _Draft) -> Profile | Stop | None:
+    """The profile the Job published once it succeeded; a Stop when it failed, published none, or
+    published one that is not what it was asked to measure; None while it runs.
+
+    The result ConfigMap lies in the tenant's namespace, where anyone with `edit` can write it: it
+    is read only after the Job succeeded, and taken only if it claims the model, GPU, workload and
+    key this Job measures (a profile claiming to be another's is refused, with what it claims). A
+    forged result with the right claims still decides for its own namespace only: profile keys are
+    per namespace unless the cluster admin shares them (Settings.share_profiles)."""
     conditions = _job_conditions(seen.job)
+    succeeded = "Complete" in conditions or ((seen.job.get("status") or {}).get("succeeded") or 0) > 0
     raw = seen.result.get(PROFILE_DATA_KEY)
-    if raw or "Complete" in conditions:
+    if succeeded:
         if not raw:
             return Stop(
                 "Failed",
@@ -267,7 +273,7 @@ def _job_result(seen: JobSeen, draft: _Draft) -> Profile | Stop | None:
                 f"profiling Job {seen.name} completed without publishing a profile; see its logs",
             )
         try:
-            return Profile.model_validate_json(raw)
+            profile = Profile.model_validate_json(raw)
         except ValidationError as err:
             return Stop(
                 "Failed",
@@ -275,6 +281,17 @@ def _job_result(seen: JobSeen, draft: _Draft) -> Profile | Stop | None:
                 "ProfileInvalid",
                 f"profiling Job {seen.name} published an invalid profile: {first_error(err)}",
             )
+        mismatch = claims_mismatch(profile, admitted)
+        if mismatch:
+            return Stop(
+                "Failed",
+                PROFILE_READY,
+                "ProfileMismatch",
+                f"the result of profiling Job {seen.name} ({ProfilingPlan.result_configmap_for(seen.name)}) "
+                f"is not the measurement it was asked for: {mismatch}; it was not used. Something other "
+                "than the profiler wrote it; delete the Job to measure again",
+            )
+        return profile
     if "Failed" in conditions:
         failed = conditions["Failed"]
         attempts = (seen.job.get("status") or {}).get("failed", 0)
@@ -290,6 +307,22 @@ def _job_result(seen: JobSeen, draft: _Draft) -> Profile | Stop | None:
             "delete the Job to retry",
         )
     return None
+
+
+def claims_mismatch(profile: Profile, admitted: Admitted) -> str | None:
+    """What a published profile claims that differs from what its Job measures (None: nothing)."""
+    spec = admitted.spec
+    claims = [
+        ("key", profile.key, admitted.key),
+        ("model", profile.model.name, spec.model.name),
+        ("GPU", profile.gpu.product, spec.gpu.product),
+        ("prompt tokens", profile.workload.prompt_tokens, spec.workload.prompt_tokens),
+        ("output tokens", profile.workload.output_tokens, spec.workload.output_tokens),
+    ]
+    wrong = [
+        f"{what} {claimed!r} (measured: {wanted!r})" for what, claimed, wanted in claims if claimed != wanted
+    ]
+    return ", ".join(wrong) or None
 
 
 def _delete_profiling(draft: _Draft, namespace: str, job: str) -> None:

@@ -28,6 +28,10 @@ class Settings:
     serving_image: str = "ghcr.io/llmpack/llmpack-serving:0.1.0"
     autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC
     retry_seconds: float = 30.0  # how soon to look again where no event will say
+    # A profile measured for one namespace serves others: the cluster admin's choice (chart value
+    # profiles.shareAcrossNamespaces). Off, a tenant who forges its own profiling result harms
+    # only its own namespace.
+    share_profiles: bool = False
 
 
 @dataclass(frozen=True)
