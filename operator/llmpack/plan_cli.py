@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help="also say how many GPUs serve D prompt+output tokens/s at the predicted capacity",
     )
+    parser.add_argument(
+        "--share-profiles-across-namespaces",
+        action="store_true",
+        help="key the profile as an operator that shares profiles across namespaces does (the chart's "
+        "profiles.shareAcrossNamespaces); default: per namespace",
+    )
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     parser.add_argument("--profiler-image", default=DEFAULT_PROFILER_IMAGE, metavar="IMAGE")
     parser.add_argument("--serving-image", default=DEFAULT_SERVING_IMAGE, metavar="IMAGE")
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=meta.get("uid") or DRY_RUN_UID),
         profiler_image=args.profiler_image,
         serving_image=args.serving_image,
+        profile_scope=None if args.share_profiles_across_namespaces else namespace,
     )
     cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
     profile = read_profile(Path(args.profile)) if args.profile else None
