@@ -125,10 +125,15 @@ def sample_names(family: Metric) -> dict[str, frozenset[str]]:
     return {name: frozenset()}
 
 
-def registry_series(registry: CollectorRegistry, metrics: Iterable[object]) -> Series:
+def registry_series(
+    registry: CollectorRegistry, metrics: Iterable[object], families: dict[str, tuple[str, ...]] | None = None
+) -> Series:
     """Every series `registry` serves. A labelled metric with no child yet has no sample to read
-    its label names from: those come from the metric object (`metrics`, e.g. a module's globals)."""
-    declared: dict[str, frozenset[str]] = {}
+    its label names from: those come from the metric object (`metrics`, e.g. a module's globals),
+    or, for a collector's families, from their declared label names (`families`)."""
+    declared: dict[str, frozenset[str]] = {
+        name: frozenset(labels) for name, labels in (families or {}).items()
+    }
     for metric in metrics:
         if isinstance(metric, MetricWrapperBase):
             for family in metric.describe():
@@ -161,9 +166,12 @@ def merge(*pages: Series) -> Series:
 def exposed() -> Series:
     import llmpack.controller.metrics as operator_metrics
     import llmpack.controller.operator  # noqa: F401  (everything `llmpack operator` registers)
+    import llmpack.runtime.metrics as runtime_metrics
     from llmpack.launcher.metrics import RouterMetrics, merge_replica_metrics
 
-    operator = registry_series(REGISTRY, vars(operator_metrics).values())
+    families = {name: labels for name, (_, labels) in operator_metrics.FAMILIES.items()}
+    globals_ = [*vars(operator_metrics).values(), *vars(runtime_metrics).values()]
+    operator = registry_series(REGISTRY, globals_, families)
     router_metrics = RouterMetrics()
     router = registry_series(router_metrics.registry, vars(router_metrics).values())
     engine_text = ENGINE_METRICS.read_text()

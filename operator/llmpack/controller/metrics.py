@@ -40,7 +40,7 @@ PROFILE_CACHE = Counter(
 # scraped (namespace, llmdeployment), so a dashboard can put them beside vLLM's; the chart's
 # ServiceMonitor keeps these labels (honorLabels) instead of the operator pod's namespace.
 LLMD_LABELS = ("namespace", "llmdeployment")
-_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llmpack_llmdeployments": ("LLMDeployments by phase.", ("phase",)),
     "llmpack_gpus_in_use": ("GPUs the LLMDeployments' replicas occupy with packing.", ()),
     "llmpack_gpus_exclusive_equivalent": (
@@ -88,7 +88,7 @@ class LLMDeploymentsCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         samples = samples_of(self._snapshot())
-        for name, (documentation, labels) in _FAMILIES.items():
+        for name, (documentation, labels) in FAMILIES.items():
             family = GaugeMetricFamily(name, documentation, labels=list(labels))
             for values, value in samples.get(name, []):
                 family.add_metric(list(values), value)
