@@ -13,14 +13,14 @@ lost watch or a hand edit does the same work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmpack.controller.act import Actor
 from llmpack.controller.cache import ProfileCache
 from llmpack.controller.observe import Observer
 from llmpack.hardware.cluster import ClusterFacts
-from llmpack.planner.reconcile import decide, with_refusal
+from llmpack.planner.reconcile import decide
 from llmpack.planner.snapshot import Settings
 from llmpack.render.plan import LABEL_DEPLOYMENT
 from llmpack.runtime.client import Client
@@ -52,7 +52,7 @@ class Reconciler:
         outcome = decide(snapshot, self.config)
         refused = self.actor.act(outcome)
         if refused is not None:
-            outcome = decide(with_refusal(snapshot, refused), self.config)
+            outcome = decide(replace(snapshot, refused=refused), self.config)
         return Result(
             status=outcome.status,
             retry_after=outcome.requeue_after,

@@ -256,29 +256,6 @@ def sharing_type(mode: str, provider: str | None = None) -> type[Sharing]:
     raise ValueError(f"no sharing mode {mode!r} with MPS provider {provider!r}")
 
 
-def sharing_of(
-    mode: str,
-    provider: str | None = None,
-    *,
-    gpu: GPU | None = None,
-    mig_profile: str | None = None,
-    device_plugin_replicas: int | None = None,
-) -> Sharing:
-    """The type of a mode named in a plan or a status (mode, mpsProvider, migProfile). Raises
-    ValueError for a combination no type holds."""
-    if mode == Exclusive.mode:
-        return Exclusive()
-    if mode == MIG.mode:
-        if gpu is None or not mig_profile:
-            raise ValueError("mode mig needs the GPU and its MIG profile")
-        return MIG(gpu.mig_profile(mig_profile))
-    if mode == "mps" and provider == MPSThroughDRA.provider:
-        return MPSThroughDRA()
-    if mode == "mps" and provider == MPSThroughDevicePlugin.provider:
-        return MPSThroughDevicePlugin(device_plugin_replicas or 1)
-    raise ValueError(f"no sharing mode {mode!r} with MPS provider {provider!r}")
-
-
 def _gib(size: int) -> str:
     return f"{size / GIB:.1f} GiB"
 

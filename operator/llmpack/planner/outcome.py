@@ -33,8 +33,7 @@ class ObjectRef:
 @dataclass(frozen=True)
 class Outcome:
     """`status`: the whole status to write (the API server's JSON); `requeue_after`: seconds until
-    the next pass where no event will say (None: wait for events); `serving`: the name of the
-    Deployment that serves (a refused apply is Degraded while it has ready pods)."""
+    the next pass where no event will say (None: wait for events)."""
 
     status: dict[str, Any]
     apply: tuple[dict[str, Any], ...] = ()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -521,8 +521,3 @@ def first_error(err: ValidationError) -> str:
     message = first.get("msg", "").removeprefix("Value error, ")
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{where}: {message}{more}" if where else message + more
-
-
-def with_refusal(snapshot: Snapshot, refused: ApplyRefusal) -> Snapshot:
-    """The same observation, with the API server's refusal of this pass's apply."""
-    return replace(snapshot, refused=refused)
