@@ -72,6 +72,11 @@ BREAKING_SPECS: dict[str, dict[str, Any]] = {
         "model": _MODEL,
         "serving": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}},
     },
+    SERVING_RULES[3].message: {"model": _MODEL, "serving": {"extraArgs": ["--api_key=sk-secret"]}},
+    SERVING_RULES[4].message: {
+        "model": _MODEL,
+        "serving": {"env": [{"name": "VLLM_API_KEY", "value": "sk-secret"}]},
+    },
     SPEC_RULES[0].message: {
         "model": _MODEL,
         "sharing": {"mode": "exclusive"},

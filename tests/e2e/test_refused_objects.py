@@ -227,6 +227,39 @@ def test_a_quota_that_forbids_the_pods_fails_with_the_quota_named(
     assert described_condition(describe, "Available")["Reason"] == "QuotaExceeded"
 
 
+def test_a_quota_on_the_dra_device_class_stops_the_pods_with_the_quota_named(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    """GPUs taken through DRA claims are not `requests.nvidia.com/gpu`: the quota that counts them
+    is on the device class (`gpu.nvidia.com.deviceclass.resource.k8s.io/devices`). The Deployment
+    and its pods are admitted; the controller-manager's ResourceClaim for each pod is not, and says
+    so only in an event on the pod, which the operator reads into the status."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-dra-gpus", "namespace": namespace},
+        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}},
+    }
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(quota))
+    name = apply_doc(kubectl, namespace, example("opt-1.3b-mps-dra.yaml", "dra-over-quota"))
+    obj = wait_phase(kube_admin, player, namespace, name, phase="Failed", timeout=150)
+    status = obj["status"]
+    assert status["recommendation"]["mode"] == "mps", "it was planned and admitted"
+    assert "cannot get its GPU claim" in status["message"], status["message"]
+    assert "exceeded quota: no-dra-gpus" in status["message"], status["message"]
+    assert "gpu.nvidia.com.deviceclass.resource.k8s.io/devices" in status["message"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Progressing"]["reason"] == "QuotaExceeded"
+
+    # The admin raises the quota: the claim is made on the controller's next try and the pod
+    # goes on, without the spec being touched.
+    quota["spec"]["hard"]["gpu.nvidia.com.deviceclass.resource.k8s.io/devices"] = "1"
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(quota))
+    wait_for(
+        kube_admin, namespace, name, lambda s: s.get("phase") == "Ready", 180, "Ready after the quota rose"
+    )
+
+
 def test_a_rollout_past_its_progress_deadline_is_degraded(
     operator_process, kube_admin, kubectl, player, namespace
 ):

@@ -362,6 +362,23 @@ def test_a_client_hanging_up_before_a_plain_answer_stops_the_generation(launch, 
     assert engine.http_get(router_only + "/healthz")[0] == 200
 
 
+def test_the_rendered_probe_of_a_loopback_replica_passes_on_a_serving_one_only(launch) -> None:
+    """A DRA pod's replicas listen on 127.0.0.1 only, so the kubelet's probes of them run inside
+    their containers: the exact command the renderer puts in each probe answers 0 for a real vLLM
+    replica serving on that address and non-zero where nothing listens."""
+    from llmpack.render.serving import local_probe
+
+    for url in launch.replica_urls:
+        port = int(url.rsplit(":", 1)[1])
+        command = local_probe("/health", port, period_s=10, failures=1)["exec"]["command"]
+        assert command[-1] == f"{url}/health"
+        probed = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        assert probed.returncode == 0, probed.stderr
+    nobody = local_probe("/health", engine.free_port(), period_s=10, failures=1)["exec"]["command"]
+    refused = subprocess.run(nobody, capture_output=True, text=True, timeout=10)
+    assert refused.returncode != 0 and "Connection refused" in refused.stderr, refused.stderr
+
+
 # --- llmpack launch ------------------------------------------------------------------------------
 
 

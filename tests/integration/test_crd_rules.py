@@ -25,11 +25,11 @@ def crd_applied(kubectl):
     )
 
 
-def dry_run(kubectl, namespace: str, spec: dict):
+def dry_run(kubectl, namespace: str, spec: dict, name: str = "r"):
     body = {
         "apiVersion": "llmpack.io/v1alpha1",
         "kind": "LLMDeployment",
-        "metadata": {"name": "r"},
+        "metadata": {"name": name},
         "spec": spec,
     }
     return kubectl(
@@ -47,3 +47,14 @@ def test_the_api_server_refuses_with_the_same_message(crd_applied, kubectl, name
 def test_a_spec_within_the_rules_is_accepted(crd_applied, kubectl, namespace):
     result = dry_run(kubectl, namespace, {"model": {"name": "facebook/opt-1.3b", "maxModelLen": 1024}})
     assert result.returncode == 0, result.stderr
+
+
+def test_a_name_longer_than_a_label_value_is_refused_on_create(crd_applied, kubectl, namespace):
+    """The name labels and selects the LLMDeployment's pods (63 characters at most); a longer one
+    would have to be shortened into a name another LLMDeployment could hold."""
+    spec = {"model": {"name": "facebook/opt-1.3b"}}
+    longest = dry_run(kubectl, namespace, spec, name="a" * 63)
+    assert longest.returncode == 0, longest.stderr
+    result = dry_run(kubectl, namespace, spec, name="a" * 64)
+    assert result.returncode != 0
+    assert "an LLMDeployment's name is at most 63 characters" in result.stderr, result.stderr

@@ -2,7 +2,7 @@
 
 hypothesis draws valid LLMDeployment specs (models of the built-in catalogue or custom
 architectures, every GPU product of the catalogue, every sharing mode, counts, workloads, SLOs,
-advisor settings, user pod knobs, names up to the 253 characters a custom resource may have). Each
+advisor settings, user pod knobs, names up to the 63 characters the CRD allows, dotted ones too). Each
 goes through the reconciler exactly as the operator runs it, minus the API server (the fake API of
 tests/unit/test_badinput_pure.py, a cluster that offers every mode for the product built from the
 testbed's own node shapes, and the simulated profiler's profile for the spec). Then:
@@ -99,7 +99,7 @@ def cluster_offering_everything(
     return ClusterFacts(facts, {testbed_lib.DRA_DRIVER}, {"dra": 8})
 
 
-NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?){0,2}"
+NAME = r"[a-z0-9]([-a-z0-9]{0,19}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,19}[a-z0-9])?){0,2}"
 ENV_NAME = r"[A-Z][A-Z0-9_]{0,20}"
 # Characters beyond the Basic Multilingual Plane are tested on their own below.
 BMP = st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",))
@@ -199,9 +199,11 @@ def specs(draw) -> tuple[str, dict[str, Any]]:
                     st.from_regex(ENV_NAME, fullmatch=True), st.text(BMP, max_size=20), max_size=3
                 )
             ).items()
-            if n not in ("HOME", "HF_HOME", "USER", "LOGNAME", "HF_TOKEN")
+            if n not in ("HOME", "HF_HOME", "USER", "LOGNAME", "HF_TOKEN", "VLLM_API_KEY")
         ],
     }
+    if draw(st.booleans()):
+        serving["apiKeySecretRef"] = {"name": "api-key", "key": "key"}
     if (resources := draw(st.sampled_from(RESOURCES))) is not None:
         serving["resources"] = resources
     if draw(st.booleans()):
@@ -230,7 +232,7 @@ def specs(draw) -> tuple[str, dict[str, Any]]:
         },
         "serving": serving,
     }
-    name = draw(st.from_regex(NAME, fullmatch=True).filter(lambda n: len(n) <= 253))
+    name = draw(st.from_regex(NAME, fullmatch=True).filter(lambda n: len(n) <= 63))
     return name, spec
 
 
@@ -308,3 +310,29 @@ def test_a_character_beyond_the_bmp_survives_server_side_apply(kube, namespace):
     )
     (deployment,) = [o for o in run.kube.applied if o["kind"] == "Deployment"]
     dry_run(kube, deployment)
+
+
+def test_the_network_policy_and_api_key_render_objects_the_api_server_accepts(kube, namespace):
+    """With the chart's networkPolicy on (peers of every kind) and an API key Secret, each mode's
+    objects, the NetworkPolicy among them, pass a server-side dry-run apply."""
+    import json
+
+    from llmpack.controller.reconciler import OperatorConfig
+
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+        {"podSelector": {"matchLabels": {"app": "prometheus"}}, "namespaceSelector": {}},
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+    ]
+    settings = OperatorConfig(network_policy_from=json.dumps(peers))
+    for sharing in ({"mode": "mps", "mpsProvider": "dra"}, {"mode": "exclusive"}, {"mode": "mig"}):
+        spec = {
+            "model": {"name": "facebook/opt-1.3b"},
+            "sharing": sharing,
+            "serving": {"apiKeySecretRef": {"name": "api-key"}},
+        }
+        run = reconcile_through(spec, settings=settings, name="policy", namespace=namespace)
+        kinds = {o["kind"] for o in run.kube.applied}
+        assert {"NetworkPolicy", "Deployment", "Service"} <= kinds, (sharing, run.status)
+        for obj in run.kube.applied:
+            dry_run(kube, {**obj, "metadata": {**obj["metadata"], "namespace": namespace}})

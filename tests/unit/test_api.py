@@ -205,7 +205,7 @@ def test_extra_args_that_merely_resemble_an_owned_flag_pass():
     ("extra_args", "engine"),
     [
         (["--disable-fastapi-docs", "-O0"], ["-O0"]),
-        (["--api-key", "k", "-tp", "2"], ["-tp", "2"]),
+        (["--chat-template", "t", "-tp", "2"], ["-tp", "2"]),
         (["--served-model-name", "m", "--enforce-eager"], ["--enforce-eager"]),
         (["--max-log-len", "-1", "--kv-cache-dtype", "fp8"], ["--kv-cache-dtype", "fp8"]),
     ],

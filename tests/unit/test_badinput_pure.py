@@ -534,11 +534,13 @@ def reconcile_through(
     name: str = "bad",
     namespace: str = "team-a",
     play: bool = True,
+    settings: OperatorConfig | None = None,
 ) -> Run:
     """Reconcile `spec` as the operator does; when it starts profiling (and `play`), play the Job
     (publish `profile_json`, by default what the simulated backend measures) and reconcile again."""
     kube = kube or FakeKube()
-    reconciler = Reconciler(kube, OperatorConfig(), cluster or cluster_offering_everything(), kube.store)
+    config = settings or OperatorConfig()
+    reconciler = Reconciler(kube, config, cluster or cluster_offering_everything(), kube.store)
     obj = body(spec, name, namespace)
     results = [reconciler.reconcile(obj)]
     if play and results[-1].status.get("phase") == "Profiling":

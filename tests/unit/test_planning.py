@@ -124,7 +124,7 @@ def test_explicit_mode_the_cluster_lacks_is_refused_with_what_it_offers():
 
 def test_profile_key_ignores_serving_fields_and_tracks_measurement_fields():
     base = profile_key(spec(), "img:1")
-    server_only = ["--served-model-name", "chat", "--enable-log-requests", "--api-key=k"]
+    server_only = ["--served-model-name", "chat", "--enable-log-requests", "--uvicorn-log-level=debug"]
     assert profile_key(spec(serving={"port": 9000, "extraArgs": server_only}), "img:1") == base
     # flags that change the engine measure another engine: a profile of their own (issue 12, item 4)
     for engine_flags in (["--enforce-eager"], ["--kv-cache-dtype", "fp8"], ["--quantization=fp8"]):

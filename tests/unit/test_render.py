@@ -30,6 +30,7 @@ from llmpack.render.plan import (
     SecretKey,
     ServingPlan,
 )
+from llmpack.render.serving import LOCAL_PROBE_SCRIPT
 
 PRODUCT = "NVIDIA-H100-80GB-HBM3"
 OWNER = OwnerRef(api_version="llmpack.io/v1alpha1", kind="LLMDeployment", name="opt", uid="uid-1")
@@ -153,7 +154,11 @@ def test_every_replica_runs_vllm_serve_with_the_plan_flags_on_its_own_port(mode)
         assert flag_value(args, "--revision") == "v2"
         assert flag_value(args, "--dtype") == "bfloat16"
         port = int(flag_value(args, "--port"))
-        assert [p["containerPort"] for p in c["ports"]] == [port]
+        if mode == "mps-dra":  # behind the pod's router, on the loopback address only
+            assert flag_value(args, "--host") == "127.0.0.1" and "ports" not in c
+        else:
+            assert "--host" not in args, "on every interface: the kubelet probes the pod IP"
+            assert [p["containerPort"] for p in c["ports"]] == [port]
         ports.append(port)
     assert len(set(ports)) == len(ports), "every replica of a pod listens on its own port"
 
@@ -277,11 +282,13 @@ def test_dra_pod_is_one_gpu_with_replicas_started_one_after_another_behind_a_rou
         port = plan.port + 1 + i
         # Native sidecars: the kubelet starts the next only once this one's startupProbe passed.
         assert c["restartPolicy"] == "Always"
+        # On the loopback address only: the probes run in the container (the kubelet's httpGet
+        # would connect to the pod IP); tests/engine runs this command against a real replica.
+        local = ["python3", "-c", LOCAL_PROBE_SCRIPT, f"http://127.0.0.1:{port}/health"]
         probe = c["startupProbe"]
-        assert probe["httpGet"]["path"] == "/health"
-        assert probe["httpGet"]["port"] == port
+        assert probe["exec"]["command"] == local
         assert probe["failureThreshold"] * probe["periodSeconds"] >= 20 * 60, "room for a slow model load"
-        assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": port, "scheme": "HTTP"}
+        assert c["livenessProbe"]["exec"]["command"] == local
         assert c["resources"]["claims"] == [{"name": "gpu"}], "all replicas share the pod's one GPU claim"
         assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
 

@@ -85,6 +85,17 @@ SCALE_SUBRESOURCE = {
     "labelSelectorPath": ".status.selector",
 }
 
+# An LLMDeployment's name is its objects' `app.kubernetes.io/instance` label, which selects its
+# pods: a label value holds 63 characters, and a longer name would have to be shortened into one
+# that another LLMDeployment could hold as its own name (render/plan.py label_value). Names of
+# objects created before the rule are kept (a transition rule: only a create is checked).
+NAME_RULE = {
+    "rule": "oldSelf.hasValue() || size(self.metadata.name) <= 63",
+    "optionalOldSelf": True,
+    "message": "metadata.name: an LLMDeployment's name is at most 63 characters (it labels and "
+    "selects its pods): choose a shorter name",
+}
+
 _DROP_KEYS = {"title", "$defs", "discriminator"}
 
 
@@ -173,6 +184,7 @@ def crd() -> dict[str, Any]:
         "type": "object",
         "description": api.LLMDeployment.__doc__,
         "required": ["spec"],
+        "x-kubernetes-validations": [NAME_RULE],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

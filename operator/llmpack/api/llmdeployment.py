@@ -656,6 +656,28 @@ def _requests_over_limits(resources: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+# Flags and variables that carry a secret: container args and literal env values are readable by
+# anyone who can `get` the pod (the built-in `view` role), so the key comes from a Secret instead.
+# vLLM reads the same key from VLLM_API_KEY (vllm/envs.py; entrypoints/serve/middleware/register.py).
+SECRET_FLAGS = ("--api-key",)
+SECRET_ENV = "VLLM_API_KEY"
+
+
+def _secret_flags_in(extra_args: list[str]) -> list[str]:
+    """Items of `extra_args` vLLM's parser would read as a SECRET_FLAGS flag (any spelling, as
+    owned_flag: underscores, `=value`, an unambiguous prefix)."""
+    found = []
+    for arg in extra_args:
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if (
+            arg.startswith("--")
+            and len(name) > len("--api")
+            and any(f.startswith(name) for f in SECRET_FLAGS)
+        ):
+            found.append(arg.split("=", 1)[0])
+    return found
+
+
 SERVING_RULES: tuple[Rule[ServingSpec], ...] = (
     Rule(
         cel="!has(self.env) || self.env.all(e, "
@@ -687,6 +709,22 @@ SERVING_RULES: tuple[Rule[ServingSpec], ...] = (
         culprit=lambda s: ", ".join(_requests_over_limits(s.resources)),
         message="serving.resources.requests must not exceed serving.resources.limits: lower the request "
         "or raise the limit",
+    ),
+    Rule(
+        cel="!has(self.extraArgs) || self.extraArgs.all(a, !a.startsWith('--')"
+        " || size(a.split('=')[0]) <= 5"
+        f" || ![{', '.join(repr(f) for f in SECRET_FLAGS)}]"
+        ".exists(f, f.startsWith(a.split('=')[0].replace('_', '-'))))",
+        holds=lambda s: not _secret_flags_in(s.extra_args),
+        culprit=lambda s: ", ".join(_secret_flags_in(s.extra_args)),
+        message="serving.extraArgs must not carry --api-key: container arguments are readable by "
+        "anyone who can view the pods; put the key in a Secret and name it in serving.apiKeySecretRef",
+    ),
+    Rule(
+        cel=f"!has(self.env) || self.env.all(e, e.name != '{SECRET_ENV}' || !has(e.value))",
+        holds=lambda s: not any(e.name == SECRET_ENV and e.value is not None for e in s.env),
+        message=f"serving.env must not set {SECRET_ENV} as a literal value: put the key in a Secret and "
+        "name it in serving.apiKeySecretRef",
     ),
 )
 
@@ -728,7 +766,7 @@ class ServingSpec(CamelModel):
         max_length=128,
         description="Extra vLLM arguments for every replica. The operator owns "
         f"{OWNED_FLAGS_TEXT} (refused in any spelling vLLM reads). Every flag "
-        "here except the API server's own (--served-model-name, --api-key, --chat-template, logging, "
+        "here except the API server's own (--served-model-name, --chat-template, logging, "
         "TLS, tool parsers...) also reaches the profiling run and its cache key, because it changes "
         "the engine that is measured (--kv-cache-dtype, --quantization, --enforce-eager, --block-size, "
         "--enable-prefix-caching, --max-num-batched-tokens...).",
@@ -740,6 +778,12 @@ class ServingSpec(CamelModel):
         None,
         description="CPU, memory and ephemeral-storage requests/limits of each vLLM container, as "
         "Kubernetes quantities (GPU resources are set by the operator).",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret holding the API key every replica requires (vLLM's VLLM_API_KEY: "
+        "requests to /v1 without `Authorization: Bearer <key>` get 401; /health and /metrics stay "
+        "open for probes and Prometheus). The key never appears in a rendered object.",
     )
     port: int = Field(
         8000,

@@ -11,6 +11,13 @@ what it last applied and the version the API server answered (the generation whe
 one, else the resourceVersion), and skips the apply while the watch cache shows that same
 version. A change by anyone else (a `kubectl scale`, a hand edit of the spec) moves the version,
 so the next pass applies again and undoes it; after a restart every object is applied once.
+
+An object whose name another LLMDeployment's objects already hold (two LLMDeployment names can
+render one object name, e.g. `a.b` and `a-b-<hash>`, see render/plan.py kube_name) is never
+applied over: that would hand the other's Deployment or Service to this one. It comes back as an
+ApplyRefusal (NameConflict) naming the owner. Limit: the check reads the watch cache, so two such
+LLMDeployments created within one watch delay may both apply once; the owner reference of the
+later apply stays, and the earlier one is refused from its next pass on.
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ class Actor:
         observed = self.store.get(key[0], key[1], key[2])
         if observed is not None and self.applied.get(key) == (digest, _version(observed)):
             return None  # as desired, and nobody changed it since
+        other = _other_owner(observed, obj)
+        if other is not None:
+            return ApplyRefusal(
+                kind=obj["kind"],
+                name=meta["name"],
+                reason="NameConflict",
+                message=f"it already belongs to {other['kind']} {other['name']} (uid {other['uid']})",
+                retry=True,
+            )
         try:
             answered = self.kube.apply(obj)
         except KubeError as err:
@@ -82,6 +98,19 @@ class Actor:
             if not err.refusal:
                 raise
             logger.warning("could not delete %s %s/%s: %s", ref.kind, ref.namespace, ref.name, err)
+
+
+def _other_owner(observed: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
+    """The controlling owner reference of `observed` when it is not the one `desired` names."""
+    if observed is None:
+        return None
+    mine = {ref.get("uid") for ref in desired["metadata"].get("ownerReferences") or []}
+    theirs: list[dict[str, Any]] = [
+        ref for ref in observed["metadata"].get("ownerReferences") or [] if ref.get("uid")
+    ]
+    if not mine or not theirs or any(ref["uid"] in mine for ref in theirs):
+        return None
+    return theirs[0]
 
 
 def _version(obj: dict[str, Any]) -> str | None:

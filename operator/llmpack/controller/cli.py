@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -33,6 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let a profile measured for one namespace serve LLMDeployments of every namespace "
         "(default: each namespace's own; a tenant can write its profiling Job's result)",
+    )
+    parser.add_argument(
+        "--auto-colocates-namespaces",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let sharing.mode auto choose MPS through the device plugin, which runs pods of different "
+        "namespaces on one GPU under one MPS server (default on; --no-auto-colocates-namespaces keeps "
+        "auto to modes that give each pod its own GPU or MIG slice)",
+    )
+    parser.add_argument(
+        "--network-policy-from",
+        type=network_peers,
+        default=None,
+        metavar="JSON",
+        help="render a NetworkPolicy per LLMDeployment admitting only these peers (a JSON array of "
+        "NetworkPolicyPeer; [] admits any source) to the serving port; default: none rendered",
     )
     parser.add_argument(
         "--autoscaling-metric",
@@ -107,6 +124,20 @@ def duration(text: str) -> float:
     return seconds
 
 
+def network_peers(text: str) -> str:
+    """A JSON array of NetworkPolicyPeer objects (podSelector, namespaceSelector, ipBlock), kept
+    as canonical JSON text; the API server validates each peer when the policy is applied."""
+    try:
+        peers = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise argparse.ArgumentTypeError(
+            'a JSON array of NetworkPolicyPeer objects, e.g. [{"namespaceSelector": {}}]'
+        )
+    return json.dumps(peers, sort_keys=True)
+
+
 def run(args: argparse.Namespace) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
@@ -128,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         operator_namespace=args.operator_namespace,
         autoscaling_metric=args.autoscaling_metric,
         share_profiles=args.share_profiles_across_namespaces,
+        auto_colocates_namespaces=args.auto_colocates_namespaces,
+        network_policy_from=args.network_policy_from,
         **{k: v for k, v in images.items() if v},
     )
     election = None

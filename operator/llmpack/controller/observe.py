@@ -7,7 +7,12 @@ What it reads, and from where:
   memory, the watch cache, a GET only when neither has it);
 - the profiling Jobs this LLMDeployment owns, their result ConfigMaps and pods, the serving
   Deployment, its pods and the objects an earlier plan may have left: all from the watch cache
-  (runtime/store.py), never a LIST per pass.
+  (runtime/store.py), never a LIST per pass;
+- only while a serving pod waits for the ResourceClaim its template should give it: that pod's
+  FailedResourceClaimCreation events (one LIST, by field selector). The claim is created by the
+  controller-manager, not by a controller whose status the operator watches, so its refusal (a
+  ResourceQuota on the DRA device class: `<class>.deviceclass.resource.k8s.io/devices`) is told
+  only in an event on the pod.
 
 Objects count as this LLMDeployment's only when they carry its labels and its owner reference
 (its uid): an object a tenant labels to look like llmpack's is never read, nor deleted.
@@ -37,6 +42,8 @@ from llmpack.render.plan import (
     label_value,
 )
 from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
+from llmpack.runtime.client import Client
+from llmpack.runtime.kube import quota_refusal
 from llmpack.runtime.store import Store
 
 Object = dict[str, Any]
@@ -47,7 +54,10 @@ def now() -> str:
 
 
 class Observer:
-    def __init__(self, *, store: Store, cache: ProfileCache, cluster: ClusterFacts, settings: Settings):
+    def __init__(
+        self, *, store: Store, cache: ProfileCache, cluster: ClusterFacts, settings: Settings, kube: Client
+    ):
+        self.kube = kube
         self.store = store
         self.cache = cache
         self.cluster = cluster
@@ -65,6 +75,8 @@ class Observer:
             serving_image=settings.serving_image,
             autoscaling_metric=settings.autoscaling_metric,
             profile_scope=None if settings.share_profiles else namespace,
+            auto_colocates_namespaces=settings.auto_colocates_namespaces,
+            network_policy_from=settings.network_policy_from,
         )
         admission = admit_spec(body.get("spec") or {}, self.cluster, context)
         snapshot = Snapshot(
@@ -117,12 +129,49 @@ class Observer:
             for kind in PRUNABLE_KINDS
             for o in self._owned(kind, namespace, labels, uid)
         )
+        pods = tuple(self.store.list("Pod", namespace, labels))
+        stall = deployment_problem(deployment) if deployment is not None else None
         return ServingSeen(
             deployment=deployment,
-            pods=tuple(self.store.list("Pod", namespace, labels)),
+            pods=pods,
             owned=owned,
-            stall=deployment_problem(deployment) if deployment is not None else None,
+            stall=stall or self._claim_problem(namespace, pods),
         )
+
+    def _claim_problem(self, namespace: str, pods: tuple[Object, ...]) -> tuple[str, str] | None:
+        """Why the first pod still waiting for its templated ResourceClaim has none, from the
+        resourceclaim controller's event on it (kubernetes pkg/controller/resourceclaim:
+        FailedResourceClaimCreation, "PodResourceClaim <name>: <the API server's error>")."""
+        waiting = next((p for p in pods if _claim_missing(p)), None)
+        if waiting is None:
+            return None
+        meta = waiting["metadata"]
+        events = self.kube.list(
+            "Event",
+            namespace,
+            field_selector=f"involvedObject.uid={meta['uid']},reason=FailedResourceClaimCreation",
+        )
+        if not events:
+            return None
+        newest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        message = str(newest.get("message", ""))
+        reason = "QuotaExceeded" if quota_refusal(message) else "ResourceClaimNotCreated"
+        return reason, f"pod {meta['name']} cannot get its GPU claim: {message}"
+
+
+def _claim_missing(pod: Object) -> bool:
+    """Whether a pending pod names a ResourceClaimTemplate whose claim was not made for it yet."""
+    if (pod.get("status") or {}).get("phase") not in (None, "Pending") or "uid" not in pod["metadata"]:
+        return False
+    templated = {
+        c["name"] for c in pod["spec"].get("resourceClaims") or [] if c.get("resourceClaimTemplateName")
+    }
+    made = {
+        s["name"]
+        for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []
+        if s.get("resourceClaimName")
+    }
+    return bool(templated - made)
 
 
 def _owned_by(obj: Object | None, uid: str) -> bool:

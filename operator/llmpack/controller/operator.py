@@ -207,7 +207,12 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(lifecycle.configure)
     kopf.on.cleanup(registry=registry)(lifecycle.stop)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
-    owned = (("batch/v1", "jobs", "Job"), ("v1", "configmaps", "ConfigMap"), ("v1", "services", "Service"))
+    owned = (
+        ("batch/v1", "jobs", "Job"),
+        ("v1", "configmaps", "ConfigMap"),
+        ("v1", "services", "Service"),
+        ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
+    )
     for group_version, plural, kind in owned:
         resource = _resource(group_version, plural)
         kopf.on.event(*resource, labels=MANAGED, id=f"owned-{plural}", registry=registry)(watches.owned(kind))
@@ -293,7 +298,7 @@ class Watches:
             self.state.store.put(kind, body)
 
     def owned(self, kind: str) -> Callable[..., Awaitable[None]]:
-        """The handler of a Job, ConfigMap or Service watch (see owned_event)."""
+        """The handler of a Job, ConfigMap, Service or NetworkPolicy watch (see owned_event)."""
 
         async def handler(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
             await self.owned_event(kind, event, body)
@@ -301,8 +306,8 @@ class Watches:
         return handler
 
     async def owned_event(self, kind: str, event: kopf.RawEvent, body: kopf.Body) -> None:
-        """A Job, ConfigMap or Service of an LLMDeployment; in the operator's namespace, a cached
-        profile that changed or went."""
+        """A Job, ConfigMap, Service or NetworkPolicy of an LLMDeployment; in the operator's
+        namespace, a cached profile that changed or went."""
         state = self.state
         self.cache(kind, event, body)
         if body.metadata.namespace == state.config.operator_namespace:

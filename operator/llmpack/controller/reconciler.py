@@ -44,7 +44,9 @@ class Reconciler:
         self.cluster = cluster
         self.store = store if store is not None else Store(index_label=LABEL_DEPLOYMENT)
         self.cache = ProfileCache(kube, config.operator_namespace)
-        self.observer = Observer(store=self.store, cache=self.cache, cluster=cluster, settings=config)
+        self.observer = Observer(
+            store=self.store, cache=self.cache, cluster=cluster, settings=config, kube=kube
+        )
         self.actor = Actor(kube=kube, store=self.store, cache=self.cache)
 
     def reconcile(self, body: dict[str, Any]) -> Result:

@@ -66,6 +66,9 @@ class Sharing(ABC):
     gpu_slices_per_replica: ClassVar[int | None] = None
     # the mode renders a ResourceClaimTemplate for its pods
     uses_claim_template: ClassVar[bool] = False
+    # pods of different namespaces may run on one GPU as clients of one MPS server (one UID, no
+    # memory-fault isolation, each other's timing visible: FACTS.md 3.1)
+    colocates_namespaces: ClassVar[bool] = False
 
     @property
     def label(self) -> str:
@@ -191,6 +194,8 @@ class MPSThroughDevicePlugin(Sharing):
     mode: ClassVar[ServingMode] = "mps"
     provider: ClassVar[MPSProvider | None] = "devicePlugin"
     gpu_slices_per_replica: ClassVar[int | None] = 1
+    # the plugin hands a GPU's slices to any pod that asks, whatever its namespace
+    colocates_namespaces: ClassVar[bool] = True
 
     def device(
         self, gpu: GPU, *, need_bytes: int, replicas_per_gpu: int, floor_bytes: int, reserve_bytes: int

@@ -83,6 +83,13 @@ class Context:
     # one tenant's namespace, where that tenant can write the Job's result, never serves another),
     # or None where the cluster admin shares profiles across namespaces.
     profile_scope: str | None = None
+    # Whether sharing.mode auto may choose a mode that puts different namespaces' pods on one GPU
+    # (MPS through the device plugin): the cluster admin's choice (chart value
+    # sharing.autoColocatesNamespaces).
+    auto_colocates_namespaces: bool = True
+    # The serving NetworkPolicy's admitted peers as a JSON array ("[]": any source), or None for no
+    # NetworkPolicy: the cluster admin's choice (chart value networkPolicy).
+    network_policy_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,14 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
     predictions = Predictions.build(profile, rec, gpu)
     refusals: list[str] = []
     found = candidates(
-        spec, gpu, offers, rec.per_replica_memory_bytes, rec.replicas_per_gpu, predictions.predict, refusals
+        spec,
+        gpu,
+        offers,
+        rec.per_replica_memory_bytes,
+        rec.replicas_per_gpu,
+        predictions.predict,
+        refusals,
+        auto_colocates_namespaces=context.auto_colocates_namespaces,
     )
     chosen = choose(spec, found, offers, refusals)
     if isinstance(chosen, Refused):
@@ -281,6 +295,8 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
         image=context.serving_image,
         b_opt=rec.b_opt,
         autoscaling_metric=context.autoscaling_metric,
+        weight_bytes=profile.model.weight_bytes,
+        network_policy_from=context.network_policy_from,
     )
     warnings: list[tuple[str, str]] = []
     explanation = _explanation(rec, chosen, predictions, plan, found, utilization)

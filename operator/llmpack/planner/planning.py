@@ -6,6 +6,7 @@ many replicas per GPU, which vLLM flags each replica gets.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Callable
@@ -253,14 +254,24 @@ def candidates(
     replicas_per_gpu: int,
     predict: Predictor,
     refusals: list[str] | None = None,
+    *,
+    auto_colocates_namespaces: bool = True,
 ) -> list[Candidate]:
     """Every way the cluster can serve this deployment, with its predicted tokens/s per GPU. A mode
-    the cluster offers but that cannot hold a replica is explained in `refusals`."""
+    the cluster offers but that cannot hold a replica is explained in `refusals`.
+    `auto_colocates_namespaces`: whether sharing.mode auto may choose a mode that puts pods of
+    different namespaces on one GPU (the cluster admin's choice; a spec naming the mode gets it)."""
     wanted, provider = spec.sharing.mode, spec.sharing.mps_provider
     found: list[Candidate] = []
     refusals = [] if refusals is None else refusals
 
     def add(sharing: Sharing, rpg: int) -> None:
+        if wanted == "auto" and sharing.colocates_namespaces and not auto_colocates_namespaces:
+            refusals.append(
+                f"sharing.mode auto does not choose {sharing.label}: the cluster admin keeps auto from "
+                "putting different namespaces' pods on one GPU (name the mode to use it)"
+            )
+            return
         try:
             memory = replica_memory(sharing, gpu, per_replica_bytes, replicas_per_gpu=rpg)
         except ReplicaDoesNotFit as err:
@@ -356,6 +367,19 @@ def choose(
     return max(found, key=lambda c: c.tokens_per_s_per_gpu or -1.0)
 
 
+# A serving pod's /tmp holds the model download (safetensors as published: up to twice the bytes
+# on the GPU where the engine quantizes at load, e.g. --quantization fp8 of a bf16 checkpoint), and
+# per vLLM process its torch.compile and Triton caches and logs.
+SCRATCH_PER_PROCESS_BYTES = 1 << 30
+SCRATCH_BASE_BYTES = 4 << 30
+
+
+def scratch_bytes(weight_bytes: int, *, processes: int) -> int:
+    """The sizeLimit of a serving pod's /tmp emptyDir, in bytes: 2 x the weights' bytes on the GPU
+    (the download), 4 GiB, and 1 GiB per vLLM process in the pod."""
+    return 2 * weight_bytes + SCRATCH_BASE_BYTES + processes * SCRATCH_PER_PROCESS_BYTES
+
+
 def serving_plan(
     *,
     name: str,
@@ -368,6 +392,8 @@ def serving_plan(
     image: str,
     b_opt: int,
     autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC,
+    weight_bytes: int | None = None,
+    network_policy_from: str | None = None,
 ) -> ServingPlan:
     autoscaling = spec.autoscaling
     gpus = spec.gpu.count
@@ -380,7 +406,8 @@ def serving_plan(
         # MIG: the slices are partitioned by the cluster admin; serve on what exists.
         replicas = chosen.replica_limit
         gpus = math.ceil(replicas / chosen.replicas_per_gpu)
-    secret = spec.model.hf_token_secret_ref
+    secret, api_key = spec.model.hf_token_secret_ref, spec.serving.api_key_secret_ref
+    rpg = chosen.replicas_per_gpu
     extra: dict[str, Any] = {}
     if chosen.sharing.pinned_by_llmpack:
         extra = {
@@ -399,6 +426,7 @@ def serving_plan(
         revision=spec.model.revision,
         dtype=spec.model.dtype,
         hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
+        api_key_secret=SecretKey(name=api_key.name, key=api_key.key) if api_key else None,
         mode=chosen.mode,
         mps_provider=chosen.provider,
         gpu_product=spec.gpu.product,
@@ -413,6 +441,10 @@ def serving_plan(
         port=spec.serving.port,
         node_selector=spec.gpu.node_selector,
         tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
+        scratch_limit_bytes=None
+        if weight_bytes is None
+        else scratch_bytes(weight_bytes, processes=rpg // chosen.sharing.pods_per_gpu(rpg)),
+        network_policy_from=None if network_policy_from is None else json.loads(network_policy_from),
         autoscaling=None
         if autoscaling is None
         else AutoscalingPlan(

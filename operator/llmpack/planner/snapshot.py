@@ -32,6 +32,12 @@ class Settings:
     # profiles.shareAcrossNamespaces). Off, a tenant who forges its own profiling result harms
     # only its own namespace.
     share_profiles: bool = False
+    # sharing.mode auto may choose MPS through the device plugin, which puts pods of different
+    # namespaces on one GPU (chart value sharing.autoColocatesNamespaces).
+    auto_colocates_namespaces: bool = True
+    # A NetworkPolicy per LLMDeployment admitting these peers (JSON array, "[]": any source) to the
+    # serving port only; None: none rendered (chart value networkPolicy).
+    network_policy_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ class ServingPlan(Frozen):
     revision: str | None = None
     dtype: str = "auto"
     hf_token_secret: SecretKey | None = None
+    api_key_secret: SecretKey | None = Field(None, description="VLLM_API_KEY of every replica.")
 
     mode: ServingMode
     mps_provider: MPSProvider | None = None
@@ -112,6 +113,14 @@ class ServingPlan(Frozen):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     autoscaling: AutoscalingPlan | None = None
+    scratch_limit_bytes: int | None = Field(
+        None, ge=1, description="sizeLimit of each serving pod's /tmp emptyDir (the model download)."
+    )
+    network_policy_from: list[dict[str, Any]] | None = Field(
+        None,
+        description="NetworkPolicy peers admitted to the serving port ([]: any source); None: no "
+        "NetworkPolicy (the cluster admin's choice, chart value networkPolicy).",
+    )
 
     @property
     def sharing(self) -> type[Sharing]:
@@ -121,9 +130,9 @@ class ServingPlan(Frozen):
     def config_hash(self) -> str:
         """Changes whenever a rendered pod would change, so pods roll on any serving change; not on
         a change of scale (how many GPUs, replicas, the autoscaler's bounds), which adds or removes
-        whole pods and leaves the others serving."""
-        scale = {"owner", "gpus", "replicas", "autoscaling"}
-        return stable_hash(self.model_dump(mode="json", exclude=scale))[:16]
+        whole pods and leaves the others serving, nor of the NetworkPolicy, a separate object."""
+        outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from"}
+        return stable_hash(self.model_dump(mode="json", exclude=outside_pods))[:16]
 
 
 class ProfilingPlan(Frozen):

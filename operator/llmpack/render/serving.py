@@ -15,6 +15,9 @@ Objects per mode (DESIGN.md "Sharing modes"):
   the device plugin shares with MPS) + Service.
 - mig: Deployment (one pod per replica asking for one `nvidia.com/mig-<profile>`) + Service.
 
+In every mode, where the cluster admin turned it on (chart value networkPolicy), a NetworkPolicy
+admitting ingress to the service port only.
+
 The pod-level building blocks at the end (names, labels, security, workspace volumes, env) are also
 used by the profiling Job (render/profiling.py), so every pod llmpack creates looks the same.
 """
@@ -81,6 +84,22 @@ HEALTH_TIMEOUT_S = 5
 
 DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
 
+# What a vLLM container asks the scheduler for where the spec names no request or limit of its
+# own: its API server and engine core are two busy processes (the engine core polls its scheduler
+# loop on one CPU), and each holds torch, the tokenizer and the CUDA context in host memory (a few
+# GiB; the weights pass through page cache, not the process). No default limit: a memory limit
+# too low for a large model's load would OOM-kill it at every start.
+DEFAULT_VLLM_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+
+# Replicas of a DRA pod listen here only: the router in front of them is the pod's one entrance
+# (its limits, its API key check by vLLM behind it), so a client cannot skip it through the pod IP.
+REPLICA_HOST = "127.0.0.1"
+
+# A probe of a server that listens on the loopback interface only, run inside its container (the
+# kubelet's httpGet probes connect to the pod IP). Any answer other than 2xx, a refused connection
+# or a timeout raises, and the interpreter exits 1. python3 is in every vLLM image.
+LOCAL_PROBE_SCRIPT = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)"
+
 
 def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
     """The objects that run `plan`'s replicas, in apply order (a claim template before the pods
@@ -93,7 +112,8 @@ def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
         MPSThroughDevicePlugin: mps_device_plugin_deployment,
     }[sharing](plan)
     claim = [mps_claim_template(plan)] if sharing.uses_claim_template else []
-    return [*claim, deployment, serving_service(plan)]
+    policy = [serving_network_policy(plan)] if plan.network_policy_from is not None else []
+    return [*claim, deployment, serving_service(plan), *policy]
 
 
 # -- one Deployment per mode -------------------------------------------------------------------------
@@ -149,9 +169,10 @@ def mps_dra_deployment(plan: ServingPlan) -> dict[str, Any]:
     own resources), and the router, a regular container, starts once all replicas serve. On
     termination the router stops first, then the replicas in reverse order.
 
-    The replicas listen on every interface because the kubelet probes the pod IP; the Service
-    targets only the router's port. All containers run as the pod's one UID (one MPS server per
-    UID). No /dev/shm emptyDir: the DRA driver bind-mounts the MPS shared memory there."""
+    The replicas listen on the loopback interface only (REPLICA_HOST), so the router is the pod's
+    one entrance; their probes run inside their containers (local_probe). The Service targets the
+    router's port. All containers run as the pod's one UID (one MPS server per UID). No /dev/shm
+    emptyDir: the DRA driver bind-mounts the MPS shared memory there."""
     ports = replica_ports(plan)
     replicas = [vllm_sidecar(plan, i, port) for i, port in enumerate(ports)]
     pod = serving_pod_spec(
@@ -305,6 +326,27 @@ def serving_service(plan: ServingPlan) -> dict[str, Any]:
     }
 
 
+def serving_network_policy(plan: ServingPlan) -> dict[str, Any]:
+    """Ingress to the serving pods on the service port only (the router's in DRA mode, the single
+    vLLM's otherwise), from the peers the cluster admin listed (none listed: from anywhere the
+    cluster routes). Every other port and source is refused where the cluster's network plugin
+    enforces NetworkPolicy. The kubelet's probes are not affected: traffic from the pod's own node
+    is always allowed (Kubernetes docs, "Network Policies")."""
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": plan.port}]}
+    if plan.network_policy_from:
+        rule["from"] = deepcopy(plan.network_policy_from)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_meta(plan, serving_name(plan)),
+        "spec": {
+            "podSelector": {"matchLabels": serving_selector(plan)},
+            "policyTypes": ["Ingress"],
+            "ingress": [rule],
+        },
+    }
+
+
 def serving_pod_spec(
     plan: ServingPlan,
     containers: list[dict[str, Any]],
@@ -320,6 +362,7 @@ def serving_pod_spec(
         tolerations=plan.tolerations,
         shm=shm,
         automount_token=False,
+        scratch_limit_bytes=plan.scratch_limit_bytes,
     )
     if init_containers:
         spec["initContainers"] = init_containers
@@ -333,15 +376,16 @@ def _product_selector(plan: ServingPlan) -> dict[str, str]:
 # -- containers --------------------------------------------------------------------------------------
 
 
-def vllm_command(plan: ServingPlan, port: int) -> list[str]:
-    """`vllm serve MODEL [--revision R] [--dtype D] FLAGS --port P`. The model's own flags come
-    first and only when FLAGS do not set them; the port is the renderer's."""
+def vllm_command(plan: ServingPlan, port: int, host: str | None = None) -> list[str]:
+    """`vllm serve MODEL [--revision R] [--dtype D] FLAGS [--host H] --port P`. The model's own
+    flags come first and only when FLAGS do not set them; host and port are the renderer's."""
     args = [plan.model]
     if plan.revision and not _has_flag(plan.vllm_args, "--revision"):
         args += ["--revision", plan.revision]
     if plan.dtype and not _has_flag(plan.vllm_args, "--dtype"):
         args += ["--dtype", plan.dtype]
-    return ["vllm", "serve", *args, *plan.vllm_args, "--port", str(port)]
+    where = ["--host", host] if host else []
+    return ["vllm", "serve", *args, *plan.vllm_args, *where, "--port", str(port)]
 
 
 def vllm_container(
@@ -353,22 +397,31 @@ def vllm_container(
     port_name: str = "http",
     gpu_limits: dict[str, int] | None = None,
     claims: list[dict[str, str]] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """A vLLM server on `port`, ready when /health answers. `shm`: mount the pod's /dev/shm
-    emptyDir (not where an MPS provider mounts its own)."""
-    command = vllm_command(plan, port)
+    emptyDir (not where an MPS provider mounts its own). `host`: the one address it listens on
+    (default: all, for the kubelet's probes and the Service); on the loopback address its probes
+    run inside the container."""
+    command = vllm_command(plan, port, host)
+    probe = local_probe if host == REPLICA_HOST else http_probe
     return {
         "name": name,
         "image": plan.image,
         "command": command[:2],
         "args": command[2:],
         "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
-        "env": merge_env(workspace_env(), hf_token_env(plan.hf_token_secret), plan.env),
-        "resources": container_resources(plan.resources, gpu_limits or {}, claims),
+        "env": merge_env(
+            workspace_env(),
+            hf_token_env(plan.hf_token_secret),
+            api_key_env(plan.api_key_secret),
+            plan.env,
+        ),
+        "resources": container_resources(plan.resources, gpu_limits or {}, claims, DEFAULT_VLLM_REQUESTS),
         "volumeMounts": workspace_mounts(shm=shm),
-        "startupProbe": http_probe("/health", port, period_s=STARTUP_PERIOD_S, failures=_startup_failures()),
-        "readinessProbe": http_probe("/health", port, period_s=5, failures=3),
-        "livenessProbe": http_probe("/health", port, period_s=15, failures=4),
+        "startupProbe": probe("/health", port, period_s=STARTUP_PERIOD_S, failures=_startup_failures()),
+        "readinessProbe": probe("/health", port, period_s=5, failures=3),
+        "livenessProbe": probe("/health", port, period_s=15, failures=4),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -379,7 +432,10 @@ def vllm_sidecar(plan: ServingPlan, index: int, port: int) -> dict[str, Any]:
     gates the next replica's start (see mps_dra_deployment). Its readiness is the router's business
     (the router only sends to replicas that answer /health), so it has no readinessProbe of its own."""
     name = f"vllm-{index}"
-    container = vllm_container(plan, name, port, shm=False, port_name=name, claims=[{"name": DRA_CLAIM}])
+    container = vllm_container(
+        plan, name, port, shm=False, port_name=name, claims=[{"name": DRA_CLAIM}], host=REPLICA_HOST
+    )
+    del container["ports"]  # on the loopback address only: nothing outside the pod reaches it
     container["restartPolicy"] = "Always"
     del container["readinessProbe"]
     return container
@@ -417,13 +473,18 @@ def container_resources(
     user: dict[str, Any] | None,
     gpu_limits: dict[str, int],
     claims: list[dict[str, str]] | None = None,
+    default_requests: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The spec's CPU/memory requests and limits, with the GPU ones set by the plan (they win: any
     `nvidia.com/...` the user wrote is dropped, and so are user claims, which could only name claims
-    this pod does not have)."""
+    this pod does not have). `default_requests` fill in a resource the spec names neither a request
+    nor a limit of (with a limit only, Kubernetes requests the limit)."""
     user = deepcopy(user or {})
     requests = {k: v for k, v in (user.get("requests") or {}).items() if not k.startswith("nvidia.com/")}
     limits = {k: v for k, v in (user.get("limits") or {}).items() if not k.startswith("nvidia.com/")}
+    for name, value in (default_requests or {}).items():
+        if name not in requests and name not in limits:
+            requests[name] = value
     limits.update(gpu_limits)
     resources: dict[str, Any] = {}
     if requests:
@@ -438,6 +499,16 @@ def container_resources(
 def http_probe(path: str, port: int, *, period_s: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": HEALTH_TIMEOUT_S,
+        "failureThreshold": failures,
+    }
+
+
+def local_probe(path: str, port: int, *, period_s: int, failures: int) -> dict[str, Any]:
+    """http_probe's check of a server on the loopback address, run in its container (exec)."""
+    return {
+        "exec": {"command": ["python3", "-c", LOCAL_PROBE_SCRIPT, f"http://{REPLICA_HOST}:{port}{path}"]},
         "periodSeconds": period_s,
         "timeoutSeconds": HEALTH_TIMEOUT_S,
         "failureThreshold": failures,
@@ -503,6 +574,7 @@ def hardened_pod_spec(
     tolerations: list[dict[str, Any]],
     shm: bool,
     automount_token: bool,
+    scratch_limit_bytes: int | None = None,
 ) -> dict[str, Any]:
     """A pod that passes the `restricted` Pod Security Standard: non-root with a fixed UID (see
     RUN_AS_UID), RuntimeDefault seccomp, no host namespaces (MPS comes from DRA or the device
@@ -517,7 +589,7 @@ def hardened_pod_spec(
         "hostPID": False,
         "securityContext": pod_security_context(),
         "nodeSelector": dict(node_selector),
-        "volumes": workspace_volumes(shm=shm),
+        "volumes": workspace_volumes(shm=shm, scratch_limit_bytes=scratch_limit_bytes),
     }
     if tolerations:
         spec["tolerations"] = deepcopy(tolerations)
@@ -544,13 +616,18 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def workspace_volumes(*, shm: bool) -> list[dict[str, Any]]:
+def workspace_volumes(*, shm: bool, scratch_limit_bytes: int | None = None) -> list[dict[str, Any]]:
     """emptyDirs for what the read-only root filesystem cannot hold: /tmp (HOME, the model download,
     caches) and, where no MPS provider mounts its own, /dev/shm in memory (vLLM's processes exchange
     data through shared memory; the container runtime's default is 64 MiB). A memory-backed emptyDir
     counts against the container's memory limit. The DRA driver bind-mounts its MPS pipe directory
-    at /tmp/nvidia-mps, inside the /tmp emptyDir: runtimes mount parents before children."""
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    at /tmp/nvidia-mps, inside the /tmp emptyDir: runtimes mount parents before children.
+    `scratch_limit_bytes`: the /tmp emptyDir's sizeLimit (the kubelet evicts a pod that writes
+    more, instead of letting one download fill the node's disk)."""
+    scratch: dict[str, Any] = {}
+    if scratch_limit_bytes is not None:
+        scratch["sizeLimit"] = mebibytes(scratch_limit_bytes)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": scratch}]
     if shm:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     return volumes
@@ -573,6 +650,15 @@ def workspace_env() -> list[dict[str, Any]]:
         "LOGNAME": RUN_AS_USER_NAME,
     }
     return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def api_key_env(secret: SecretKey | None) -> list[dict[str, Any]]:
+    """VLLM_API_KEY from the referenced Secret: vLLM then answers 401 to /v1 requests without it
+    (vllm/entrypoints/serve/middleware/authenticate.py guards the /v1 prefix only, so the probes'
+    /health and Prometheus' /metrics stay open)."""
+    if secret is None:
+        return []
+    return [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
 
 
 def hf_token_env(secret: SecretKey | None) -> list[dict[str, Any]]:

@@ -14,8 +14,14 @@ class Client(Protocol):
         ...
 
     def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Objects matching both selectors (`k=v,k2=v2`: equality only)."""
+        ...
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply; returns the object as stored."""

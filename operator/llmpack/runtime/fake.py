@@ -42,11 +42,20 @@ class FakeClient:
         return copy.deepcopy(found) if found is not None else None
 
     def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
         self.calls.append(("list", kind, namespace, label_selector))
         wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if part)
-        return [copy.deepcopy(obj) for obj in _matching(self.objects, kind, namespace, wanted)]
+        fields = dict(part.split("=", 1) for part in (field_selector or "").split(",") if part)
+        return [
+            copy.deepcopy(obj)
+            for obj in _matching(self.objects, kind, namespace, wanted)
+            if all(str(_field(obj, path)) == value for path, value in fields.items())
+        ]
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         meta = obj["metadata"]
@@ -125,3 +134,11 @@ def _matching(
         and (namespace is None or ns == namespace)
         and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
     ]
+
+
+def _field(obj: dict[str, Any], path: str) -> Any:
+    """The value at a field selector's dotted path (`involvedObject.uid`), or None."""
+    node: Any = obj
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ResourceClaimTemplate": ("resourceclaimtemplates", True),
     "ResourceClaim": ("resourceclaims", True),
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
+    "NetworkPolicy": ("networkpolicies", True),
     "DeviceClass": ("deviceclasses", False),
     "ResourceSlice": ("resourceslices", False),
 }
@@ -63,6 +64,7 @@ API_VERSIONS: dict[str, str] = {
     "ResourceClaimTemplate": "resource.k8s.io/v1",
     "ResourceClaim": "resource.k8s.io/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
+    "NetworkPolicy": "networking.k8s.io/v1",
     "DeviceClass": "resource.k8s.io/v1",
     "ResourceSlice": "resource.k8s.io/v1",
 }
@@ -336,9 +338,14 @@ class KubeClient:
             raise
 
     def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
+        selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        query = {k: v for k, v in selectors.items() if v} or None
         items: list[dict[str, Any]] = self.request("GET", path_for(kind, namespace), query=query).get(
             "items", []
         )
