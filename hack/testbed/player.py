@@ -135,8 +135,18 @@ class ProfilerPlayer:
             args = _with_backend(args, self.backend)
         elif "--port" not in args:
             args += ["--port", str(_free_port())]
+        from llmpack.runtime.kube import KubeError
+
         with tempfile.TemporaryDirectory(prefix="llmpack-player-") as tmp:
-            kubeconfig = self._service_account_kubeconfig(pod, Path(tmp))
+            try:
+                kubeconfig = self._service_account_kubeconfig(pod, Path(tmp))
+            except KubeError as err:
+                if not err.not_found:
+                    raise
+                # The operator deleted the Job and its identity meanwhile (another LLMDeployment's
+                # profile of the same key was cached first): a kubelet would not start this pod.
+                self.log.append(f"{meta['namespace']}/{meta['name']}: not played: {err}")
+                return None
             env = {**os.environ, **self.env}
             env.update({"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": meta["namespace"]})
             env.update(self._resolved_env(pod, container))
