@@ -29,12 +29,22 @@ import testbed as testbed_lib  # noqa: E402
 from player import ProfilerPlayer  # noqa: E402
 
 OPERATOR_NAMESPACE = "llmpack-system"
+# The cost columns need a price per GPU-hour (chart value cost.gpuHourPrices); the demo shows them
+# at this round, illustrative figure (USD), not a quote of any cloud.
+DEMO_PRICE = "NVIDIA-H100-80GB-HBM3=2.50"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default=str(ROOT / "examples" / "opt-1.3b-mps-dra.yaml"))
     parser.add_argument("--keep", action="store_true", help="leave the testbed and operator running")
+    parser.add_argument(
+        "--gpu-hour-price",
+        action="append",
+        default=None,
+        metavar="PRODUCT=PRICE",
+        help=f"what a GPU-hour costs, for the cost columns (default: an illustrative {DEMO_PRICE}, not a quote)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="default 180 s, 900 s with --engine vllm")
     parser.add_argument(
         "--engine",
@@ -77,6 +87,7 @@ def main() -> int:
                     "0",
                     "--liveness",
                     "",
+                    *(f"--gpu-hour-price={price}" for price in args.gpu_hour_price or [DEMO_PRICE]),
                 ],
                 env={**env, "PYTHONUNBUFFERED": "1"},
                 stdout=log,
@@ -222,6 +233,18 @@ def _summary(console, kube, name) -> None:
     if rec:
         console.print(f"[bold]decision[/bold]: {rec.get('explanation', '')}")
         console.print(f"vLLM flags per replica: {' '.join(rec.get('vllmArgs', []))}")
+        if rec.get("basis") != "measured":
+            console.print(
+                f"[yellow]figures {rec.get('basis')}[/yellow]: Gain, tokens/s and cost are not a "
+                f"measurement of {obj['spec']['gpu']['product']}"
+            )
+        if cost := rec.get("cost"):
+            console.print(
+                f"cost at {cost['gpuHourPrice']} {cost['currency']} per GPU-hour (illustrative unless you "
+                f"set --gpu-hour-price): {cost['costPerHour']} per hour, "
+                f"{cost.get('costPerMillionTokens')} per million tokens at the advised load, "
+                f"saving {cost.get('saving')} against one vLLM instance per GPU"
+            )
     table = Table(title="packed pods")
     for column in ("pod", "node", "phase", "vLLM replicas in pod", "GPU request"):
         table.add_column(column)

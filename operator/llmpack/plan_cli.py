@@ -51,6 +51,7 @@ from llmpack.hardware.cluster import (
 from llmpack.planner import decide as planner
 from llmpack.planner.decide import Context, ProfilingDecision
 from llmpack.planner.refusal import Refused
+from llmpack.price_args import add_price_arguments
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.plan import OwnerRef
 
@@ -86,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="key the profile as an operator that shares profiles across namespaces does (the chart's "
         "profiles.shareAcrossNamespaces); default: per namespace",
     )
+    add_price_arguments(parser)
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     parser.add_argument("--profiler-image", default=DEFAULT_PROFILER_IMAGE, metavar="IMAGE")
     parser.add_argument("--serving-image", default=DEFAULT_SERVING_IMAGE, metavar="IMAGE")
@@ -107,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         profiler_image=args.profiler_image,
         serving_image=args.serving_image,
         profile_scope=None if args.share_profiles_across_namespaces else namespace,
+        gpu_hour_prices=tuple(args.gpu_hour_price),
+        currency=args.currency,
     )
     cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
     profile = read_profile(Path(args.profile)) if args.profile else None

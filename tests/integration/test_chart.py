@@ -437,6 +437,40 @@ def test_images_and_watched_namespaces_reach_the_operator(helm):
     ]
 
 
+def test_tenant_and_cost_values_reach_the_operator_as_flags_it_parses(helm):
+    """Prices, the NetworkPolicy's peers and the auto-sharing choice become operator flags, which
+    the operator's own parser reads back as the values given."""
+    import argparse
+
+    from llmpack.controller import cli as operator_cli
+
+    docs = render(
+        helm,
+        "cost.gpuHourPrices.NVIDIA-H100-80GB-HBM3=2.49",
+        "cost.gpuHourPrices.NVIDIA-A100-SXM4-80GB=1.5",
+        "cost.currency=EUR",
+        "networkPolicy.enabled=true",
+        "networkPolicy.from[0].namespaceSelector.matchLabels.team=gateway",
+        "sharing.autoColocatesNamespaces=false",
+    )
+    args = deployment_container(docs)["args"]
+    parser = argparse.ArgumentParser()
+    operator_cli.add_arguments(parser)
+    parsed = parser.parse_args(args)
+    assert sorted(parsed.gpu_hour_price) == [("NVIDIA-A100-SXM4-80GB", 1.5), ("NVIDIA-H100-80GB-HBM3", 2.49)]
+    assert parsed.currency == "EUR"
+    assert json.loads(parsed.network_policy_from) == [
+        {"namespaceSelector": {"matchLabels": {"team": "gateway"}}}
+    ]
+    assert parsed.auto_colocates_namespaces is False
+    defaults = parser.parse_args(deployment_container(render(helm))["args"])
+    assert (defaults.gpu_hour_price, defaults.network_policy_from, defaults.auto_colocates_namespaces) == (
+        [],
+        None,
+        True,
+    )
+
+
 def test_several_replicas_elect_a_leader_on_one_lease(helm):
     docs = render(helm, "replicaCount=2", "leaderElection.leaseName=ha", "leaderElection.leaseDuration=30s")
     (deployment,) = by_kind(docs, "Deployment")
@@ -564,6 +598,7 @@ def test_grafana_dashboard_only_when_enabled_where_the_sidecar_looks(helm):
         ("leaderElection.retryPeriod=2", "/leaderElection/retryPeriod"),
         ("grafanaDashboard.label=not a label", "/grafanaDashboard/label"),
         ("grafanaDashboard.namespace=Monitoring", "/grafanaDashboard/namespace"),
+        ("cost.gpuHourPrices.NVIDIA-H100-80GB-HBM3=cheap", "/cost/gpuHourPrices/NVIDIA-H100-80GB-HBM3"),
         ("loglevel=DEBUG", "loglevel"),  # a misspelt key is refused, not ignored
     ],
 )

@@ -137,7 +137,7 @@ def test_crd_has_the_columns_users_read():
     version = crdgen.crd()["spec"]["versions"][0]
     names = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert names == [
-        "Model", "Mode", "B_opt", "Replicas/GPU", "Desired", "GPUs", "Ready", "Gain", "Phase", "Age"
+        "Model", "Mode", "B_opt", "Replicas/GPU", "Desired", "GPUs", "Ready", "Gain", "Basis", "Phase", "Age"
     ]  # fmt: skip
     # the GPU count scales: kubectl scale, an HPA or KEDA drive spec.gpu.count
     assert version["subresources"] == {

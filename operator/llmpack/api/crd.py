@@ -51,6 +51,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.recommendation.predictedGain",
         "description": "Predicted tokens/s per GPU over one replica with vLLM defaults",
     },
+    {
+        "name": "Basis",
+        "type": "string",
+        "jsonPath": ".status.recommendation.basis",
+        "description": "What Gain and the other figures rest on: measured on this GPU product, rescaled "
+        "from a profile of other hardware, or simulated",
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {
         "name": "Seqs/GPU",
@@ -65,6 +72,34 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "jsonPath": ".status.recommendation.predictedTokensPerSecondPerGPU",
         "description": "Predicted prompt+output tokens/s one GPU serves at B_opt",
+    },
+    {
+        "name": "GPU-h/h",
+        "type": "number",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.cost.gpuHoursPerHour",
+        "description": "GPU-hours per hour of serving (replicas / replicas per GPU)",
+    },
+    {
+        "name": "Cost/h",
+        "type": "number",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.cost.costPerHour",
+        "description": "Price per hour at the chart's cost.gpuHourPrices, in its cost.currency",
+    },
+    {
+        "name": "Cost/Mtok",
+        "type": "number",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.cost.costPerMillionTokens",
+        "description": "Predicted price of a million tokens at the advised load",
+    },
+    {
+        "name": "Saving",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".status.recommendation.cost.saving",
+        "description": "Cost/Mtok saved against one vLLM instance per GPU with its defaults",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {

@@ -971,6 +971,31 @@ class ProfileRef(CamelModel):
     cache_hit: bool = Field(False, description="Whether the profile came from the cache.")
 
 
+class CostStatus(CamelModel):
+    """What the deployment costs at the cluster admin's price of a GPU-hour of its product (chart
+    value cost.gpuHourPrices), from the recommendation's own figures: predictions at B_opt per
+    replica (the advised load), derived like them (recommendation.basis says from what)."""
+
+    currency: str = Field(description="Currency of every price here (chart value cost.currency).")
+    gpu_hour_price: float = Field(description="Price of one GPU-hour of the product.")
+    gpu_hours_per_hour: float = Field(
+        description="GPU-hours the replicas take per hour of serving: replicas / replicas per GPU "
+        "(whole GPUs, or MIG slices as their share of a GPU)."
+    )
+    cost_per_hour: float = Field(description="gpuHoursPerHour x gpuHourPrice.")
+    cost_per_million_tokens: float | None = Field(
+        None,
+        description="Predicted price of a million prompt+output tokens at the advised load: "
+        "gpuHourPrice / (predictedTokensPerSecondPerGPU x 3600) x 10^6.",
+    )
+    baseline_cost_per_million_tokens: float | None = Field(
+        None, description="The same for one vLLM instance per GPU with its defaults (the baseline)."
+    )
+    saving: str | None = Field(
+        None, description="1 - costPerMillionTokens / baselineCostPerMillionTokens, as a percentage."
+    )
+
+
 class RecommendationStatus(CamelModel):
     mode: str = Field(description="Sharing mode in use: mps, mig or exclusive.")
     mps_provider: str | None = Field(None, description="dra or devicePlugin when mode is mps.")
@@ -1007,6 +1032,15 @@ class RecommendationStatus(CamelModel):
     )
     vllm_args: list[str] = Field(default_factory=list, description="Flags each vLLM replica gets.")
     explanation: str = Field("", description="Why the advisor chose this.")
+    basis: str | None = Field(
+        None,
+        description="What the figures (tokens/s, gain, ITL, cost) rest on: `measured` (a profile of "
+        "this GPU product), `rescaled from <product or cpu>` (a profile measured on other hardware, "
+        "rescaled by memory bandwidth: not a measurement of this GPU), or `simulated`.",
+    )
+    cost: CostStatus | None = Field(
+        None, description="What it costs, where the cluster admin set a price for the GPU product."
+    )
 
     @model_validator(mode="before")
     @classmethod

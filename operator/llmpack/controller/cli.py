@@ -9,6 +9,7 @@ import os
 import re
 
 from llmpack.errors import UserError
+from llmpack.price_args import add_price_arguments
 from llmpack.render.plan import DEFAULT_AUTOSCALING_METRIC
 
 
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="render a NetworkPolicy per LLMDeployment admitting only these peers (a JSON array of "
         "NetworkPolicyPeer; [] admits any source) to the serving port; default: none rendered",
     )
+    add_price_arguments(parser)
     parser.add_argument(
         "--autoscaling-metric",
         default=os.environ.get("LLMPACK_AUTOSCALING_METRIC", DEFAULT_AUTOSCALING_METRIC),
@@ -161,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         share_profiles=args.share_profiles_across_namespaces,
         auto_colocates_namespaces=args.auto_colocates_namespaces,
         network_policy_from=args.network_policy_from,
+        gpu_hour_prices=tuple(args.gpu_hour_price),
+        currency=args.currency,
         **{k: v for k, v in images.items() if v},
     )
     election = None

@@ -40,6 +40,7 @@ from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, Offers
 from llmpack.hardware.sharing import MIG, Exclusive
+from llmpack.planner.cost import basis, cost_status
 from llmpack.planner.planning import (
     Candidate,
     candidates,
@@ -90,6 +91,10 @@ class Context:
     # The serving NetworkPolicy's admitted peers as a JSON array ("[]": any source), or None for no
     # NetworkPolicy: the cluster admin's choice (chart value networkPolicy).
     network_policy_from: str | None = None
+    # Price of one GPU-hour per product (nvidia.com/gpu.product -> currency units), and the
+    # currency: the cluster admin's (chart values cost.gpuHourPrices, cost.currency).
+    gpu_hour_prices: tuple[tuple[str, float], ...] = ()
+    currency: str = "USD"
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,13 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
     )
     warnings: list[tuple[str, str]] = []
     explanation = _explanation(rec, chosen, predictions, plan, found, utilization)
+    figures = basis(profile, spec.gpu.product)
+    if figures != "measured":
+        explanation += f" The figures (tokens/s, gain, ITL, cost) are {figures}: " + (
+            "the simulated profiler's, not a measurement."
+            if figures == "simulated"
+            else f"a profile measured on other hardware, not a measurement of {spec.gpu.product}."
+        )
     if (disagreement := kv_disagreement(profile)) is not None:
         explanation = f"{explanation} {disagreement}"
         warnings.append(("KVBytesPerTokenDisagree", disagreement))
@@ -316,6 +328,11 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
         vllm_args=args,
         explanation=explanation,
     )
+    price = dict(context.gpu_hour_prices).get(spec.gpu.product)
+    cost = None
+    if price is not None:
+        cost = cost_status(recommendation=status, gpu_hour_price=price, currency=context.currency)
+    status = status.model_copy(update={"basis": figures, "cost": cost})
     return ServingDecision(recommendation=rec, chosen=chosen, plan=plan, status=status, warnings=warnings)
 
 
