@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -277,13 +278,26 @@ def container_commands(where: str, container: dict[str, Any], meant: dict[str, A
     the replicas an `llmpack launch` starts, none for a router only."""
     argv = [*container.get("command", []), *container.get("args", [])]
     if argv and Path(argv[0]).name == "vllm":
-        (port,) = [p["containerPort"] for p in container["ports"]]
-        return [Command(f"{where}/{container['name']}", argv, {**meant, "port": port})]
+        return [Command(f"{where}/{container['name']}", argv, {**meant, **probed_address(container)})]
     if argv[:2] == ["llmpack", "launch"]:
         return launched(f"{where}/{container['name']}", argv[2:], meant)
     raise AssertionError(
         f"{where}: container {container['name']} runs {argv[:2]}, neither vllm nor llmpack launch"
     )
+
+
+def probed_address(container: dict[str, Any]) -> dict[str, Any]:
+    """Where the kubelet's startup probe looks for the container's vLLM: the port of an HTTP probe
+    (any address), or the host and port of the URL an in-container probe opens (a replica bound to
+    the loopback address, with no containerPort)."""
+    probe = container["startupProbe"]
+    if "httpGet" in probe:
+        port = probe["httpGet"]["port"]
+        assert port in [p["containerPort"] for p in container["ports"]], f"{container['name']}: probes {port}"
+        return {"port": port}
+    url = urlsplit(probe["exec"]["command"][-1])
+    assert "ports" not in container, f"{container['name']}: probed inside the container yet exposes a port"
+    return {"host": url.hostname, "port": url.port}
 
 
 def launched(where: str, launch_args: list[str], meant: dict[str, Any], per_replica=None) -> list[Command]:
