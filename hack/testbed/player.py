@@ -1,4 +1,4 @@
-"""Plays the profiling container on the testbed's fake nodes.
+"""Plays the profiling container, and the model cache's fill container, on the testbed's fake nodes.
 
 KWOK runs no containers, so a profiling Job's pod would never measure anything. The player does
 what the container would: it runs the Job's own `llmpack profile` command and arguments,
@@ -6,6 +6,9 @@ authenticated as the Job's own ServiceAccount through a TokenRequest — so RBAC
 ConfigMap is exercised for real — and then marks the pod finished (annotation
 `llmpack.io/testbed-complete`, which the testbed's kwok stages turn into a Succeeded pod), or
 failed with the termination message the profiler wrote. Used by the demo and the end-to-end tests.
+A model cache's fill pod is played the same way: its own `llmpack fill-model-cache` command, the
+cache folder being the one the claim's PersistentVolume names (a hostPath: a folder here); the Hub
+is whatever HF_ENDPOINT `env` gives (a local stand-in in the tests).
 
 Two ways to play: `backend="simulated"` (the default) swaps in the simulated backend, as no GPU
 exists here; `backend=None` runs the Job's arguments as rendered (`--backend vllm`) on the real
@@ -33,7 +36,9 @@ from pathlib import Path
 
 import yaml
 
-PROFILER_SELECTOR = "app.kubernetes.io/component=profiler,app.kubernetes.io/managed-by=llmpack"
+PROFILER_SELECTOR = (
+    "app.kubernetes.io/component in (profiler,model-cache),app.kubernetes.io/managed-by=llmpack"
+)
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=llmpack"
 CONFIG_ERROR_ANNOTATION = "llmpack.io/testbed-config-error"
 ENV_RESOLVED_ANNOTATION = "llmpack.io/testbed-env-resolved"
@@ -131,7 +136,10 @@ class ProfilerPlayer:
             return None
         container = pod["spec"]["containers"][0]
         args = list(container.get("args") or [])
-        if self.backend is not None:
+        command = list(container.get("command") or ["llmpack", "profile"])[1:]
+        if command == ["fill-model-cache"]:
+            args = self._on_the_volume(pod, args)
+        elif self.backend is not None:
             args = _with_backend(args, self.backend)
         elif "--port" not in args:
             args += ["--port", str(_free_port())]
@@ -152,7 +160,7 @@ class ProfilerPlayer:
             env.update(self._resolved_env(pod, container))
             termination = Path(tmp) / "termination-log"
             done = subprocess.run(
-                [self.python, "-m", "llmpack.cli", "profile", *args, "--termination-log", str(termination)],
+                [self.python, "-m", "llmpack.cli", *command, *args, "--termination-log", str(termination)],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -168,6 +176,20 @@ class ProfilerPlayer:
                 {FAIL_ANNOTATION: "true", "llmpack.io/testbed-fail-message": message or "profiler failed"},
             )
         return done
+
+    def _on_the_volume(self, pod: dict, args: list[str]) -> list[str]:
+        """The fill command's --cache-dir moved to the folder the claim's PersistentVolume names
+        (a hostPath or local volume: on the testbed's fake nodes, a folder of this machine)."""
+        mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0].get("volumeMounts") or []}
+        folders = {}
+        for volume in pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and volume["name"] in mounts:
+                bound = self.kube.get("PersistentVolumeClaim", pod["metadata"]["namespace"], claim)
+                pv = self.kube.request("GET", f"/api/v1/persistentvolumes/{bound['spec']['volumeName']}")
+                source = pv["spec"].get("hostPath") or pv["spec"].get("local")
+                folders[mounts[volume["name"]]] = source["path"]
+        return [folders.get(a, a) for a in args]
 
     def _annotate(self, pod: dict, annotations: dict[str, str]) -> None:
         from llmpack.runtime.kube import KubeError

@@ -56,7 +56,9 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FAIL_ANNOTATION = "llmpack.io/testbed-fail"  # "true": the Running pod fails
 COMPLETE_ANNOTATION = "llmpack.io/testbed-complete"  # "true": the Running pod succeeds
 HOLD_ANNOTATION = "llmpack.io/testbed-hold"  # "true": a Job's pod stays Running until one of the above
-HOLD_LABELS = {"app.kubernetes.io/component": "profiler"}  # held too: llmpack's profiling pods
+# held too: llmpack's pods the player runs (hack/testbed/player.py), by this label's value
+HOLD_LABEL = "app.kubernetes.io/component"
+HOLD_COMPONENTS = ("profiler", "model-cache")
 TESTBED_LABEL = "llmpack.io/testbed-node"
 
 H100 = "NVIDIA-H100-80GB-HBM3"

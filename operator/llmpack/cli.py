@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("llmpack.predict_cli", "predict throughput and latency of R replicas on one GPU"),
     "plan": ("llmpack.plan_cli", "dry run: what the operator would decide and apply for an LLMDeployment"),
     "profile": ("llmpack.profiler.cli", "measure a model on this GPU and publish the Profile"),
+    "fill-model-cache": (
+        "llmpack.profiler.model_cache",
+        "download a model revision into a model cache folder and verify it",
+    ),
     "launch": ("llmpack.launcher.cli", "start packed vLLM replicas one after another behind a router"),
     "operator": ("llmpack.controller.cli", "run the operator"),
     "crd": ("llmpack.api.crd", "print the LLMDeployment CustomResourceDefinition"),
@@ -37,6 +41,7 @@ EXTRAS: dict[str, str | None] = {
     "predict": "cli",
     "plan": None,
     "profile": "profiler",
+    "fill-model-cache": "profiler",
     "launch": "serving",
     "operator": "operator",
     "crd": None,

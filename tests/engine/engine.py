@@ -186,8 +186,10 @@ def serve(
     port: int | None = None,
     kv_cache_memory_bytes: int | None = DEFAULT_KV_BYTES,
     wait: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Server:
-    """Start `vllm serve MODEL ARGS` on a free loopback port (with a KV size unless args set one)."""
+    """Start `vllm serve MODEL ARGS` on a free loopback port (with a KV size unless args set one);
+    `env`: variables over engine_env()'s (a Hub endpoint, a cache folder)."""
     port = port or free_port()
     argv = [str(vllm_executable()), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
     if kv_cache_memory_bytes is not None and "--kv-cache-memory-bytes" not in args:
@@ -197,7 +199,7 @@ def serve(
     log_path = log_dir / f"vllm-serve-{port}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=engine_env(), start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, env=engine_env(**(env or {})), start_new_session=True
         )
     server = Server(process=process, port=port, log_path=log_path)
     if wait:

@@ -154,8 +154,11 @@ def test_pod_annotated_to_fail_makes_its_job_fail(admin_api, namespace):
 
 @pytest.mark.parametrize(
     "hold",
-    [{"labels": testbed_lib.HOLD_LABELS}, {"annotations": {testbed_lib.HOLD_ANNOTATION: "true"}}],
-    ids=["profiler-label", "hold-annotation"],
+    [
+        *({"labels": {testbed_lib.HOLD_LABEL: c}} for c in testbed_lib.HOLD_COMPONENTS),
+        {"annotations": {testbed_lib.HOLD_ANNOTATION: "true"}},
+    ],
+    ids=[*(f"{c}-label" for c in testbed_lib.HOLD_COMPONENTS), "hold-annotation"],
 )
 def test_held_job_pod_runs_until_annotated_complete(admin_api, namespace, hold):
     batch, core = client.BatchV1Api(admin_api), client.CoreV1Api(admin_api)
@@ -470,7 +473,7 @@ def test_kwok_stage_file_keeps_kwoks_own_default_pod_stages():
     # pod-complete differs only by the hold expressions (kwok-stages.yaml marks them "llmpack").
     held_keys = {
         f'.metadata.annotations["{testbed_lib.HOLD_ANNOTATION}"]',
-        *(f'.metadata.labels["{k}"]' for k in testbed_lib.HOLD_LABELS),
+        f'.metadata.labels["{testbed_lib.HOLD_LABEL}"]',
     }
     exprs = ours["pod-complete"]["spec"]["selector"]["matchExpressions"]
     assert {e["key"] for e in exprs} >= held_keys

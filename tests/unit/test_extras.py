@@ -5,7 +5,7 @@ its image installs only that one (images/README.md):
 
     extra      command                                           code
     operator   llmpack operator                                  llmpack.controller
-    profiler   llmpack profile (the profiling Job)               llmpack.profiler
+    profiler   llmpack profile, fill-model-cache (Jobs)          llmpack.profiler
     serving    llmpack launch (the serving pods' router)         llmpack.launcher
     cli        llmpack advise, llmpack predict (tables, --plot)  advise_cli, predict_cli, plotting
     (none)     llmpack plan, llmpack crd
@@ -341,6 +341,7 @@ def runs(tmp_path: Path) -> dict[str, Run]:
     return {
         "operator": Run("operator", ("llmpack.controller",), ["operator", "--help"]),
         "profile": Run("profiler", ("llmpack.profiler",), ["profile", "--help"]),
+        "fill-model-cache": Run("profiler", ("llmpack.profiler",), ["fill-model-cache", "--help"]),
         "launch": Run("serving", ("llmpack.launcher",), ["launch", "--help"]),
         "advise": Run(
             "cli", (), ["advise", "--paper-model", "opt-1.3b", "--plot", str(tmp_path / "advice.png")]

@@ -163,6 +163,29 @@ MODEL_RULES: tuple[Rule[ModelSpec], ...] = (
 )
 
 
+class ModelCacheSpec(CamelModel):
+    """A PersistentVolumeClaim the operator fills once with the model's files (a Job running
+    `llmpack fill-model-cache`), which the profiling Job and every serving pod mount read-only and
+    load from offline, instead of each pod downloading the model at every start."""
+
+    size: Quantity = Field(
+        description="Storage to claim: room for the weights as published (safetensors; twice the bytes "
+        "on the GPU where the engine quantizes at load), e.g. 20Gi for a 7B model in bf16."
+    )
+    storage_class_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="StorageClass of the claim. Default: the cluster's default StorageClass.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        "ReadWriteMany",
+        description="ReadWriteMany (the default) lets pods on every node mount the cache; with "
+        "ReadWriteOnce every pod that mounts it must run on the one node the volume attaches to.",
+    )
+
+
 class ModelSpec(CamelModel):
     model_config = ConfigDict(json_schema_extra=cel_validations(MODEL_RULES))
 
@@ -195,6 +218,12 @@ class ModelSpec(CamelModel):
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding a Hugging Face token, for gated models."
+    )
+    cache: ModelCacheSpec | None = Field(
+        None,
+        description="Download the model once into a PersistentVolumeClaim of this namespace that the "
+        "profiling Job and the serving pods mount read-only (HF_HUB_OFFLINE). Default: each pod "
+        "downloads the model into its own scratch volume at every start.",
     )
 
     @model_validator(mode="after")
@@ -945,18 +974,22 @@ class LLMDeploymentSpec(CamelModel):
 
 
 # The status' condition types: the story of one LLMDeployment, step by step.
+MODEL_CACHED = "ModelCached"
 PROFILE_READY = "ProfileReady"
 ADVISED = "Advised"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (PROFILE_READY, ADVISED, AVAILABLE, PROGRESSING, DEGRADED)
+CONDITION_TYPES = (MODEL_CACHED, PROFILE_READY, ADVISED, AVAILABLE, PROGRESSING, DEGRADED)
 
 
 class Condition(CamelModel):
     """A standard Kubernetes condition (metav1.Condition)."""
 
-    type: str = Field(description="ProfileReady, Advised, Available, Progressing or Degraded.")
+    type: str = Field(
+        description="ModelCached (with spec.model.cache), ProfileReady, Advised, Available, Progressing "
+        "or Degraded."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word a program can match on.")
     message: str = Field("", description="What happened, and what to change if it is a problem.")
@@ -1053,6 +1086,15 @@ class RecommendationStatus(CamelModel):
         return data
 
 
+class ModelCacheStatus(CamelModel):
+    claim: str = Field(description="The PersistentVolumeClaim holding the model's files.")
+    job: str = Field(
+        description="The Job that fills it (kept: its success is the record that the cache is full)."
+    )
+    phase: Literal["Filling", "Ready", "Failed"] = Field(description="Filling, Ready or Failed.")
+    message: str = Field("", description="What the fill is doing, or why it failed.")
+
+
 class ProfilingProgress(CamelModel):
     job: str | None = Field(None, description="The profiling Job.")
     message: str = Field("", description="Last progress line of the profiler, e.g. point 4/9.")
@@ -1067,6 +1109,7 @@ class LLMDeploymentStatus(CamelModel):
     observed_generation: int | None = Field(None, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
     profile_ref: ProfileRef | None = Field(None, description="The profile the recommendation rests on.")
+    model_cache: ModelCacheStatus | None = Field(None, description="The model cache of spec.model.cache.")
     profiling: ProfilingProgress | None = Field(None, description="Progress of the profiling Job.")
     recommendation: RecommendationStatus | None = Field(None, description="What the advisor decided.")
     replicas: int | None = Field(None, description="vLLM replicas wanted.")

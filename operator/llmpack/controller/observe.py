@@ -41,7 +41,7 @@ from llmpack.render.plan import (
     kube_name,
     label_value,
 )
-from llmpack.render.serving import COMPONENT_PROFILER, COMPONENT_SERVING
+from llmpack.render.serving import COMPONENT_MODEL_CACHE, COMPONENT_PROFILER, COMPONENT_SERVING
 from llmpack.runtime.client import Client
 from llmpack.runtime.kube import quota_refusal
 from llmpack.runtime.store import Store
@@ -99,6 +99,37 @@ class Observer:
             cached=cached,
             jobs=self._jobs(namespace, name, uid),
             serving=self._serving(namespace, name, uid),
+            model_caches=self._model_caches(namespace, name, uid),
+            model_cache_claims=self._model_cache_claims(namespace, name, uid, deleted=False),
+            model_cache_claims_deleted=self._model_cache_claims(namespace, name, uid, deleted=True),
+        )
+
+    @staticmethod
+    def _cache_labels(name: str) -> dict[str, str]:
+        return {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: COMPONENT_MODEL_CACHE}
+
+    def _model_cache_claims(self, namespace: str, name: str, uid: str, *, deleted: bool) -> tuple[str, ...]:
+        """The cache claims, live or deleted (a deletionTimestamp: held by the pods that mount it)."""
+        claims = self._owned("PersistentVolumeClaim", namespace, self._cache_labels(name), uid)
+        return tuple(
+            sorted(
+                c["metadata"]["name"]
+                for c in claims
+                if bool(c["metadata"].get("deletionTimestamp")) == deleted
+            )
+        )
+
+    def _model_caches(self, namespace: str, name: str, uid: str) -> tuple[JobSeen, ...]:
+        labels = self._cache_labels(name)
+        return tuple(
+            JobSeen(
+                name=job["metadata"]["name"],
+                job=job,
+                pods=tuple(
+                    self.store.list("Pod", namespace, {**labels, "job-name": job["metadata"]["name"]})
+                ),
+            )
+            for job in sorted(self._owned("Job", namespace, labels, uid), key=lambda j: j["metadata"]["name"])
         )
 
     def _owned(self, kind: str, namespace: str, labels: dict[str, str], uid: str) -> list[Object]:

@@ -212,6 +212,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         ("v1", "configmaps", "ConfigMap"),
         ("v1", "services", "Service"),
         ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
+        ("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
     )
     for group_version, plural, kind in owned:
         resource = _resource(group_version, plural)

@@ -46,6 +46,7 @@ from llmpack.planner.planning import (
     candidates,
     choose,
     context_refusal,
+    model_cache_plan,
     profile_key,
     profiling_job_name,
     profiling_plan,
@@ -54,7 +55,13 @@ from llmpack.planner.planning import (
 )
 from llmpack.planner.prediction import Predictions
 from llmpack.planner.refusal import Refused
-from llmpack.render.plan import DEFAULT_AUTOSCALING_METRIC, OwnerRef, ProfilingPlan, ServingPlan
+from llmpack.render.plan import (
+    DEFAULT_AUTOSCALING_METRIC,
+    ModelCachePlan,
+    OwnerRef,
+    ProfilingPlan,
+    ServingPlan,
+)
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,17 @@ def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> A
 def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
     image = spec.profiling.image or context.profiler_image
     return profile_key(spec, image, context.owner.uid, scope=context.profile_scope)
+
+
+def model_cache(spec: LLMDeploymentSpec, context: Context) -> ModelCachePlan | None:
+    """The model cache of spec.model.cache, filled before anything loads the model."""
+    return model_cache_plan(
+        name=context.name,
+        namespace=context.namespace,
+        owner=context.owner,
+        spec=spec,
+        image=context.profiler_image,
+    )
 
 
 def profiling(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> ProfilingDecision:

@@ -37,11 +37,13 @@ from llmpack.render.plan import (
     DEFAULT_AUTOSCALING_METRIC,
     MAX_NAME,
     AutoscalingPlan,
+    ModelCachePlan,
     OwnerRef,
     ProfilingPlan,
     SecretKey,
     ServingPlan,
     kube_name,
+    model_cache_name,
     stable_hash,
 )
 
@@ -243,6 +245,36 @@ def profiling_plan(
         active_deadline_seconds=spec.profiling.timeout_seconds,
         backoff_limit=spec.profiling.backoff_limit,
         hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
+        model_cache_claim=model_cache_claim(name, spec),
+    )
+
+
+def model_cache_claim(owner: str, spec: LLMDeploymentSpec) -> str | None:
+    """The claim of spec.model.cache, or None without one."""
+    if spec.model.cache is None:
+        return None
+    return model_cache_name(owner, spec.model.name, spec.model.revision)
+
+
+def model_cache_plan(
+    *, name: str, namespace: str, owner: OwnerRef, spec: LLMDeploymentSpec, image: str
+) -> ModelCachePlan | None:
+    """The cache of spec.model.cache (filled in the profiler's image, which has the fill command)."""
+    cache, claim = spec.model.cache, model_cache_claim(name, spec)
+    if cache is None or claim is None:
+        return None
+    secret = spec.model.hf_token_secret_ref
+    return ModelCachePlan(
+        name=claim,
+        namespace=namespace,
+        owner=owner,
+        model=spec.model.name,
+        revision=spec.model.revision,
+        size=str(cache.size),
+        storage_class_name=cache.storage_class_name,
+        access_mode=cache.access_mode,
+        image=spec.profiling.image or image,
+        hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
     )
 
 
@@ -427,6 +459,7 @@ def serving_plan(
         dtype=spec.model.dtype,
         hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
         api_key_secret=SecretKey(name=api_key.name, key=api_key.key) if api_key else None,
+        model_cache_claim=model_cache_claim(name, spec),
         mode=chosen.mode,
         mps_provider=chosen.provider,
         gpu_product=spec.gpu.product,

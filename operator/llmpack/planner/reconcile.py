@@ -32,10 +32,12 @@ from llmpack.api.llmdeployment import (
     ADVISED,
     AVAILABLE,
     DEGRADED,
+    MODEL_CACHED,
     PROFILE_READY,
     PROGRESSING,
     LLMDeploymentSpec,
     LLMDeploymentStatus,
+    ModelCacheStatus,
     Phase,
     ProfileRef,
     ProfilingProgress,
@@ -49,6 +51,7 @@ from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
 from llmpack.planner.refusal import Refused
 from llmpack.planner.snapshot import ApplyRefusal, JobSeen, Settings, Snapshot
 from llmpack.render import render_profiling, render_serving
+from llmpack.render.model_cache import render_model_cache
 from llmpack.render.plan import (
     ANNOTATION_CONFIG_HASH,
     PROFILE_DATA_KEY,
@@ -184,6 +187,9 @@ def _pass(snapshot: Snapshot, settings: Settings, draft: _Draft) -> Stop | None:
     admitted = snapshot.admission
     if isinstance(admitted, Refused):
         return _stop(admitted)
+    unfilled = _model_cache(snapshot, admitted, draft, settings)
+    if unfilled is not None:
+        return unfilled
     profile = _profile(snapshot, admitted, settings, draft)
     if isinstance(profile, Stop):
         return profile
@@ -199,6 +205,75 @@ def _stop(refused: Refused) -> Stop:
     """The planner's refusal as where this pass ends: Failed, looked at again later where the
     cluster may change."""
     return Stop("Failed", refused.condition, refused.reason, refused.message, retry=refused.retryable)
+
+
+# -- the model cache -----------------------------------------------------------------------------
+
+
+def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings: Settings) -> Stop | None:
+    """Fill the model cache of spec.model.cache before anything loads the model (the profiling Job
+    and the serving pods load it offline); None once it is full, or without one. Caches and fill
+    Jobs of another model, revision or token are pruned (a claim only once no pod uses it: its
+    kubernetes.io/pvc-protection finalizer waits for that)."""
+    plan = planner.model_cache(admitted.spec, snapshot.context)
+    namespace = snapshot.context.namespace
+    for seen in snapshot.model_caches:
+        if plan is None or seen.name != plan.job:
+            draft.delete.append(ObjectRef("Job", namespace, seen.name))
+    for claim in snapshot.model_cache_claims:
+        if plan is None or claim != plan.name:
+            draft.delete.append(ObjectRef("PersistentVolumeClaim", namespace, claim))
+    status = draft.status
+    if plan is None:
+        status.model_cache = None
+        status.conditions = [c for c in status.conditions if c.type != MODEL_CACHED]
+        return None
+    refused = snapshot.refused
+    if refused is not None and refused.name in (plan.name, plan.job):
+        status.model_cache = ModelCacheStatus(
+            claim=plan.name, job=plan.job, phase="Failed", message=refused.message
+        )
+        return _refused(
+            refused, MODEL_CACHED, serving=_serving_now(snapshot), settings=settings, namespace=namespace
+        )
+    current = next((seen for seen in snapshot.model_caches if seen.name == plan.job), None)
+    if plan.name in snapshot.model_cache_claims_deleted:
+        # a user deleted the claim (clearing a corrupt cache): what the Job filled is going, so its
+        # success says nothing any more; a new claim can be made only once the old one is gone
+        if current is not None:
+            draft.delete.append(ObjectRef("Job", namespace, plan.job))
+        gone = (
+            f"the model cache's claim {plan.name} was deleted and goes once no pod mounts it "
+            "(kubernetes.io/pvc-protection); then it is filled again"
+        )
+        status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Filling", message=gone)
+        return Stop("Pending", MODEL_CACHED, "Filling", gone, value=None)
+    if current is not None and plan.name not in snapshot.model_cache_claims:
+        draft.delete.append(ObjectRef("Job", namespace, plan.job))  # its claim is gone: fill the new one
+        current = None
+    draft.apply += render_model_cache(plan)
+    done = _job_conditions(current.job) if current is not None else {}
+    if "Complete" in done:
+        status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Ready", message="filled")
+        draft.condition(MODEL_CACHED, True, "Filled", f"{admitted.spec.model.name} is in {plan.name}")
+        return None
+    if "Failed" in done:
+        assert current is not None
+        why = termination_message(list(current.pods)) or done["Failed"].get("message") or "no reason given"
+        message = (
+            f"filling the model cache {plan.name} failed (Job {plan.job}): {why}. Fix what it names, "
+            f"then delete the Job to fill it again with the same spec"
+        )
+        status.model_cache = ModelCacheStatus(
+            claim=plan.name, job=plan.job, phase="Failed", message=why[:1000]
+        )
+        return Stop("Failed", MODEL_CACHED, "ModelCacheFailed", message)
+    waiting = next((p for p in map(pod_problem, current.pods) if p), None) if current else None
+    doing = waiting or f"downloading {admitted.spec.model.name} into {plan.name}"
+    status.model_cache = ModelCacheStatus(
+        claim=plan.name, job=plan.job, phase="Filling", message=doing[:1000]
+    )
+    return Stop("Pending", MODEL_CACHED, "Filling", f"filling the model cache: {doing}", value=None)
 
 
 # -- the profile and its Job ---------------------------------------------------------------------

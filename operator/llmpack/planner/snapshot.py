@@ -105,3 +105,7 @@ class Snapshot:
     jobs: tuple[JobSeen, ...] = ()  # every profiling Job this LLMDeployment owns
     serving: ServingSeen = ServingSeen()
     refused: ApplyRefusal | None = None  # set when acting on this pass's outcome was refused
+    model_caches: tuple[JobSeen, ...] = ()  # the fill Jobs of model caches this LLMDeployment owns
+    model_cache_claims: tuple[str, ...] = ()  # the PersistentVolumeClaims of those caches
+    # claims deleted but still held by pods that mount them (kubernetes.io/pvc-protection)
+    model_cache_claims_deleted: tuple[str, ...] = ()

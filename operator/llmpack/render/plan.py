@@ -88,6 +88,9 @@ class ServingPlan(Frozen):
     dtype: str = "auto"
     hf_token_secret: SecretKey | None = None
     api_key_secret: SecretKey | None = Field(None, description="VLLM_API_KEY of every replica.")
+    model_cache_claim: str | None = Field(
+        None, description="PersistentVolumeClaim of the model's files, mounted read-only (offline load)."
+    )
 
     mode: ServingMode
     mps_provider: MPSProvider | None = None
@@ -156,6 +159,7 @@ class ProfilingPlan(Frozen):
     active_deadline_seconds: int = Field(ge=1)
     backoff_limit: int = Field(ge=0)
     hf_token_secret: SecretKey | None = None
+    model_cache_claim: str | None = Field(None, description="PersistentVolumeClaim of the model's files.")
 
     @property
     def result_configmap(self) -> str:
@@ -164,6 +168,35 @@ class ProfilingPlan(Frozen):
     @staticmethod
     def result_configmap_for(job: str) -> str:
         return f"{job}-result"
+
+
+class ModelCachePlan(Frozen):
+    """The model cache of one LLMDeployment: a PersistentVolumeClaim and the Job that fills it."""
+
+    name: str = Field(description="Name of the claim and of its fill Job.")
+    namespace: str
+    owner: OwnerRef
+    model: str
+    revision: str | None = None
+    size: str = Field(description="The claim's storage request, a Kubernetes quantity.")
+    storage_class_name: str | None = None
+    access_mode: str = "ReadWriteMany"
+    image: str = Field(description="An image with `llmpack fill-model-cache` (the profiler's).")
+    hf_token_secret: SecretKey | None = None
+
+    @property
+    def job(self) -> str:
+        """The fill Job: `<claim>-<hash of how it fills>`. A Job's pod template is immutable, so a
+        new token Secret or image is a new Job (the old one pruned), while a failed Job of the
+        same inputs stays failed until deleted (its failure is the status)."""
+        how = self.model_dump(mode="json", include={"model", "revision", "image", "hf_token_secret"})
+        return kube_name(self.name, stable_hash(how)[:6])
+
+
+def model_cache_name(owner: str, model: str, revision: str | None) -> str:
+    """`<owner>-model-<hash of model and revision>`: a new model or revision is a new cache (the
+    old one is pruned once nothing needs it)."""
+    return kube_name(owner, "model", stable_hash({"model": model, "revision": revision})[:8])
 
 
 # The key of a published Profile's JSON in a ConfigMap: the profiling Job's result and the cache.

@@ -27,6 +27,9 @@ from llmpack.render.serving import (
     hf_token_env,
     merge_env,
     metadata,
+    model_cache_env,
+    model_cache_mounts,
+    model_cache_volumes,
     whole_gpu_request,
     workspace_env,
     workspace_mounts,
@@ -137,6 +140,7 @@ def profiling_job(plan: ProfilingPlan) -> dict[str, Any]:
         automount_token=True,  # it publishes its result through the API
     )
     pod["restartPolicy"] = "Never"
+    pod["volumes"] += model_cache_volumes(plan.model_cache_claim)
     pod["serviceAccountName"] = plan.name
     if plan.dra:
         pod["resourceClaims"] = [{"name": DRA_CLAIM, "resourceClaimTemplateName": plan.name}]
@@ -173,9 +177,11 @@ def profiler_container(plan: ProfilingPlan) -> dict[str, Any]:
         "image": plan.image,
         "command": ["llmpack", "profile"],
         "args": list(plan.args),
-        "env": merge_env(workspace_env(), env, hf_token_env(plan.hf_token_secret)),
+        "env": merge_env(
+            workspace_env(), env, hf_token_env(plan.hf_token_secret), model_cache_env(plan.model_cache_claim)
+        ),
         "resources": container_resources(None, gpu_limits, claims),
-        "volumeMounts": workspace_mounts(shm=True),
+        "volumeMounts": workspace_mounts(shm=True) + model_cache_mounts(plan.model_cache_claim),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -57,6 +57,13 @@ from llmpack.render.plan import (
 
 COMPONENT_SERVING = "serving"
 COMPONENT_PROFILER = "profiler"
+COMPONENT_MODEL_CACHE = "model-cache"
+
+# Where pods mount the model cache (spec.model.cache), and the environment that makes vLLM and
+# transformers read the model from it without the network (huggingface_hub's HF_HUB_CACHE and
+# HF_HUB_OFFLINE: files are looked up in the hub cache layout, models--org--name/snapshots/...).
+MODEL_CACHE_MOUNT = "/models"
+MODEL_CACHE_VOLUME = "model-cache"
 
 # -- pod identity ------------------------------------------------------------------------------------
 # Every pod llmpack renders runs as this one UID/GID. MPS runs one server per UID: a client with a
@@ -364,6 +371,7 @@ def serving_pod_spec(
         automount_token=False,
         scratch_limit_bytes=plan.scratch_limit_bytes,
     )
+    spec["volumes"] += model_cache_volumes(plan.model_cache_claim)
     if init_containers:
         spec["initContainers"] = init_containers
     return spec
@@ -415,10 +423,11 @@ def vllm_container(
             workspace_env(),
             hf_token_env(plan.hf_token_secret),
             api_key_env(plan.api_key_secret),
+            model_cache_env(plan.model_cache_claim),
             plan.env,
         ),
         "resources": container_resources(plan.resources, gpu_limits or {}, claims, DEFAULT_VLLM_REQUESTS),
-        "volumeMounts": workspace_mounts(shm=shm),
+        "volumeMounts": workspace_mounts(shm=shm) + model_cache_mounts(plan.model_cache_claim),
         "startupProbe": probe("/health", port, period_s=STARTUP_PERIOD_S, failures=_startup_failures()),
         "readinessProbe": probe("/health", port, period_s=5, failures=3),
         "livenessProbe": probe("/health", port, period_s=15, failures=4),
@@ -650,6 +659,29 @@ def workspace_env() -> list[dict[str, Any]]:
         "LOGNAME": RUN_AS_USER_NAME,
     }
     return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def model_cache_volumes(claim: str | None, *, read_only: bool = True) -> list[dict[str, Any]]:
+    """The model cache's claim as a pod volume (none without a cache)."""
+    if claim is None:
+        return []
+    return [
+        {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+    ]
+
+
+def model_cache_mounts(claim: str | None, *, read_only: bool = True) -> list[dict[str, Any]]:
+    if claim is None:
+        return []
+    return [{"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_MOUNT, "readOnly": read_only}]
+
+
+def model_cache_env(claim: str | None) -> list[dict[str, Any]]:
+    """Load the model from the mounted cache, offline: a file missing there is an error at once,
+    never a download into the pod's scratch volume."""
+    if claim is None:
+        return []
+    return [{"name": "HF_HUB_CACHE", "value": MODEL_CACHE_MOUNT}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
 
 
 def api_key_env(secret: SecretKey | None) -> list[dict[str, Any]]:

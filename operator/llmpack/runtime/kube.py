@@ -45,6 +45,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ResourceClaim": ("resourceclaims", True),
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "NetworkPolicy": ("networkpolicies", True),
+    "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "DeviceClass": ("deviceclasses", False),
     "ResourceSlice": ("resourceslices", False),
 }
@@ -65,6 +66,7 @@ API_VERSIONS: dict[str, str] = {
     "ResourceClaim": "resource.k8s.io/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "NetworkPolicy": "networking.k8s.io/v1",
+    "PersistentVolumeClaim": "v1",
     "DeviceClass": "resource.k8s.io/v1",
     "ResourceSlice": "resource.k8s.io/v1",
 }

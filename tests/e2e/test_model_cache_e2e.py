@@ -1,0 +1,182 @@
+"""spec.model.cache on the testbed: a real PersistentVolumeClaim bound by the controller-manager to
+a static PersistentVolume (a hostPath: a folder of this machine, as the testbed has no
+provisioner), a real fill Job whose pod the player runs (`llmpack fill-model-cache`, its own
+arguments, the cache folder being the volume's) against a local stand-in for the Hub
+(tests/hub.py), then profiling and serving pods that mount the claim read-only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hub import HubRepo, serve_hub
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "facebook/opt-1.3b"
+
+
+def hub_folder(root: Path) -> Path:
+    folder = root / "hub" / "opt"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "opt", "num_hidden_layers": 24}))
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0"}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 65536)
+    (folder / "pytorch_model.bin").write_bytes(b"\1" * 65536)
+    return folder
+
+
+def static_volume(name: str, storage_class: str, path: Path) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": storage_class,
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
+
+
+def spec(name: str, storage_class: str, **model: object) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "llmpack.io/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {
+                    "name": MODEL,
+                    "cache": {"size": "1Gi", "storageClassName": storage_class},
+                    **model,
+                },
+                "workload": {"promptTokens": 256, "outputTokens": 256},
+                "sharing": {"mode": "mps", "mpsProvider": "dra", "maxReplicasPerGPU": 4},
+                "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": 1},
+                "profiling": {"backend": "simulated"},
+            },
+        }
+    )
+
+
+def wait_status(kube, player, namespace, name, done, timeout, what):
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        player.play_once(namespace)
+        status = ((kube.get("LLMDeployment", namespace, name) or {}).get("status")) or {}
+        if done(status):
+            return status
+        time.sleep(0.3)
+    pytest.fail(f"{name}: not {what} in {timeout} s: {json.dumps(status, indent=1)}\nplayer: {player.log}")
+
+
+@pytest.fixture
+def cache_volume(kubectl, namespace, tmp_path):
+    """A static PersistentVolume only this test's claims bind (its own storage class name)."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    storage_class = f"static-{namespace}"[:63]
+    pv = static_volume(f"cache-{namespace}"[:63], storage_class, folder)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(pv))
+    yield storage_class, folder
+    kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
+
+
+@pytest.fixture
+def hub_player(testbed, kube_admin):
+    from player import ProfilerPlayer
+
+    def make(url: str) -> ProfilerPlayer:
+        return ProfilerPlayer(
+            kube=kube_admin, server=testbed.server, ca_file=testbed.ca_file, env={"HF_ENDPOINT": url}
+        )
+
+    return make
+
+
+def test_the_cache_is_filled_once_from_the_hub_and_every_pod_mounts_it_read_only(
+    operator_process, kube_admin, kubectl, namespace, cache_volume, hub_player, tmp_path
+):
+    storage_class, folder = cache_volume
+    repo = HubRepo(MODEL, hub_folder(tmp_path))
+    with serve_hub(repo) as hub:
+        player = hub_player(hub.url)
+        kubectl("apply", "-n", namespace, "-f", "-", input=spec("cached", storage_class))
+        filling = wait_status(
+            kube_admin, player, namespace, "cached", lambda s: "modelCache" in s, 60, "filling"
+        )
+        status = wait_status(
+            kube_admin,
+            player,
+            namespace,
+            "cached",
+            lambda s: s.get("phase") in ("Ready", "Failed"),
+            180,
+            "Ready",
+        )
+    assert status["phase"] == "Ready", status
+    assert filling["modelCache"]["claim"] == status["modelCache"]["claim"]
+    assert status["modelCache"]["phase"] == "Ready"
+    claim = kube_admin.get("PersistentVolumeClaim", namespace, status["modelCache"]["claim"])
+    assert claim["status"]["phase"] == "Bound" and claim["spec"]["volumeName"] == f"cache-{namespace}"[:63]
+    # downloaded once, what vLLM loads: the safetensors, not the .bin
+    assert sorted(hub.downloads) == [
+        f"{MODEL}/config.json",
+        f"{MODEL}/model.safetensors",
+        f"{MODEL}/tokenizer.json",
+    ]
+    snapshot = folder / "models--facebook--opt-1.3b" / "snapshots" / repo.sha
+    assert (snapshot / "model.safetensors").stat().st_size == 65536
+    pods = kube_admin.list(
+        "Pod", namespace, label_selector="llmpack.io/llmdeployment=cached,app.kubernetes.io/component=serving"
+    )
+    assert pods
+    for pod in pods:
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["model-cache"]["persistentVolumeClaim"] == {
+            "claimName": claim["metadata"]["name"],
+            "readOnly": True,
+        }
+        vllm = [c for c in pod["spec"].get("initContainers", []) if c["name"].startswith("vllm")]
+        assert vllm and all({"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"] for c in vllm)
+
+
+def test_a_gated_model_without_a_token_fails_with_what_to_do(
+    operator_process, kube_admin, kubectl, namespace, cache_volume, hub_player, tmp_path
+):
+    storage_class, _ = cache_volume
+    repo = HubRepo(MODEL, hub_folder(tmp_path), token="hf_granted")
+    with serve_hub(repo) as hub:
+        player = hub_player(hub.url)
+        kubectl("apply", "-n", namespace, "-f", "-", input=spec("gated", storage_class))
+        status = wait_status(
+            kube_admin, player, namespace, "gated", lambda s: s.get("phase") == "Failed", 180, "Failed"
+        )
+        assert status["modelCache"]["phase"] == "Failed"
+        assert (
+            f"{MODEL} is gated: accept its terms on the Hub and set spec.model.hfTokenSecretRef"
+            in status["message"]
+        )
+        assert not kube_admin.list("Job", namespace, label_selector="app.kubernetes.io/component=profiler")
+
+        kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=hf_granted")
+        kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=spec("gated", storage_class, hfTokenSecretRef={"name": "hf"}),
+        )
+        status = wait_status(
+            kube_admin, player, namespace, "gated", lambda s: s.get("phase") == "Ready", 180, "Ready"
+        )
+    assert status["modelCache"]["phase"] == "Ready"

@@ -1,0 +1,148 @@
+"""`llmpack fill-model-cache` against a local stand-in for the Hub (tests/hub.py): what it
+downloads, that a second run downloads nothing, that the cache it leaves loads offline with
+huggingface_hub's own offline resolution (what vLLM does under HF_HUB_OFFLINE=1), and the one
+line a user reads in the status when it cannot fill the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hub import HubRepo, serve_hub
+
+MODEL = "acme/tiny"
+
+
+def model_folder(root: Path, *, weights: dict[str, bytes] | None = None) -> Path:
+    folder = root / "repo"
+    (folder / "original").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0"}))
+    if weights is None:
+        weights = {"model.safetensors": b"S" * 4096, "pytorch_model.bin": b"B" * 4096}
+    for name, data in weights.items():
+        (folder / name).write_bytes(data)
+    (folder / "original" / "consolidated.00.pth").write_bytes(b"O" * 4096)
+    (folder / "original" / "params.json").write_text("{}")
+    return folder
+
+
+def fill(
+    cache: Path, endpoint: str, *extra: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The command as the fill Job runs it, in its own process (huggingface_hub reads the
+    environment when imported)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(cache.parent / "home")}
+    if token:
+        env["HF_TOKEN"] = token
+    log = cache.parent / "termination-log"
+    argv = ["--model", MODEL, "--cache-dir", str(cache), "--termination-log", str(log), *extra]
+    done = subprocess.run(
+        [sys.executable, "-m", "llmpack.cli", "fill-model-cache", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    done.stdout += log.read_text() if log.exists() else ""
+    return done
+
+
+def test_fills_what_vllm_loads_once_and_the_cache_resolves_offline(tmp_path: Path) -> None:
+    repo = HubRepo(MODEL, model_folder(tmp_path))
+    cache = tmp_path / "cache"
+    with serve_hub(repo) as hub:
+        first = fill(cache, hub.url)
+        assert first.returncode == 0, first.stderr
+        # safetensors wins over .bin as in vLLM's default loader; the original checkpoint stays
+        assert sorted(hub.downloads) == [
+            f"{MODEL}/{name}"
+            for name in ("config.json", "model.safetensors", "original/params.json", "tokenizer.json")
+        ]
+        again = fill(cache, hub.url)
+        assert again.returncode == 0, again.stderr
+        assert len(hub.downloads) == 4, "a second run over a full cache downloads again"
+    assert "model cache ready" in first.stdout
+    snapshot = cache / "models--acme--tiny" / "snapshots" / repo.sha
+    assert (snapshot / "model.safetensors").read_bytes() == b"S" * 4096
+    # the hub is gone: the cache alone answers vLLM's offline call for weights
+    # (vllm/model_executor/model_loader/weight_utils.py, download_weights_from_hf under HF_HUB_OFFLINE)
+    offline = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from huggingface_hub import snapshot_download; print(snapshot_download("
+            "sys.argv[1], allow_patterns='*.safetensors', ignore_patterns=['original/**/*'], "
+            "cache_dir=sys.argv[2], local_files_only=True))",
+            MODEL,
+            str(cache),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert Path(offline.stdout.strip()) == snapshot
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("gated", "is gated: accept its terms on the Hub and set spec.model.hfTokenSecretRef"),
+        ("unknown model", "was not found on the Hub, or is private: check spec.model.name"),
+        ("unknown revision", "has no revision 'v9': check spec.model.revision"),
+        ("no weights", "the repo has no weights vLLM's default loader reads"),
+    ],
+)
+def test_a_fill_that_cannot_succeed_says_what_to_change(tmp_path: Path, case: str, says: str) -> None:
+    folder = model_folder(tmp_path, weights={} if case == "no weights" else None)
+    repo = HubRepo(
+        "acme/other" if case == "unknown model" else MODEL,
+        folder,
+        token="s3cret" if case == "gated" else None,
+    )
+    extra = ["--revision", "v9"] if case == "unknown revision" else []
+    with serve_hub(repo) as hub:
+        done = fill(tmp_path / "cache", hub.url, *extra)
+    assert done.returncode != 0
+    (line,) = done.stdout.splitlines()
+    assert says in line, line
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_gated_model_fills_with_its_token(tmp_path: Path) -> None:
+    repo = HubRepo(MODEL, model_folder(tmp_path), token="s3cret")
+    with serve_hub(repo) as hub:
+        done = fill(tmp_path / "cache", hub.url, token="s3cret")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_cache_too_small_is_refused_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmpack.profiler import model_cache
+
+    files = [model_cache.RepoFile("model.safetensors", 10 * 1024**3)]
+    monkeypatch.setattr(model_cache.shutil, "disk_usage", lambda _p: SimpleNamespace(free=2 * 1024**3))
+    with pytest.raises(
+        model_cache.CacheFillError,
+        match=r"needs 10.0 GiB and the cache volume has 2.0 GiB free: raise spec.model.cache.size",
+    ):
+        model_cache.check_space(files, tmp_path / "cache")
+
+
+def test_a_corrupt_file_in_the_cache_is_refused(tmp_path: Path) -> None:
+    from llmpack.profiler import model_cache
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 8)
+    listed = model_cache.RepoFile("model.safetensors", 8, sha256="0" * 64)
+    with pytest.raises(model_cache.CacheFillError, match="does not match the Hub's SHA-256"):
+        model_cache.verify(tmp_path, [listed])

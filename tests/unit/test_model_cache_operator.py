@@ -1,0 +1,203 @@
+"""spec.model.cache through the reconciler as the operator runs it (fake API): the claim and its
+fill Job come first and nothing loads the model until the Job succeeded; then the profiling Job
+and every serving pod mount the claim read-only and load offline; a failed fill ends Failed with
+the fill command's own words; a new revision fills a new cache and prunes the old one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_badinput_pure import (
+    FakeKube,
+    body,
+    cluster_offering_everything,
+    finish_profiling,
+    simulated_profile,
+)
+
+from llmpack.api.llmdeployment import LLMDeploymentSpec
+from llmpack.controller.reconciler import OperatorConfig, Reconciler
+
+CACHE = {"size": "10Gi", "storageClassName": "nfs"}
+SPEC = {
+    "model": {
+        "name": "facebook/opt-1.3b",
+        "revision": "main",
+        "cache": CACHE,
+        "hfTokenSecretRef": {"name": "hf"},
+    },
+    "sharing": {"mode": "mps", "mpsProvider": "dra"},
+}
+
+
+def applied(kube: FakeKube, kind: str) -> list[dict[str, Any]]:
+    return [o for o in kube.applied if o["kind"] == kind]
+
+
+def objects(kube: FakeKube, kind: str) -> dict[str, dict[str, Any]]:
+    return {name: o for (k, _, name), o in kube.objects.items() if k == kind}
+
+
+def complete(job: dict[str, Any], *, failed_with: str | None = None, kube: FakeKube | None = None) -> None:
+    if failed_with is None:
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+        return
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}
+    assert kube is not None
+    meta = job["metadata"]
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": meta["name"] + "-x1",
+                "namespace": meta["namespace"],
+                "labels": {**job["spec"]["template"]["metadata"]["labels"], "job-name": meta["name"]},
+            },
+            "spec": job["spec"]["template"]["spec"],
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {"name": "fill", "state": {"terminated": {"exitCode": 1, "message": failed_with}}}
+                ],
+            },
+        }
+    )
+
+
+def run(spec: dict[str, Any]):
+    kube = FakeKube()
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
+    obj = body(spec)
+
+    def again(new_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        nonlocal obj
+        if new_spec is not None:
+            obj = {**obj, "spec": new_spec}
+        status = reconciler.reconcile(obj).status
+        obj = {**obj, "status": status}
+        return status
+
+    return kube, again
+
+
+def test_the_cache_is_filled_before_anything_loads_the_model_and_then_mounted_read_only():
+    kube, again = run(SPEC)
+    status = again()
+    assert status["phase"] == "Pending" and "filling the model cache" in status["message"], status
+    assert status["modelCache"]["phase"] == "Filling"
+    (claim,) = objects(kube, "PersistentVolumeClaim").values()
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "10Gi"}},
+        "storageClassName": "nfs",
+    }
+    (fill,) = objects(kube, "Job").values()
+    pod = fill["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["llmpack", "fill-model-cache"]
+    assert container["args"][:4] == ["--model", "facebook/opt-1.3b", "--revision", "main"]
+    assert {
+        "name": "model-cache",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"], "readOnly": False},
+    } in pod["volumes"]
+    assert pod["automountServiceAccountToken"] is False, "the fill needs no API access"
+    assert {e["name"] for e in container["env"]} >= {"HF_TOKEN", "HF_HOME"}
+    assert not applied(kube, "Deployment") and all(
+        j["metadata"]["name"] == fill["metadata"]["name"] for j in applied(kube, "Job")
+    )
+
+    complete(fill)
+    status = again()
+    assert status["phase"] == "Profiling", status
+    assert status["modelCache"]["phase"] == "Ready"
+    assert {"type": "ModelCached", "status": "True"}.items() <= next(
+        c for c in status["conditions"] if c["type"] == "ModelCached"
+    ).items()
+    profiler = next(j for j in objects(kube, "Job").values() if j is not fill)
+    assert_offline_from(profiler["spec"]["template"]["spec"], claim["metadata"]["name"])
+
+    finish_profiling_of(kube, profiler)
+    status = again()
+    assert status["phase"] == "Deploying", status
+    (deployment,) = objects(kube, "Deployment").values()
+    assert_offline_from(deployment["spec"]["template"]["spec"], claim["metadata"]["name"])
+    assert fill["metadata"]["name"] in objects(kube, "Job"), "the filled Job is kept: it is the record"
+
+
+def finish_profiling_of(kube: FakeKube, profiler: dict[str, Any]) -> None:
+    fill_jobs = {n: j for n, j in objects(kube, "Job").items() if j is not profiler}
+    for name in fill_jobs:  # finish_profiling expects the profiling Job alone
+        del kube.objects[("Job", "team-a", name)]
+    profile = simulated_profile(LLMDeploymentSpec.model_validate(SPEC))
+    finish_profiling(kube, "team-a", profile.model_dump_json())
+    kube.objects.update({("Job", "team-a", n): j for n, j in fill_jobs.items()})
+
+
+def assert_offline_from(pod: dict[str, Any], claim: str) -> None:
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in pod[
+        "volumes"
+    ]
+    vllm = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] != "router"]
+    assert vllm
+    for container in vllm:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HF_HUB_CACHE"] == "/models" and env["HF_HUB_OFFLINE"] == "1"
+        assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+
+
+def test_a_failed_fill_says_why_and_a_new_token_is_a_new_job():
+    kube, again = run(SPEC)
+    again()
+    (fill,) = objects(kube, "Job").values()
+    complete(fill, failed_with="model facebook/opt-1.3b is gated: set spec.model.hfTokenSecretRef", kube=kube)
+    status = again()
+    assert status["phase"] == "Failed", status
+    assert "is gated: set spec.model.hfTokenSecretRef" in status["message"]
+    assert "then delete the Job to fill it again" in status["message"]
+    assert status["modelCache"]["phase"] == "Failed"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ModelCacheFailed"
+
+    fixed = {**SPEC, "model": {**SPEC["model"], "hfTokenSecretRef": {"name": "hf-with-access"}}}
+    status = again(fixed)
+    assert status["phase"] == "Pending" and status["modelCache"]["phase"] == "Filling", status
+    assert ("delete", "Job", "team-a", fill["metadata"]["name"]) in kube.calls
+    assert len(objects(kube, "PersistentVolumeClaim")) == 1, "the same claim, filled by the new Job"
+
+
+def test_a_new_revision_fills_a_new_cache_and_prunes_the_old_one_and_no_cache_prunes_all():
+    kube, again = run(SPEC)
+    again()
+    (old_claim,) = objects(kube, "PersistentVolumeClaim")
+    again({**SPEC, "model": {**SPEC["model"], "revision": "v2"}})
+    assert ("delete", "PersistentVolumeClaim", "team-a", old_claim) in kube.calls
+    (new_claim,) = [n for n in objects(kube, "PersistentVolumeClaim") if n != old_claim]
+    status = again({**SPEC, "model": {k: v for k, v in SPEC["model"].items() if k != "cache"}})
+    assert ("delete", "PersistentVolumeClaim", "team-a", new_claim) in kube.calls
+    assert "modelCache" not in status and all(c["type"] != "ModelCached" for c in status["conditions"])
+
+
+def test_a_deleted_claim_is_filled_again_before_anything_loads_from_it():
+    """A user clearing a corrupt cache deletes its claim: while pods still hold it the status says
+    so and nothing is filled into it; once it is gone a new claim is filled by a new run of the
+    Job (the old run's success no longer holds)."""
+    kube, again = run(SPEC)
+    again()
+    (fill,) = objects(kube, "Job").values()
+    complete(fill)
+    assert again()["modelCache"]["phase"] == "Ready"
+    (claim,) = objects(kube, "PersistentVolumeClaim")
+    key = ("PersistentVolumeClaim", "team-a", claim)
+    kube.objects[key]["metadata"]["deletionTimestamp"] = "2026-12-05T07:00:00Z"
+    status = again()
+    assert ("delete", "Job", "team-a", fill["metadata"]["name"]) in kube.calls
+    assert status["phase"] == "Pending" and status["modelCache"]["phase"] == "Filling", status
+    assert "was deleted and goes once no pod mounts it" in status["message"]
+    del kube.objects[key]  # the last pod that mounted it went
+    kube.objects.pop(("Job", "team-a", fill["metadata"]["name"]), None)
+    status = again()
+    assert status["modelCache"]["phase"] == "Filling" and "downloading" in status["message"], status
+    assert claim in objects(kube, "PersistentVolumeClaim") and fill["metadata"]["name"] in objects(
+        kube, "Job"
+    )
