@@ -89,4 +89,9 @@ BREAKING_SPECS: dict[str, dict[str, Any]] = {
     },
     SPEC_RULES[2].message: {"model": _MODEL, "autoscaling": {"minGPUs": 4, "maxGPUs": 2}},
     SPEC_RULES[3].message: {"model": {**_MODEL, "maxModelLen": 300}},  # the default workload is 512
+    SPEC_RULES[4].message: {
+        "model": _MODEL,
+        "sharing": {"maxReplicasPerGPU": 12},
+        "serving": {"inferencePool": {"endpointPickerRef": {"name": "epp"}}},
+    },
 }

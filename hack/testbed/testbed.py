@@ -488,6 +488,19 @@ def _insecure_context() -> ssl.SSLContext:
 # --------------------------------------------------------------------------------------------
 
 
+def inference_pool_crd(bin_dir: Path) -> Path:
+    """The InferencePool CRD (inference.networking.k8s.io/v1) of the pinned Gateway API Inference
+    Extension (versions.env), which hack/testbed/build copies beside the binaries."""
+    versions = dict(
+        line.split("=", 1) for line in (HERE / "versions.env").read_text().splitlines() if "=" in line and line[0] != "#"
+    )
+    folder = bin_dir.parent / "crds" / f"inference-extension-{versions['INFERENCE_EXTENSION_VERSION']}"
+    crd = folder / "inference.networking.k8s.io_inferencepools.yaml"
+    if not crd.is_file():
+        raise TestbedError(f"{crd} is missing: run hack/testbed/build")
+    return crd
+
+
 @dataclass
 class Testbed:
     """A running control plane. `dir` holds everything; `kubeconfig` is the admin's."""

@@ -438,8 +438,8 @@ def test_images_and_watched_namespaces_reach_the_operator(helm):
 
 
 def test_tenant_and_cost_values_reach_the_operator_as_flags_it_parses(helm):
-    """Prices, the NetworkPolicy's peers and the auto-sharing choice become operator flags, which
-    the operator's own parser reads back as the values given."""
+    """Prices, the NetworkPolicy's peers, the auto-sharing choice and the InferencePools' default
+    endpoint picker become operator flags, which the operator's own parser reads back as given."""
     import argparse
 
     from llmpack.controller import cli as operator_cli
@@ -452,6 +452,7 @@ def test_tenant_and_cost_values_reach_the_operator_as_flags_it_parses(helm):
         "networkPolicy.enabled=true",
         "networkPolicy.from[0].namespaceSelector.matchLabels.team=gateway",
         "sharing.autoColocatesNamespaces=false",
+        "inferencePool.endpointPicker.name=vllm-epp",
     )
     args = deployment_container(docs)["args"]
     parser = argparse.ArgumentParser()
@@ -463,12 +464,14 @@ def test_tenant_and_cost_values_reach_the_operator_as_flags_it_parses(helm):
         {"namespaceSelector": {"matchLabels": {"team": "gateway"}}}
     ]
     assert parsed.auto_colocates_namespaces is False
+    assert parsed.inference_pool_endpoint_picker == "vllm-epp:9002"
     defaults = parser.parse_args(deployment_container(render(helm))["args"])
-    assert (defaults.gpu_hour_price, defaults.network_policy_from, defaults.auto_colocates_namespaces) == (
-        [],
-        None,
-        True,
-    )
+    assert (
+        defaults.gpu_hour_price,
+        defaults.network_policy_from,
+        defaults.auto_colocates_namespaces,
+        defaults.inference_pool_endpoint_picker,
+    ) == ([], None, True, None)
 
 
 def test_several_replicas_elect_a_leader_on_one_lease(helm):

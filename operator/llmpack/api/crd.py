@@ -146,6 +146,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _resolve(v, defs) for k, v in node.items() if k not in _DROP_KEYS}
 
 
+# Set by _structural on an Optional field's node whose default is None, read and removed by
+# _default_nested_objects (never reaches a schema).
+_ABSENT_MEANS_OFF = "x-llmpack-absent-means-off"
+
+
 def _structural(node: Any) -> Any:
     """Rewrite one resolved JSON Schema node into Kubernetes' structural OpenAPI v3 dialect."""
     if isinstance(node, list):
@@ -165,6 +170,7 @@ def _structural(node: Any) -> Any:
         node = {**inner, **node}
         if node.get("default", 0) is None:
             node.pop("default")
+            node[_ABSENT_MEANS_OFF] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -195,24 +201,40 @@ def _has_defaults(node: dict[str, Any]) -> bool:
 def _default_nested_objects(node: dict[str, Any], *, top: bool = True) -> None:
     """Give the spec's optional sections `default: {}` so that CEL rules and `kubectl get` see them,
     and deeper optional objects one where the API server then fills in defaults of their own (an
-    empty serving.resources.limits would be a value the user never wrote)."""
+    empty serving.resources.limits would be a value the user never wrote). Never an object whose
+    absence means "off" (a model field `X | None = None`, such as serving.inferencePool): a
+    default would turn it on in every object (_structural marks those; _unmarked removes it)."""
     for prop in node.get("properties", {}).values():
+        off_when_absent = prop.pop(_ABSENT_MEANS_OFF, False)
         if prop.get("type") == "object" and "properties" in prop:
             _default_nested_objects(prop, top=False)
-            if not prop.get("required") and (top or _has_defaults(prop)):
+            if not prop.get("required") and (top or _has_defaults(prop)) and not off_when_absent:
                 prop.setdefault("default", {})
 
 
-def openapi_schema(model: type[BaseModel], *, mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+def _unmarked(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_unmarked(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _unmarked(v) for k, v in node.items() if k != _ABSENT_MEANS_OFF}
+
+
+def openapi_schema(
+    model: type[BaseModel], *, mode: JsonSchemaMode = "validation", default_sections: bool = False
+) -> dict[str, Any]:
+    """The model as a structural schema; `default_sections`: with _default_nested_objects' defaults."""
     raw = model.model_json_schema(by_alias=True, mode=mode)
     resolved = _resolve(raw, raw.get("$defs", {}))
     schema: dict[str, Any] = _structural(resolved)
-    return schema
+    if default_sections:
+        _default_nested_objects(schema)
+    unmarked: dict[str, Any] = _unmarked(schema)
+    return unmarked
 
 
 def crd() -> dict[str, Any]:
-    spec = openapi_schema(api.LLMDeploymentSpec)
-    _default_nested_objects(spec)
+    spec = openapi_schema(api.LLMDeploymentSpec, default_sections=True)
     status = openapi_schema(api.LLMDeploymentStatus, mode="serialization")
     status.pop("required", None)  # the operator writes status piecewise
     schema = {

@@ -786,6 +786,36 @@ else:
     ResourcesField = ContainerResources
 
 
+# An InferencePool routes to at most this many ports of a pod (inference.networking.k8s.io/v1,
+# spec.targetPorts maxItems, gateway-api-inference-extension v1.6.2).
+INFERENCE_POOL_MAX_TARGET_PORTS = 8
+
+
+class EndpointPickerRef(CamelModel):
+    """The endpoint picker (a Service) an InferencePool hands each request to."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of the picker's Service, in the LLMDeployment's namespace.",
+    )
+    port: int = Field(9002, ge=1, le=65535, description="The picker's gRPC (ext-proc) port on that Service.")
+    failure_mode: Literal["FailClose", "FailOpen"] = Field(
+        "FailClose",
+        description="What the Gateway does when the picker does not answer: FailClose refuses the "
+        "request, FailOpen sends it to an endpoint of its own choice.",
+    )
+
+
+class InferencePoolSpec(CamelModel):
+    endpoint_picker_ref: EndpointPickerRef | None = Field(
+        None,
+        description="The endpoint picker of the pool. Default: the one the cluster admin named "
+        "(chart value inferencePool.endpointPicker).",
+    )
+
+
 class ServingSpec(CamelModel):
     model_config = ConfigDict(json_schema_extra=cel_validations(SERVING_RULES))
 
@@ -820,6 +850,13 @@ class ServingSpec(CamelModel):
         le=65000,
         description="Port of the Service in front of the replicas. Replicas sharing a pod listen on "
         "the ports right above it, hence the upper bound.",
+    )
+    inference_pool: InferencePoolSpec | None = Field(
+        None,
+        description="Also render a Gateway API InferencePool (inference.networking.k8s.io/v1) over "
+        "the serving pods, one endpoint per vLLM replica (each replica port of a pod that packs "
+        "several), for a Gateway whose endpoint picker routes by KV cache and load. The Service and "
+        "the in-pod router stay. Needs the Gateway API Inference Extension's CRDs in the cluster.",
     )
 
     @model_validator(mode="after")
@@ -930,6 +967,18 @@ SPEC_RULES: tuple[Rule[LLMDeploymentSpec], ...] = (
             or s.workload.prompt_tokens + s.workload.output_tokens <= s.model.max_model_len
         ),
         message="model.maxModelLen must hold workload.promptTokens + workload.outputTokens",
+    ),
+    Rule(
+        cel="!has(self.serving) || !has(self.serving.inferencePool) || !has(self.sharing)"
+        " || !has(self.sharing.maxReplicasPerGPU)"
+        f" || self.sharing.maxReplicasPerGPU <= {INFERENCE_POOL_MAX_TARGET_PORTS}",
+        holds=lambda s: (
+            s.serving.inference_pool is None
+            or s.sharing.max_replicas_per_gpu <= INFERENCE_POOL_MAX_TARGET_PORTS
+        ),
+        message=f"an InferencePool has at most {INFERENCE_POOL_MAX_TARGET_PORTS} target ports, one per "
+        f"replica of a pod: set sharing.maxReplicasPerGPU to {INFERENCE_POOL_MAX_TARGET_PORTS} or less, or "
+        "remove serving.inferencePool",
     ),
 )
 

@@ -52,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="render a NetworkPolicy per LLMDeployment admitting only these peers (a JSON array of "
         "NetworkPolicyPeer; [] admits any source) to the serving port; default: none rendered",
     )
+    parser.add_argument(
+        "--inference-pool-endpoint-picker",
+        type=endpoint_picker,
+        default=None,
+        metavar="SERVICE:PORT",
+        help="the endpoint picker of an LLMDeployment's InferencePool (serving.inferencePool) whose "
+        "spec names none: a Service in the LLMDeployment's namespace and its port; default: none "
+        "(such a spec is refused, saying so)",
+    )
     add_price_arguments(parser)
     parser.add_argument(
         "--autoscaling-metric",
@@ -140,6 +149,20 @@ def network_peers(text: str) -> str:
     return json.dumps(peers, sort_keys=True)
 
 
+def endpoint_picker(text: str) -> str:
+    """SERVICE:PORT, a DNS-1035 Service name and a port number, as given."""
+    name, _, port = text.rpartition(":")
+    if (
+        not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name)
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SERVICE:PORT (a Service name such as epp and a port such as 9002)"
+        )
+    return f"{name}:{int(port)}"
+
+
 def run(args: argparse.Namespace) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
@@ -163,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         share_profiles=args.share_profiles_across_namespaces,
         auto_colocates_namespaces=args.auto_colocates_namespaces,
         network_policy_from=args.network_policy_from,
+        endpoint_picker=args.inference_pool_endpoint_picker,
         gpu_hour_prices=tuple(args.gpu_hour_price),
         currency=args.currency,
         **{k: v for k, v in images.items() if v},

@@ -77,6 +77,7 @@ class Observer:
             profile_scope=None if settings.share_profiles else namespace,
             auto_colocates_namespaces=settings.auto_colocates_namespaces,
             network_policy_from=settings.network_policy_from,
+            endpoint_picker=settings.endpoint_picker,
             gpu_hour_prices=settings.gpu_hour_prices,
             currency=settings.currency,
         )

@@ -213,6 +213,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         ("v1", "services", "Service"),
         ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
         ("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+        # served once the Gateway API Inference Extension's CRD exists (kopf notices it appear)
+        ("inference.networking.k8s.io/v1", "inferencepools", "InferencePool"),
     )
     for group_version, plural, kind in owned:
         resource = _resource(group_version, plural)

@@ -66,6 +66,8 @@ class Sharing(ABC):
     gpu_slices_per_replica: ClassVar[int | None] = None
     # the mode renders a ResourceClaimTemplate for its pods
     uses_claim_template: ClassVar[bool] = False
+    # a pod runs several replicas, each on its own port, behind a router on the service port
+    replicas_behind_router: ClassVar[bool] = False
     # pods of different namespaces may run on one GPU as clients of one MPS server (one UID, no
     # memory-fault isolation, each other's timing visible: FACTS.md 3.1)
     colocates_namespaces: ClassVar[bool] = False
@@ -135,6 +137,7 @@ class MPSThroughDRA(Sharing):
     provider: ClassVar[MPSProvider | None] = "dra"
     pinned_by_llmpack: ClassVar[bool] = True
     uses_claim_template: ClassVar[bool] = True
+    replicas_behind_router: ClassVar[bool] = True
 
     def device(
         self, gpu: GPU, *, need_bytes: int, replicas_per_gpu: int, floor_bytes: int, reserve_bytes: int

@@ -98,6 +98,9 @@ class Context:
     # The serving NetworkPolicy's admitted peers as a JSON array ("[]": any source), or None for no
     # NetworkPolicy: the cluster admin's choice (chart value networkPolicy).
     network_policy_from: str | None = None
+    # The endpoint picker ("SERVICE:PORT" in the LLMDeployment's namespace) of an InferencePool
+    # whose spec names none: the cluster admin's (chart value inferencePool.endpointPicker).
+    endpoint_picker: str | None = None
     # Price of one GPU-hour per product (nvidia.com/gpu.product -> currency units), and the
     # currency: the cluster admin's (chart values cost.gpuHourPrices, cost.currency).
     gpu_hour_prices: tuple[tuple[str, float], ...] = ()
@@ -174,11 +177,25 @@ def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> A
     gpu = _reported_gpu(spec, offers)
     if isinstance(gpu, Refused):
         return gpu
-    refusal = check_model(spec)
+    refusal = check_model(spec) or check_inference_pool(spec, context)
     if refusal is not None:
         return refusal
     key = key_of(spec, context)
     return Admitted(spec=spec, gpu=gpu, offers=offers, key=key, job=profiling_job_name(context.name, key))
+
+
+def check_inference_pool(spec: LLMDeploymentSpec, context: Context) -> Refused | None:
+    """An InferencePool needs an endpoint picker, from the spec or the cluster admin."""
+    pool = spec.serving.inference_pool
+    if pool is None or pool.endpoint_picker_ref is not None or context.endpoint_picker:
+        return None
+    return Refused(
+        PROGRESSING,
+        "NoEndpointPicker",
+        "serving.inferencePool needs an endpoint picker and the cluster admin named none: set "
+        "serving.inferencePool.endpointPickerRef.name to the picker's Service (the chart's "
+        "inferencePool.endpointPicker sets a default for all)",
+    )
 
 
 def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
@@ -320,6 +337,7 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
         autoscaling_metric=context.autoscaling_metric,
         weight_bytes=profile.model.weight_bytes,
         network_policy_from=context.network_policy_from,
+        endpoint_picker=context.endpoint_picker,
     )
     warnings: list[tuple[str, str]] = []
     explanation = _explanation(rec, chosen, predictions, plan, found, utilization)

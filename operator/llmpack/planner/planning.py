@@ -37,6 +37,7 @@ from llmpack.render.plan import (
     DEFAULT_AUTOSCALING_METRIC,
     MAX_NAME,
     AutoscalingPlan,
+    InferencePoolPlan,
     ModelCachePlan,
     OwnerRef,
     ProfilingPlan,
@@ -426,6 +427,7 @@ def serving_plan(
     autoscaling_metric: str = DEFAULT_AUTOSCALING_METRIC,
     weight_bytes: int | None = None,
     network_policy_from: str | None = None,
+    endpoint_picker: str | None = None,
 ) -> ServingPlan:
     autoscaling = spec.autoscaling
     gpus = spec.gpu.count
@@ -478,6 +480,7 @@ def serving_plan(
         if weight_bytes is None
         else scratch_bytes(weight_bytes, processes=rpg // chosen.sharing.pods_per_gpu(rpg)),
         network_policy_from=None if network_policy_from is None else json.loads(network_policy_from),
+        inference_pool=inference_pool_plan(spec, endpoint_picker),
         autoscaling=None
         if autoscaling is None
         else AutoscalingPlan(
@@ -534,3 +537,21 @@ def recommendation_status(
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def inference_pool_plan(spec: LLMDeploymentSpec, endpoint_picker: str | None) -> InferencePoolPlan | None:
+    """The InferencePool of spec.serving.inferencePool, its picker the spec's or else the cluster
+    admin's `endpoint_picker` ("SERVICE:PORT"); None without one (decide.admit refuses a pool
+    with no picker anywhere)."""
+    pool = spec.serving.inference_pool
+    if pool is None:
+        return None
+    ref = pool.endpoint_picker_ref
+    if ref is not None:
+        return InferencePoolPlan(
+            endpoint_picker=ref.name, endpoint_picker_port=ref.port, failure_mode=ref.failure_mode
+        )
+    if not endpoint_picker:
+        return None
+    name, _, port = endpoint_picker.rpartition(":")
+    return InferencePoolPlan(endpoint_picker=name, endpoint_picker_port=int(port))

@@ -65,9 +65,15 @@ logger = logging.getLogger(__name__)
 
 # Kinds of serving objects a plan may leave behind when the next one renders others (a claim
 # template after a switch from MPS to MIG, an autoscaler after spec.autoscaling went, a
-# NetworkPolicy after the cluster admin turned them off). The Service keeps its name and is never
-# stale.
-PRUNABLE_KINDS = ("Deployment", "ResourceClaimTemplate", "HorizontalPodAutoscaler", "NetworkPolicy")
+# NetworkPolicy after the cluster admin turned them off, an InferencePool the spec no longer asks
+# for). The Service keeps its name and is never stale.
+PRUNABLE_KINDS = (
+    "Deployment",
+    "ResourceClaimTemplate",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+    "InferencePool",
+)
 
 # What a user does about each kind of refusal (the reasons are runtime/kube.py ErrorClass values).
 REFUSAL_ADVICE = {
@@ -77,6 +83,8 @@ REFUSAL_ADVICE = {
     "ObjectRejected": "fix the spec field it names",
     "Forbidden": "if it names the operator's ServiceAccount, the operator's RBAC lacks the permission; "
     "otherwise a policy of the namespace forbids it",
+    "KindNotServed": "install the CustomResourceDefinition of that kind (an InferencePool's: the "
+    "Gateway API Inference Extension's CRDs), or remove what in the spec asks for it (serving.inferencePool)",
     "NameConflict": "two LLMDeployment names map to this object name: rename one of them (a name that "
     "is a DNS-1035 label, such as llama-3-1-8b, is used as it is; others are cleaned and hashed)",
 }

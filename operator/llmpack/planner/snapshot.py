@@ -38,6 +38,9 @@ class Settings:
     # A NetworkPolicy per LLMDeployment admitting these peers (JSON array, "[]": any source) to the
     # serving port only; None: none rendered (chart value networkPolicy).
     network_policy_from: str | None = None
+    # The endpoint picker ("SERVICE:PORT") of InferencePools whose spec names none (chart value
+    # inferencePool.endpointPicker).
+    endpoint_picker: str | None = None
     # Price of one GPU-hour per product and its currency (chart values cost.gpuHourPrices,
     # cost.currency): the status then says what each deployment costs.
     gpu_hour_prices: tuple[tuple[str, float], ...] = ()

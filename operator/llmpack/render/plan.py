@@ -64,6 +64,14 @@ class SecretKey(Frozen):
 DEFAULT_AUTOSCALING_METRIC = "vllm_requests_in_flight"
 
 
+class InferencePoolPlan(Frozen):
+    """A Gateway API InferencePool over the serving pods, one endpoint per vLLM replica port."""
+
+    endpoint_picker: str = Field(description="Name of the endpoint picker's Service.")
+    endpoint_picker_port: int = Field(ge=1, le=65535)
+    failure_mode: str = "FailClose"
+
+
 class AutoscalingPlan(Frozen):
     """A HorizontalPodAutoscaler on the LLMDeployment's scale subresource (GPUs)."""
 
@@ -124,6 +132,9 @@ class ServingPlan(Frozen):
         description="NetworkPolicy peers admitted to the serving port ([]: any source); None: no "
         "NetworkPolicy (the cluster admin's choice, chart value networkPolicy).",
     )
+    inference_pool: InferencePoolPlan | None = Field(
+        None, description="An InferencePool over the replicas (spec.serving.inferencePool); None: none."
+    )
 
     @property
     def sharing(self) -> type[Sharing]:
@@ -133,9 +144,13 @@ class ServingPlan(Frozen):
     def config_hash(self) -> str:
         """Changes whenever a rendered pod would change, so pods roll on any serving change; not on
         a change of scale (how many GPUs, replicas, the autoscaler's bounds), which adds or removes
-        whole pods and leaves the others serving, nor of the NetworkPolicy, a separate object."""
-        outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from"}
-        return stable_hash(self.model_dump(mode="json", exclude=outside_pods))[:16]
+        whole pods and leaves the others serving, nor of the NetworkPolicy or the InferencePool,
+        separate objects (except where the pool makes a router's replicas listen on the pod IP)."""
+        outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from", "inference_pool"}
+        pods = self.model_dump(mode="json", exclude=outside_pods)
+        if self.inference_pool is not None and self.sharing.replicas_behind_router:
+            pods["replicas_exposed"] = True  # the pool reaches replicas through the pod IP
+        return stable_hash(pods)[:16]
 
 
 class ProfilingPlan(Frozen):

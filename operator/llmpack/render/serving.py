@@ -120,7 +120,8 @@ def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
     }[sharing](plan)
     claim = [mps_claim_template(plan)] if sharing.uses_claim_template else []
     policy = [serving_network_policy(plan)] if plan.network_policy_from is not None else []
-    return [*claim, deployment, serving_service(plan), *policy]
+    pool = [inference_pool(plan)] if plan.inference_pool is not None else []
+    return [*claim, deployment, serving_service(plan), *policy, *pool]
 
 
 # -- one Deployment per mode -------------------------------------------------------------------------
@@ -177,7 +178,8 @@ def mps_dra_deployment(plan: ServingPlan) -> dict[str, Any]:
     termination the router stops first, then the replicas in reverse order.
 
     The replicas listen on the loopback interface only (REPLICA_HOST), so the router is the pod's
-    one entrance; their probes run inside their containers (local_probe). The Service targets the
+    one entrance; their probes run inside their containers (local_probe). With an InferencePool
+    they listen on the pod IP instead, each its own endpoint of the pool. The Service targets the
     router's port. All containers run as the pod's one UID (one MPS server per UID). No /dev/shm
     emptyDir: the DRA driver bind-mounts the MPS shared memory there."""
     ports = replica_ports(plan)
@@ -335,11 +337,13 @@ def serving_service(plan: ServingPlan) -> dict[str, Any]:
 
 def serving_network_policy(plan: ServingPlan) -> dict[str, Any]:
     """Ingress to the serving pods on the service port only (the router's in DRA mode, the single
-    vLLM's otherwise), from the peers the cluster admin listed (none listed: from anywhere the
-    cluster routes). Every other port and source is refused where the cluster's network plugin
-    enforces NetworkPolicy. The kubelet's probes are not affected: traffic from the pod's own node
-    is always allowed (Kubernetes docs, "Network Policies")."""
-    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": plan.port}]}
+    vLLM's otherwise; with an InferencePool, also each replica's), from the peers the cluster admin
+    listed (none listed: from anywhere the cluster routes). Every other port and source is refused
+    where the cluster's network plugin enforces NetworkPolicy. The kubelet's probes are not
+    affected: traffic from the pod's own node is always allowed (Kubernetes docs, "Network
+    Policies")."""
+    ports = [plan.port, *inference_pool_ports(plan)] if plan.inference_pool is not None else [plan.port]
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p} for p in dict.fromkeys(ports)]}
     if plan.network_policy_from:
         rule["from"] = deepcopy(plan.network_policy_from)
     return {
@@ -350,6 +354,38 @@ def serving_network_policy(plan: ServingPlan) -> dict[str, Any]:
             "podSelector": {"matchLabels": serving_selector(plan)},
             "policyTypes": ["Ingress"],
             "ingress": [rule],
+        },
+    }
+
+
+def inference_pool_ports(plan: ServingPlan) -> list[int]:
+    """The ports an InferencePool routes to: each replica's in a pod that packs several behind a
+    router (the router is bypassed: the pool's endpoint picker chooses the replica), the one vLLM's
+    otherwise."""
+    return replica_ports(plan) if plan.sharing.replicas_behind_router else [plan.port]
+
+
+def inference_pool(plan: ServingPlan) -> dict[str, Any]:
+    """A Gateway API InferencePool (inference.networking.k8s.io/v1, the Gateway API Inference
+    Extension; checked against its v1.6.2 CRD) over the serving pods: every replica port of every
+    pod is an endpoint of its own, up to 8 per pod (spec.targetPorts maxItems; the CRD's CEL rule
+    of the LLMDeployment keeps sharing.maxReplicasPerGPU within it). New pods of a scale-up are
+    endpoints as soon as they are ready: the selector is the serving pods' own."""
+    pool = plan.inference_pool
+    assert pool is not None
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": object_meta(plan, serving_name(plan)),
+        "spec": {
+            "selector": {"matchLabels": serving_selector(plan)},
+            "targetPorts": [{"number": p} for p in inference_pool_ports(plan)],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": pool.endpoint_picker,
+                "port": {"number": pool.endpoint_picker_port},
+                "failureMode": pool.failure_mode,
+            },
         },
     }
 
@@ -441,10 +477,13 @@ def vllm_sidecar(plan: ServingPlan, index: int, port: int) -> dict[str, Any]:
     gates the next replica's start (see mps_dra_deployment). Its readiness is the router's business
     (the router only sends to replicas that answer /health), so it has no readinessProbe of its own."""
     name = f"vllm-{index}"
+    exposed = plan.inference_pool is not None  # an endpoint of the pool, reached through the pod IP
+    host = None if exposed else REPLICA_HOST
     container = vllm_container(
-        plan, name, port, shm=False, port_name=name, claims=[{"name": DRA_CLAIM}], host=REPLICA_HOST
+        plan, name, port, shm=False, port_name=name, claims=[{"name": DRA_CLAIM}], host=host
     )
-    del container["ports"]  # on the loopback address only: nothing outside the pod reaches it
+    if not exposed:
+        del container["ports"]  # on the loopback address only: nothing outside the pod reaches it
     container["restartPolicy"] = "Always"
     del container["readinessProbe"]
     return container
