@@ -51,6 +51,12 @@ class AdvisorOptions(BaseModel):
         "spec.model.architecture.maxPositionEmbeddings); the profile's, read from config.json, wins.",
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Fixed batch size: skips the choice of B_opt.")
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        description="The largest batch one replica can hold in the memory offered (a MIG slice): "
+        "B_opt is lowered to it, and the explanation says so.",
+    )
     replicas_per_gpu: int | None = Field(
         None, ge=1, le=MPS_MAX_CLIENTS, description="Fixed replicas per GPU: skips the packing decision."
     )
@@ -90,6 +96,7 @@ def options_for_spec(spec: LLMDeploymentSpec) -> AdvisorOptions:
         max_model_len=spec.effective_max_model_len(),
         context_limit=known[0] if known else None,
         max_num_seqs=advisor.max_num_seqs,
+        max_batch=None,  # the planner's, where a MIG slice holds less than B_opt
         replicas_per_gpu=advisor.replicas_per_gpu,
         min_replica_gain=advisor.min_replica_gain,
     )

@@ -138,6 +138,21 @@ def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
     advisor's verdicts shown beside it and any SLO it breaks named."""
     if options.max_num_seqs is None:
         selection = bca.select_batch(profile.points, options)
+        if options.max_batch is not None and selection.b_opt > options.max_batch:
+            verdicts = [v.model_copy(update={"chosen": False}) for v in selection.verdicts]
+            text = (
+                f"B = {options.max_batch}: the largest batch one replica holds in the memory offered; "
+                f"the advisor's B_opt = {selection.b_opt} does not fit. {selection.explanation}"
+            )
+            return BatchChoice(
+                options.max_batch,
+                "memory",
+                verdicts,
+                selection.latency_cap_ms,
+                selection.latency_cap_source,
+                selection.b_min,
+                text,
+            )
         return BatchChoice(
             selection.b_opt,
             "advisor",

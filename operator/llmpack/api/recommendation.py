@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmpack.api.llmdeployment import Policy
 
-BOptSource = Literal["advisor", "override"]
+BOptSource = Literal["advisor", "override", "memory"]
 
 
 class RecommendationModel(BaseModel):
@@ -58,7 +58,9 @@ class Recommendation(RecommendationModel):
     b_min: int | None = Field(None, description="Smallest usable measured batch, the efficiency baseline.")
     b_opt: int = Field(description="The recommended --max-num-seqs.")
     b_opt_source: BOptSource = Field(
-        "advisor", description="advisor: chosen from the profile; override: fixed by the user."
+        "advisor",
+        description="advisor: chosen from the profile; override: fixed by the user; memory: the "
+        "largest batch one replica can hold in the memory offered (a MIG slice), below the advisor's.",
     )
     candidates: list[CandidateVerdict] = Field(default_factory=list)
     measured_tokens_per_s: float | None = Field(

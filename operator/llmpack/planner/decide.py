@@ -289,6 +289,61 @@ def serving(
     return admitted if isinstance(admitted, Refused) else serving_for(admitted, profile, context)
 
 
+# The candidates of one recommendation: their predictions, the refusals of modes that cannot
+# hold a replica, and the candidates themselves.
+Ways = tuple[Predictions, list[str], list[Candidate]]
+
+
+def _ways_to_serve(admitted: Admitted, profile: Profile, rec: Recommendation, context: Context) -> Ways:
+    """The candidates for `rec`, their predictions and the refusals of modes that cannot hold it."""
+    predictions = Predictions.build(profile, rec, admitted.gpu)
+    refusals: list[str] = []
+    found = candidates(
+        admitted.spec,
+        admitted.gpu,
+        admitted.offers,
+        rec.per_replica_memory_bytes,
+        rec.replicas_per_gpu,
+        predictions.predict,
+        refusals,
+        auto_colocates_namespaces=context.auto_colocates_namespaces,
+    )
+    return predictions, refusals, found
+
+
+def _largest_batch_on_a_mig_slice(
+    admitted: Admitted, profile: Profile, rec: Recommendation, context: Context
+) -> tuple[Recommendation, Ways] | None:
+    """Where MIG is asked for (mig, or auto with nothing else able) and one replica at B_opt fits
+    no offered slice: the advice at the largest batch below B_opt whose replica fits one (a
+    replica's memory grows with its batch, so a bisection finds it), and its candidates; None
+    where not even B = 1 fits, or the user fixed the batch."""
+    spec = admitted.spec
+    if not admitted.offers.mig_slices or spec.advisor.max_num_seqs is not None:
+        return None
+    if not MIG.requested_by(spec.sharing.mode, spec.sharing.mps_provider):
+        return None
+    options = options_for_spec(spec)
+
+    def on_a_slice(batch: int) -> tuple[Recommendation, Ways] | None:
+        try:
+            smaller = advise(profile, options.model_copy(update={"max_batch": batch}), admitted.gpu)
+        except AdvisorError:
+            return None
+        ways = _ways_to_serve(admitted, profile, smaller, context)
+        return (smaller, ways) if any(c.sharing.mode == "mig" for c in ways[2]) else None
+
+    best, low, high = None, 1, rec.b_opt - 1
+    while low <= high:
+        middle = (low + high) // 2
+        fits = on_a_slice(middle)
+        if fits is None:
+            high = middle - 1
+        else:
+            best, low = fits, middle + 1
+    return best
+
+
 def serving_for(admitted: Admitted, profile: Profile, context: Context) -> ServingDecision | Refused:
     """The serving decision for an admitted, profiled spec: advise (B_opt, KV, the replicas per
     GPU that pay under MPS), pick the mode the cluster offers by predicted tokens/s per GPU, size
@@ -297,18 +352,15 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
     rec = recommend(spec, profile, gpu)
     if isinstance(rec, Refused):
         return rec
-    predictions = Predictions.build(profile, rec, gpu)
-    refusals: list[str] = []
-    found = candidates(
-        spec,
-        gpu,
-        offers,
-        rec.per_replica_memory_bytes,
-        rec.replicas_per_gpu,
-        predictions.predict,
-        refusals,
-        auto_colocates_namespaces=context.auto_colocates_namespaces,
-    )
+    predictions, refusals, found = _ways_to_serve(admitted, profile, rec, context)
+    smaller = None if found else _largest_batch_on_a_mig_slice(admitted, profile, rec, context)
+    reduced = ""
+    if smaller is not None:
+        reduced = (
+            f"B_opt = {rec.b_opt} does not fit the largest MIG slice offered ({'; '.join(refusals)}): "
+            f"serving B = {smaller[0].b_opt}, the largest batch one replica holds on a slice."
+        )
+        rec, (predictions, refusals, found) = smaller
     chosen = choose(spec, found, offers, refusals)
     if isinstance(chosen, Refused):
         if spec.gpu.node_selector:
@@ -339,7 +391,7 @@ def serving_for(admitted: Admitted, profile: Profile, context: Context) -> Servi
         network_policy_from=context.network_policy_from,
         endpoint_picker=context.endpoint_picker,
     )
-    warnings: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = [("BatchReducedToFitMIG", reduced)] if reduced else []
     explanation = _explanation(rec, chosen, predictions, plan, found, utilization)
     figures = basis(profile, spec.gpu.product)
     if figures != "measured":
