@@ -31,6 +31,10 @@ What it checks, per command line:
   runs right after parsing), and the constraints of vLLM's CacheConfig on the parsed
   --gpu-memory-utilization and --kv-cache-memory-bytes (0 < utilisation <= 1), which vLLM
   otherwise checks only when it builds the engine config;
+- `vllm serve` with a `config_model` (a local model folder standing in for the named model): the
+  engine config vLLM builds from the arguments before it loads anything (check_engine_config),
+  so flags that constrain each other (--max-num-batched-tokens against --max-num-seqs and, without
+  chunked prefill, --max-model-len) are refused here as at start-up;
 - warnings (not errors): an option given more than once (the last one wins; vLLM only logs
   "Found duplicate keys").
 
@@ -38,10 +42,10 @@ values: for every argument the command line set (each option token, resolved to 
 argparse would, and the subcommand's positionals), the parsed value (JSON-friendly: other types
 as str), so a caller can compare what vLLM understood with what it meant.
 
-Limits: no model is looked up and no engine config is built (EngineArgs already resolves the
-model on the Hugging Face hub; the engine config needs its config.json), so what needs the model
-(--max-model-len against its context, --dtype against its weights, quantization) or the device
-(memory) is not checked: a command line this accepts may still fail at start-up. Only `vllm serve`
+Limits: without a config_model no engine config is built; with one, what needs the named model
+itself (--max-model-len against its context, --dtype against its weights, quantization) or a GPU
+(memory, the CUDA-only GPU count of parallel flags) is still not checked: a command line this
+accepts may still fail at start-up. Only `vllm serve`
 and `vllm bench ...` are known. A token starting with `-` is taken as an option unless it is a
 negative number, so a value that itself starts with `-` must be written `--flag=value`.
 """
@@ -224,7 +228,37 @@ def check_serve(args: argparse.Namespace, command: Any) -> list[str]:
     return errors
 
 
-def check(parser: argparse.ArgumentParser, commands: dict[str, Any], name: str, argv: list[str]) -> dict:
+def check_engine_config(args: argparse.Namespace, config_model: str) -> list[str]:
+    """The engine config `vllm serve` builds before it loads anything (AsyncEngineArgs over the
+    parsed arguments, create_engine_config with the API server's usage context, as
+    vllm/entrypoints/cli/serve.py does), with the model's name replaced by `config_model`, a local
+    folder of the same kind of model: the scheduler's, cache's, parallel and model checks run
+    (vllm/config/scheduler.py verify_max_model_len, config/parallel.py, config/model.py). A
+    --max-model-len beyond the stand-in's context is allowed (VLLM_ALLOW_LONG_MAX_MODEL_LEN: the
+    real model's limit is llmpack's own check); the CUDA-only GPU count check does not run here."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = argparse.Namespace(**vars(args))
+    args.model = args.model_tag = config_model
+    args.revision = args.tokenizer_revision = args.code_revision = None
+    args.tokenizer = None
+    try:
+        AsyncEngineArgs.from_cli_args(args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    except Exception as err:
+        errors = getattr(err, "errors", None)
+        detail = errors()[0].get("ctx", {}).get("error", err) if callable(errors) and errors() else err
+        return [f"engine config: {type(err).__name__}: {' '.join(str(detail).split())}"]
+    return []
+
+
+def check(
+    parser: argparse.ArgumentParser,
+    commands: dict[str, Any],
+    name: str,
+    argv: list[str],
+    config_model: str | None = None,
+) -> dict:
     argv = [str(a) for a in argv]
     if argv and argv[0] not in commands and (argv[0] == "vllm" or argv[0].endswith("/vllm")):
         argv = argv[1:]
@@ -251,6 +285,8 @@ def check(parser: argparse.ArgumentParser, commands: dict[str, Any], name: str, 
     result["values"] = {dest: jsonable(getattr(args, dest, None)) for dest in given_dests(leaf, words)}
     if subcommand == "serve":
         result["errors"] += check_serve(args, commands["serve"])
+        if config_model and not result["errors"]:
+            result["errors"] += check_engine_config(args, config_model)
     result["ok"] = not result["errors"]
     return result
 
@@ -264,7 +300,8 @@ def main() -> int:
     parser, commands = build_parser()
     import vllm
 
-    results = [check(parser, commands, r["name"], r["argv"]) for r in requests]
+    os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    results = [check(parser, commands, r["name"], r["argv"], r.get("config_model")) for r in requests]
     json.dump({"vllm_version": vllm.__version__, "results": results}, out)
     out.write("\n")
     out.flush()

@@ -81,6 +81,20 @@ MODE_SPECS: dict[str, dict[str, Any]] = {
     },
     "mig": {"sharing": {"mode": "mig"}},
 }
+# Flags of serving.extraArgs that constrain llmpack's own (reports kept in
+# ../shared/cases/memory-contract/ 11): the plan must render what vLLM's engine config accepts.
+FLAG_SPECS: dict[str, dict[str, Any]] = {
+    # a token budget below the advisor's B_opt: --max-num-seqs stays within it
+    "batched-tokens-below-b-opt": {
+        "sharing": {"mode": "mps", "mpsProvider": "dra"},
+        "serving": {"extraArgs": ["--max-num-batched-tokens", "128"]},
+    },
+    # without chunked prefill the budget bounds --max-model-len too (1k: vLLM reads 1,000)
+    "no-chunked-prefill": {
+        "sharing": {"mode": "exclusive"},
+        "serving": {"extraArgs": ["--max-num-batched-tokens=1k", "--no-enable-chunked-prefill"]},
+    },
+}
 # The plan each mode spec must end in: (mode, MPS provider)
 MODE_PLANS = {
     "exclusive": ("exclusive", None),
@@ -392,6 +406,11 @@ def gather() -> Gathered:
         rendered = render_deployment(where, f"opt-{mode}", {**BASE_SPEC, **overrides})
         plans[where] = (rendered.mode, rendered.provider)
         found += rendered.commands
+    for case, overrides in FLAG_SPECS.items():
+        where = f"flags-{case}"
+        rendered = render_deployment(where, f"opt-{case}", {**BASE_SPEC, **overrides})
+        plans[where] = (rendered.mode, rendered.provider)
+        found += rendered.commands
     found += launch_commands()
     unique: dict[tuple[str, ...], Command] = {}
     for command in found:
@@ -426,14 +445,34 @@ NEGATIVE = {
     ),
     "bench-unknown": (["vllm", "bench", "serve", "--model", "m", "--max-num-seqs", "4"], "--max-num-seqs"),
     "no-subcommand": (["vllm", "bench"], "names no vllm subcommand"),
+    # the engine config vLLM builds before loading (flags that constrain each other)
+    "batched-tokens-below-max-num-seqs": (
+        ["vllm", "serve", "m", "--max-num-seqs", "512", "--max-num-batched-tokens", "128"],
+        "max_num_batched_tokens (128) must be greater than or equal to max_num_seqs (512)",
+    ),
+    "no-chunked-prefill-context-above-budget": (
+        [
+            *("vllm", "serve", "m", "--max-model-len", "2048"),
+            "--max-num-batched-tokens",
+            "1024",
+            "--no-enable-chunked-prefill",
+        ],
+        "max_num_batched_tokens (1024) is smaller than max_model_len (2048)",
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def verdicts(vllm_python: Path) -> dict[str, Any]:
     """All command lines, rendered and negative, through the checker in one engine process."""
-    requests = [{"name": c.name, "argv": vllm_argv(c.argv)} for c in GATHERED.commands]
-    requests += [{"name": f"negative/{n}", "argv": vllm_argv(argv)} for n, (argv, _) in NEGATIVE.items()]
+    stand_in = str(engine.tiny_models()["llama-gqa"])  # the engine config reads a config.json
+    requests = [
+        {"name": c.name, "argv": vllm_argv(c.argv), "config_model": stand_in} for c in GATHERED.commands
+    ]
+    requests += [
+        {"name": f"negative/{n}", "argv": vllm_argv(argv), "config_model": stand_in}
+        for n, (argv, _) in NEGATIVE.items()
+    ]
     done = subprocess.run(
         [str(vllm_python), str(CHECKER)],
         input=json.dumps(requests),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmpack.advisor.architectures import find_architecture
+from llmpack.api.engine_flags import engine_flags
 from llmpack.api.llmdeployment import Policy
 from llmpack.hardware import MPS_MAX_CLIENTS
 
@@ -51,6 +52,17 @@ class AdvisorOptions(BaseModel):
         "spec.model.architecture.maxPositionEmbeddings); the profile's, read from config.json, wins.",
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Fixed batch size: skips the choice of B_opt.")
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The scheduler's token budget the spec fixes (--max-num-batched-tokens): vLLM "
+        "refuses a --max-num-seqs above it (vllm/config/scheduler.py), so B_opt stays within it.",
+    )
+    chunked_prefill: bool = Field(
+        True,
+        description="False where the spec turns chunked prefill off: then --max-model-len stays within "
+        "max_num_batched_tokens (vllm/config/scheduler.py).",
+    )
     max_batch: int | None = Field(
         None,
         ge=1,
@@ -85,6 +97,7 @@ def options_for_spec(spec: LLMDeploymentSpec) -> AdvisorOptions:
     `llmpack advise -f` use."""
     advisor = spec.advisor
     known = known_context_limit(spec)
+    flags = engine_flags(spec.serving.extra_args)
     return AdvisorOptions(
         policy=advisor.policy,
         epsilon=advisor.epsilon,
@@ -97,6 +110,8 @@ def options_for_spec(spec: LLMDeploymentSpec) -> AdvisorOptions:
         context_limit=known[0] if known else None,
         max_num_seqs=advisor.max_num_seqs,
         max_batch=None,  # the planner's, where a MIG slice holds less than B_opt
+        max_num_batched_tokens=flags.max_num_batched_tokens,
+        chunked_prefill=flags.chunked_prefill is not False,
         replicas_per_gpu=advisor.replicas_per_gpu,
         min_replica_gain=advisor.min_replica_gain,
     )

@@ -138,6 +138,23 @@ def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
     advisor's verdicts shown beside it and any SLO it breaks named."""
     if options.max_num_seqs is None:
         selection = bca.select_batch(profile.points, options)
+        budget = options.max_num_batched_tokens
+        if budget is not None and selection.b_opt > budget and (options.max_batch or budget) >= budget:
+            verdicts = [v.model_copy(update={"chosen": False}) for v in selection.verdicts]
+            text = (
+                f"B = {budget}: --max-num-batched-tokens {budget} bounds it (vLLM requires "
+                f"max_num_batched_tokens >= max_num_seqs); the advisor's B_opt = {selection.b_opt}. "
+                f"{selection.explanation}"
+            )
+            return BatchChoice(
+                budget,
+                "override",
+                verdicts,
+                selection.latency_cap_ms,
+                selection.latency_cap_source,
+                selection.b_min,
+                text,
+            )
         if options.max_batch is not None and selection.b_opt > options.max_batch:
             verdicts = [v.model_copy(update={"chosen": False}) for v in selection.verdicts]
             text = (
@@ -254,6 +271,13 @@ def size_replica(profile: Profile, options: AdvisorOptions, target: GPU, b_opt: 
             f"Requests may hold up to {max_model_len:,} tokens (prompt + output; --max-model-len): "
             f"{limit.describe()} and one replica's KV cache holds {budget.tokens:,}."
         )
+        scheduled = options.max_num_batched_tokens
+        if not options.chunked_prefill and scheduled is not None and max_model_len > scheduled:
+            # without chunked prefill a prompt is scheduled whole: vLLM refuses a longer context
+            max_model_len = scheduled
+            context_text += (
+                f" Without chunked prefill --max-num-batched-tokens {scheduled:,} bounds it to {scheduled:,}."
+            )
     return ReplicaSize(prompt, output, same_workload, budget, non_kv, max_model_len, context_text)
 
 

@@ -27,6 +27,7 @@ from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import vllm_args
 from llmpack.advisor.options import options_for_spec
+from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, engine_flags
 from llmpack.api.llmdeployment import (
     ADVISED,
     AVAILABLE,
@@ -177,11 +178,62 @@ def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> A
     gpu = _reported_gpu(spec, offers)
     if isinstance(gpu, Refused):
         return gpu
-    refusal = check_model(spec) or check_inference_pool(spec, context)
+    refusal = check_model(spec) or check_engine_flags(spec) or check_inference_pool(spec, context)
     if refusal is not None:
         return refusal
     key = key_of(spec, context)
     return Admitted(spec=spec, gpu=gpu, offers=offers, key=key, job=profiling_job_name(context.name, key))
+
+
+def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
+    """Engine flags of serving.extraArgs that no plan can honour, refused before any Job: a vLLM
+    spanning several GPUs (llmpack plans replicas of one GPU or less), and a scheduler budget
+    (--max-num-batched-tokens) below what the spec fixes elsewhere (vLLM refuses max_num_seqs or,
+    without chunked prefill, max_model_len above it: vllm/config/scheduler.py)."""
+    flags = engine_flags(spec.serving.extra_args)
+    if flags.devices > 1:
+        mode = spec.sharing.mode
+        if mode in ("mps", "mig"):
+            why = f"sharing.mode {mode} gives each replica one GPU or less (an MPS share or a MIG slice)"
+        else:
+            why = (
+                "llmpack sizes and places replicas of one GPU each (a replica spanning GPUs is not supported)"
+            )
+        return Refused(
+            PROGRESSING,
+            "ParallelismNotSupported",
+            f"serving.extraArgs {flags.parallelism_text()} makes each vllm serve use {flags.devices} GPUs, "
+            f"and {why}: remove the flag and let llmpack pack replicas, or serve a model that fits one GPU",
+        )
+    budget = flags.max_num_batched_tokens
+    if budget is None:
+        return None
+    spelled = flags.given[BATCHED_TOKENS_FLAG].spelling
+    fixed_batch = spec.advisor.max_num_seqs
+    if fixed_batch is not None and fixed_batch > budget:
+        return Refused(
+            PROGRESSING,
+            "InvalidSpec",
+            f"advisor.maxNumSeqs {fixed_batch} is above serving.extraArgs {spelled} {budget}: vLLM requires "
+            "max_num_batched_tokens >= max_num_seqs; raise the one or lower the other",
+        )
+    if flags.chunked_prefill is False:
+        request = spec.workload.prompt_tokens + spec.workload.output_tokens
+        length = spec.model.max_model_len
+        if (length or request) > budget:
+            what = (
+                f"model.maxModelLen {length} exceeds"
+                if length
+                else f"the typical request's {request} tokens exceed"
+            )
+            return Refused(
+                PROGRESSING,
+                "InvalidSpec",
+                f"{what} serving.extraArgs {spelled} {budget}, and without chunked prefill "
+                "vLLM schedules a whole prompt in one step: raise the budget or drop "
+                "--no-enable-chunked-prefill",
+            )
+    return None
 
 
 def check_inference_pool(spec: LLMDeploymentSpec, context: Context) -> Refused | None:

@@ -21,6 +21,7 @@ from llmpack.advisor.replica_memory import (
     ReplicaMemory,
     replica_memory,
 )
+from llmpack.api.engine_flags import engine_flags
 from llmpack.api.llmdeployment import AVAILABLE, LLMDeploymentSpec, MPSProvider, RecommendationStatus, SLOSpec
 from llmpack.hardware import GPU
 from llmpack.hardware.cluster import Offers
@@ -131,12 +132,27 @@ def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
     known = known_context_limit(spec)
     prompt, output = spec.workload.prompt_tokens, spec.workload.output_tokens
     if known is not None:
-        return memory.profiling_max_model_len(
-            known[0], prompt, output, max(spec.advisor.candidate_batch_sizes)
-        )
-    if spec.profiling.backend == "vllm":
+        length = memory.profiling_max_model_len(known[0], prompt, output, max(profiling_candidates(spec)))
+    elif spec.profiling.backend == "vllm":
         return None
-    return memory.unknown_context_for_profiling(prompt, output)
+    else:
+        length = memory.unknown_context_for_profiling(prompt, output)
+    flags = engine_flags(spec.serving.extra_args)
+    budget = flags.max_num_batched_tokens
+    if flags.chunked_prefill is False and budget is not None:
+        length = min(length, budget)  # vLLM refuses a longer context without chunked prefill
+    return length
+
+
+def profiling_candidates(spec: LLMDeploymentSpec) -> list[int]:
+    """The batches the profiling Job measures: advisor.candidateBatchSizes within the scheduler's
+    token budget the spec fixes (--max-num-batched-tokens; vLLM refuses a --max-num-seqs above it,
+    vllm/config/scheduler.py), the budget itself the largest."""
+    sizes = list(spec.advisor.candidate_batch_sizes)
+    budget = engine_flags(spec.serving.extra_args).max_num_batched_tokens
+    if budget is None or max(sizes) <= budget:
+        return sizes
+    return sorted({b for b in sizes if b < budget} | {budget})
 
 
 def profile_key(
@@ -158,7 +174,7 @@ def profile_key(
         "backend": spec.profiling.backend,
         "workload": spec.workload.to_k8s(),
         "sweep": effective_sweep(spec),
-        "candidates": spec.advisor.candidate_batch_sizes,
+        "candidates": profiling_candidates(spec),
     }
     if spec.serving.engine_args():  # only when set: keys of specs without them stay as they were
         data["engineArgs"] = spec.serving.engine_args()
@@ -207,7 +223,7 @@ def profiling_plan(
         "--sweep",
         effective_sweep(spec),
         "--candidates",
-        ",".join(str(b) for b in spec.advisor.candidate_batch_sizes),
+        ",".join(str(b) for b in profiling_candidates(spec)),
         "--result-configmap",
         ProfilingPlan.result_configmap_for(job),
         "--profile-key",

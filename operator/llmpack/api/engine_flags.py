@@ -1,0 +1,129 @@
+"""What a spec's serving.extraArgs fix about the engine that llmpack must plan around, read as
+vLLM 0.32's parser reads them (vllm/utils/argparse_utils.py FlexibleArgumentParser over the
+arguments of vllm/engine/arg_utils.py EngineArgs.add_cli_args): `--flag value` and `--flag=value`,
+underscores for dashes, an unambiguous prefix of a long flag (argparse's allow_abbrev, never
+turned off in vLLM), the short aliases (`-tp 2`, `-tp=2`), the last occurrence winning.
+
+- The devices one `vllm serve` uses: tensor x pipeline x prefill-context parallel (its world size,
+  vllm/config/parallel.py ParallelConfig.__post_init__) times the data-parallel engines it starts
+  on the node (--data-parallel-size-local, else --data-parallel-size; vllm/engine/arg_utils.py).
+  Decode context parallelism reuses the tensor-parallel ranks and adds none.
+- The scheduler's token budget and chunked prefill, which bound the batch and the context
+  (vllm/config/scheduler.py SchedulerConfig.verify_max_model_len: max_num_batched_tokens >=
+  max_num_seqs; without chunked prefill, max_num_batched_tokens >= max_model_len).
+
+Limits: a prefix is matched against the flags named here only (vLLM refuses one that is ambiguous
+among all its flags, which this cannot see; the rendered command is checked by vLLM itself in
+tests/engine); `--config FILE` (flags from a YAML file) is not read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# long flag -> its short alias (vllm/engine/arg_utils.py, EngineArgs.add_cli_args)
+PARALLEL_FLAGS: dict[str, str] = {
+    "--tensor-parallel-size": "-tp",
+    "--pipeline-parallel-size": "-pp",
+    "--prefill-context-parallel-size": "-pcp",
+    "--data-parallel-size": "-dp",
+    "--data-parallel-size-local": "-dpl",
+}
+BATCHED_TOKENS_FLAG = "--max-num-batched-tokens"
+CHUNKED_PREFILL_FLAGS = ("--enable-chunked-prefill", "--no-enable-chunked-prefill")
+KNOWN_FLAGS = (*PARALLEL_FLAGS, BATCHED_TOKENS_FLAG, *CHUNKED_PREFILL_FLAGS)
+
+# vLLM's human_readable_int (vllm/utils/argparse_utils.py): lower case decimal, upper case binary
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
+_HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgKMG]?)$")
+
+
+@dataclass(frozen=True)
+class Given:
+    """One flag as the spec gave it: the spelling (for messages) and the value."""
+
+    spelling: str
+    value: str
+
+
+@dataclass(frozen=True)
+class EngineFlags:
+    given: dict[str, Given] = field(default_factory=dict)  # canonical long flag -> last given
+
+    def int_of(self, flag: str) -> int | None:
+        found = self.given.get(flag)
+        return None if found is None else human_int(found.value)
+
+    @property
+    def world_size(self) -> int:
+        """GPUs one engine spans: tensor x pipeline x prefill-context parallel."""
+        size = 1
+        for flag in ("--tensor-parallel-size", "--pipeline-parallel-size", "--prefill-context-parallel-size"):
+            size *= self.int_of(flag) or 1
+        return size
+
+    @property
+    def data_parallel_engines(self) -> int:
+        """Engines one `vllm serve` starts on its node (data parallel)."""
+        local = self.int_of("--data-parallel-size-local")
+        return local if local is not None else self.int_of("--data-parallel-size") or 1
+
+    @property
+    def devices(self) -> int:
+        return self.world_size * self.data_parallel_engines
+
+    def parallelism_text(self) -> str:
+        """The parallel flags given, as written: "-tp 2 --data-parallel-size 2"."""
+        return " ".join(
+            f"{g.spelling} {g.value}" for f, g in self.given.items() if f in PARALLEL_FLAGS and g.value != "1"
+        )
+
+    @property
+    def max_num_batched_tokens(self) -> int | None:
+        return self.int_of(BATCHED_TOKENS_FLAG)
+
+    @property
+    def chunked_prefill(self) -> bool | None:
+        """False where the spec turns chunked prefill off, True where on, None: vLLM's default (on
+        for decoder language models, vllm/engine/arg_utils.py)."""
+        said = [f for f in self.given if f in CHUNKED_PREFILL_FLAGS]  # in the order last given
+        return None if not said else said[-1] == CHUNKED_PREFILL_FLAGS[0]
+
+
+def human_int(text: str) -> int | None:
+    """vLLM's reading of an integer flag ("2", "8k", "1K"); None where it would refuse it."""
+    match = _HUMAN_INT.match(text.strip())
+    if match is None:
+        return None
+    number = float(match.group(1)) * _SUFFIX.get(match.group(2), 1)
+    return int(number) if number == int(number) else None
+
+
+def canonical(option: str) -> str | None:
+    """The flag of KNOWN_FLAGS that vLLM reads `option` (the part before any `=`) as, or None."""
+    if option in PARALLEL_FLAGS.values():
+        return next(f for f, short in PARALLEL_FLAGS.items() if short == option)
+    if not option.startswith("--") or len(option) <= 2:
+        return None
+    name = option.replace("_", "-")
+    if name in KNOWN_FLAGS:
+        return name
+    matches = [f for f in KNOWN_FLAGS if f.startswith(name)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def engine_flags(extra_args: list[str]) -> EngineFlags:
+    """The flags of KNOWN_FLAGS in `extra_args`, each with its last value, in the order last given
+    (a boolean flag's value is "")."""
+    given: dict[str, Given] = {}
+    for i, arg in enumerate(extra_args):
+        option, eq, value = arg.partition("=")
+        flag = canonical(option)
+        if flag is None:
+            continue
+        if flag not in CHUNKED_PREFILL_FLAGS and not eq:
+            value = extra_args[i + 1] if i + 1 < len(extra_args) else ""
+        given.pop(flag, None)  # re-inserted last: `order` is the order last given
+        given[flag] = Given(option, value)
+    return EngineFlags(given)
