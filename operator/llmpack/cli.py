@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from llmpack.errors import UserError
@@ -74,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as err:
             print(f"llmpack {name}: {err}", file=sys.stderr)
             return 2
+        except ModuleNotFoundError:
+            raise  # an extra not installed: install_hint below names it
+        except Exception as err:  # a fault of llmpack's, not the input's: one line, not a traceback
+            if os.environ.get("LLMPACK_DEBUG"):
+                raise
+            print(
+                f"llmpack {name}: internal error: {type(err).__name__}: {' '.join(str(err).split())[:500]} "
+                "(a bug in llmpack: please report it with the input; LLMPACK_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            return 70  # EX_SOFTWARE
     except ModuleNotFoundError as err:
         if (hint := install_hint(name, err)) is None:
             raise

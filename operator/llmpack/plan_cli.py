@@ -114,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     )
     cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
     profile = read_profile(Path(args.profile)) if args.profile else None
+    admitted = planner.admit(spec, cluster, context)  # as the operator: refusals before any Job
+    if isinstance(admitted, Refused):
+        print(f"llmpack plan: {admitted.reason}: {admitted.message}", file=sys.stderr)
+        return 1
     if profile is None and args.simulate:
         profile = simulate(planner.profiling(spec, cluster, context))
     decision = planner.decide(spec, profile, cluster, context)
@@ -218,9 +222,14 @@ def simulate(profiling: ProfilingDecision) -> Profile:
     job_args = list(profiling.plan.args)
     job_args[job_args.index("--backend") + 1] = "simulated"
     args = parser.parse_args(job_args)
+    from llmpack.profiler.backend import BackendError
+
     candidates = profile_cli.parse_candidates(args.candidates) or []
-    backend = profile_cli.make_backend(args, candidates)
-    profile, _ = profile_cli.profile_with(backend, candidates, args.sweep)
+    try:
+        backend = profile_cli.make_backend(args, candidates)
+        profile, _ = profile_cli.profile_with(backend, candidates, args.sweep)
+    except BackendError as err:  # what the profiling Job would report, and fail with
+        raise UserError(f"the profiling Job would fail: {err}") from None
     return profile
 
 

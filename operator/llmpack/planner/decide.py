@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
-from llmpack.advisor.memory import vllm_args
+from llmpack.advisor.memory import GIB, vllm_args
 from llmpack.advisor.options import options_for_spec
 from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, engine_flags
 from llmpack.api.llmdeployment import (
@@ -40,6 +40,7 @@ from llmpack.api.profile import Profile
 from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, Offers
+from llmpack.hardware.gpus import GPUS
 from llmpack.hardware.sharing import MIG, Exclusive
 from llmpack.planner.cost import basis, cost_status
 from llmpack.planner.planning import (
@@ -178,7 +179,12 @@ def admit(spec: LLMDeploymentSpec, cluster: ClusterFacts, context: Context) -> A
     gpu = _reported_gpu(spec, offers)
     if isinstance(gpu, Refused):
         return gpu
-    refusal = check_model(spec) or check_engine_flags(spec) or check_inference_pool(spec, context)
+    refusal = (
+        check_model(spec)
+        or check_engine_flags(spec)
+        or check_weights(spec, gpu)
+        or check_inference_pool(spec, context)
+    )
     if refusal is not None:
         return refusal
     key = key_of(spec, context)
@@ -234,6 +240,43 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
                 "--no-enable-chunked-prefill",
             )
     return None
+
+
+# Flags that change the bytes of the weights on the GPU (online quantization): the weights of the
+# checkpoint then say nothing before profiling.
+QUANTIZATION_FLAGS = ("--quantization", "-q")
+
+
+def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
+    """A model whose weights alone exceed what one GPU offers a process, refused before any
+    profiling, naming what would serve it. Only where the weights are known before profiling
+    (spec.model.architecture, or the catalogue at the served dtype) and no quantization flag
+    changes them."""
+    if any(a.split("=", 1)[0] in QUANTIZATION_FLAGS for a in spec.serving.extra_args):
+        return None
+    arch = spec.model.architecture
+    known = find_architecture(spec.model.name)
+    dtype = spec.model.dtype
+    weights = arch.parameter_bytes if arch is not None else known.weight_bytes(dtype) if known else None
+    if weights is None or weights < gpu.usable_memory_bytes:
+        return None
+    larger = sorted(
+        (g for g in GPUS.values() if g.usable_memory_bytes > weights * 1.1),
+        key=lambda g: g.usable_memory_bytes,
+    )
+    bigger = (
+        f"a GPU with more memory ({', '.join(g.product for g in larger[:3])})"
+        if larger
+        else "no GPU in llmpack's catalogue holds them"
+    )
+    return Refused(
+        PROGRESSING,
+        "WeightsDoNotFit",
+        f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB and one {gpu.product} offers a "
+        f"process {gpu.usable_memory_bytes / GIB:.1f} GiB: serve it on {bigger}, from a quantized "
+        "checkpoint (FP8 halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), or with tensor "
+        "parallelism across GPUs (which llmpack does not plan yet)",
+    )
 
 
 def check_inference_pool(spec: LLMDeploymentSpec, context: Context) -> Refused | None:

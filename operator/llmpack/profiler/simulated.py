@@ -88,7 +88,8 @@ class SimulatedBackend(Backend):
                 f"{self.model.name} does not fit on {self.gpu_facts.product}: the KV cache left after "
                 f"{self.model.weight_bytes / GIB:.1f} GiB of weights holds {self.kv_capacity_tokens:,} "
                 "tokens, "
-                f"fewer than --max-model-len {self.request.max_model_len}"
+                f"fewer than --max-model-len {self.request.max_model_len}: set spec.model.maxModelLen to at "
+                f"most {self.kv_capacity_tokens}, or serve on a GPU with more memory"
             )
 
     # -- the model ----------------------------------------------------------------------------
