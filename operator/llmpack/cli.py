@@ -49,6 +49,11 @@ EXTRAS: dict[str, str | None] = {
 }
 
 
+# Commands a person runs at a terminal: an unexpected error is one line (LLMPACK_DEBUG=1: the
+# traceback). The others run in pods, where the traceback in the log is what a report needs.
+INTERACTIVE = frozenset({"advise", "predict", "plan", "crd"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmpack", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -78,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError:
             raise  # an extra not installed: install_hint below names it
         except Exception as err:  # a fault of llmpack's, not the input's: one line, not a traceback
-            if os.environ.get("LLMPACK_DEBUG"):
-                raise
+            if os.environ.get("LLMPACK_DEBUG") or name not in INTERACTIVE:
+                raise  # in a pod (operator, profile, launch, fill) the traceback is the report
             print(
                 f"llmpack {name}: internal error: {type(err).__name__}: {' '.join(str(err).split())[:500]} "
                 "(a bug in llmpack: please report it with the input; LLMPACK_DEBUG=1 shows the traceback)",

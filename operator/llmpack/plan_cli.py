@@ -119,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmpack plan: {admitted.reason}: {admitted.message}", file=sys.stderr)
         return 1
     if profile is None and args.simulate:
-        profile = simulate(planner.profiling(spec, cluster, context))
+        simulated = simulate(planner.profiling(spec, cluster, context))
+        if isinstance(simulated, Refused):
+            print(f"llmpack plan: {simulated.reason}: {simulated.message}", file=sys.stderr)
+            return 1
+        profile = simulated
     decision = planner.decide(spec, profile, cluster, context)
     if isinstance(decision, ProfilingDecision) and decision.capacity_refusal:
         decision = decision.capacity_refusal
@@ -213,8 +217,9 @@ def read_profile(path: Path) -> Profile:
         raise UserError(f"{path}: {err}") from None
 
 
-def simulate(profiling: ProfilingDecision) -> Profile:
-    """What the profiling Job would publish with the simulated backend, from its own arguments."""
+def simulate(profiling: ProfilingDecision) -> Profile | Refused:
+    """What the profiling Job would publish with the simulated backend, from its own arguments; or
+    what it would fail with, as the status would say (ProfilingFailed)."""
     from llmpack.profiler import cli as profile_cli
 
     parser = argparse.ArgumentParser()
@@ -229,7 +234,7 @@ def simulate(profiling: ProfilingDecision) -> Profile:
         backend = profile_cli.make_backend(args, candidates)
         profile, _ = profile_cli.profile_with(backend, candidates, args.sweep)
     except BackendError as err:  # what the profiling Job would report, and fail with
-        raise UserError(f"the profiling Job would fail: {err}") from None
+        return Refused(PROFILE_READY, "ProfilingFailed", f"the profiling Job would fail: {err}")
     return profile
 
 

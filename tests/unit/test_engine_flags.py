@@ -34,7 +34,7 @@ QWEN = {
         (["-pp", "2", "-tp", "2"], 4, "-pp 2 -tp 2"),
         (["--prefill-context-parallel-size", "2"], 2, "--prefill-context-parallel-size 2"),
         (["--data-parallel-size", "2"], 2, "--data-parallel-size 2"),
-        (["-dp", "4", "-dpl", "2"], 2, "-dp 4 -dpl 2"),
+        (["-dp", "4", "-dpl", "2"], 4, "-dp 4 -dpl 2"),  # engines on other nodes count too
         (["-tp", "2", "--tensor-parallel-size", "1"], 1, ""),  # the last one wins
         (["--decode-context-parallel-size", "2"], 1, ""),  # reuses the tensor-parallel ranks
     ],
@@ -117,4 +117,23 @@ def test_without_chunked_prefill_the_budget_bounds_the_context():
 def test_a_budget_that_contradicts_the_spec_is_refused_before_any_job(spec: dict[str, Any], says: str):
     run = reconcile_through({**OPT, **spec}, play=False)
     assert run.status["phase"] == "Failed" and says in run.status["message"], run.status
+    assert not run.kube.applied
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-tp"], "-tp (no value)"),
+        (["-tp", "--enforce-eager"], "-tp (no value)"),
+        (["--tensor-parallel-size", "two"], "--tensor-parallel-size 'two'"),
+        (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens '0'"),
+        (["--max-num-batched-tokens", "2.5"], "--max-num-batched-tokens '2.5'"),
+        (["--max-num-batched-tokens", "9" * 400], "--max-num-batched-tokens '999"),
+    ],
+)
+def test_an_engine_flag_vllm_would_not_read_is_refused_before_any_job(args, says):
+    run = reconcile_through({**OPT, "serving": {"extraArgs": args}}, play=False)
+    assert run.status["phase"] == "Failed", run.status
+    assert run.status["message"].startswith(f"serving.extraArgs {says}")
+    assert "vLLM takes a whole number of at least 1 there" in run.status["message"]
     assert not run.kube.applied

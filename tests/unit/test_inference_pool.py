@@ -105,3 +105,11 @@ def test_the_chart_flag_takes_service_and_port_and_refuses_anything_else():
     for bad in ("vllm-epp", "Vllm:9002", "epp:0", "epp:70000", ":9002"):
         with pytest.raises(Exception, match="is not SERVICE:PORT"):
             endpoint_picker(bad)
+
+
+def test_the_pool_comes_last_so_a_missing_crd_keeps_the_autoscaler():
+    """A refused apply stops the ones after it (controller/act.py): the pool, whose CRD may be
+    missing, is applied after the HorizontalPodAutoscaler."""
+    spec = {**DRA, "serving": POOL, "autoscaling": {"minGPUs": 1, "maxGPUs": 2}}
+    kinds = [o["kind"] for o in reconcile_through(spec).kube.applied if o["kind"] != "Job"]
+    assert kinds[-2:] == ["HorizontalPodAutoscaler", "InferencePool"], kinds

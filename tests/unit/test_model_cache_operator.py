@@ -166,34 +166,47 @@ def test_a_failed_fill_says_why_and_a_new_token_is_a_new_job():
     assert len(objects(kube, "PersistentVolumeClaim")) == 1, "the same claim, filled by the new Job"
 
 
-def test_a_new_revision_fills_a_new_cache_and_prunes_the_old_one_and_no_cache_prunes_all():
+def test_a_new_revision_fills_a_new_cache_and_prunes_the_old_one_once_full_and_no_cache_prunes_all():
     kube, again = run(SPEC)
     again()
     (old_claim,) = objects(kube, "PersistentVolumeClaim")
-    again({**SPEC, "model": {**SPEC["model"], "revision": "v2"}})
-    assert ("delete", "PersistentVolumeClaim", "team-a", old_claim) in kube.calls
+    v2 = {**SPEC, "model": {**SPEC["model"], "revision": "v2"}}
+    again(v2)
     (new_claim,) = [n for n in objects(kube, "PersistentVolumeClaim") if n != old_claim]
+    assert ("delete", "PersistentVolumeClaim", "team-a", old_claim) not in kube.calls, (
+        "pods serving from the old cache may restart while the new one fills"
+    )
+    (new_fill,) = [j for j in objects(kube, "Job").values() if j["metadata"]["name"].startswith(new_claim)]
+    complete(new_fill)
+    again(v2)
+    assert ("delete", "PersistentVolumeClaim", "team-a", old_claim) in kube.calls
     status = again({**SPEC, "model": {k: v for k, v in SPEC["model"].items() if k != "cache"}})
     assert ("delete", "PersistentVolumeClaim", "team-a", new_claim) in kube.calls
     assert "modelCache" not in status and all(c["type"] != "ModelCached" for c in status["conditions"])
 
 
 def test_a_deleted_claim_is_filled_again_before_anything_loads_from_it():
-    """A user clearing a corrupt cache deletes its claim: while pods still hold it the status says
-    so and nothing is filled into it; once it is gone a new claim is filled by a new run of the
-    Job (the old run's success no longer holds)."""
+    """A user clearing a corrupt cache deletes its claim: the serving pods that hold it are stopped
+    (their Deployment deleted) so that it can go, the status says so and nothing is filled into it;
+    once it is gone a new claim is filled by a new run of the Job (the old run's success no longer
+    holds)."""
     kube, again = run(SPEC)
     again()
     (fill,) = objects(kube, "Job").values()
     complete(fill)
     assert again()["modelCache"]["phase"] == "Ready"
+    profiler = next(j for j in objects(kube, "Job").values() if j is not fill)
+    finish_profiling_of(kube, profiler)
+    assert again()["phase"] == "Deploying"
+    (deployment,) = objects(kube, "Deployment")
     (claim,) = objects(kube, "PersistentVolumeClaim")
     key = ("PersistentVolumeClaim", "team-a", claim)
     kube.objects[key]["metadata"]["deletionTimestamp"] = "2026-12-05T07:00:00Z"
     status = again()
     assert ("delete", "Job", "team-a", fill["metadata"]["name"]) in kube.calls
     assert status["phase"] == "Pending" and status["modelCache"]["phase"] == "Filling", status
-    assert "was deleted and goes once no pod mounts it" in status["message"]
+    assert "the serving pods that mount it are stopped so that it goes" in status["message"]
+    assert ("delete", "Deployment", "team-a", deployment) in kube.calls
     del kube.objects[key]  # the last pod that mounted it went
     kube.objects.pop(("Job", "team-a", fill["metadata"]["name"]), None)
     status = again()

@@ -49,9 +49,11 @@ def plan(tmp_path: Path, spec: dict[str, Any], capsys, *extra: str) -> tuple[int
 
 def test_a_profiling_run_that_would_fail_is_one_line_with_what_to_change(tmp_path, capsys):
     code, err = plan(tmp_path, QWEN3_NEXT, capsys)
-    assert code == 2
+    assert code == 1, "as every refusal of llmpack plan"
     (line,) = err.splitlines()
-    assert line.startswith("llmpack plan: the profiling Job would fail: Qwen/Qwen3-Next-80B-A3B-Instruct")
+    assert line.startswith(
+        "llmpack plan: ProfilingFailed: the profiling Job would fail: Qwen/Qwen3-Next-80B-A3B-Instruct"
+    )
     assert "set spec.model.maxModelLen to at most" in line
 
 

@@ -422,6 +422,23 @@ def config_hash(plan: ServingPlan) -> str:
     ]
 
 
+# The config hash of each base plan, as the operator's release before spec.model.cache and
+# spec.serving.inferencePool rendered it: a plan that uses neither must keep it, or upgrading the
+# operator rolls every serving pod of the cluster. A change that really changes the pods updates
+# these on purpose.
+PINNED_HASHES = {
+    "exclusive": "ab54cb970b5d2576",
+    "mps-dra": "86c237271bdb91b2",
+    "mps-device-plugin": "bab92061d9b8fee7",
+    "mig": "d70b36a15f3419d3",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_operator_upgrade_that_adds_optional_fields_rolls_no_pod(mode):
+    assert serving_plan(mode).config_hash() == PINNED_HASHES[mode]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_pods_roll_when_a_flag_changes_and_not_when_only_the_owner_uid_does(mode):
     plan = serving_plan(mode)

@@ -148,7 +148,7 @@ def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
             )
             return BatchChoice(
                 budget,
-                "override",
+                "scheduler",
                 verdicts,
                 selection.latency_cap_ms,
                 selection.latency_cap_source,

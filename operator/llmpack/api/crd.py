@@ -146,8 +146,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _resolve(v, defs) for k, v in node.items() if k not in _DROP_KEYS}
 
 
-# Set by _structural on an Optional field's node whose default is None, read and removed by
-# _default_nested_objects (never reaches a schema).
+# Set by _structural on an Optional field's node whose default is None, read by
+# _default_nested_objects and stripped by _unmarked (never reaches a schema).
 _ABSENT_MEANS_OFF = "x-llmpack-absent-means-off"
 
 

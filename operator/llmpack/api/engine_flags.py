@@ -32,11 +32,15 @@ PARALLEL_FLAGS: dict[str, str] = {
 }
 BATCHED_TOKENS_FLAG = "--max-num-batched-tokens"
 CHUNKED_PREFILL_FLAGS = ("--enable-chunked-prefill", "--no-enable-chunked-prefill")
-KNOWN_FLAGS = (*PARALLEL_FLAGS, BATCHED_TOKENS_FLAG, *CHUNKED_PREFILL_FLAGS)
+QUANTIZATION_FLAG = "--quantization"  # short -q: online quantization changes the weights' bytes
+SHORT_FLAGS = {**{short: flag for flag, short in PARALLEL_FLAGS.items()}, "-q": QUANTIZATION_FLAG}
+KNOWN_FLAGS = (*PARALLEL_FLAGS, BATCHED_TOKENS_FLAG, *CHUNKED_PREFILL_FLAGS, QUANTIZATION_FLAG)
+# Beyond any machine: a value above this is a typo, not a size (and stays an exact int)
+MAX_INT = 2**53
 
 # vLLM's human_readable_int (vllm/utils/argparse_utils.py): lower case decimal, upper case binary
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
-_HUMAN_INT = re.compile(r"^(\d+(?:\.\d+)?)([kmgKMG]?)$")
+_HUMAN_INT = re.compile(r"^(\d{1,16})(?:\.(\d{1,9}))?([kmgKMG]?)$")
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,27 @@ class EngineFlags:
     given: dict[str, Given] = field(default_factory=dict)  # canonical long flag -> last given
 
     def int_of(self, flag: str) -> int | None:
+        """The flag's value as vLLM reads it (a plain int for the parallel sizes, vLLM's
+        human-readable int for the token budget); None where not given or unreadable."""
         found = self.given.get(flag)
-        return None if found is None else human_int(found.value)
+        if found is None:
+            return None
+        if flag in PARALLEL_FLAGS:
+            return int(found.value) if found.value.isdigit() and len(found.value) < 10 else None
+        return human_int(found.value)
+
+    def unreadable(self) -> list[str]:
+        """Integer flags given without a value vLLM would take ("-tp x", "--max-num-batched-tokens
+        0", a flag with nothing after it), as written."""
+        bad = []
+        for flag in (*PARALLEL_FLAGS, BATCHED_TOKENS_FLAG):
+            given, value = self.given.get(flag), self.int_of(flag)
+            least = 0 if flag == "--data-parallel-size-local" else 1
+            if given is not None and (value is None or value < least):
+                bad.append(
+                    f"{given.spelling} {given.value!r}" if given.value else f"{given.spelling} (no value)"
+                )
+        return bad
 
     @property
     def world_size(self) -> int:
@@ -65,9 +88,9 @@ class EngineFlags:
 
     @property
     def data_parallel_engines(self) -> int:
-        """Engines one `vllm serve` starts on its node (data parallel)."""
-        local = self.int_of("--data-parallel-size-local")
-        return local if local is not None else self.int_of("--data-parallel-size") or 1
+        """Data-parallel engines of one deployment of vLLM (on this node, or across nodes where
+        --data-parallel-size-local splits them): more than one replica's GPU either way."""
+        return max(self.int_of("--data-parallel-size") or 1, self.int_of("--data-parallel-size-local") or 1)
 
     @property
     def devices(self) -> int:
@@ -92,18 +115,25 @@ class EngineFlags:
 
 
 def human_int(text: str) -> int | None:
-    """vLLM's reading of an integer flag ("2", "8k", "1K"); None where it would refuse it."""
+    """vLLM's reading of an integer flag ("2", "8k", "1K", "1.5k"); None where it would refuse it
+    or the value is beyond any machine (MAX_INT)."""
     match = _HUMAN_INT.match(text.strip())
     if match is None:
         return None
-    number = float(match.group(1)) * _SUFFIX.get(match.group(2), 1)
-    return int(number) if number == int(number) else None
+    whole, fraction, suffix = match.group(1), match.group(2) or "", match.group(3)
+    scale = _SUFFIX.get(suffix, 1)
+    numerator = int(whole + fraction) * scale
+    denominator = 10 ** len(fraction)
+    if numerator % denominator:
+        return None
+    value = numerator // denominator
+    return value if value <= MAX_INT else None
 
 
 def canonical(option: str) -> str | None:
     """The flag of KNOWN_FLAGS that vLLM reads `option` (the part before any `=`) as, or None."""
-    if option in PARALLEL_FLAGS.values():
-        return next(f for f, short in PARALLEL_FLAGS.items() if short == option)
+    if option in SHORT_FLAGS:
+        return SHORT_FLAGS[option]
     if not option.startswith("--") or len(option) <= 2:
         return None
     name = option.replace("_", "-")
@@ -123,7 +153,8 @@ def engine_flags(extra_args: list[str]) -> EngineFlags:
         if flag is None:
             continue
         if flag not in CHUNKED_PREFILL_FLAGS and not eq:
-            value = extra_args[i + 1] if i + 1 < len(extra_args) else ""
+            following = extra_args[i + 1] if i + 1 < len(extra_args) else ""
+            value = "" if following.startswith("-") else following  # a flag next: no value
         given.pop(flag, None)  # re-inserted last: `order` is the order last given
         given[flag] = Given(option, value)
     return EngineFlags(given)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmpack.api.llmdeployment import Policy
 
-BOptSource = Literal["advisor", "override", "memory"]
+BOptSource = Literal["advisor", "override", "memory", "scheduler"]
 
 
 class RecommendationModel(BaseModel):
@@ -60,7 +60,8 @@ class Recommendation(RecommendationModel):
     b_opt_source: BOptSource = Field(
         "advisor",
         description="advisor: chosen from the profile; override: fixed by the user; memory: the "
-        "largest batch one replica can hold in the memory offered (a MIG slice), below the advisor's.",
+        "largest batch one replica can hold in the memory offered (a MIG slice), below the advisor's; "
+        "scheduler: the --max-num-batched-tokens the spec fixes, below the advisor's.",
     )
     candidates: list[CandidateVerdict] = Field(default_factory=list)
     measured_tokens_per_s: float | None = Field(

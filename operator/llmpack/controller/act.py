@@ -78,7 +78,7 @@ class Actor:
             answered = self.kube.apply(obj)
         except KubeError as err:
             self.applied.pop(key, None)
-            if err.error_class is ErrorClass.NOT_FOUND:
+            if err.error_class is ErrorClass.NOT_FOUND and "page not found" in err.message:
                 # an apply creates what is missing: a 404 says the API server serves no such kind
                 # (a CRD not installed: an InferencePool without the Gateway API Inference Extension)
                 return ApplyRefusal(

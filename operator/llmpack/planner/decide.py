@@ -27,7 +27,7 @@ from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.memory import GIB, vllm_args
 from llmpack.advisor.options import options_for_spec
-from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, engine_flags
+from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, QUANTIZATION_FLAG, engine_flags
 from llmpack.api.llmdeployment import (
     ADVISED,
     AVAILABLE,
@@ -197,6 +197,13 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
     (--max-num-batched-tokens) below what the spec fixes elsewhere (vLLM refuses max_num_seqs or,
     without chunked prefill, max_model_len above it: vllm/config/scheduler.py)."""
     flags = engine_flags(spec.serving.extra_args)
+    if unreadable := flags.unreadable():
+        return Refused(
+            PROGRESSING,
+            "InvalidSpec",
+            f"serving.extraArgs {', '.join(unreadable)}: vLLM takes a whole number of at least 1 there "
+            "(a --max-num-batched-tokens may be written 8k or 8K)",
+        )
     if flags.devices > 1:
         mode = spec.sharing.mode
         if mode in ("mps", "mig"):
@@ -242,18 +249,13 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
     return None
 
 
-# Flags that change the bytes of the weights on the GPU (online quantization): the weights of the
-# checkpoint then say nothing before profiling.
-QUANTIZATION_FLAGS = ("--quantization", "-q")
-
-
 def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
     """A model whose weights alone exceed what one GPU offers a process, refused before any
     profiling, naming what would serve it. Only where the weights are known before profiling
     (spec.model.architecture, or the catalogue at the served dtype) and no quantization flag
     changes them."""
-    if any(a.split("=", 1)[0] in QUANTIZATION_FLAGS for a in spec.serving.extra_args):
-        return None
+    if QUANTIZATION_FLAG in engine_flags(spec.serving.extra_args).given:
+        return None  # online quantization: the checkpoint's bytes say nothing before profiling
     arch = spec.model.architecture
     known = find_architecture(spec.model.name)
     dtype = spec.model.dtype
@@ -265,17 +267,17 @@ def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
         key=lambda g: g.usable_memory_bytes,
     )
     bigger = (
-        f"a GPU with more memory ({', '.join(g.product for g in larger[:3])})"
+        f"serve it on a GPU with more memory ({', '.join(g.product for g in larger[:3])}), "
         if larger
-        else "no GPU in llmpack's catalogue holds them"
+        else "no GPU in llmpack's catalogue holds them; serve it "
     )
     return Refused(
         PROGRESSING,
         "WeightsDoNotFit",
         f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB and one {gpu.product} offers a "
-        f"process {gpu.usable_memory_bytes / GIB:.1f} GiB: serve it on {bigger}, from a quantized "
-        "checkpoint (FP8 halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), or with tensor "
-        "parallelism across GPUs (which llmpack does not plan yet)",
+        f"process {gpu.usable_memory_bytes / GIB:.1f} GiB: {bigger}from a quantized checkpoint (FP8 "
+        "halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), or with tensor parallelism across "
+        "GPUs (which llmpack does not plan yet)",
     )
 
 

@@ -131,17 +131,16 @@ def profiling_max_model_len(spec: LLMDeploymentSpec) -> int | None:
         return spec.model.max_model_len
     known = known_context_limit(spec)
     prompt, output = spec.workload.prompt_tokens, spec.workload.output_tokens
+    flags = engine_flags(spec.serving.extra_args)
+    budget = flags.max_num_batched_tokens if flags.chunked_prefill is False else None
     if known is not None:
         length = memory.profiling_max_model_len(known[0], prompt, output, max(profiling_candidates(spec)))
     elif spec.profiling.backend == "vllm":
-        return None
+        return budget  # None: the profiler's rule on the model's config.json
     else:
         length = memory.unknown_context_for_profiling(prompt, output)
-    flags = engine_flags(spec.serving.extra_args)
-    budget = flags.max_num_batched_tokens
-    if flags.chunked_prefill is False and budget is not None:
-        length = min(length, budget)  # vLLM refuses a longer context without chunked prefill
-    return length
+    # without chunked prefill vLLM refuses a context above --max-num-batched-tokens
+    return length if budget is None else min(length, budget)
 
 
 def profiling_candidates(spec: LLMDeploymentSpec) -> list[int]:

@@ -221,15 +221,18 @@ def _stop(refused: Refused) -> Stop:
 def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings: Settings) -> Stop | None:
     """Fill the model cache of spec.model.cache before anything loads the model (the profiling Job
     and the serving pods load it offline); None once it is full, or without one. Caches and fill
-    Jobs of another model, revision or token are pruned (a claim only once no pod uses it: its
-    kubernetes.io/pvc-protection finalizer waits for that)."""
+    Jobs of another model, revision or token are pruned; their claims once the new cache is full
+    (pods still serving from an old one can restart meanwhile), and then only once no pod mounts
+    them (their kubernetes.io/pvc-protection finalizer waits for that)."""
     plan = planner.model_cache(admitted.spec, snapshot.context)
     namespace = snapshot.context.namespace
     for seen in snapshot.model_caches:
         if plan is None or seen.name != plan.job:
             draft.delete.append(ObjectRef("Job", namespace, seen.name))
+    current = None if plan is None else next((s for s in snapshot.model_caches if s.name == plan.job), None)
+    filled = current is not None and "Complete" in _job_conditions(current.job)
     for claim in snapshot.model_cache_claims:
-        if plan is None or claim != plan.name:
+        if plan is None or (claim != plan.name and filled):
             draft.delete.append(ObjectRef("PersistentVolumeClaim", namespace, claim))
     status = draft.status
     if plan is None:
@@ -244,15 +247,19 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
         return _refused(
             refused, MODEL_CACHED, serving=_serving_now(snapshot), settings=settings, namespace=namespace
         )
-    current = next((seen for seen in snapshot.model_caches if seen.name == plan.job), None)
     if plan.name in snapshot.model_cache_claims_deleted:
         # a user deleted the claim (clearing a corrupt cache): what the Job filled is going, so its
-        # success says nothing any more; a new claim can be made only once the old one is gone
+        # success says nothing any more; a new claim can be made only once the old one is gone, and
+        # it goes only once no pod mounts it: the serving pods are stopped (they could not restart
+        # on a claim being deleted either) and come back once the new cache is full
         if current is not None:
             draft.delete.append(ObjectRef("Job", namespace, plan.job))
+        draft.delete += [
+            ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
+        ]
         gone = (
-            f"the model cache's claim {plan.name} was deleted and goes once no pod mounts it "
-            "(kubernetes.io/pvc-protection); then it is filled again"
+            f"the model cache's claim {plan.name} was deleted: the serving pods that mount it are "
+            "stopped so that it goes (kubernetes.io/pvc-protection); then it is filled again and they start"
         )
         status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Filling", message=gone)
         return Stop("Pending", MODEL_CACHED, "Filling", gone, value=None)

@@ -140,8 +140,8 @@ def chosen_files(files: list[RepoFile]) -> list[RepoFile]:
 
 
 def check_space(files: list[RepoFile], cache_dir: Path) -> None:
-    """Refuse before downloading when the files cannot fit: what is free plus what an earlier run
-    already stored for them."""
+    """Refuse before downloading when the files cannot fit in what is free plus what the cache
+    folder already holds (an earlier run's files, which a rerun does not download again)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     needed = sum(f.size for f in files)
     present = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file() and not p.is_symlink())
@@ -210,9 +210,9 @@ def _repo_file(sibling: Any) -> RepoFile:
 
 
 def _write_ref(cache_dir: Path, model: str, revision: str, commit: str) -> None:
-    refs = cache_dir / f"models--{model.replace('/', '--')}" / "refs"
-    refs.mkdir(parents=True, exist_ok=True)
-    (refs / revision).write_text(commit, encoding="utf-8")
+    ref = cache_dir / f"models--{model.replace('/', '--')}" / "refs" / revision  # refs/pr/1 nests
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit, encoding="utf-8")
 
 
 def _sha256(path: Path) -> str:

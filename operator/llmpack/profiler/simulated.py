@@ -83,6 +83,14 @@ class SimulatedBackend(Backend):
 
     def start(self) -> None:
         # vLLM refuses to start without room for one sequence of max-model-len (FACTS 1.1)
+        request = self.request.prompt_tokens + self.request.output_tokens
+        if self.kv_capacity_tokens < min(request, self.request.max_model_len):
+            raise BackendError(
+                f"{self.model.name} does not fit on {self.gpu_facts.product}: the KV cache left after "
+                f"{self.model.weight_bytes / GIB:.1f} GiB of weights holds {self.kv_capacity_tokens:,} "
+                f"tokens, fewer than one typical request of {request:,}: serve on a GPU with more memory "
+                "or from a quantized checkpoint"
+            )
         if self.kv_capacity_tokens < self.request.max_model_len:
             raise BackendError(
                 f"{self.model.name} does not fit on {self.gpu_facts.product}: the KV cache left after "

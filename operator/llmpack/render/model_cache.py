@@ -4,7 +4,7 @@ Pure, like render/serving.py, whose pod building blocks it shares. The Job runs 
 fill-model-cache` (in the profiler's image) with the claim mounted read-write; the profiling Job
 and the serving pods mount the same claim read-only and load offline (serving.model_cache_env).
 The Job is kept after it succeeds: its success is the operator's record that the cache is full
-(the fill command verifies what is there and writes a marker last, so running it again is cheap).
+(the fill command verifies every file it downloaded; run again, it downloads nothing already there).
 
 Limits: one cache per LLMDeployment and model revision (two LLMDeployments of one model in a
 namespace each fill their own); no cache crosses namespaces, so a gated model's files, fetched

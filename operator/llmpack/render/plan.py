@@ -147,6 +147,8 @@ class ServingPlan(Frozen):
         whole pods and leaves the others serving, nor of the NetworkPolicy or the InferencePool,
         separate objects (except where the pool makes a router's replicas listen on the pod IP)."""
         outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from", "inference_pool"}
+        if self.model_cache_claim is None:
+            outside_pods.add("model_cache_claim")  # plans without a cache hash as they did before it
         pods = self.model_dump(mode="json", exclude=outside_pods)
         if self.inference_pool is not None and self.sharing.replicas_behind_router:
             pods["replicas_exposed"] = True  # the pool reaches replicas through the pod IP

@@ -120,8 +120,7 @@ def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
     }[sharing](plan)
     claim = [mps_claim_template(plan)] if sharing.uses_claim_template else []
     policy = [serving_network_policy(plan)] if plan.network_policy_from is not None else []
-    pool = [inference_pool(plan)] if plan.inference_pool is not None else []
-    return [*claim, deployment, serving_service(plan), *policy, *pool]
+    return [*claim, deployment, serving_service(plan), *policy]
 
 
 # -- one Deployment per mode -------------------------------------------------------------------------
