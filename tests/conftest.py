@@ -91,6 +91,9 @@ def namespace(request, admin_api) -> str:
     import kube
 
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = kube.create_namespace(admin_api, f"{stem}-{uuid.uuid4().hex[:5]}")
+    # The stem is the same for every case of a parametrized test, so the suffix alone tells them
+    # apart: 40 random bits (5 hex digits collided once in a run of test_crd_bounds' ~100 cases,
+    # a name still terminating from the earlier case)
+    name = kube.create_namespace(admin_api, f"{stem}-{uuid.uuid4().hex[:10]}")
     yield name
     kube.delete_namespace(admin_api, name)

@@ -241,8 +241,8 @@ OPERATOR_CASES: list[Served] = [
             "profiling": {"backoffLimit": 0},
             **EXCLUSIVE,
         },
-        "ProfilingFailed",
-        ("does not fit on NVIDIA-H100-80GB-HBM3", "186.3 GiB of weights"),
+        "WeightsDoNotFit",  # refused before any profiling: the weights alone exceed the GPU
+        ("the weights of acme/huge-100b take 186.3 GiB", "NVIDIA-H100-80GB-HBM3", "quantized checkpoint"),
     ),
     Served(
         "product-without-nodes",

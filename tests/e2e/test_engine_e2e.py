@@ -124,13 +124,14 @@ def test_a_start_the_engine_refuses_fails_with_the_engines_root_cause(
     refused = manifest(
         "refused",
         model,
-        serving={"extraArgs": ["--max-num-batched-tokens", "1"]},
+        # a scheduler check llmpack does not plan around (vllm/config/scheduler.py)
+        serving={"extraArgs": ["--long-prefill-token-threshold", "100000"]},
         profiling={"backoffLimit": 0},
     )
     kubectl("apply", "-n", namespace, "-f", "-", input=refused)
     status = wait_phase(kube_admin, engine_player, namespace, "refused", ("Failed", "Ready"), 600)
     assert status["phase"] == "Failed", status
     message = status["message"]
-    assert "max_num_batched_tokens (1) must be greater than or equal to max_num_seqs" in message, message
+    assert "long_prefill_token_threshold (100000) cannot be greater than the max_model_len" in message
     assert "raised at vllm/" in message
     assert "See root cause above" not in message.split("last lines")[0]
