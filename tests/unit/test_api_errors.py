@@ -196,6 +196,9 @@ NOT_FOUND = (
         code=404,
     ),
 )
+# What the API server answers for a resource path it does not serve (a CRD not installed): its
+# plain-text 404 page, no Status.
+UNSERVED_KIND = (404, "404 page not found\n")
 TOO_MANY_REQUESTS = (
     429,
     status_body(
@@ -260,6 +263,7 @@ CLASSES = {
     "conflict": (CONFLICT, ErrorClass.TRANSIENT),
     "already-exists": (ALREADY_EXISTS, ErrorClass.TRANSIENT),
     "not-found": (NOT_FOUND, ErrorClass.NOT_FOUND),
+    "unserved-kind": (UNSERVED_KIND, ErrorClass.KIND_NOT_SERVED),
     "too-many-requests": (TOO_MANY_REQUESTS, ErrorClass.TRANSIENT),
     "timeout": (TIMEOUT, ErrorClass.TRANSIENT),
     "webhook-unreachable": (WEBHOOK_UNREACHABLE, ErrorClass.TRANSIENT),
@@ -276,7 +280,13 @@ def test_each_status_the_api_server_answers_is_classified(case):
     assert err.retryable is (expected is ErrorClass.TRANSIENT)
     assert err.refusal is (
         expected
-        in (ErrorClass.ADMISSION_DENIED, ErrorClass.QUOTA_EXCEEDED, ErrorClass.REJECTED, ErrorClass.FORBIDDEN)
+        in (
+            ErrorClass.ADMISSION_DENIED,
+            ErrorClass.QUOTA_EXCEEDED,
+            ErrorClass.REJECTED,
+            ErrorClass.FORBIDDEN,
+            ErrorClass.KIND_NOT_SERVED,
+        )
     )
 
 

@@ -138,37 +138,17 @@ def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
     advisor's verdicts shown beside it and any SLO it breaks named."""
     if options.max_num_seqs is None:
         selection = bca.select_batch(profile.points, options)
-        budget = options.max_num_batched_tokens
-        if budget is not None and selection.b_opt > budget and (options.max_batch or budget) >= budget:
-            verdicts = [v.model_copy(update={"chosen": False}) for v in selection.verdicts]
-            text = (
-                f"B = {budget}: --max-num-batched-tokens {budget} bounds it (vLLM requires "
-                f"max_num_batched_tokens >= max_num_seqs); the advisor's B_opt = {selection.b_opt}. "
-                f"{selection.explanation}"
-            )
+        cap = _batch_cap(options, selection.b_opt)
+        if cap is not None:
+            batch, source, why = cap
             return BatchChoice(
-                budget,
-                "scheduler",
-                verdicts,
+                batch,
+                source,
+                [v.model_copy(update={"chosen": False}) for v in selection.verdicts],
                 selection.latency_cap_ms,
                 selection.latency_cap_source,
                 selection.b_min,
-                text,
-            )
-        if options.max_batch is not None and selection.b_opt > options.max_batch:
-            verdicts = [v.model_copy(update={"chosen": False}) for v in selection.verdicts]
-            text = (
-                f"B = {options.max_batch}: the largest batch one replica holds in the memory offered; "
-                f"the advisor's B_opt = {selection.b_opt} does not fit. {selection.explanation}"
-            )
-            return BatchChoice(
-                options.max_batch,
-                "memory",
-                verdicts,
-                selection.latency_cap_ms,
-                selection.latency_cap_source,
-                selection.b_min,
-                text,
+                f"B = {batch}: {why} {selection.explanation}",
             )
         return BatchChoice(
             selection.b_opt,
@@ -198,6 +178,34 @@ def choose_batch(profile: Profile, options: AdvisorOptions) -> BatchChoice:
         selection.b_min,
         text,
     )
+
+
+def _batch_cap(options: AdvisorOptions, b_opt: int) -> tuple[int, BOptSource, str] | None:
+    """The tightest bound below the advisor's B_opt, its source and why: the scheduler's token
+    budget the spec fixes (vLLM requires max_num_batched_tokens >= max_num_seqs), or the largest
+    batch the memory offered holds (a MIG slice); the budget where both bind equally."""
+    caps: list[tuple[int, BOptSource, str]] = []
+    if options.max_num_batched_tokens is not None:
+        budget = options.max_num_batched_tokens
+        caps.append(
+            (
+                budget,
+                "scheduler",
+                f"--max-num-batched-tokens {budget} bounds it (vLLM requires max_num_batched_tokens >= "
+                f"max_num_seqs); the advisor's B_opt = {b_opt}.",
+            )
+        )
+    if options.max_batch is not None:
+        caps.append(
+            (
+                options.max_batch,
+                "memory",
+                f"the largest batch one replica holds in the memory offered; the advisor's B_opt = {b_opt} "
+                "does not fit.",
+            )
+        )
+    binding = [c for c in caps if c[0] < b_opt]
+    return min(binding, key=lambda c: c[0]) if binding else None
 
 
 # 2. The KV cache and the memory of one replica -------------------------------------------------

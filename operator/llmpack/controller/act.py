@@ -78,23 +78,16 @@ class Actor:
             answered = self.kube.apply(obj)
         except KubeError as err:
             self.applied.pop(key, None)
-            if err.error_class is ErrorClass.NOT_FOUND and "page not found" in err.message:
-                # an apply creates what is missing: a 404 says the API server serves no such kind
-                # (a CRD not installed: an InferencePool without the Gateway API Inference Extension)
-                return ApplyRefusal(
-                    kind=obj["kind"],
-                    name=meta["name"],
-                    reason="KindNotServed",
-                    message=f"no {obj['apiVersion']} {obj['kind']} is served ({err.message.strip()})",
-                    retry=True,
-                )
             if not err.refusal:
                 raise
+            message = err.message
+            if err.error_class is ErrorClass.KIND_NOT_SERVED:
+                message = f"no {obj['apiVersion']} {obj['kind']} is served ({message.strip()})"
             return ApplyRefusal(
                 kind=obj["kind"],
                 name=meta["name"],
                 reason=err.error_class.value,
-                message=err.message,
+                message=message,
                 retry=err.error_class is not ErrorClass.REJECTED,
             )
         self.applied[key] = (digest, _version(answered))

@@ -107,10 +107,17 @@ class ErrorClass(StrEnum):
     QUOTA_EXCEEDED = "QuotaExceeded"  # a ResourceQuota of the namespace
     REJECTED = "ObjectRejected"  # the object is invalid for its API (422, 400, a schema mismatch)
     FORBIDDEN = "Forbidden"  # the authorizer (RBAC): the operator's ServiceAccount may not do it
+    KIND_NOT_SERVED = "KindNotServed"  # no such resource path: a CRD not installed
 
 
 REFUSALS = frozenset(
-    {ErrorClass.ADMISSION_DENIED, ErrorClass.QUOTA_EXCEEDED, ErrorClass.REJECTED, ErrorClass.FORBIDDEN}
+    {
+        ErrorClass.ADMISSION_DENIED,
+        ErrorClass.QUOTA_EXCEEDED,
+        ErrorClass.REJECTED,
+        ErrorClass.FORBIDDEN,
+        ErrorClass.KIND_NOT_SERVED,
+    }
 )
 
 # metav1.Status reasons of conditions that pass on their own (k8s.io/apimachinery StatusReason*).
@@ -203,6 +210,9 @@ def classify(err: KubeError) -> ErrorClass:
         return ErrorClass.TRANSIENT  # never reached the server (connection refused, reset, timeout)
     if any(cause.get("reason") == "NamespaceTerminating" for cause in causes):
         return ErrorClass.NAMESPACE_TERMINATING  # the NamespaceLifecycle plugin's cause
+    if code == 404 and reason != "NotFound" and "page not found" in err.message:
+        # the server's plain 404 page, not a Status: it serves no such resource (a missing CRD)
+        return ErrorClass.KIND_NOT_SERVED
     if code == 404 or reason == "NotFound":
         return ErrorClass.NOT_FOUND
     if code >= 500 and any(text in err.message for text in _SCHEMA_MISMATCH_TEXT):
