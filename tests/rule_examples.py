@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmpack.api.llmdeployment import (
+    ARCHITECTURE_RULES,
     ENV_RULES,
     ENV_SOURCE_RULES,
     GPU_RULES,
@@ -20,6 +21,7 @@ from llmpack.api.llmdeployment import (
 _MODEL = {"name": "facebook/opt-1.3b"}
 ALL_RULES = (
     *MODEL_RULES,
+    *ARCHITECTURE_RULES,
     *SHARING_RULES,
     *TOLERATION_RULES,
     *GPU_RULES,
@@ -29,7 +31,21 @@ ALL_RULES = (
     *SPEC_RULES,
 )
 
+_ARCH = {"numLayers": 26, "numKvHeads": 1, "headDim": 256, "parameterBytes": 2_000_000_000}
+
+
+def _with_arch(**fields: int) -> dict[str, Any]:
+    return {"model": {"name": "example/hybrid", "architecture": {**_ARCH, **fields}}}
+
+
 BREAKING_SPECS: dict[str, dict[str, Any]] = {
+    ARCHITECTURE_RULES[0].message: _with_arch(slidingWindow=512),
+    ARCHITECTURE_RULES[1].message: _with_arch(chunkedAttentionLayers=3),
+    ARCHITECTURE_RULES[2].message: _with_arch(stateLayers=3),
+    ARCHITECTURE_RULES[3].message: _with_arch(
+        slidingWindow=512, slidingWindowLayers=20, stateLayers=10, stateBytesPerLayer=1
+    ),
+    ARCHITECTURE_RULES[4].message: _with_arch(stateLayers=26, stateBytesPerLayer=1),
     MODEL_RULES[0].message: {"model": {"name": "--help"}},
     MODEL_RULES[1].message: {"model": {**_MODEL, "revision": "--trust-remote-code"}},
     SHARING_RULES[0].message: {"model": _MODEL, "sharing": {"mode": "mps", "migProfile": "1g.10gb"}},

@@ -15,7 +15,13 @@ The models differ in what vLLM keeps per token (its KV cache spec):
 - opt: multi-head attention (KV heads = heads), learned positions, fp16 in its config;
 - qwen3-head-dim: config head_dim 64 while hidden_size / heads = 32 (Qwen3 sets it explicitly);
 - deepseek-mla: multi-head latent attention (DeepSeek-V2): one latent of kv_lora_rank +
-  qk_rope_head_dim per layer and token instead of a key and a value per KV head.
+  qk_rope_head_dim per layer and token instead of a key and a value per KV head;
+- swa-hybrid: 3 sliding-window layers (window 200) and 1 full-attention layer (layer_types, as
+  Gemma-3 and gpt-oss name theirs): vLLM keeps only the window in the sliding layers;
+- swa-all: every layer keeps a 200-token window (Mistral-style, through layer_types).
+A linear-attention or Mamba hybrid is not among them: vLLM's CPU build runs their kernels through
+Triton, which it lacks here; tests/engine/test_kv_layout_engine.py checks those against vLLM's
+spec code called directly.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ MAX_POSITIONS = 2048
 HIDDEN = 128
 LAYERS = 2
 HEADS = 4
+SLIDING_WINDOW = 200  # not a multiple of a block: the extra block vLLM keeps for it shows
 
 
 def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
@@ -120,6 +127,28 @@ def configs(tok) -> dict:
             num_attention_heads=HEADS,
             num_key_value_heads=2,
             head_dim=64,
+            torch_dtype="bfloat16",
+            **common,
+        ),
+        "swa-hybrid": LlamaConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            sliding_window=SLIDING_WINDOW,
+            torch_dtype="bfloat16",
+            **common,
+        ),
+        "swa-all": LlamaConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=256,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            layer_types=["sliding_attention"] * LAYERS,
+            sliding_window=SLIDING_WINDOW,
             torch_dtype="bfloat16",
             **common,
         ),

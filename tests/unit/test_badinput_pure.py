@@ -38,7 +38,7 @@ from llmpack.hardware.cluster import (
     NodeFacts,
 )
 from llmpack.planner.planning import profile_key, profiling_max_model_len
-from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+from llmpack.profiler.facts import ProfileRequest, override_for
 from llmpack.profiler.simulated import SimulatedBackend
 from llmpack.runtime.fake import FakeClient
 
@@ -462,12 +462,7 @@ def cluster_offering_everything(
 
 def simulated_profile(spec: LLMDeploymentSpec) -> Profile:
     """What the profiling Job's simulated backend would publish for `spec`."""
-    arch_ = spec.model.architecture
-    override = (
-        ArchitectureOverride(arch_.num_layers, arch_.num_kv_heads, arch_.head_dim, arch_.parameter_bytes)
-        if arch_
-        else ArchitectureOverride()
-    )
+    override = override_for(spec.model.architecture)
     request = ProfileRequest(
         model=spec.model.name,
         gpu_product=spec.gpu.product,

@@ -1,8 +1,8 @@
 """No traceback reaches a user of `llmpack plan`: what the profiling Job would fail with is one line
 that says what to change; weights larger than the GPU are refused before profiling, naming what
 would serve them; and a fault of llmpack's own is one line that says so (LLMPACK_DEBUG=1 shows
-the traceback). Instance: Qwen3-Next-80B on B200 without maxModelLen
-(../shared/cases/memory-contract/14)."""
+the traceback). Instances: Llama-3.1-8B on an L4 without maxModelLen (its 131,072-token context does
+not fit), Qwen3-Next-80B on an H100 (../shared/cases/memory-contract/14 on a smaller GPU)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,23 @@ def plan(tmp_path: Path, spec: dict[str, Any], capsys, *extra: str) -> tuple[int
     return code, err.strip()
 
 
+LLAMA_ON_L4 = {
+    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+    "workload": {"promptTokens": 4000, "outputTokens": 1000},
+    "sharing": {"mode": "exclusive"},
+    "gpu": {"product": "NVIDIA-L4"},
+    "profiling": {"backend": "simulated"},
+}
+
+
 def test_a_profiling_run_that_would_fail_is_one_line_with_what_to_change(tmp_path, capsys):
-    code, err = plan(tmp_path, QWEN3_NEXT, capsys)
+    code, err = plan(tmp_path, LLAMA_ON_L4, capsys)
     assert code == 1, "as every refusal of llmpack plan"
     (line,) = err.splitlines()
     assert line.startswith(
-        "llmpack plan: ProfilingFailed: the profiling Job would fail: Qwen/Qwen3-Next-80B-A3B-Instruct"
+        "llmpack plan: ProfilingFailed: the profiling Job would fail: meta-llama/Llama-3.1-8B-Instruct"
     )
-    assert "set spec.model.maxModelLen to at most" in line
+    assert "set spec.model.maxModelLen to at most 27216" in line
 
 
 def test_weights_larger_than_the_gpu_are_refused_before_profiling_naming_what_serves_them(tmp_path, capsys):

@@ -4,7 +4,9 @@ downloading their config.json: the four models of the paper and a few popular sm
 Figures are those of each model's Hugging Face ``config.json`` (num_hidden_layers,
 num_attention_heads, num_key_value_heads, hidden_size, vocab_size, max_position_embeddings) and
 the parameter count on its model card. Models with grouped-query attention have fewer KV heads
-than attention heads, which is what makes their KV cache small.
+than attention heads, which is what makes their KV cache small; models whose layers keep less
+than the whole context (sliding windows, chunked local attention, linear attention) name those
+layers as their config.json's layer_types does (advisor/kv_layout.py sizes them).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from llmpack.advisor.errors import UnknownModelError
 from llmpack.advisor.memory import dtype_bytes
 from llmpack.advisor.model_config import ModelShape
-from llmpack.api.profile import ModelFacts
+from llmpack.api.profile import KVLayoutFacts, ModelFacts
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Architecture:
     # multi-head latent attention (DeepSeek-V2 style): the KV cache keeps one latent per layer
     kv_lora_rank: int | None = None
     qk_rope_head_dim: int | None = None
+    kv_layout: KVLayoutFacts | None = None  # layers that keep less than the whole context
+    checkpoint_bytes: int | None = None  # weights as published, where not parameters x dtype (MXFP4)
 
     def shape(self) -> ModelShape:
         """The shape as vLLM reads it (advisor/model_config.py): under MLA, one "head" of
@@ -50,12 +54,15 @@ class Architecture:
             mla=mla,
             kv_lora_rank=self.kv_lora_rank,
             qk_rope_head_dim=self.qk_rope_head_dim,
+            kv_layout=self.kv_layout,
         )
 
     def kv_bytes_per_token(self, dtype: str = "float16") -> int:
         return self.shape().kv_bytes_per_token(dtype=dtype)
 
     def weight_bytes(self, dtype: str = "float16") -> int:
+        if self.checkpoint_bytes is not None and dtype in ("auto", "bfloat16", "float16"):
+            return self.checkpoint_bytes
         return self.num_parameters * dtype_bytes(dtype)
 
     def model_facts(
@@ -76,6 +83,7 @@ class Architecture:
             num_kv_heads=self.shape().num_kv_heads,
             head_dim=self.shape().head_dim,
             latent_attention=self.kv_lora_rank is not None,
+            kv_layout=self.kv_layout,
             num_attention_heads=self.num_attention_heads,
             hidden_size=self.hidden_size,
             vocab_size=self.vocab_size,
@@ -196,6 +204,63 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         7_241_732_096,
         32768,
         ("mistralai/Mistral-7B-Instruct-v0.1",),
+    ),
+    # 22 of 26 layers keep a 512-token window (sliding_window_pattern 6: every 6th is global).
+    Architecture(
+        "google/gemma-3-1b-it",
+        26,
+        4,
+        1,
+        256,
+        1152,
+        262144,
+        999_885_952,
+        32768,
+        ("google/gemma-3-1b-pt",),
+        kv_layout=KVLayoutFacts(sliding_window=512, sliding_window_layers=22),
+    ),
+    # layer_types alternate sliding_attention (window 128) and full_attention; MXFP4 experts.
+    Architecture(
+        "openai/gpt-oss-20b",
+        24,
+        64,
+        8,
+        64,
+        2880,
+        201088,
+        20_914_757_184,
+        131072,
+        kv_layout=KVLayoutFacts(sliding_window=128, sliding_window_layers=12),
+        checkpoint_bytes=13_834_944_512,
+    ),
+    # 36 gated-delta-net layers (a state per request: model_config.gated_delta_net_state_bytes of
+    # 16 key heads, 32 value heads of 128, kernel 4, bf16) and 12 full-attention layers.
+    Architecture(
+        "Qwen/Qwen3-Next-80B-A3B-Instruct",
+        48,
+        16,
+        2,
+        256,
+        2048,
+        151936,
+        81_324_862_720,
+        262144,
+        ("Qwen/Qwen3-Next-80B-A3B-Thinking",),
+        kv_layout=KVLayoutFacts(state_layers=36, state_bytes_per_layer=1_097_728),
+    ),
+    # Chunked local attention (chunk 8192) in the 36 layers with RoPE; every 4th layer is global.
+    Architecture(
+        "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+        48,
+        40,
+        8,
+        128,
+        5120,
+        202048,
+        108_641_793_536,
+        10485760,
+        ("meta-llama/Llama-4-Scout-17B-16E",),
+        kv_layout=KVLayoutFacts(attention_chunk_size=8192, chunked_attention_layers=36),
     ),
 )
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from llmpack.advisor.kv_layout import KVLayout
 from llmpack.api.profile import Profile
 
 GIB = 1 << 30
@@ -154,6 +155,42 @@ def kv_budget(
     return KVBudget(tokens=tokens, bytes=tokens * bytes_per_token, sizing=sizing)
 
 
+def layout_kv_budget(
+    layout: KVLayout,
+    *,
+    batch: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    in_flight_tokens: int,
+    max_model_len: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> KVBudget:
+    """The KV cache of a model whose layers keep less than the whole context (sliding windows,
+    chunked local attention, linear attention or Mamba state): `batch` requests of prompt +
+    output tokens decoding while one more is prefilled, by vLLM's rule per kind of layer
+    (KVLayout.pool_blocks), never less than one request of a fixed --max-model-len. `tokens` is
+    the pool's blocks times the block size: the tokens each of its layer groups holds."""
+    tokens = prompt_tokens + output_tokens
+    blocks = layout.pool_blocks(
+        batch=batch, tokens=tokens, block_size=block_size, in_flight_tokens=in_flight_tokens
+    )
+    sizing = (
+        f"{batch} requests of {tokens:,} tokens in {layout.describe()}, "
+        f"{in_flight_tokens:,} tokens in flight once per pool"
+    )
+    if max_model_len is not None:
+        one = layout.blocks_per_request(
+            max_model_len, block_size=block_size, in_flight_tokens=in_flight_tokens
+        )
+        if one > blocks:
+            blocks, sizing = one, f"one request of --max-model-len {max_model_len} in {layout.describe()}"
+    return KVBudget(
+        tokens=blocks * layout.block_size(block_size),
+        bytes=blocks * layout.bytes_per_block(block_size),
+        sizing=sizing,
+    )
+
+
 def context_for_pool(model_limit: int, pool_tokens: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
     """--max-model-len when the user fixes none: the longest context the model allows that the KV
     pool holds, min(the model's limit, the pool's tokens rounded down to whole blocks). The pool is
@@ -240,7 +277,8 @@ def non_kv_memory(profile: Profile, max_num_seqs: int) -> NonKVMemory:
     Measured figures get MEASURED_MARGIN_BYTES on top."""
     model = profile.model
     point = profile.point(max_num_seqs)
-    if point is not None and point.gpu_memory_used_bytes is not None:
+    # the pool in bytes is capacity x bytes per token only where every layer keeps full attention
+    if point is not None and point.gpu_memory_used_bytes is not None and model.kv_layout is None:
         capacity = point.kv_capacity_tokens or profile.kv_capacity_tokens
         if capacity is not None:
             rest = point.gpu_memory_used_bytes - capacity * model.kv_bytes_per_token

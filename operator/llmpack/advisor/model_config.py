@@ -16,9 +16,14 @@ and for an fp32 checkpoint, which vLLM serves in 16 bits by default); fp8 varian
 
 Limits, stated: the dict is the raw config.json (or a transformers config's `to_dict()`), so
 architectures that only name their fields through transformers' `attribute_map` are read through
-the aliases below (n_layer, n_head, n_embd, d_model); hybrid models (Mamba layers, per-layer
-sliding windows that vLLM pools separately) are sized as if every layer kept full attention,
-which over-counts their KV. Pure: the config is read by the caller (profiler/model_files.py).
+the aliases below (n_layer, n_head, n_embd, d_model). Layers that keep less than the whole
+context (`kv_layout_facts`) are read from `layer_types` (sliding_attention, chunked_attention,
+linear_attention, mamba), from Gemma-2/3's `sliding_window_pattern` and Llama-4's
+`no_rope_layers` where a raw config lacks layer_types; a linear-attention layer's state is sized
+for Qwen3-Next's gated delta net (`linear_*` fields, vLLM's mamba_utils.py
+gated_delta_net_state_shape, the model's dtype); other Mamba layers need the state size given
+(`architecture.stateBytesPerLayer`), else the config is refused. Pure: the config is read by the
+caller (profiler/model_files.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmpack.advisor.memory import dtype_bytes
+from llmpack.api.profile import KVLayoutFacts
 
 # vllm 0.32 model_arch_config_convertor.py::is_deepseek_mla
 MLA_MODEL_TYPES = frozenset(
@@ -108,13 +114,18 @@ class ModelShape:
     mla: bool
     kv_lora_rank: int | None = None
     qk_rope_head_dim: int | None = None
+    kv_layout: KVLayoutFacts | None = None  # None: every layer keeps full attention
+
+    @property
+    def attention_layers(self) -> int:
+        return self.num_layers - (self.kv_layout.state_layers if self.kv_layout else 0)
 
     @property
     def kv_elements_per_token(self) -> int:
-        """Elements one token keeps over all layers: 2 (key, value) x heads x head_dim per layer,
-        or one latent per layer under MLA."""
+        """Elements one token keeps over the attention layers if each kept the whole context:
+        2 (key, value) x heads x head_dim per layer, or one latent per layer under MLA."""
         per_layer = self.head_dim if self.mla else 2 * self.num_kv_heads * self.head_dim
-        return self.num_layers * per_layer
+        return self.attention_layers * per_layer
 
     def kv_bytes_per_token(self, kv_cache_dtype: str = "auto", dtype: str = "auto") -> int:
         """Bytes one token of KV cache takes over all layers, for vLLM's --kv-cache-dtype and
@@ -194,7 +205,83 @@ def model_shape(config: Mapping[str, Any]) -> ModelShape:
         mla=mla,
         kv_lora_rank=kv_lora_rank if mla else None,
         qk_rope_head_dim=rope if mla else None,
+        kv_layout=kv_layout_facts(cfg, layers, str(dtype) if dtype else None),
     )
+
+
+_SLIDING = frozenset({"sliding_attention"})
+_CHUNKED = frozenset({"chunked_attention"})
+_STATE = frozenset({"linear_attention", "mamba", "mamba2", "linear"})
+
+
+def layer_kinds(cfg: Mapping[str, Any], layers: int) -> list[str]:
+    """The kind of each layer as vLLM's model code reads it: `layer_types`, else what
+    transformers derives it from (Gemma-2/3 `sliding_window_pattern`: every p-th layer global;
+    Llama-4 `no_rope_layers`: a layer with RoPE uses chunked local attention)."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return [str(t) for t in types[:layers]]
+    model_type = str(cfg.get("model_type") or "")
+    if model_type.startswith("gemma") and _positive_int(cfg.get("sliding_window")):
+        pattern = _positive_int(cfg.get("sliding_window_pattern")) or (2 if model_type == "gemma2" else 6)
+        return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
+    if model_type.startswith("llama4") and _positive_int(cfg.get("attention_chunk_size")):
+        nope = cfg.get("no_rope_layers")
+        if not isinstance(nope, list) or len(nope) < layers:
+            interval = _positive_int(cfg.get("no_rope_layer_interval")) or 4
+            nope = [int((i + 1) % interval != 0) for i in range(layers)]
+        return ["chunked_attention" if nope[i] else "full_attention" for i in range(layers)]
+    return ["full_attention"] * layers
+
+
+def kv_layout_facts(cfg: Mapping[str, Any], layers: int, dtype: str | None) -> KVLayoutFacts | None:
+    """The layers of a config that keep less than the whole context; None when all keep it.
+    Raises ModelConfigError for state layers whose size llmpack cannot read from the config."""
+    kinds = layer_kinds(cfg, layers)
+    sliding = sum(k in _SLIDING for k in kinds)
+    chunked = sum(k in _CHUNKED for k in kinds)
+    state = sum(k in _STATE for k in kinds)
+    if sliding + chunked + state == 0:
+        return None
+    window = _positive_int(cfg.get("sliding_window")) if sliding else None
+    chunk = _positive_int(cfg.get("attention_chunk_size")) if chunked else None
+    if sliding and window is None:
+        raise ModelConfigError("config.json has sliding_attention layers but no sliding_window")
+    if chunked and chunk is None:
+        raise ModelConfigError("config.json has chunked_attention layers but no attention_chunk_size")
+    return KVLayoutFacts(
+        sliding_window=window,
+        sliding_window_layers=sliding,
+        attention_chunk_size=chunk,
+        chunked_attention_layers=chunked,
+        state_layers=state,
+        state_bytes_per_layer=gated_delta_net_state_bytes(cfg, dtype) if state else None,
+    )
+
+
+def gated_delta_net_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
+    """One gated-delta-net layer's state for one request (Qwen3-Next), one GPU: a convolution
+    state of (conv kernel - 1) x conv_dim and a recurrent state of value heads x key dim x value
+    dim, both in the model's dtype (vllm 0.32 mamba_utils.py gated_delta_net_state_shape and
+    _mamba_state_dtype with --mamba-cache-dtype auto)."""
+    names = (
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+        "linear_key_head_dim",
+        "linear_value_head_dim",
+        "linear_conv_kernel_dim",
+    )
+    values = [_positive_int(cfg.get(n)) for n in names]
+    if any(v is None for v in values):
+        missing = ", ".join(n for n, v in zip(names, values, strict=True) if v is None)
+        raise ModelConfigError(
+            "config.json has linear-attention or Mamba layers whose state llmpack cannot size "
+            f"(no {missing}); give spec.model.architecture with stateLayers and stateBytesPerLayer"
+        )
+    k_heads, v_heads, k_dim, v_dim, kernel = (int(v) for v in values if v is not None)
+    conv_dim = k_dim * k_heads * 2 + v_dim * v_heads
+    elements = (kernel - 1) * conv_dim + v_heads * k_dim * v_dim
+    return elements * min(dtype_bytes(dtype or "auto"), 2)
 
 
 def context_limit(config: Mapping[str, Any]) -> int | None:

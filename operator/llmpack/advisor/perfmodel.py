@@ -84,7 +84,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from llmpack.advisor import memory
+from llmpack.advisor import kv_layout, memory
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
 from llmpack.api.profile import Profile, ProfilePoint
@@ -317,7 +317,10 @@ def calibrate(
     workload = profile.workload
     context = workload.prompt_tokens + workload.output_tokens / 2
     weight_ms = 1000.0 * model.weight_bytes / bandwidth
-    kv_ms_per_seq = 1000.0 * context * model.kv_bytes_per_token / bandwidth
+    # bytes a decode step reads per token of context: fewer than kv_bytes_per_token where layers
+    # keep only a window or a state (advisor/kv_layout.py)
+    kv_read = round(kv_layout.layout_of(model).read_bytes_per_token(context))
+    kv_ms_per_seq = 1000.0 * context * kv_read / bandwidth
     notes: list[str] = []
 
     with_util = [p for p in points if p.gpu_utilization is not None]
@@ -342,7 +345,7 @@ def calibrate(
         gpu=measured_gpu,
         bandwidth_bytes_per_s=bandwidth,
         weight_bytes=model.weight_bytes,
-        kv_bytes_per_token=model.kv_bytes_per_token,
+        kv_bytes_per_token=kv_read,
         prompt_tokens=workload.prompt_tokens,
         output_tokens=workload.output_tokens,
         weight_efficiency=eta_w,
@@ -508,13 +511,27 @@ def replica_memory_bytes(profile: Profile, batch: int) -> int:
     of the profile's prompt + output (the advisor's memory model, advisor/memory.py; the context
     follows from that pool, so the profiled --max-model-len does not size it)."""
     model, workload = profile.model, profile.workload
-    budget = memory.kv_budget(
-        batch=batch,
-        prompt_tokens=workload.prompt_tokens,
-        output_tokens=workload.output_tokens,
-        bytes_per_token=model.kv_bytes_per_token,
-        block_size=profile.block_size,
-    )
+    layout = kv_layout.layout_of(model)
+    if layout.is_full_attention:
+        budget = memory.kv_budget(
+            batch=batch,
+            prompt_tokens=workload.prompt_tokens,
+            output_tokens=workload.output_tokens,
+            bytes_per_token=model.kv_bytes_per_token,
+            block_size=profile.block_size,
+        )
+    else:
+        gpu = gpu_for_profile(profile)
+        budget = memory.layout_kv_budget(
+            layout,
+            batch=batch,
+            prompt_tokens=workload.prompt_tokens,
+            output_tokens=workload.output_tokens,
+            in_flight_tokens=kv_layout.in_flight_tokens(
+                kv_layout.vllm_default_max_num_batched_tokens(gpu.memory_bytes, gpu.product)
+            ),
+            block_size=profile.block_size,
+        )
     return memory.non_kv_memory(profile, batch).bytes + budget.bytes
 
 
@@ -536,20 +553,26 @@ def baseline(
         return replace(prediction, note=f"one instance at --max-num-seqs {batch}")
     default = default_max_num_seqs(gpu)
     k = profile.model.kv_bytes_per_token
-    if gpu.product == perf.measured_gpu_product and profile.kv_capacity_tokens:
-        pool_tokens = profile.kv_capacity_tokens
+    layout = kv_layout.layout_of(profile.model)
+    tokens = profile.workload.prompt_tokens + profile.workload.output_tokens
+    sequence = memory.round_up_to_block(tokens, profile.block_size)
+    if gpu.product == perf.measured_gpu_product and profile.kv_capacity_tokens and layout.is_full_attention:
+        fits = max(profile.kv_capacity_tokens // sequence, 1)
         pool_source = "the profile's measured KV pool"
     else:
         non_kv = memory.non_kv_memory(profile, default).bytes
         pool = max(
             math.floor(gpu.usable_memory_bytes * memory.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION) - non_kv, 0
         )
-        pool_tokens = pool // k
+        if layout.is_full_attention:
+            fits = max(pool // k // sequence, 1)
+        else:  # what each request keeps while decoding, by its layers' rules
+            fits = max(
+                layout.num_blocks(pool, profile.block_size)
+                // layout.resident_blocks(tokens, block_size=profile.block_size),
+                1,
+            )
         pool_source = "vLLM's default KV pool"
-    sequence = memory.round_up_to_block(
-        profile.workload.prompt_tokens + profile.workload.output_tokens, profile.block_size
-    )
-    fits = max(pool_tokens // sequence, 1)
     effective = min(default, fits)
     prediction = perf.single(effective)
     note = f"one instance with vLLM defaults: --max-num-seqs {default}"

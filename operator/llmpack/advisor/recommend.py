@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpack.advisor import bca, memory, packing, perfmodel, perfmodel_packing
+from llmpack.advisor import bca, kv_layout, memory, packing, perfmodel, perfmodel_packing
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.gpus import gpu_for_profile
@@ -253,20 +253,33 @@ def size_replica(profile: Profile, options: AdvisorOptions, target: GPU, b_opt: 
         if problem is not None:
             raise AdvisorError(problem)
     same_workload = (prompt, output) == (profile.workload.prompt_tokens, profile.workload.output_tokens)
-    measured_peak = _measured_peak_tokens(profile, b_opt) if same_workload else None
-    budget = memory.kv_budget(
-        batch=b_opt,
-        prompt_tokens=prompt,
-        output_tokens=output,
-        bytes_per_token=model.kv_bytes_per_token,
-        max_model_len=fixed_len,  # None: the pool is sized by the batch; the context follows it
-        block_size=profile.block_size,
-        measured_peak_tokens=measured_peak,
-    )
+    layout = kv_layout.layout_of(model)
+    in_flight = in_flight_tokens(options, target)
     non_kv = memory.non_kv_memory(profile, b_opt)
-    budget = _fit_measured_batch(
-        budget, non_kv.bytes, target, measured_peak, model.kv_bytes_per_token, profile.block_size
-    )
+    if layout.is_full_attention:
+        measured_peak = _measured_peak_tokens(profile, b_opt) if same_workload else None
+        budget = memory.kv_budget(
+            batch=b_opt,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            bytes_per_token=model.kv_bytes_per_token,
+            max_model_len=fixed_len,  # None: the pool is sized by the batch; the context follows it
+            block_size=profile.block_size,
+            measured_peak_tokens=measured_peak,
+        )
+        budget = _fit_measured_batch(
+            budget, non_kv.bytes, target, measured_peak, model.kv_bytes_per_token, profile.block_size
+        )
+    else:
+        budget = memory.layout_kv_budget(
+            layout,
+            batch=b_opt,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            in_flight_tokens=in_flight,
+            max_model_len=fixed_len,
+            block_size=profile.block_size,
+        )
     if fixed_len is not None:
         max_model_len = fixed_len
         context_text = (
@@ -274,10 +287,16 @@ def size_replica(profile: Profile, options: AdvisorOptions, target: GPU, b_opt: 
             f"{limit.describe()}); the KV cache holds at least one such request."
         )
     else:
-        max_model_len = memory.context_for_pool(limit.tokens, budget.tokens, profile.block_size)
+        if layout.is_full_attention:
+            max_model_len = memory.context_for_pool(limit.tokens, budget.tokens, profile.block_size)
+        else:
+            max_model_len = layout.longest_context(
+                budget.bytes, limit=limit.tokens, block_size=profile.block_size, in_flight_tokens=in_flight
+            )
         context_text = (
             f"Requests may hold up to {max_model_len:,} tokens (prompt + output; --max-model-len): "
-            f"{limit.describe()} and one replica's KV cache holds {budget.tokens:,}."
+            f"{limit.describe()} and one replica's KV cache holds "
+            + (f"{budget.tokens:,}." if layout.is_full_attention else "one such request.")
         )
         scheduled = options.max_num_batched_tokens
         if not options.chunked_prefill and scheduled is not None and max_model_len > scheduled:
@@ -340,7 +359,7 @@ def free_memory(
     profile: Profile, target: GPU, same_gpu: bool, size: ReplicaSize, b_opt: int
 ) -> packing.MemoryFreed:
     model = profile.model
-    if same_gpu and profile.kv_capacity_tokens is not None:
+    if same_gpu and profile.kv_capacity_tokens is not None and model.kv_layout is None:
         baseline_pool = profile.kv_capacity_tokens * model.kv_bytes_per_token
     else:
         gmu = profile.gpu_memory_utilization or memory.VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
@@ -462,6 +481,16 @@ def _fit_measured_batch(
         sizing=f"all the KV cache one GPU offers ({budget.sizing} would need "
         f"{budget.bytes / GIB:.2f} GiB; the peak measured at this batch, {measured_peak:,} tokens, fits)",
     )
+
+
+def in_flight_tokens(options: AdvisorOptions, target: GPU) -> int:
+    """Tokens a replica's vLLM schedules but has not settled (kv_layout.in_flight_tokens): its
+    --max-num-batched-tokens as the user fixed it, else vLLM's default for the device, twice under
+    asynchronous scheduling (vLLM's default)."""
+    budget = options.max_num_batched_tokens or kv_layout.vllm_default_max_num_batched_tokens(
+        target.memory_bytes, target.product
+    )
+    return kv_layout.in_flight_tokens(budget)
 
 
 def _measured_peak_tokens(profile: Profile, batch: int) -> int | None:

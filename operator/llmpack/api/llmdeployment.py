@@ -114,8 +114,46 @@ class SecretKeyRef(CamelModel):
     )
 
 
+ARCHITECTURE_RULES: tuple[Rule[Architecture], ...] = (
+    Rule(
+        cel="has(self.slidingWindow) == has(self.slidingWindowLayers)",
+        holds=lambda a: (a.sliding_window is None) == (a.sliding_window_layers is None),
+        message="architecture.slidingWindow and slidingWindowLayers go together: give the window and how "
+        "many layers keep it (config.json layer_types: sliding_attention), or neither",
+    ),
+    Rule(
+        cel="has(self.attentionChunkSize) == has(self.chunkedAttentionLayers)",
+        holds=lambda a: (a.attention_chunk_size is None) == (a.chunked_attention_layers is None),
+        message="architecture.attentionChunkSize and chunkedAttentionLayers go together: give the chunk "
+        "and how many layers use it, or neither",
+    ),
+    Rule(
+        cel="has(self.stateBytesPerLayer) == has(self.stateLayers)",
+        holds=lambda a: (a.state_bytes_per_layer is None) == (a.state_layers is None),
+        message="architecture.stateLayers and stateBytesPerLayer go together: give how many layers are "
+        "linear attention or Mamba and the bytes of one layer's state per request, or neither",
+    ),
+    Rule(
+        cel="(has(self.slidingWindowLayers) ? self.slidingWindowLayers : 0)"
+        " + (has(self.chunkedAttentionLayers) ? self.chunkedAttentionLayers : 0)"
+        " + (has(self.stateLayers) ? self.stateLayers : 0) <= self.numLayers",
+        holds=lambda a: a.special_layers <= a.num_layers,
+        message="architecture: slidingWindowLayers + chunkedAttentionLayers + stateLayers exceed numLayers; "
+        "each layer is of one kind",
+    ),
+    Rule(
+        cel="!has(self.stateLayers) || self.stateLayers < self.numLayers",
+        holds=lambda a: a.state_layers is None or a.state_layers < a.num_layers,
+        message="architecture.stateLayers must leave at least one attention layer (llmpack sizes "
+        "models with a KV cache)",
+    ),
+)
+
+
 class Architecture(CamelModel):
     """Model shape, for models the operator cannot look up in its built-in catalogue."""
+
+    model_config = ConfigDict(json_schema_extra=cel_validations(ARCHITECTURE_RULES))
 
     num_layers: PositiveInt = Field(
         le=1024, description="Transformer layers (config.json num_hidden_layers)."
@@ -143,6 +181,64 @@ class Architecture(CamelModel):
         "times a linear or dynamic RoPE scaling factor, as vLLM reads it). The operator refuses "
         "a longer model.maxModelLen or workload before profiling, and caps the default context at it.",
     )
+    sliding_window: PositiveInt | None = Field(
+        None,
+        le=MAX_TOKENS,
+        description="Tokens a sliding-window layer attends to (config.json sliding_window); vLLM keeps "
+        "only those in its KV cache. With slidingWindowLayers.",
+    )
+    sliding_window_layers: PositiveInt | None = Field(
+        None, le=1024, description="Layers with the sliding window (layer_types: sliding_attention)."
+    )
+    attention_chunk_size: PositiveInt | None = Field(
+        None,
+        le=MAX_TOKENS,
+        description="Chunk of chunked local attention (Llama-4 attention_chunk_size). With "
+        "chunkedAttentionLayers.",
+    )
+    chunked_attention_layers: PositiveInt | None = Field(
+        None, le=1024, description="Layers with chunked local attention (those with RoPE in Llama-4)."
+    )
+    state_layers: PositiveInt | None = Field(
+        None,
+        le=1024,
+        description="Linear-attention or Mamba layers (layer_types: linear_attention, mamba): a fixed "
+        "state per request instead of a KV cache. With stateBytesPerLayer. The other layers count "
+        "as full attention.",
+    )
+    state_bytes_per_layer: PositiveInt | None = Field(
+        None,
+        le=1 << 34,
+        description="Bytes of one such layer's state for one request (vLLM's MambaSpec page: the "
+        "convolution and recurrent states).",
+    )
+
+    @property
+    def special_layers(self) -> int:
+        return (
+            (self.sliding_window_layers or 0)
+            + (self.chunked_attention_layers or 0)
+            + (self.state_layers or 0)
+        )
+
+    def layout_args(self) -> list[str]:
+        """The profiler's flags for the layers that keep less than the whole context."""
+        args: list[str] = []
+        for flag, value in (
+            ("--sliding-window", self.sliding_window),
+            ("--sliding-window-layers", self.sliding_window_layers),
+            ("--attention-chunk-size", self.attention_chunk_size),
+            ("--chunked-attention-layers", self.chunked_attention_layers),
+            ("--state-layers", self.state_layers),
+            ("--state-bytes-per-layer", self.state_bytes_per_layer),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+    @model_validator(mode="after")
+    def _rules(self) -> Architecture:
+        return _check(ARCHITECTURE_RULES, self)
 
 
 # The model's name and revision reach vLLM's command line (`vllm serve NAME --revision REV`): one

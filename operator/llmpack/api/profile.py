@@ -50,6 +50,47 @@ def _not_a_percentage(value: float) -> float:
     return value
 
 
+class KVLayoutFacts(ProfileModel):
+    """Layers that keep less than the whole context, by vLLM's KV cache spec of each
+    (vllm/v1/kv_cache_interface.py); the model's other layers keep full attention. Absent from a
+    profile: every layer keeps full attention."""
+
+    sliding_window: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Sliding window, tokens.")
+    sliding_window_layers: int = Field(0, ge=0, le=1024, description="Layers with the sliding window.")
+    attention_chunk_size: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Chunk of chunked local attention (Llama-4), tokens."
+    )
+    chunked_attention_layers: int = Field(
+        0, ge=0, le=1024, description="Layers with chunked local attention."
+    )
+    state_layers: int = Field(
+        0, ge=0, le=1024, description="Linear-attention or Mamba layers: a fixed state per request, no KV."
+    )
+    state_bytes_per_layer: int | None = Field(
+        None, ge=1, le=1 << 34, description="Bytes of one such layer's state for one request."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> KVLayoutFacts:
+        for size, count, size_name, count_name in (
+            (self.sliding_window, self.sliding_window_layers, "sliding_window", "sliding_window_layers"),
+            (
+                self.attention_chunk_size,
+                self.chunked_attention_layers,
+                "attention_chunk_size",
+                "chunked_attention_layers",
+            ),
+            (self.state_bytes_per_layer, self.state_layers, "state_bytes_per_layer", "state_layers"),
+        ):
+            if (size is None) != (count == 0):
+                raise ValueError(f"{size_name} and {count_name} go together: give both or neither")
+        return self
+
+    @property
+    def special_layers(self) -> int:
+        return self.sliding_window_layers + self.chunked_attention_layers + self.state_layers
+
+
 class ModelFacts(ProfileModel):
     """The model as served: its shape and the memory it takes."""
 
@@ -83,6 +124,12 @@ class ModelFacts(ProfileModel):
         description="Multi-head latent attention (DeepSeek-V2 style): each layer keeps one latent of "
         "head_dim (kv_lora_rank + qk_rope_head_dim) elements per token, num_kv_heads is 1.",
     )
+    kv_layout: KVLayoutFacts | None = Field(
+        None,
+        description="Layers that keep less than the whole context (sliding window, chunked local "
+        "attention, linear attention or Mamba state); None: every layer keeps full attention. "
+        "kv_bytes_per_token counts the attention layers only.",
+    )
     max_model_len: int = Field(ge=1, le=MAX_TOKENS, description="--max-model-len of the profiled runs.")
     max_position_embeddings: int | None = Field(
         None,
@@ -91,6 +138,20 @@ class ModelFacts(ProfileModel):
         description="The longest context the model allows (the most --max-model-len vLLM accepts): "
         "derived from its config.json by vLLM's rules, else the built-in catalogue's. None: unknown.",
     )
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> ModelFacts:
+        layout = self.kv_layout
+        if layout is not None and layout.special_layers > self.num_layers:
+            raise ValueError(
+                f"kv_layout names {layout.special_layers} sliding, chunked and state layers, more than "
+                f"the model's {self.num_layers}"
+            )
+        if layout is not None and layout.state_layers >= self.num_layers:
+            raise ValueError(
+                "kv_layout: every layer is a state layer; llmpack sizes models with attention layers"
+            )
+        return self
 
 
 class GPUFacts(ProfileModel):

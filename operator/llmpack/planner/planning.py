@@ -244,6 +244,7 @@ def profiling_plan(
             str(arch.head_dim),
             "--weight-bytes",
             str(arch.parameter_bytes),
+            *arch.layout_args(),
         ]
     secret = spec.model.hf_token_secret_ref
     return ProfilingPlan(

@@ -33,13 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from llmpack.advisor.architectures import PAPER_MODELS
 from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.loaders import ENV_PAPER_DATA
 from llmpack.advisor.memory import profiling_max_model_len, unknown_context_for_profiling
 from llmpack.advisor.model_config import ModelConfigError, model_shape
 from llmpack.api.llmdeployment import DEFAULT_CANDIDATE_BATCH_SIZES
-from llmpack.api.profile import Profile
+from llmpack.api.profile import KVLayoutFacts, Profile
 from llmpack.errors import UserError
 from llmpack.profiler.backend import Backend, BackendError
 from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest, model_context_limit
@@ -100,6 +102,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--num-kv-heads", type=int, metavar="N")
     arch.add_argument("--head-dim", type=int, metavar="N")
     arch.add_argument("--weight-bytes", type=int, metavar="N", help="bytes of the weights as served")
+    arch.add_argument("--sliding-window", type=int, metavar="N", help="tokens a sliding-window layer keeps")
+    arch.add_argument("--sliding-window-layers", type=int, metavar="N", help="layers with the sliding window")
+    arch.add_argument(
+        "--attention-chunk-size", type=int, metavar="N", help="chunk of chunked local attention"
+    )
+    arch.add_argument(
+        "--chunked-attention-layers", type=int, metavar="N", help="layers with chunked attention"
+    )
+    arch.add_argument("--state-layers", type=int, metavar="N", help="linear-attention or Mamba layers")
+    arch.add_argument(
+        "--state-bytes-per-layer", type=int, metavar="N", help="one such layer's state per request"
+    )
     sweep = parser.add_argument_group("which batch sizes")
     sweep.add_argument(
         "--sweep",
@@ -239,10 +253,31 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             num_kv_heads=args.num_kv_heads,
             head_dim=args.head_dim,
             weight_bytes=args.weight_bytes,
+            kv_layout=layout_override(args),
         ),
         config=config,
         engine_args=tuple(engine_args),
     )
+
+
+def layout_override(args: argparse.Namespace) -> KVLayoutFacts | None:
+    """The layout flags as one KVLayoutFacts; None when none is given. Raises UserError for a
+    window without its layer count (or the reverse)."""
+    values = {
+        "sliding_window": args.sliding_window,
+        "sliding_window_layers": args.sliding_window_layers or 0,
+        "attention_chunk_size": args.attention_chunk_size,
+        "chunked_attention_layers": args.chunked_attention_layers or 0,
+        "state_layers": args.state_layers or 0,
+        "state_bytes_per_layer": args.state_bytes_per_layer,
+    }
+    if not any(values.values()):
+        return None
+    try:
+        return KVLayoutFacts.model_validate(values)
+    except ValidationError as err:
+        problem = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        raise UserError(f"architecture layout flags: {problem.replace('_', '-')}") from None
 
 
 def make_backend(args: argparse.Namespace, candidates: list[int] | None) -> Backend:

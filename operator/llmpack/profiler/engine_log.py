@@ -53,6 +53,7 @@ class StartupFacts:
     node_memory_bytes: int | None = None  # CPU: the Y of that line
     kv_cache_tokens: int | None = None  # "<device> KV cache size: N tokens"
     kv_cache_device: str | None = None  # the <device> of that line: GPU, CPU, XPU...
+    max_concurrency: float | None = None  # "Maximum concurrency for L tokens per request: X.XXx"
 
     @property
     def non_kv_bytes(self) -> int | None:
@@ -90,6 +91,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "available": re.compile(r"Available KV cache memory: " + _NUM + r" GiB"),
     "cpu_kv_set": re.compile(r"Explicitly set \(" + _NUM + r"/" + _NUM + r"\) GiB for KV cache"),
     "kv_tokens": re.compile(r"\b([A-Z]{2,4}) KV cache size: " + _NUM + r" tokens"),
+    "concurrency": re.compile(r"Maximum concurrency for [0-9,]+ tokens per request: ([0-9.]+)x"),
 }
 
 
@@ -143,6 +145,7 @@ def parse_startup_log(text: str) -> StartupFacts:
         kv_cache_set_bytes=kv_set,
         node_memory_bytes=node,
         kv_cache_tokens=kv_tokens,
+        max_concurrency=float(m.group(1)) if (m := last("concurrency")) is not None else None,
         kv_cache_device=kv_device,
     )
 

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.architectures import Architecture, find_architecture
 from llmpack.advisor.memory import context_problem, dtype_bytes, kv_bytes_per_token
 from llmpack.advisor.model_config import ModelConfigError, ModelShape, model_shape
-from llmpack.api.profile import GPUFacts, ModelFacts, WorkloadShape
+from llmpack.api.llmdeployment import Architecture as SpecArchitecture
+from llmpack.api.profile import GPUFacts, KVLayoutFacts, ModelFacts, WorkloadShape
 from llmpack.errors import UserError
 from llmpack.hardware import UnknownGPUError, parse_gpu_product
 
@@ -31,6 +32,8 @@ class ArchitectureOverride:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     weight_bytes: int | None = None
+    # layers that keep less than the whole context (--sliding-window ... --state-bytes-per-layer)
+    kv_layout: KVLayoutFacts | None = None
 
     @property
     def given(self) -> bool:
@@ -45,6 +48,25 @@ class ArchitectureOverride:
 
     def _values(self) -> tuple[int | None, ...]:
         return (self.num_layers, self.num_kv_heads, self.head_dim, self.weight_bytes)
+
+
+def override_for(arch: SpecArchitecture | None) -> ArchitectureOverride:
+    """The override a spec's model.architecture gives (what the operator renders as flags)."""
+    if arch is None:
+        return ArchitectureOverride()
+    layout = None
+    if arch.special_layers:
+        layout = KVLayoutFacts(
+            sliding_window=arch.sliding_window,
+            sliding_window_layers=arch.sliding_window_layers or 0,
+            attention_chunk_size=arch.attention_chunk_size,
+            chunked_attention_layers=arch.chunked_attention_layers or 0,
+            state_layers=arch.state_layers or 0,
+            state_bytes_per_layer=arch.state_bytes_per_layer,
+        )
+    return ArchitectureOverride(
+        arch.num_layers, arch.num_kv_heads, arch.head_dim, arch.parameter_bytes, layout
+    )
 
 
 @dataclass(frozen=True)
@@ -206,6 +228,13 @@ def model_facts(
     head_dim = override.head_dim or (facts.head_dim if facts else None)
     weights = measured_weight_bytes or override.weight_bytes or (facts.weight_bytes if facts else None)
     assert layers and kv_heads and head_dim and weights  # guaranteed by the checks above
+    layout = _layout(override, layers, shape, arch)
+    if layout is not None and layout.special_layers > layers:
+        raise UserError(
+            f"the architecture names {layout.special_layers} sliding-window, chunked and state layers, "
+            f"more than its {layers} layers"
+        )
+    attention_layers = layers - (layout.state_layers if layout else 0)
     data = facts.model_dump() if facts else {}
     data.update(
         name=model,
@@ -216,8 +245,9 @@ def model_facts(
         head_dim=head_dim,
         weight_bytes=weights,
         kv_bytes_per_token=kv_bytes_per_token(
-            layers, kv_heads, head_dim, kv_dtype_name(kv_cache_dtype, dtype)
+            attention_layers, kv_heads, head_dim, kv_dtype_name(kv_cache_dtype, dtype)
         ),
+        kv_layout=layout,
         kv_cache_dtype=None if kv_cache_dtype == "auto" else kv_cache_dtype,
         max_model_len=max_model_len,
         max_position_embeddings=limit,
@@ -236,6 +266,20 @@ def model_facts(
         for key in ("num_attention_heads", "hidden_size", "vocab_size", "num_parameters"):
             data[key] = None
     return ModelFacts.model_validate(data)
+
+
+def _layout(
+    override: ArchitectureOverride, layers: int, shape: ModelShape | None, arch: Architecture | None
+) -> KVLayoutFacts | None:
+    """The layers that keep less than the whole context: as given, else the config's or the
+    catalogue's where it describes a model of as many layers (otherwise it is another model)."""
+    if override.kv_layout is not None:
+        return override.kv_layout
+    if shape is not None and shape.num_layers == layers:
+        return shape.kv_layout
+    if arch is not None and arch.num_layers == layers:
+        return arch.kv_layout
+    return None
 
 
 def flag_value(args: tuple[str, ...] | list[str], flag: str) -> str | None:
@@ -292,6 +336,7 @@ def _facts_from_shape(
         weight_bytes=weight_bytes,
         kv_bytes_per_token=shape.kv_bytes_per_token(kv_cache_dtype, dtype),
         latent_attention=shape.mla,
+        kv_layout=shape.kv_layout,
         num_parameters=arch.num_parameters if arch is not None else None,
         max_model_len=max_model_len,
         max_position_embeddings=shape.max_position_embeddings,

@@ -25,12 +25,13 @@ import math
 import random
 from dataclasses import dataclass
 
+from llmpack.advisor.kv_layout import in_flight_tokens, layout_of, vllm_default_max_num_batched_tokens
 from llmpack.advisor.memory import DEFAULT_BLOCK_SIZE, GIB, VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, dtype_bytes
 from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
 from llmpack.errors import UserError
 from llmpack.hardware import GPU, UnknownGPUError, parse_gpu_product
 from llmpack.profiler.backend import Backend, BackendError
-from llmpack.profiler.facts import ProfileRequest, gpu_facts
+from llmpack.profiler.facts import ProfileRequest, flag_value, gpu_facts
 
 MIB = 1 << 20
 
@@ -78,12 +79,31 @@ class SimulatedBackend(Backend):
             self.flops = self.gpu.fp16_dense_tflops * 1e12
         self.usable_bytes = usable
         pool = int(self.p.gpu_memory_utilization * usable) - self.model.weight_bytes - self.p.non_kv_bytes
-        blocks = max(pool // (self.model.kv_bytes_per_token * DEFAULT_BLOCK_SIZE), 0)
-        self.kv_capacity_tokens = blocks * DEFAULT_BLOCK_SIZE
+        # vLLM's rule per kind of layer (advisor/kv_layout.py); with full attention only, the pool
+        # holds blocks x block size tokens
+        self.layout = layout_of(self.model)
+        scheduled = _int_flag(request.engine_args, "--max-num-batched-tokens")
+        self.in_flight = in_flight_tokens(
+            scheduled or vllm_default_max_num_batched_tokens(usable, self.gpu_facts.product)
+        )
+        self.kv_blocks = self.layout.num_blocks(pool, DEFAULT_BLOCK_SIZE)
+        if self.layout.is_full_attention:
+            self.kv_capacity_tokens = self.kv_blocks * DEFAULT_BLOCK_SIZE
+        else:
+            self.kv_capacity_tokens = self.layout.capacity_tokens(
+                pool,
+                max_model_len=request.max_model_len,
+                block_size=DEFAULT_BLOCK_SIZE,
+                in_flight_tokens=self.in_flight,
+            )
+        self.pool_bytes = max(pool, 0)
 
     def start(self) -> None:
         # vLLM refuses to start without room for one sequence of max-model-len (FACTS 1.1)
         request = self.request.prompt_tokens + self.request.output_tokens
+        if not self.layout.is_full_attention:
+            self._start_layout(request)
+            return
         if self.kv_capacity_tokens < min(request, self.request.max_model_len):
             raise BackendError(
                 f"{self.model.name} does not fit on {self.gpu_facts.product}: the KV cache left after "
@@ -100,6 +120,34 @@ class SimulatedBackend(Backend):
                 f"most {self.kv_capacity_tokens}, or serve on a GPU with more memory"
             )
 
+    def _start_layout(self, request: int) -> None:
+        """vLLM's start-up check for a model whose layers keep less than the whole context: the
+        pool holds one request of --max-model-len by each layer's rule."""
+        layout, bs = self.layout, DEFAULT_BLOCK_SIZE
+        one = layout.blocks_per_request(
+            self.request.max_model_len, block_size=bs, in_flight_tokens=self.in_flight
+        )
+        if one <= self.kv_blocks:
+            return
+        longest = layout.longest_context(
+            self.pool_bytes, limit=self.request.max_model_len, block_size=bs, in_flight_tokens=self.in_flight
+        )
+        where = (
+            f"the KV cache left after {self.model.weight_bytes / GIB:.1f} GiB of weights holds "
+            f"{self.kv_blocks:,} blocks of {layout.describe()}"
+        )
+        if longest < request:
+            raise BackendError(
+                f"{self.model.name} does not fit on {self.gpu_facts.product}: {where}, not one typical "
+                f"request of {request:,} tokens: serve on a GPU with more memory or from a quantized "
+                "checkpoint"
+            )
+        raise BackendError(
+            f"{self.model.name} does not fit on {self.gpu_facts.product}: {where}, not one request of "
+            f"--max-model-len {self.request.max_model_len}: set spec.model.maxModelLen to at most "
+            f"{longest}, or serve on a GPU with more memory"
+        )
+
     # -- the model ----------------------------------------------------------------------------
 
     def _rng(self, batch: int) -> random.Random:
@@ -110,7 +158,12 @@ class SimulatedBackend(Backend):
         prompt, output = self.request.prompt_tokens, self.request.output_tokens
         context = prompt + output / 2
         weights = self.model.weight_bytes / (self.p.weight_efficiency * self.bandwidth)
-        kv = running * context * self.model.kv_bytes_per_token / (self.p.kv_efficiency * self.bandwidth)
+        kv = (
+            running
+            * context
+            * self.layout.read_bytes_per_token(context)
+            / (self.p.kv_efficiency * self.bandwidth)
+        )
         idle = (self.p.idle_fixed_ms + self.p.idle_per_sequence_ms * running) / 1000
         return 1000 * (weights + kv + idle + running / output * self.prefill_s())
 
@@ -122,8 +175,7 @@ class SimulatedBackend(Backend):
         p = self.p
         rng = self._rng(batch)
         prompt, output = self.request.prompt_tokens, self.request.output_tokens
-        per_sequence = math.ceil((prompt + output) / DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE
-        fits = self.kv_capacity_tokens / per_sequence
+        fits = self.kv_blocks / self.layout.resident_blocks(prompt + output, block_size=DEFAULT_BLOCK_SIZE)
         running = min(float(batch), fits)
         num_prompts = max(p.prompts_per_batch * batch, p.min_prompts)
         overflow = max(batch - fits, 0.0) / batch
@@ -138,9 +190,9 @@ class SimulatedBackend(Backend):
         ttft = prefill_ms + step + queue_ms
         e2e_s = (ttft + (output - 1) * step) / 1000
         requests_per_s = batch / e2e_s
-        bytes_per_step = (
-            self.model.weight_bytes + running * (prompt + output / 2) * self.model.kv_bytes_per_token
-        )
+        bytes_per_step = self.model.weight_bytes + running * (
+            prompt + output / 2
+        ) * self.layout.read_bytes_per_token(prompt + output / 2)
         dram = min(bytes_per_step / (step / 1000) / self.bandwidth, 1.0)
         busy = 1 - (p.idle_fixed_ms + p.idle_per_sequence_ms * running) / step
         return ProfilePoint(
@@ -157,7 +209,7 @@ class SimulatedBackend(Backend):
             ttft_mean_ms=ttft,
             ttft_p50_ms=ttft * 0.95,
             ttft_p99_ms=ttft * 1.5 + step,
-            kv_cache_usage_peak=min(running * per_sequence / self.kv_capacity_tokens, 1.0),
+            kv_cache_usage_peak=min(running / fits, 1.0),
             kv_capacity_tokens=self.kv_capacity_tokens,
             preemptions=preemptions,
             gpu_memory_used_bytes=min(
@@ -187,3 +239,10 @@ class SimulatedBackend(Backend):
             source=f"llmpack simulated backend, seed {self.seed}: memory-traffic model, not a measurement",
             notes=list(notes),
         )
+
+
+def _int_flag(args: tuple[str, ...], flag: str) -> int | None:
+    """A whole-number engine flag's value, None when absent or not a plain number (the operator
+    refuses those before any Job)."""
+    value = flag_value(args, flag)
+    return int(value) if value is not None and value.isdigit() and int(value) > 0 else None

@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmpack.advisor.kv_layout import KVLayout, layout_of
 from llmpack.advisor.memory import round_up_to_block
 from llmpack.advisor.model_config import kv_capacity_tokens
 from llmpack.api.profile import EngineFacts, ModelFacts, Profile, ProfilePoint
@@ -67,14 +68,35 @@ MIN_KV_CACHE_BYTES = 16 * MIB
 
 
 def profiling_kv_cache_bytes(
-    *, max_batch: int, prompt_tokens: int, output_tokens: int, max_model_len: int, kv_bytes_per_token: int
+    *,
+    max_batch: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    max_model_len: int,
+    kv_bytes_per_token: int,
+    layout: KVLayout | None = None,
 ) -> int:
     """--kv-cache-memory-bytes for a profiling run: room for `max_batch` requests of the workload
     without preemption, and for one request of max_model_len (vLLM refuses to start with less:
-    vllm/v1/core/kv_cache_utils.py::_check_enough_kv_cache_memory), at least 16 MiB; whole MiB."""
+    vllm/v1/core/kv_cache_utils.py::_check_enough_kv_cache_memory), at least 16 MiB; whole MiB.
+    A model with state layers (`layout`) also gets each request's state, which holds no tokens."""
     per_sequence = round_up_to_block(prompt_tokens + output_tokens, KV_ROUNDING_TOKENS)
     tokens = max(max_batch * per_sequence, round_up_to_block(max_model_len, KV_ROUNDING_TOKENS))
     wanted = max(math.ceil(tokens * KV_MARGIN) * kv_bytes_per_token, MIN_KV_CACHE_BYTES)
+    if layout is not None and not layout.is_full_attention:
+        # every request's blocks by its layers' rules, whatever the engine's block size and budget
+        blocks = max(
+            layout.pool_blocks(
+                batch=max_batch,
+                tokens=prompt_tokens + output_tokens,
+                block_size=KV_ROUNDING_TOKENS,
+                in_flight_tokens=max_model_len,
+            ),
+            layout.blocks_per_request(
+                max_model_len, block_size=KV_ROUNDING_TOKENS, in_flight_tokens=max_model_len
+            ),
+        )
+        wanted = max(wanted, math.ceil(blocks * KV_MARGIN) * layout.bytes_per_block(KV_ROUNDING_TOKENS))
     return math.ceil(wanted / MIB) * MIB
 
 
@@ -476,6 +498,7 @@ class VllmBackend(Backend):
             output_tokens=request.output_tokens,
             max_model_len=request.max_model_len,
             kv_bytes_per_token=request.model_facts().kv_bytes_per_token,
+            layout=layout_of(request.model_facts()),
         )
         self.nvml = nvml or Nvml(index=self.settings.nvml_index)
         self.workdir = self.settings.workdir or Path(tempfile.mkdtemp(prefix="llmpack-profile-"))
@@ -664,7 +687,7 @@ class VllmBackend(Backend):
         kv_dtype = self.startup.kv_cache_dtype
         if kv_dtype and kv_dtype != "auto":
             model = model.model_copy(update={"kv_cache_dtype": kv_dtype})
-        measured = self.measured_kv_bytes_per_token(model.kv_bytes_per_token)
+        measured = self.measured_kv_bytes_per_token(model)
         if measured is not None:  # the engine's own figure wins; llmpack's reading is kept beside it
             model = model.model_copy(
                 update={"kv_bytes_per_token": measured, "kv_bytes_per_token_config": model.kv_bytes_per_token}
@@ -712,16 +735,27 @@ class VllmBackend(Backend):
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
         )
 
-    def measured_kv_bytes_per_token(self, computed: int) -> int | None:
-        """Bytes per token the engine's KV capacity implies, when it disagrees with `computed` (what
-        llmpack reads from the model's config): ceil(pool bytes / tokens held), an upper bound of the
-        engine's real figure (it holds whole blocks only). None when they agree or it reported none."""
+    def measured_kv_bytes_per_token(self, model: ModelFacts) -> int | None:
+        """Bytes per token (over the attention layers) the engine's KV pool implies, when it
+        disagrees with what llmpack reads from the model's config: from pool bytes / blocks held,
+        an upper bound of the engine's real figure (it holds whole blocks only). None when they
+        agree, or the engine reported no blocks (for a layout with windows or states, only its
+        block count says what a block costs)."""
+        computed, layout = model.kv_bytes_per_token, layout_of(model)
         block, reported = self.cache_config.block_size, self.kv_capacity_tokens
         if not block or not reported:
             return None
-        if kv_capacity_tokens(self.kv_cache_memory_bytes, computed, block) == reported:
+        memory = self.kv_cache_memory_bytes
+        if layout.is_full_attention:
+            if kv_capacity_tokens(memory, computed, block) == reported:
+                return None
+            return math.ceil(memory / reported)
+        blocks = self.cache_config.num_gpu_blocks
+        if not blocks or layout.num_blocks(memory, block) == blocks:
             return None
-        return math.ceil(self.kv_cache_memory_bytes / reported)
+        group_size, _ = layout.groups()
+        per_layer = math.ceil(memory / blocks / (group_size * layout.block_size(block)))
+        return per_layer * layout.attention_layers
 
     def _engine_notes(self, model: ModelFacts) -> list[str]:
         notes = []

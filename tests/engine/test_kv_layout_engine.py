@@ -1,0 +1,168 @@
+"""Layers that keep less than the whole context: what llmpack predicts equals what vLLM holds.
+
+1. The real engine, with tiny models whose config.json names sliding-window layers (3 of 4, and
+   all): started with a known --kv-cache-memory-bytes, it logs "CPU KV cache size: N tokens,
+   Maximum concurrency for L tokens per request: X.XXx"; llmpack's layout, read from the same
+   config.json, predicts both exactly, with the in-flight term where the window plus the tokens a
+   step schedules is shorter than the context (--max-num-batched-tokens 256).
+2. vLLM's own KV cache code, called directly (hack/engine/kv_cache_specs.py) with every layer's
+   spec as vLLM's attention layers register it, for the layouts the CPU build cannot run or that
+   are too large to run here: Gemma-3-1B (22 sliding + 4 full), gpt-oss-20b (12 + 12),
+   Llama-4 Scout (36 chunked local + 12 full), Qwen3-Next-80B (36 gated-delta-net states + 12
+   full, attention block raised to 544 tokens), with and without asynchronous scheduling:
+   block count and maximum concurrency equal llmpack's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import engine
+from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.kv_layout import KVLayout, in_flight_tokens, layout_from_facts, layout_of
+from llmpack.advisor.model_config import model_shape
+from llmpack.profiler.engine_log import parse_startup_log
+from llmpack.profiler.vllm import parse_metrics
+
+KV_BYTES = 3 << 20
+SPECS_SCRIPT = engine.ROOT / "hack" / "engine" / "kv_cache_specs.py"
+
+
+def _tiny_layout(model) -> KVLayout:
+    shape = model_shape(json.loads((model / "config.json").read_text()))
+    assert shape.kv_layout is not None and shape.kv_layout.sliding_window == 200
+    return layout_from_facts(
+        shape.kv_layout, num_layers=shape.num_layers, kv_bytes_per_token=shape.kv_bytes_per_token()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "max_model_len", "batched"),
+    [("swa-hybrid", 1024, None), ("swa-all", 1024, None), ("swa-hybrid", 2048, 256), ("swa-all", 2048, 256)],
+    ids=["hybrid", "all-sliding", "hybrid-in-flight", "all-sliding-in-flight"],
+)
+def test_the_engine_holds_what_the_layout_predicts(name, max_model_len, batched, tiny_models, tmp_path):
+    model = tiny_models[name]
+    layout = _tiny_layout(model)
+    flags = ["--max-model-len", str(max_model_len)]
+    if batched is not None:
+        flags += ["--max-num-batched-tokens", str(batched)]
+    server = engine.serve(model, tmp_path, *flags, kv_cache_memory_bytes=KV_BYTES)
+    try:
+        status, metrics = engine.http_get(server.url + "/metrics")
+        assert status == 200
+        block_size = parse_metrics(metrics).block_size
+        startup = parse_startup_log(server.log())
+    finally:
+        server.stop()
+    assert block_size and startup.kv_cache_tokens and startup.max_concurrency
+    # the CPU build's executor schedules one batch at a time; its default budget is 2,048 tokens
+    flight = in_flight_tokens(batched or 2048, async_scheduling=False)
+    tokens = layout.capacity_tokens(
+        KV_BYTES, max_model_len=max_model_len, block_size=block_size, in_flight_tokens=flight
+    )
+    concurrency = layout.max_concurrency(
+        KV_BYTES, max_model_len=max_model_len, block_size=block_size, in_flight_tokens=flight
+    )
+    full = layout_from_facts(
+        None, num_layers=layout.attention_layers, kv_bytes_per_token=256 * layout.attention_layers
+    )
+    as_full = full.capacity_tokens(
+        KV_BYTES, max_model_len=max_model_len, block_size=block_size, in_flight_tokens=flight
+    )
+    print(
+        f"{name} L={max_model_len} budget={batched}: engine {startup.kv_cache_tokens} tokens, "
+        f"{startup.max_concurrency}x; llmpack {tokens}, {concurrency:.2f}x (every layer full: {as_full})"
+    )
+    assert (startup.kv_cache_tokens, startup.max_concurrency) == (tokens, round(concurrency, 2))
+    if 200 - 1 + flight < max_model_len:  # the window and a step's tokens are shorter than the context
+        assert tokens > as_full, "the window frees memory the full-attention reading would hold"
+    else:  # vLLM keeps one block more than the context for a window that may straddle blocks
+        assert tokens < as_full
+
+
+def _layout_request(
+    name: str, layout: KVLayout, *, kv_heads: int, head_size: int, pool: int, block: int = 16
+):
+    layers = []
+    for kind in layout.layers:
+        entry: dict = {"kind": kind.kind, "count": kind.count, "window": kind.window}
+        if kind.kind == "state":  # Qwen3-Next's gated delta net: conv (3, 8192) and (32, 128, 128)
+            assert kind.state_bytes == (3 * 8192 + 32 * 128 * 128) * 2
+            entry["state_shapes"] = [[3, 8192], [32, 128, 128]]
+        layers.append(entry)
+    return {
+        "name": name,
+        "block_size": layout.block_size(block),
+        "num_kv_heads": kv_heads,
+        "head_size": head_size,
+        "pool_bytes": pool,
+        "layers": layers,
+    }
+
+
+CATALOGUE = {
+    # model: (KV heads, head size, pool bytes, --max-model-len, --max-num-batched-tokens)
+    "google/gemma-3-1b-it": (1, 256, 1 << 30, 2048, 256),
+    "openai/gpt-oss-20b": (8, 64, 3 << 30, 2048, 512),
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct": (8, 128, 20 << 30, 2048, 1024),
+    "Qwen/Qwen3-Next-80B-A3B-Instruct": (2, 256, 10 << 30, 2048, 1024),
+}
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["one-batch", "async"])
+def test_vllms_kv_cache_code_agrees_with_the_layout(async_scheduling, vllm_python, tiny_models):
+    results = {}
+    for max_model_len, batched in sorted({(v[3], v[4]) for v in CATALOGUE.values()}):
+        layouts = {
+            model: layout_of(find_architecture(model).model_facts(dtype="bfloat16"))
+            for model, v in CATALOGUE.items()
+            if (v[3], v[4]) == (max_model_len, batched)
+        }
+        request = {
+            "model": str(tiny_models["llama-gqa"]),
+            "max_model_len": max_model_len,
+            "max_num_batched_tokens": batched,
+            "async_scheduling": async_scheduling,
+            "layouts": [
+                _layout_request(
+                    m, lay, kv_heads=CATALOGUE[m][0], head_size=CATALOGUE[m][1], pool=CATALOGUE[m][2]
+                )
+                for m, lay in layouts.items()
+            ],
+        }
+        done = subprocess.run(
+            [str(vllm_python), str(SPECS_SCRIPT)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            env=engine.engine_env(),
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                results[json.loads(line)["name"]] = (
+                    json.loads(line),
+                    layouts[json.loads(line)["name"]],
+                    batched,
+                    max_model_len,
+                )
+    assert sorted(results) == sorted(CATALOGUE)
+    for model, (vllm, layout, batched, max_model_len) in results.items():
+        flight = in_flight_tokens(batched, async_scheduling=async_scheduling)
+        assert vllm["max_in_flight_tokens"] == flight, model
+        pool = CATALOGUE[model][2]
+        ours = (
+            layout.num_blocks(pool, 16),
+            layout.max_concurrency(pool, max_model_len=max_model_len, block_size=16, in_flight_tokens=flight),
+        )
+        print(
+            f"{model}: vLLM {vllm['num_blocks']} blocks, {vllm['max_concurrency']:.3f}x; "
+            f"llmpack {ours[0]}, {ours[1]:.3f}x"
+        )
+        assert (vllm["num_blocks"], vllm["max_concurrency"]) == pytest.approx(ours), model
