@@ -166,3 +166,60 @@ def test_vllms_kv_cache_code_agrees_with_the_layout(async_scheduling, vllm_pytho
             f"llmpack {ours[0]}, {ours[1]:.3f}x"
         )
         assert (vllm["num_blocks"], vllm["max_concurrency"]) == pytest.approx(ours), model
+
+
+STATE_SNIPPET = """
+import json, math, sys
+from vllm.model_executor.layers.mamba.mamba_utils import MambaStateShapeCalculator as C
+a = json.loads(sys.argv[1])
+shapes = {
+    "qwen3-next": C.gated_delta_net_state_shape(1, 16, 32, 128, 128, 4),
+    "granite-4-h": C.mamba2_state_shape(1, a["granite_intermediate"], 1, 48, 64, 128, 4),
+    "nemotron-h": C.mamba2_state_shape(1, 64 * 32, 8, 64, 32, 128, 4),
+}
+print(json.dumps({k: sum(math.prod(s) for s in v) * 2 for k, v in shapes.items()}))
+"""
+
+
+def test_state_sizes_are_vllms(vllm_python):
+    """A state layer's bytes per request as llmpack reads a config equal the shapes vLLM's own
+    calculator gives (bf16 states, one GPU)."""
+    from llmpack.advisor.model_config import state_bytes
+
+    configs = {
+        "qwen3-next": {
+            "linear_num_key_heads": 16,
+            "linear_num_value_heads": 32,
+            "linear_key_head_dim": 128,
+            "linear_value_head_dim": 128,
+            "linear_conv_kernel_dim": 4,
+        },
+        "granite-4-h": {
+            "hidden_size": 1536,
+            "mamba_expand": 2,
+            "mamba_n_groups": 1,
+            "mamba_n_heads": 48,
+            "mamba_d_head": 64,
+            "mamba_d_state": 128,
+            "mamba_d_conv": 4,
+        },
+        "nemotron-h": {
+            "mamba_num_heads": 64,
+            "mamba_head_dim": 32,
+            "ssm_state_size": 128,
+            "n_groups": 8,
+            "conv_kernel": 4,
+        },
+    }
+    done = subprocess.run(
+        [str(vllm_python), "-c", STATE_SNIPPET, json.dumps({"granite_intermediate": 2 * 1536})],
+        capture_output=True,
+        text=True,
+        env=engine.engine_env(),
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    vllm = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = {name: state_bytes(config, "bfloat16") for name, config in configs.items()}
+    assert ours == vllm

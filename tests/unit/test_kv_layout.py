@@ -25,6 +25,10 @@ from llmpack.profiler.facts import model_facts, override_for
 from llmpack.render.plan import OwnerRef
 
 GB = 10**9
+GRANITE_MAMBA = {"mamba_expand": 2, "mamba_n_groups": 1, "mamba_n_heads": 48, "mamba_d_head": 64}
+GRANITE_MAMBA |= {"mamba_d_state": 128, "mamba_d_conv": 4}
+NEMOTRON_MAMBA = {"mamba_num_heads": 64, "mamba_head_dim": 32, "ssm_state_size": 128, "n_groups": 8}
+NEMOTRON_MAMBA |= {"conv_kernel": 4, "torch_dtype": "bfloat16"}
 
 
 def gemma_1b() -> KVLayout:
@@ -124,14 +128,41 @@ def test_llama4_chunked_local_attention():
             },
             KVLayoutFacts(state_layers=3, state_bytes_per_layer=3 * 8192 * 2 + 32 * 128 * 128 * 2),
         ),
+        (  # Granite-4.0-H: Mamba-2 layers by layer_types, mamba_* fields
+            {
+                "model_type": "granitemoehybrid",
+                "layer_types": ["mamba"] * 9 + ["attention"],
+                "hidden_size": 1536,
+                **GRANITE_MAMBA,
+                "torch_dtype": "bfloat16",
+            },
+            KVLayoutFacts(state_layers=9, state_bytes_per_layer=(3 * (3072 + 2 * 128) + 48 * 64 * 128) * 2),
+        ),
+        (  # Nemotron-H: the pattern names Mamba (M) and attention (*) layers; MLP blocks (-) hold nothing
+            {"model_type": "nemotron_h", "hybrid_override_pattern": "M-M-M*-M-", **NEMOTRON_MAMBA},
+            KVLayoutFacts(
+                state_layers=4, state_bytes_per_layer=(3 * (64 * 32 + 2 * 8 * 128) + 64 * 32 * 128) * 2
+            ),
+        ),
         ({"sliding_window": 4096}, None),  # Mistral-7B v0.1: vLLM keeps the context without layer_types
     ],
-    ids=["gemma3-pattern", "gpt-oss-layer-types", "llama4-no-rope", "qwen3-next-linear", "mistral"],
+    ids=[
+        "gemma3-pattern",
+        "gpt-oss-layer-types",
+        "llama4-no-rope",
+        "qwen3-next-linear",
+        "granite-4-h-mamba2",
+        "nemotron-h-pattern",
+        "mistral",
+    ],
 )
 def test_config_json_layouts(config: dict[str, Any], expected: KVLayoutFacts | None):
     base = {"num_hidden_layers": len(config.get("layer_types", [])) or 26, "num_attention_heads": 4}
     base |= {"num_key_value_heads": 1, "head_dim": 256}
-    assert model_shape({**base, **config}).kv_layout == expected
+    shape = model_shape({**base, **config})
+    assert shape.kv_layout == expected
+    if "hybrid_override_pattern" in config:  # only the layers that hold a cache count
+        assert shape.num_layers == 5 and shape.attention_layers == 1
 
 
 def test_mamba_layers_the_config_cannot_size_are_refused_naming_the_fields():

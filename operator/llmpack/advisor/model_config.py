@@ -21,7 +21,8 @@ context (`kv_layout_facts`) are read from `layer_types` (sliding_attention, chun
 linear_attention, mamba), from Gemma-2/3's `sliding_window_pattern` and Llama-4's
 `no_rope_layers` where a raw config lacks layer_types; a linear-attention layer's state is sized
 for Qwen3-Next's gated delta net (`linear_*` fields, vLLM's mamba_utils.py
-gated_delta_net_state_shape, the model's dtype); other Mamba layers need the state size given
+gated_delta_net_state_shape, the model's dtype) and Mamba-2 layers (Granite-4.0-H, Nemotron-H's
+hybrid_override_pattern) by mamba2_state_shape; other kinds need the state size given
 (`architecture.stateBytesPerLayer`), else the config is refused. Pure: the config is read by the
 caller (profiler/model_files.py).
 """
@@ -172,6 +173,10 @@ def model_shape(config: Mapping[str, Any]) -> ModelShape:
     heads = _positive_int(_first(cfg, _HEAD_KEYS))
     if layers is None:
         raise ModelConfigError("config.json has no num_hidden_layers (or n_layer, num_layers)")
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern:
+        # Nemotron-H: M is a Mamba layer, * attention, - and E an MLP or MoE block with no cache
+        layers = pattern.count("M") + pattern.count("*") or layers
     if heads is None:
         raise ModelConfigError("config.json has no num_attention_heads (or n_head)")
     hidden = _positive_int(_first(cfg, _HIDDEN_KEYS))
@@ -221,6 +226,9 @@ def layer_kinds(cfg: Mapping[str, Any], layers: int) -> list[str]:
     types = cfg.get("layer_types")
     if isinstance(types, list) and types:
         return [str(t) for t in types[:layers]]
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern:
+        return ["mamba"] * pattern.count("M") + ["full_attention"] * pattern.count("*")
     model_type = str(cfg.get("model_type") or "")
     if model_type.startswith("gemma") and _positive_int(cfg.get("sliding_window")):
         pattern = _positive_int(cfg.get("sliding_window_pattern")) or (2 if model_type == "gemma2" else 6)
@@ -255,8 +263,57 @@ def kv_layout_facts(cfg: Mapping[str, Any], layers: int, dtype: str | None) -> K
         attention_chunk_size=chunk,
         chunked_attention_layers=chunked,
         state_layers=state,
-        state_bytes_per_layer=gated_delta_net_state_bytes(cfg, dtype) if state else None,
+        state_bytes_per_layer=state_bytes(cfg, dtype) if state else None,
     )
+
+
+def state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
+    """One state layer's state for one request, one GPU, in the model's dtype (vLLM's
+    --mamba-cache-dtype auto): Qwen3-Next's gated delta net, or a Mamba-2 layer (Granite-4.0-H's
+    mamba_* fields, Nemotron-H's mamba_num_heads ...). Raises ModelConfigError naming what to
+    give for another kind."""
+    if "linear_num_value_heads" in cfg:
+        return gated_delta_net_state_bytes(cfg, dtype)
+    if "mamba_n_heads" in cfg or "mamba_num_heads" in cfg:
+        return mamba2_state_bytes(cfg, dtype)
+    raise ModelConfigError(
+        "config.json has linear-attention or Mamba layers of a kind llmpack cannot size (neither "
+        "Qwen3-Next's gated delta net nor Mamba-2); give spec.model.architecture with stateLayers and "
+        "stateBytesPerLayer"
+    )
+
+
+def mamba2_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
+    """A Mamba-2 layer: a convolution state of (d_conv - 1) x (intermediate + 2 x groups x
+    d_state) and a recurrent state of heads x head dim x d_state (vllm 0.32 mamba_utils.py
+    mamba2_state_shape; intermediate = mamba_expand x hidden_size for Granite-4.0-H,
+    heads x head dim for Nemotron-H)."""
+    nemotron = "mamba_num_heads" in cfg
+    names = (
+        ("mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel")
+        if nemotron
+        else ("mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_n_groups", "mamba_d_conv")
+    )
+    values = _required(cfg, names, "Mamba-2")
+    heads, head_dim, d_state, groups, kernel = values
+    if nemotron:
+        intermediate = heads * head_dim
+    else:
+        expand, hidden = _required(cfg, ("mamba_expand", "hidden_size"), "Mamba-2")
+        intermediate = expand * hidden
+    elements = (kernel - 1) * (intermediate + 2 * groups * d_state) + heads * head_dim * d_state
+    return elements * min(dtype_bytes(dtype or "auto"), 2)
+
+
+def _required(cfg: Mapping[str, Any], names: tuple[str, ...], kind: str) -> list[int]:
+    values = [_positive_int(cfg.get(n)) for n in names]
+    missing = [n for n, v in zip(names, values, strict=True) if v is None]
+    if missing:
+        raise ModelConfigError(
+            f"config.json has {kind} layers whose state llmpack cannot size (no {', '.join(missing)}); "
+            "give spec.model.architecture with stateLayers and stateBytesPerLayer"
+        )
+    return [int(v) for v in values if v is not None]
 
 
 def gated_delta_net_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
@@ -271,14 +328,8 @@ def gated_delta_net_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> in
         "linear_value_head_dim",
         "linear_conv_kernel_dim",
     )
-    values = [_positive_int(cfg.get(n)) for n in names]
-    if any(v is None for v in values):
-        missing = ", ".join(n for n, v in zip(names, values, strict=True) if v is None)
-        raise ModelConfigError(
-            "config.json has linear-attention or Mamba layers whose state llmpack cannot size "
-            f"(no {missing}); give spec.model.architecture with stateLayers and stateBytesPerLayer"
-        )
-    k_heads, v_heads, k_dim, v_dim, kernel = (int(v) for v in values if v is not None)
+    values = _required(cfg, names, "gated-delta-net")
+    k_heads, v_heads, k_dim, v_dim, kernel = values
     conv_dim = k_dim * k_heads * 2 + v_dim * v_heads
     elements = (kernel - 1) * conv_dim + v_heads * k_dim * v_dim
     return elements * min(dtype_bytes(dtype or "auto"), 2)
