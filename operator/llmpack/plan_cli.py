@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmpack plan: {refused.reason}: {refused.message}", file=sys.stderr)
         return 1
     assert not isinstance(decision, Refused) and not isinstance(capacity, Refused)  # for mypy
-    print(render_output(decision, args.output, capacity))
+    print(render_output(decision, args.output, capacity, notes=profile.notes if profile else []))
     return 0
 
 
@@ -242,6 +242,8 @@ def render_output(
     decision: ProfilingDecision | planner.ServingDecision,
     output: str,
     capacity: dict[str, Any] | None = None,
+    *,
+    notes: list[str] | None = None,
 ) -> str:
     if isinstance(decision, ProfilingDecision):
         summary: dict[str, Any] = {
@@ -258,6 +260,8 @@ def render_output(
         objects = render_serving(decision.plan)
         if capacity is not None:
             summary["capacity"] = capacity
+        if notes:  # what the profile says of itself: e.g. the memory engine flags add, estimated
+            summary["profileNotes"] = list(notes)
     document = {"decision": summary, "objects": objects}
     if output == "json":
         return json.dumps(document, indent=2)

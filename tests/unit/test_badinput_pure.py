@@ -473,6 +473,7 @@ def simulated_profile(spec: LLMDeploymentSpec) -> Profile:
         output_tokens=spec.workload.output_tokens,
         revision=spec.model.revision,
         architecture=override,
+        engine_args=tuple(spec.serving.engine_args()),
     )
     backend = SimulatedBackend(request)
     backend.start()

@@ -11,6 +11,8 @@ turned off in vLLM), the short aliases (`-tp 2`, `-tp=2`), the last occurrence w
 - The scheduler's token budget and chunked prefill, which bound the batch and the context
   (vllm/config/scheduler.py SchedulerConfig.verify_max_model_len: max_num_batched_tokens >=
   max_num_seqs; without chunked prefill, max_num_batched_tokens >= max_model_len).
+- What changes a replica's memory besides the KV cache: online quantization, LoRA slots
+  (--enable-lora, --max-loras, --max-lora-rank), a speculative draft model (--speculative-config).
 
 Limits: a prefix is matched against the flags named here only (vLLM refuses one that is ambiguous
 among all its flags, which this cannot see; the rendered command is checked by vLLM itself in
@@ -33,8 +35,19 @@ PARALLEL_FLAGS: dict[str, str] = {
 BATCHED_TOKENS_FLAG = "--max-num-batched-tokens"
 CHUNKED_PREFILL_FLAGS = ("--enable-chunked-prefill", "--no-enable-chunked-prefill")
 QUANTIZATION_FLAG = "--quantization"  # short -q: online quantization changes the weights' bytes
+# flags that change a replica's memory besides the KV cache (advisor/engine_memory.py)
+LORA_FLAGS = ("--enable-lora", "--no-enable-lora")
+MEMORY_FLAGS = ("--max-loras", "--max-lora-rank", "--speculative-config")
+BOOLEAN_FLAGS = (*CHUNKED_PREFILL_FLAGS, *LORA_FLAGS)
 SHORT_FLAGS = {**{short: flag for flag, short in PARALLEL_FLAGS.items()}, "-q": QUANTIZATION_FLAG}
-KNOWN_FLAGS = (*PARALLEL_FLAGS, BATCHED_TOKENS_FLAG, *CHUNKED_PREFILL_FLAGS, QUANTIZATION_FLAG)
+KNOWN_FLAGS = (
+    *PARALLEL_FLAGS,
+    BATCHED_TOKENS_FLAG,
+    *CHUNKED_PREFILL_FLAGS,
+    QUANTIZATION_FLAG,
+    *LORA_FLAGS,
+    *MEMORY_FLAGS,
+)
 # Beyond any machine: a value above this is a typo, not a size (and stays an exact int)
 MAX_INT = 2**53
 
@@ -113,6 +126,16 @@ class EngineFlags:
         said = [f for f in self.given if f in CHUNKED_PREFILL_FLAGS]  # in the order last given
         return None if not said else said[-1] == CHUNKED_PREFILL_FLAGS[0]
 
+    @property
+    def lora(self) -> bool:
+        """--enable-lora given last (vLLM's default: off)."""
+        said = [f for f in self.given if f in LORA_FLAGS]
+        return bool(said) and said[-1] == LORA_FLAGS[0]
+
+    def text_of(self, flag: str) -> str | None:
+        found = self.given.get(flag)
+        return found.value if found is not None else None
+
 
 def human_int(text: str) -> int | None:
     """vLLM's reading of an integer flag ("2", "8k", "1K", "1.5k"); None where it would refuse it
@@ -152,7 +175,7 @@ def engine_flags(extra_args: list[str]) -> EngineFlags:
         flag = canonical(option)
         if flag is None:
             continue
-        if flag not in CHUNKED_PREFILL_FLAGS and not eq:
+        if flag not in BOOLEAN_FLAGS and not eq:
             following = extra_args[i + 1] if i + 1 < len(extra_args) else ""
             value = "" if following.startswith("-") else following  # a flag next: no value
         given.pop(flag, None)  # re-inserted last: `order` is the order last given

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.engine_memory import ONLINE_QUANTIZATION, engine_memory
 from llmpack.advisor.memory import GIB, vllm_args
 from llmpack.advisor.options import options_for_spec
 from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, QUANTIZATION_FLAG, engine_flags
@@ -36,7 +37,7 @@ from llmpack.api.llmdeployment import (
     LLMDeploymentSpec,
     RecommendationStatus,
 )
-from llmpack.api.profile import Profile
+from llmpack.api.profile import ModelFacts, Profile
 from llmpack.api.recommendation import Recommendation
 from llmpack.hardware import GPU, UnknownGPUError, lookup_gpu
 from llmpack.hardware.cluster import ClusterFacts, Offers
@@ -252,15 +253,19 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
 def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
     """A model whose weights alone exceed what one GPU offers a process, refused before any
     profiling, naming what would serve it. Only where the weights are known before profiling
-    (spec.model.architecture, or the catalogue at the served dtype) and no quantization flag
-    changes them."""
-    if QUANTIZATION_FLAG in engine_flags(spec.serving.extra_args).given:
-        return None  # online quantization: the checkpoint's bytes say nothing before profiling
-    arch = spec.model.architecture
-    known = find_architecture(spec.model.name)
-    dtype = spec.model.dtype
-    weights = arch.parameter_bytes if arch is not None else known.weight_bytes(dtype) if known else None
-    if weights is None or weights < gpu.usable_memory_bytes:
+    (spec.model.architecture, or the catalogue at the served dtype), as the engine flags change
+    them (advisor/engine_memory.py: online quantization, LoRA slots, a draft model); a checkpoint
+    quantized ahead of time publishes bytes llmpack cannot know, so profiling decides."""
+    flags = engine_flags(spec.serving.extra_args)
+    method = flags.text_of(QUANTIZATION_FLAG)
+    if method and method.strip().lower() not in ONLINE_QUANTIZATION:
+        return None
+    facts = _facts_before_profiling(spec)
+    if facts is None:
+        return None
+    served = engine_memory(facts, flags)
+    weights = served.weight_bytes + served.lora_bytes
+    if weights < gpu.usable_memory_bytes:
         return None
     larger = sorted(
         (g for g in GPUS.values() if g.usable_memory_bytes > weights * 1.1),
@@ -274,10 +279,34 @@ def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
     return Refused(
         PROGRESSING,
         "WeightsDoNotFit",
-        f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB and one {gpu.product} offers a "
+        f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB"
+        + (f" ({'; '.join(served.notes)})" if served.notes else "")
+        + f" and one {gpu.product} offers a "
         f"process {gpu.usable_memory_bytes / GIB:.1f} GiB: {bigger}from a quantized checkpoint (FP8 "
         "halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), or with tensor parallelism across "
         "GPUs (which llmpack does not plan yet)",
+    )
+
+
+def _facts_before_profiling(spec: LLMDeploymentSpec) -> ModelFacts | None:
+    """The model as the catalogue or spec.model.architecture describe it (None: neither does),
+    the architecture's bytes winning over the catalogue's."""
+    arch, known = spec.model.architecture, find_architecture(spec.model.name)
+    dtype = spec.model.dtype
+    if known is not None and (arch is None or arch.num_layers == known.num_layers):
+        facts = known.model_facts(name=spec.model.name, dtype=dtype)
+        return facts if arch is None else facts.model_copy(update={"weight_bytes": arch.parameter_bytes})
+    if arch is None:
+        return None
+    return ModelFacts(
+        name=spec.model.name,
+        dtype=dtype,
+        num_layers=arch.num_layers,
+        num_kv_heads=arch.num_kv_heads,
+        head_dim=arch.head_dim,
+        weight_bytes=arch.parameter_bytes,
+        kv_bytes_per_token=2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * 2,
+        max_model_len=arch.max_position_embeddings or 1,
     )
 
 

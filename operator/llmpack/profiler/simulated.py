@@ -25,8 +25,10 @@ import math
 import random
 from dataclasses import dataclass
 
+from llmpack.advisor.engine_memory import engine_memory
 from llmpack.advisor.kv_layout import in_flight_tokens, layout_of, vllm_default_max_num_batched_tokens
 from llmpack.advisor.memory import DEFAULT_BLOCK_SIZE, GIB, VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, dtype_bytes
+from llmpack.api.engine_flags import engine_flags
 from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
 from llmpack.errors import UserError
 from llmpack.hardware import GPU, UnknownGPUError, parse_gpu_product
@@ -68,6 +70,15 @@ class SimulatedBackend(Backend):
         self.p = parameters or SimulationParameters()
         self.gpu: GPU = label.gpu
         self.model = request.model_facts()
+        # what the engine flags change: quantized or draft weights, LoRA slots, draft KV layers
+        self.engine_memory = engine_memory(self.model, engine_flags(list(request.engine_args)))
+        self.model = self.model.model_copy(
+            update={
+                "weight_bytes": self.engine_memory.weight_bytes,
+                "kv_bytes_per_token": self.engine_memory.kv_bytes_per_token,
+            }
+        )
+        self.non_kv_bytes = self.p.non_kv_bytes + self.engine_memory.extra_bytes
         self.gpu_facts = gpu_facts(request.gpu_product)
         self.bandwidth = self.gpu_facts.bandwidth_bytes_per_s or self.gpu.bandwidth_bytes_per_s
         usable = self.gpu.usable_memory_bytes
@@ -78,7 +89,7 @@ class SimulatedBackend(Backend):
         else:
             self.flops = self.gpu.fp16_dense_tflops * 1e12
         self.usable_bytes = usable
-        pool = int(self.p.gpu_memory_utilization * usable) - self.model.weight_bytes - self.p.non_kv_bytes
+        pool = int(self.p.gpu_memory_utilization * usable) - self.model.weight_bytes - self.non_kv_bytes
         # vLLM's rule per kind of layer (advisor/kv_layout.py); with full attention only, the pool
         # holds blocks x block size tokens
         self.layout = layout_of(self.model)
@@ -234,10 +245,10 @@ class SimulatedBackend(Backend):
             block_size=DEFAULT_BLOCK_SIZE,
             gpu_memory_utilization=self.p.gpu_memory_utilization,
             kv_capacity_tokens=self.kv_capacity_tokens,
-            non_kv_memory_bytes=self.model.weight_bytes + self.p.non_kv_bytes,
+            non_kv_memory_bytes=self.model.weight_bytes + self.non_kv_bytes,
             backend="simulated",
             source=f"llmpack simulated backend, seed {self.seed}: memory-traffic model, not a measurement",
-            notes=list(notes),
+            notes=[*notes, *self.engine_memory.notes],
         )
 
 
