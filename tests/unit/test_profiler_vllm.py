@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llmpack.advisor.architectures import find_architecture
+from llmpack.advisor.kv_layout import layout_of
 from llmpack.api.profile import Profile
 from llmpack.profiler.engine_log import engine_config, parse_startup_log, root_cause, split_top_level
 from llmpack.profiler.facts import ProfileRequest
@@ -496,3 +498,44 @@ def test_the_kv_cache_dtype_is_read_in_every_spelling_vllm_takes():
     assert flag_value(["--kv-cache-dtype=fp8_e5m2"], "--kv-cache-dtype") == "fp8_e5m2"
     assert flag_value(["--kv-cache-dtype", "fp8", "--kv_cache_dtype=auto"], "--kv-cache-dtype") == "auto"
     assert flag_value(["--kv-cache-dtypes", "x"], "--kv-cache-dtype") is None
+
+
+def _gemma_request() -> ProfileRequest:
+    return ProfileRequest(
+        model="google/gemma-3-1b-it",
+        gpu_product="NVIDIA-L4",
+        dtype="bfloat16",
+        max_model_len=16384,
+        prompt_tokens=16000,
+        output_tokens=300,
+    )
+
+
+def test_a_sliding_window_model_agrees_with_the_engine_by_its_block_count():
+    """Gemma-3-1B (22 sliding + 4 full layers): a block costs 4 layers' pages, so the pool's block
+    count is what the engine reports when llmpack reads the layout right; the logged token count
+    (concurrency x context) is not a bytes-per-token figure for such a model."""
+    backend = VllmBackend(_gemma_request(), [1, 8])
+    blocks = backend.kv_cache_memory_bytes // (4 * 16 * 1024)
+    backend.cache_config = MetricsSample(num_gpu_blocks=blocks, block_size=16)
+    profile = backend.profile([build_point(8, read_bench_result(FIXTURES / "bench-serve-result.json"))], [])
+    assert profile.model.kv_bytes_per_token == 26 * 1024 and profile.model.kv_bytes_per_token_config is None
+    # an engine holding half the blocks: its figure wins, per attention layer
+    backend.cache_config = MetricsSample(num_gpu_blocks=blocks // 2, block_size=16)
+    profile = backend.profile([build_point(8, read_bench_result(FIXTURES / "bench-serve-result.json"))], [])
+    assert profile.model.kv_bytes_per_token_config == 26 * 1024
+    assert profile.model.kv_bytes_per_token == 26 * math.ceil(
+        backend.kv_cache_memory_bytes / (blocks // 2) / 64
+    )
+
+
+def test_the_profiling_pool_of_a_state_model_holds_every_requests_state():
+    """Qwen3-Next: 36 layers keep 1.1 MB of state per request beside 12 attention layers, so 64
+    requests need their states too, which 24,576 bytes per token alone would not hold."""
+    facts = find_architecture("Qwen/Qwen3-Next-80B-A3B-Instruct").model_facts(dtype="bfloat16")
+    workload = {"max_batch": 64, "prompt_tokens": 4000, "output_tokens": 1000, "max_model_len": 8192}
+    sized = profiling_kv_cache_bytes(
+        **workload, kv_bytes_per_token=facts.kv_bytes_per_token, layout=layout_of(facts)
+    )
+    tokens_only = profiling_kv_cache_bytes(**workload, kv_bytes_per_token=facts.kv_bytes_per_token)
+    assert sized > tokens_only and sized >= 64 * 5000 * 24576 + 64 * 36 * 1_097_728
