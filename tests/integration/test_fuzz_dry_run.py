@@ -9,7 +9,8 @@ testbed's own node shapes, and the simulated profiler's profile for the spec). T
 
 - nothing raises: a spec either reaches Deploying, or ends Failed with one of the documented
   answers (AdvisorRefused from AdvisorError, NoMatchingNodes from PlanningError, ContextTooLong
-  before any profiling for a context or workload beyond the model's limit, with nothing applied),
+  before any profiling for a context or workload beyond the model's limit, WeightsDoNotFit for
+  weights larger than the GPU, with nothing applied),
   or the simulated profiler reports that the model does not fit (what the profiling Job would say);
 - the LLMDeployment itself and every object the operator would apply (the profiling Job and its
   identity, the Deployment, Service and claim template) pass a server-side dry-run apply on the
@@ -37,8 +38,9 @@ from test_badinput_pure import reconcile_through, simulated_profile  # noqa: E40
 from llmpack.advisor.architectures import ARCHITECTURES  # noqa: E402
 from llmpack.api.llmdeployment import MPS_MAX_CLIENTS, LLMDeploymentSpec  # noqa: E402
 from llmpack.controller.client import KubeClient, KubeError  # noqa: E402
-from llmpack.hardware import GPUS  # noqa: E402
+from llmpack.hardware import GPUS, lookup_gpu  # noqa: E402
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts  # noqa: E402
+from llmpack.planner.decide import check_weights  # noqa: E402
 from llmpack.planner.planning import context_refusal  # noqa: E402
 from llmpack.profiler.backend import BackendError  # noqa: E402
 
@@ -272,6 +274,15 @@ def test_any_valid_spec_renders_objects_the_api_server_accepts(
         assert run.status["phase"] == "Failed" and reason == "ContextTooLong", run.status
         assert not run.kube.applied, "nothing is applied for a spec vLLM would refuse"
         TALLY["answered ContextTooLong"] = TALLY.get("answered ContextTooLong", 0) + 1
+        return
+    parsed = LLMDeploymentSpec.model_validate(spec)
+    if check_weights(parsed, lookup_gpu(parsed.gpu.product)) is not None:
+        # weights larger than one GPU (a large catalogue model on a small GPU): refused before any Job
+        run = reconcile_through(spec, cluster=cluster, name=name, namespace=namespace, play=False)
+        reason = {c["type"]: c for c in run.status["conditions"]}["Degraded"]["reason"]
+        assert run.status["phase"] == "Failed" and reason == "WeightsDoNotFit", run.status
+        assert not run.kube.applied, "nothing is applied for weights no GPU of the product holds"
+        TALLY["answered WeightsDoNotFit"] = TALLY.get("answered WeightsDoNotFit", 0) + 1
         return
     try:
         simulated_profile(LLMDeploymentSpec.model_validate(spec))

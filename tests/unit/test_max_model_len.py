@@ -138,8 +138,9 @@ def test_the_readme_example_serves_the_model_context_with_the_same_kv_cache():
         # 32k-context Qwen: the pool (512 x 512 tokens) holds far more than the model allows
         ("Qwen/Qwen2.5-0.5B-Instruct", (256, 256), 512, 32_768, 3_221_225_472),
         ("Qwen/Qwen3-0.6B", (256, 256), 192, 40_960, 11_274_289_152),
-        # 128k Llama: 256 x 512 = 131,072 tokens, exactly the model's limit
-        ("meta-llama/Llama-3.1-8B-Instruct", (256, 256), 256, 131_072, 17_179_869_184),
+        # 128k Llama: 256 x 512 = 131,072 tokens, exactly the model's limit, less the block vLLM
+        # keeps back (its null block), which its start-up check leaves out
+        ("meta-llama/Llama-3.1-8B-Instruct", (256, 256), 256, 131_056, 17_179_869_184),
         ("meta-llama/Llama-3.1-8B-Instruct", (2048, 512), 64, 131_072, 21_474_836_480),
         ("meta-llama/Llama-2-7b-hf", (1024, 256), 32, 4_096, 21_474_836_480),
     ],
@@ -155,8 +156,9 @@ def test_the_default_context_is_the_longest_the_model_allows_that_the_pool_holds
 
 def test_a_pool_shorter_than_the_model_allows_caps_the_context():
     rec = deployed({"model": {"name": OPT}, "advisor": {"maxNumSeqs": 1}})
-    # one request of 512 tokens sizes the pool; the context is what it holds, not 2,048
-    assert (rec["maxModelLen"], rec["kvCacheBytes"]) == (512, 512 * 196_608)
+    # one request of 512 tokens sizes the pool; the context is what it holds, not 2,048, less the
+    # block vLLM keeps back (a --max-model-len of 512 in a 512-token pool: vLLM refuses to start)
+    assert (rec["maxModelLen"], rec["kvCacheBytes"]) == (496, 512 * 196_608)
     assert "the model allows 2,048 and one replica's KV cache holds 512" in rec["explanation"]
 
 
@@ -272,8 +274,8 @@ def test_the_model_limit_is_read_as_vllm_reads_it(config, limit):
 def test_the_context_follows_the_pool_and_never_sizes_it():
     budget = kv_budget(batch=192, prompt_tokens=256, output_tokens=256, bytes_per_token=1)
     assert budget.tokens == 98_304 and context_for_pool(2048, budget.tokens) == 2048
-    assert context_for_pool(131_072, 32_768) == 32_768
-    assert context_for_pool(131_072, 1000, block_size=16) == 992
+    assert context_for_pool(131_072, 32_768) == 32_752  # whole blocks but vLLM's null block
+    assert context_for_pool(131_072, 1000, block_size=16) == 976
 
 
 def test_the_advisor_refuses_a_context_beyond_the_model_and_defaults_to_its_limit():

@@ -102,7 +102,8 @@ def test_kv_budget_takes_the_largest_need():
     one_long = memory.kv_budget(
         batch=1, prompt_tokens=10, output_tokens=10, bytes_per_token=3, max_model_len=4000
     )
-    assert one_long.tokens == 4000 and one_long.bytes == 12_000 and "max-model-len" in one_long.sizing
+    # and the block vLLM keeps back (its null block), which its start-up check leaves out
+    assert one_long.tokens == 4016 and one_long.bytes == 12_048 and "null block" in one_long.sizing
 
 
 def test_non_kv_estimate_covers_every_paper_measurement():

@@ -194,8 +194,9 @@ class KVLayout:
 
     def longest_context(self, pool_bytes: int, *, limit: int, block_size: int, in_flight_tokens: int) -> int:
         """The longest --max-model-len up to `limit` whose one request the pool holds (vLLM's
-        start-up check), in whole blocks where a layer keeps the whole context."""
-        blocks = self.num_blocks(pool_bytes, block_size)
+        start-up check, which leaves out the null block), in whole blocks where a layer keeps the
+        whole context."""
+        blocks = self.num_blocks(pool_bytes, block_size) - 1
 
         def fits(length: int) -> bool:
             return (

@@ -33,6 +33,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 DEFAULT_BLOCK_SIZE = 16  # vLLM's KV-cache block size in tokens (CUDA default)
+# Blocks of the pool vLLM's block pool holds back for itself (the null block), which its start-up
+# check leaves out (vllm 0.32 kv_cache_utils.py check_enough_kv_cache_memory).
+NULL_BLOCKS = 1
 
 CUDA_CONTEXT_BYTES = 768 * MIB
 ACTIVATION_BASE_BYTES = 256 * MIB
@@ -148,9 +151,15 @@ def kv_budget(
             (round_up_to_block(measured_peak_tokens, block_size), f"peak KV use measured at batch {batch}")
         )
     if max_model_len is not None:
+        # and the null block, which vLLM's start-up check leaves out of the pool
         candidates.append(
-            (round_up_to_block(max_model_len, block_size), f"one sequence of --max-model-len {max_model_len}")
+            (
+                round_up_to_block(max_model_len, block_size) + NULL_BLOCKS * block_size,
+                f"one sequence of --max-model-len {max_model_len} (and vLLM's null block)",
+            )
         )
+    # last: a tie goes to the need named above
+    candidates.append((2 * block_size, "the smallest pool vLLM starts with: a block and its null block"))
     tokens, sizing = max(candidates, key=lambda c: c[0])
     return KVBudget(tokens=tokens, bytes=tokens * bytes_per_token, sizing=sizing)
 
@@ -179,7 +188,7 @@ def layout_kv_budget(
         f"{in_flight_tokens:,} tokens in flight once per pool"
     )
     if max_model_len is not None:
-        one = layout.blocks_per_request(
+        one = NULL_BLOCKS + layout.blocks_per_request(
             max_model_len, block_size=block_size, in_flight_tokens=in_flight_tokens
         )
         if one > blocks:
@@ -193,12 +202,13 @@ def layout_kv_budget(
 
 def context_for_pool(model_limit: int, pool_tokens: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
     """--max-model-len when the user fixes none: the longest context the model allows that the KV
-    pool holds, min(the model's limit, the pool's tokens rounded down to whole blocks). The pool is
+    pool holds, min(the model's limit, the pool's whole blocks but vLLM's null block). The pool is
     sized by the batch; the context follows from it and never grows it. vLLM starts only when the
-    pool holds one sequence of --max-model-len (FACTS 1.1), which this keeps true."""
-    if model_limit < 1 or pool_tokens < block_size or block_size < 1:
-        raise ValueError("the model's limit and the block size must be at least 1, the pool a block")
-    return min(model_limit, pool_tokens // block_size * block_size)
+    pool, less vLLM's null block, holds one sequence of --max-model-len (FACTS 1.1; vllm 0.32
+    kv_cache_utils.py check_enough_kv_cache_memory), which this keeps true."""
+    if model_limit < 1 or pool_tokens < 2 * block_size or block_size < 1:
+        raise ValueError("the model's limit and the block size must be at least 1, the pool two blocks")
+    return min(model_limit, (pool_tokens // block_size - NULL_BLOCKS) * block_size)
 
 
 # Context of a profiling run when neither the spec nor anything known of the model fixes one
