@@ -5,14 +5,16 @@ environment's python. Reads one JSON object on stdin:
      "layouts": [{"name": ..., "block_size": N, "num_kv_heads": N, "head_size": N,
                   "pool_bytes": N, "layers": [{"kind": "full_attention" | "sliding_attention" |
                   "chunked_attention" | "state", "count": N, "window": N,
-                  "state_shapes": [[...], ...]}]}]}
+                  "state_shapes": [[...], ...], "checkpoint_blocks": N}]}]}
 
 builds the engine config vLLM would run (`EngineArgs.create_engine_config`, the tiny model at PATH
 standing in for the model), gives every layer the KV cache spec vLLM's attention layers register
 (vllm/v1/kv_cache_interface.py: FullAttentionSpec, SlidingWindowSpec, ChunkedLocalAttentionSpec,
 MambaSpec, bf16), and prints one JSON line per layout: what vLLM's kv_cache_utils.py makes of
 it (get_kv_cache_groups, get_kv_cache_config_from_groups, get_max_concurrency_for_kv_cache_config)
-and the in-flight tokens its config holds (VllmConfig.max_in_flight_tokens).
+and the in-flight tokens its config holds (VllmConfig.max_in_flight_tokens). A layout with state
+layers runs in mamba_cache_mode "align", as vLLM sets it for a hybrid model with prefix caching
+(vllm/model_executor/models/config.py MambaModelConfig).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def specs(layout: dict, torch):  # -> dict[str, KVCacheSpec]
                     shapes=shapes,
                     dtypes=tuple(torch.bfloat16 for _ in shapes),
                     page_size_padded=page,  # vLLM pads the state page to the attention page
+                    mamba_cache_mode="align",
+                    num_prefill_checkpoint_blocks=kind.get("checkpoint_blocks", 0),
                 )
     return out
 
@@ -73,6 +77,8 @@ def main() -> int:
     if config.cache_config.kv_cache_layout is None:
         config.cache_config.kv_cache_layout = "LBNHC"
     for layout in request["layouts"]:
+        hybrid = any(kind["kind"] == "state" for kind in layout["layers"])
+        config.cache_config.mamba_cache_mode = "align" if hybrid else "none"
         groups = kcu.get_kv_cache_groups(config, specs(layout, torch))
         kv = kcu.get_kv_cache_config_from_groups(config, groups, layout["pool_bytes"])
         concurrency = kcu.get_max_concurrency_for_kv_cache_config(config, kv)

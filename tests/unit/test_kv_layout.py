@@ -25,6 +25,8 @@ from llmpack.profiler.facts import model_facts, override_for
 from llmpack.render.plan import OwnerRef
 
 GB = 10**9
+QWEN3_NEXT_LINEAR = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128}
+QWEN3_NEXT_LINEAR |= {"linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "torch_dtype": "bfloat16"}
 GRANITE_MAMBA = {"mamba_expand": 2, "mamba_n_groups": 1, "mamba_n_heads": 48, "mamba_d_head": 64}
 GRANITE_MAMBA |= {"mamba_d_state": 128, "mamba_d_conv": 4}
 NEMOTRON_MAMBA = {"mamba_num_heads": 64, "mamba_head_dim": 32, "ssm_state_size": 128, "n_groups": 8}
@@ -82,8 +84,9 @@ def test_qwen3_next_keeps_a_state_per_request_not_per_token():
     layout = layout_of(facts)
     assert layout.block_size(16) == 544
     assert layout.groups()[0] == 12 and len(layout.groups()[1]) == 4
-    # 4,000 + 1,000 tokens: 10 blocks in the full group, one state block in each of 3 state groups
-    assert layout.blocks_per_request(5000, block_size=16, in_flight_tokens=32768) == 10 + 3
+    # 4,000 + 1,000 tokens: 10 blocks in the full group, two state blocks in each of 3 state groups
+    # (vLLM's mamba_cache_mode "align", its default for a hybrid model with prefix caching)
+    assert layout.blocks_per_request(5000, block_size=16, in_flight_tokens=32768) == 10 + 3 * 2
     assert layout.bytes_per_block(16) == 12 * 544 * 2048
 
 
@@ -136,13 +139,29 @@ def test_llama4_chunked_local_attention():
                 **GRANITE_MAMBA,
                 "torch_dtype": "bfloat16",
             },
-            KVLayoutFacts(state_layers=9, state_bytes_per_layer=(3 * (3072 + 2 * 128) + 48 * 64 * 128) * 2),
+            KVLayoutFacts(
+                state_layers=9,
+                state_bytes_per_layer=(3 * (3072 + 2 * 128) + 48 * 64 * 128) * 2,
+                state_checkpoint_blocks=1,  # Mamba-2 keeps a prefill checkpoint
+            ),
         ),
         (  # Nemotron-H: the pattern names Mamba (M) and attention (*) layers; MLP blocks (-) hold nothing
             {"model_type": "nemotron_h", "hybrid_override_pattern": "M-M-M*-M-", **NEMOTRON_MAMBA},
+            # the recurrent state in fp32, as vLLM keeps Nemotron-H's by default
             KVLayoutFacts(
-                state_layers=4, state_bytes_per_layer=(3 * (64 * 32 + 2 * 8 * 128) + 64 * 32 * 128) * 2
+                state_layers=4,
+                state_bytes_per_layer=3 * (64 * 32 + 2 * 8 * 128) * 2 + 64 * 32 * 128 * 4,
+                state_checkpoint_blocks=1,
             ),
+        ),
+        (  # Qwen3-Next as published: no layer_types, every 4th layer full
+            {
+                "model_type": "qwen3_next",
+                "num_hidden_layers": 8,
+                "full_attention_interval": 4,
+                **QWEN3_NEXT_LINEAR,
+            },
+            KVLayoutFacts(state_layers=6, state_bytes_per_layer=3 * 8192 * 2 + 32 * 128 * 128 * 2),
         ),
         ({"sliding_window": 4096}, None),  # Mistral-7B v0.1: vLLM keeps the context without layer_types
     ],
@@ -153,11 +172,13 @@ def test_llama4_chunked_local_attention():
         "qwen3-next-linear",
         "granite-4-h-mamba2",
         "nemotron-h-pattern",
+        "qwen3-next-interval",
         "mistral",
     ],
 )
 def test_config_json_layouts(config: dict[str, Any], expected: KVLayoutFacts | None):
-    base = {"num_hidden_layers": len(config.get("layer_types", [])) or 26, "num_attention_heads": 4}
+    base = {"num_hidden_layers": config.get("num_hidden_layers") or len(config.get("layer_types", [])) or 26}
+    base |= {"num_attention_heads": 4}
     base |= {"num_key_value_heads": 1, "head_dim": 256}
     shape = model_shape({**base, **config})
     assert shape.kv_layout == expected
@@ -235,3 +256,20 @@ def test_the_plan_sizes_each_case_by_its_layout(number: str, full_attention_byte
     batch = int(args[args.index("--max-num-seqs") + 1])
     tokens = spec.workload.prompt_tokens + spec.workload.output_tokens
     assert kv_bytes < batch * tokens * full_attention_bytes_per_token
+
+
+def test_a_state_llmpack_cannot_size_is_refused_in_one_line_unless_the_architecture_gives_it():
+    from llmpack.errors import UserError
+    from llmpack.profiler.facts import ArchitectureOverride, ProfileRequest
+
+    config = {"num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
+    config |= {"layer_types": ["mamba"] * 6 + ["attention"] * 2}
+    request = {"model": "m", "gpu_product": "NVIDIA-H100-80GB-HBM3", "dtype": "bfloat16", "config": config}
+    request |= {"max_model_len": 1024, "prompt_tokens": 10, "output_tokens": 10}
+    with pytest.raises(
+        UserError, match=r"give spec\.model\.architecture with stateLayers and stateBytesPerLayer"
+    ):
+        ProfileRequest(**request)
+    given = KVLayoutFacts(state_layers=6, state_bytes_per_layer=1000)
+    facts = ProfileRequest(**request, architecture=ArchitectureOverride(kv_layout=given)).model_facts()
+    assert facts.kv_layout == given and facts.kv_bytes_per_token == 2 * 2 * 2 * 64 * 2  # 2 attention layers

@@ -10,8 +10,9 @@ A real profile measures all of it and wins (the weights vLLM loaded, its KV capa
 - LoRA (vllm/lora/layers/base_linear.py create_lora_weights): every LoRA-able linear layer keeps,
   for --max-loras slots (default 1), A = rank x input and B = output x rank per output slice, in
   the model's dtype, at --max-lora-rank (default 16) whatever the adapters' own ranks. For a
-  decoder layer: qkv (3 slices), o, gate_up (2 slices), down. The MLP's width comes from the
-  config where known, else from the parameter count as a gated MLP (an estimate, said so).
+  decoder layer: qkv (3 slices), o, gate_up (2 slices), down. The MLP's width is estimated from
+  the parameter count as a dense gated MLP (said so); MoE experts, which vLLM gives slots each
+  (lora/layers/fused_moe.py), are not counted, so LoRA on an MoE model is under-estimated.
   --max-cpu-loras is host memory.
 - A speculative draft model (`--speculative-config` with a "model", method draft_model or
   eagle-style heads): its weights, and its layers' KV cache, which vLLM keeps in the same pool

@@ -11,8 +11,10 @@ pool at start-up and admits a request at run time):
   block's first token; blocks behind the window are freed;
 - chunked local attention of chunk C (Llama-4, `ChunkedLocalAttentionSpec`): cdiv(min(C +
   in-flight, L), block);
-- linear attention and Mamba (`MambaSpec`, mamba_cache_mode "none"): one block of state per
-  request whatever its length.
+- linear attention and Mamba (`MambaSpec`): blocks of state per request whatever its length: 2
+  in mamba_cache_mode "align", which vLLM sets for a hybrid model with prefix caching (its
+  default: vllm/model_executor/models/config.py MambaModelConfig), plus one prefill checkpoint
+  for Mamba-2 layers (mamba_mixer2.py); 1 without prefix caching, which this over-counts.
 
 In-flight tokens are `VllmConfig.max_in_flight_tokens`: --max-num-batched-tokens times the
 batches in flight (2 with asynchronous scheduling, vLLM's default where its executor supports it;
@@ -57,6 +59,7 @@ class Layers:
     count: int
     window: int | None = None
     state_bytes: int = 0
+    state_blocks: int = 2  # blocks of state one request holds (mamba_cache_mode "align")
 
     def blocks(self, tokens: int, *, block_size: int, in_flight_tokens: int) -> int:
         """Blocks one request of `tokens` tokens may hold in one group of these layers: vLLM's
@@ -64,7 +67,7 @@ class Layers:
         if self.kind == "full_attention":
             return _cdiv(tokens, block_size)
         if self.kind == "state":
-            return 1
+            return self.state_blocks
         assert self.window is not None
         if self.kind == "sliding_attention":
             return _cdiv(min(self.window - 1 + in_flight_tokens, tokens), block_size) + 1
@@ -268,7 +271,14 @@ def layout_from_facts(facts: KVLayoutFacts | None, *, num_layers: int, kv_bytes_
             Layers("chunked_attention", facts.chunked_attention_layers, window=facts.attention_chunk_size)
         )
     if facts.state_bytes_per_layer is not None:
-        kinds.append(Layers("state", facts.state_layers, state_bytes=facts.state_bytes_per_layer))
+        kinds.append(
+            Layers(
+                "state",
+                facts.state_layers,
+                state_bytes=facts.state_bytes_per_layer,
+                state_blocks=2 + facts.state_checkpoint_blocks,
+            )
+        )
     return KVLayout(tuple(k for k in kinds if k.count > 0), per_layer)
 
 

@@ -129,7 +129,8 @@ class ModelShape:
         return self.attention_layers * per_layer
 
     def kv_bytes_per_token(self, kv_cache_dtype: str = "auto", dtype: str = "auto") -> int:
-        """Bytes one token of KV cache takes over all layers, for vLLM's --kv-cache-dtype and
+        """Bytes one token of KV cache takes over the attention layers (as if each kept the whole
+        context; kv_layout.py says what each kind keeps), for vLLM's --kv-cache-dtype and
         --dtype (`auto` in both: the checkpoint's 16-bit dtype). Raises ValueError for a dtype
         name vLLM does not know."""
         return self.kv_elements_per_token * kv_element_bytes(kv_cache_dtype, dtype or "auto", self.dtype)
@@ -165,8 +166,10 @@ def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return nested if isinstance(nested, Mapping) and nested else config
 
 
-def model_shape(config: Mapping[str, Any]) -> ModelShape:
-    """The shape vLLM reads from a config.json dict. Raises ModelConfigError naming a missing field."""
+def model_shape(config: Mapping[str, Any], *, read_layout: bool = True) -> ModelShape:
+    """The shape vLLM reads from a config.json dict. Raises ModelConfigError naming a missing field.
+    `read_layout` False leaves the layers that keep less than the whole context unread (the
+    caller was given them), so a state llmpack cannot size raises nothing."""
     cfg = text_config(config)
     model_type = cfg.get("model_type") or config.get("model_type")
     layers = _positive_int(_first(cfg, _LAYER_KEYS))
@@ -210,7 +213,7 @@ def model_shape(config: Mapping[str, Any]) -> ModelShape:
         mla=mla,
         kv_lora_rank=kv_lora_rank if mla else None,
         qk_rope_head_dim=rope if mla else None,
-        kv_layout=kv_layout_facts(cfg, layers, str(dtype) if dtype else None),
+        kv_layout=kv_layout_facts(cfg, layers, str(dtype) if dtype else None) if read_layout else None,
     )
 
 
@@ -219,16 +222,25 @@ _CHUNKED = frozenset({"chunked_attention"})
 _STATE = frozenset({"linear_attention", "mamba", "mamba2", "linear"})
 
 
+def model_type_of(cfg: Mapping[str, Any]) -> str:
+    return str(cfg.get("model_type") or "")
+
+
 def layer_kinds(cfg: Mapping[str, Any], layers: int) -> list[str]:
     """The kind of each layer as vLLM's model code reads it: `layer_types`, else what
     transformers derives it from (Gemma-2/3 `sliding_window_pattern`: every p-th layer global;
-    Llama-4 `no_rope_layers`: a layer with RoPE uses chunked local attention)."""
+    Llama-4 `no_rope_layers`: a layer with RoPE uses chunked local attention; Qwen3-Next and
+    Qwen3.5 `full_attention_interval`; Nemotron-H `hybrid_override_pattern`)."""
     types = cfg.get("layer_types")
     if isinstance(types, list) and types:
         return [str(t) for t in types[:layers]]
     pattern = cfg.get("hybrid_override_pattern")
     if isinstance(pattern, str) and pattern:
         return ["mamba"] * pattern.count("M") + ["full_attention"] * pattern.count("*")
+    if model_type_of(cfg).startswith(("qwen3_next", "qwen3_5")):
+        # transformers' default layer_types: every full_attention_interval-th layer is full
+        interval = _positive_int(cfg.get("full_attention_interval")) or 4
+        return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)]
     model_type = str(cfg.get("model_type") or "")
     if model_type.startswith("gemma") and _positive_int(cfg.get("sliding_window")):
         pattern = _positive_int(cfg.get("sliding_window_pattern")) or (2 if model_type == "gemma2" else 6)
@@ -264,6 +276,7 @@ def kv_layout_facts(cfg: Mapping[str, Any], layers: int, dtype: str | None) -> K
         chunked_attention_layers=chunked,
         state_layers=state,
         state_bytes_per_layer=state_bytes(cfg, dtype) if state else None,
+        state_checkpoint_blocks=1 if state and _is_mamba2(cfg) else 0,
     )
 
 
@@ -281,6 +294,10 @@ def state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
         "Qwen3-Next's gated delta net nor Mamba-2); give spec.model.architecture with stateLayers and "
         "stateBytesPerLayer"
     )
+
+
+def _is_mamba2(cfg: Mapping[str, Any]) -> bool:
+    return "linear_num_value_heads" not in cfg and ("mamba_n_heads" in cfg or "mamba_num_heads" in cfg)
 
 
 def mamba2_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
@@ -301,8 +318,8 @@ def mamba2_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
     else:
         expand, hidden = _required(cfg, ("mamba_expand", "hidden_size"), "Mamba-2")
         intermediate = expand * hidden
-    elements = (kernel - 1) * (intermediate + 2 * groups * d_state) + heads * head_dim * d_state
-    return elements * min(dtype_bytes(dtype or "auto"), 2)
+    conv = (kernel - 1) * (intermediate + 2 * groups * d_state)
+    return conv * _state_element_bytes(dtype) + heads * head_dim * d_state * _ssm_element_bytes(cfg, dtype)
 
 
 def _required(cfg: Mapping[str, Any], names: tuple[str, ...], kind: str) -> list[int]:
@@ -331,8 +348,30 @@ def gated_delta_net_state_bytes(cfg: Mapping[str, Any], dtype: str | None) -> in
     values = _required(cfg, names, "gated-delta-net")
     k_heads, v_heads, k_dim, v_dim, kernel = values
     conv_dim = k_dim * k_heads * 2 + v_dim * v_heads
-    elements = (kernel - 1) * conv_dim + v_heads * k_dim * v_dim
-    return elements * min(dtype_bytes(dtype or "auto"), 2)
+    conv = (kernel - 1) * conv_dim
+    return conv * _state_element_bytes(dtype) + v_heads * k_dim * v_dim * _ssm_element_bytes(cfg, dtype)
+
+
+def _state_element_bytes(dtype: str | None) -> int:
+    """The convolution state's element: the model's dtype as served (16 bits for fp32)."""
+    return min(dtype_bytes(dtype or "auto"), 2)
+
+
+def _ssm_element_bytes(cfg: Mapping[str, Any], dtype: str | None) -> int:
+    """The recurrent state's element with --mamba-ssm-cache-dtype auto: Nemotron-H keeps it in
+    fp32 unless its config names another (mamba_ssm_cache_dtype), Qwen3.5 as its config's
+    mamba_ssm_dtype says, any other model in the convolution state's dtype (vllm 0.32
+    model_executor/models/config.py NemotronHForCausalLMConfig, Qwen3_5ForConditionalGenerationConfig;
+    mamba_utils.py _mamba_state_dtype)."""
+    model_type = str(cfg.get("model_type") or "")
+    named = None
+    if model_type.startswith("nemotron_h"):
+        named = cfg.get("mamba_ssm_cache_dtype") or "float32"
+    elif model_type.startswith("qwen3_5"):
+        named = cfg.get("mamba_ssm_dtype")
+    if isinstance(named, str) and named != "auto":
+        return dtype_bytes(named)
+    return _state_element_bytes(dtype)
 
 
 def context_limit(config: Mapping[str, Any]) -> int | None:

@@ -319,7 +319,10 @@ def calibrate(
     weight_ms = 1000.0 * model.weight_bytes / bandwidth
     # bytes a decode step reads per token of context: fewer than kv_bytes_per_token where layers
     # keep only a window or a state (advisor/kv_layout.py)
-    kv_read = round(kv_layout.layout_of(model).read_bytes_per_token(context))
+    layout = kv_layout.layout_of(model)
+    kv_read = (
+        model.kv_bytes_per_token if layout.is_full_attention else round(layout.read_bytes_per_token(context))
+    )
     kv_ms_per_seq = 1000.0 * context * kv_read / bandwidth
     notes: list[str] = []
 

@@ -69,6 +69,13 @@ class KVLayoutFacts(ProfileModel):
     state_bytes_per_layer: int | None = Field(
         None, ge=1, le=1 << 34, description="Bytes of one such layer's state for one request."
     )
+    state_checkpoint_blocks: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="Blocks of state a request holds beyond vLLM's two (a Mamba-2 layer's prefill "
+        "checkpoint: 1).",
+    )
 
     @model_validator(mode="after")
     def _pairs(self) -> KVLayoutFacts:

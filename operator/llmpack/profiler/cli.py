@@ -216,7 +216,10 @@ def profile_request(args: argparse.Namespace) -> ProfileRequest:
             raise UserError(f"--model {args.model}: {err}") from None
     max_model_len = args.max_model_len
     if max_model_len is None:
-        shape = model_shape(config) if config is not None else None
+        try:
+            shape = model_shape(config, read_layout=False) if config is not None else None
+        except ModelConfigError as err:
+            raise UserError(f"--model {args.model}: {err}") from None
         limit, _ = model_context_limit(args.model, shape)
         if limit is None and shape is not None:
             limit = VLLM_ASSUMED_CONTEXT  # what vLLM assumes of a config that names no length

@@ -9,6 +9,7 @@ error that says which flags to pass. Pure: no processes, no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,7 @@ class ProfileRequest:
         if self.config is None:
             return None
         try:
-            return model_shape(self.config)
+            return model_shape(self.config, read_layout=self.architecture.kv_layout is None)
         except ModelConfigError as err:
             raise UserError(f"--model {self.model}: {err}") from None
 
@@ -199,6 +200,8 @@ def model_facts(
     if shape is None and arch is not None and not override.given:
         shape = arch.shape()  # the catalogue, read by the same rules as a config.json
     if shape is not None and not override.given:
+        if override.kv_layout is not None:  # the layout as given, the rest as the config says
+            shape = dataclasses.replace(shape, kv_layout=override.kv_layout)
         return _facts_from_shape(
             model,
             shape,

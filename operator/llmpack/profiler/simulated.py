@@ -131,6 +131,12 @@ class SimulatedBackend(Backend):
                 f"most {self.kv_capacity_tokens}, or serve on a GPU with more memory"
             )
 
+    def _kv_read(self, context: float) -> float:
+        """KV bytes a decode step reads per token of context (kv_layout.read_bytes_per_token)."""
+        if self.layout.is_full_attention:
+            return float(self.model.kv_bytes_per_token)
+        return self.layout.read_bytes_per_token(context)
+
     def _start_layout(self, request: int) -> None:
         """vLLM's start-up check for a model whose layers keep less than the whole context: the
         pool holds one request of --max-model-len by each layer's rule."""
@@ -169,12 +175,7 @@ class SimulatedBackend(Backend):
         prompt, output = self.request.prompt_tokens, self.request.output_tokens
         context = prompt + output / 2
         weights = self.model.weight_bytes / (self.p.weight_efficiency * self.bandwidth)
-        kv = (
-            running
-            * context
-            * self.layout.read_bytes_per_token(context)
-            / (self.p.kv_efficiency * self.bandwidth)
-        )
+        kv = running * context * self._kv_read(context) / (self.p.kv_efficiency * self.bandwidth)
         idle = (self.p.idle_fixed_ms + self.p.idle_per_sequence_ms * running) / 1000
         return 1000 * (weights + kv + idle + running / output * self.prefill_s())
 
@@ -201,9 +202,9 @@ class SimulatedBackend(Backend):
         ttft = prefill_ms + step + queue_ms
         e2e_s = (ttft + (output - 1) * step) / 1000
         requests_per_s = batch / e2e_s
-        bytes_per_step = self.model.weight_bytes + running * (
+        bytes_per_step = self.model.weight_bytes + running * (prompt + output / 2) * self._kv_read(
             prompt + output / 2
-        ) * self.layout.read_bytes_per_token(prompt + output / 2)
+        )
         dram = min(bytes_per_step / (step / 1000) / self.bandwidth, 1.0)
         busy = 1 - (p.idle_fixed_ms + p.idle_per_sequence_ms * running) / step
         return ProfilePoint(
