@@ -273,3 +273,19 @@ def test_a_state_llmpack_cannot_size_is_refused_in_one_line_unless_the_architect
     given = KVLayoutFacts(state_layers=6, state_bytes_per_layer=1000)
     facts = ProfileRequest(**request, architecture=ArchitectureOverride(kv_layout=given)).model_facts()
     assert facts.kv_layout == given and facts.kv_bytes_per_token == 2 * 2 * 2 * 64 * 2  # 2 attention layers
+
+
+def test_without_vllms_hybrid_manager_the_window_layers_keep_the_whole_context():
+    """--disable-hybrid-kv-cache-manager: vLLM allocates sliding-window and chunked layers as full
+    attention beside full-attention layers (kv_cache_utils.py unify_hybrid_kv_cache_specs)."""
+    from llmpack.profiler.facts import ProfileRequest
+
+    request = {"model": "google/gemma-3-1b-it", "gpu_product": "NVIDIA-L4", "dtype": "bfloat16"}
+    request |= {"max_model_len": 4096, "prompt_tokens": 10, "output_tokens": 10}
+    assert ProfileRequest(**request).model_facts().kv_layout is not None
+    off = ProfileRequest(**request, engine_args=("--disable-hybrid-kv-cache-manager",)).model_facts()
+    assert off.kv_layout is None and off.kv_bytes_per_token == 26 * 1024
+    again = ("--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager")
+    assert ProfileRequest(**request, engine_args=again).model_facts().kv_layout is not None
+    all_sliding = KVLayoutFacts(sliding_window=200, sliding_window_layers=2)
+    assert all_sliding.without_hybrid_manager(2) == all_sliding  # nothing to unify with

@@ -37,8 +37,10 @@ CHUNKED_PREFILL_FLAGS = ("--enable-chunked-prefill", "--no-enable-chunked-prefil
 QUANTIZATION_FLAG = "--quantization"  # short -q: online quantization changes the weights' bytes
 # flags that change a replica's memory besides the KV cache (advisor/engine_memory.py)
 LORA_FLAGS = ("--enable-lora", "--no-enable-lora")
+# vLLM then keeps the whole context in sliding-window and chunked layers beside full attention
+HYBRID_MANAGER_FLAGS = ("--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager")
 MEMORY_FLAGS = ("--max-loras", "--max-lora-rank", "--speculative-config")
-BOOLEAN_FLAGS = (*CHUNKED_PREFILL_FLAGS, *LORA_FLAGS)
+BOOLEAN_FLAGS = (*CHUNKED_PREFILL_FLAGS, *LORA_FLAGS, *HYBRID_MANAGER_FLAGS)
 SHORT_FLAGS = {**{short: flag for flag, short in PARALLEL_FLAGS.items()}, "-q": QUANTIZATION_FLAG}
 KNOWN_FLAGS = (
     *PARALLEL_FLAGS,
@@ -46,6 +48,7 @@ KNOWN_FLAGS = (
     *CHUNKED_PREFILL_FLAGS,
     QUANTIZATION_FLAG,
     *LORA_FLAGS,
+    *HYBRID_MANAGER_FLAGS,
     *MEMORY_FLAGS,
 )
 # Beyond any machine: a value above this is a typo, not a size (and stays an exact int)
@@ -131,6 +134,12 @@ class EngineFlags:
         """--enable-lora given last (vLLM's default: off)."""
         said = [f for f in self.given if f in LORA_FLAGS]
         return bool(said) and said[-1] == LORA_FLAGS[0]
+
+    @property
+    def hybrid_kv_cache_manager(self) -> bool:
+        """False where --disable-hybrid-kv-cache-manager was given last (vLLM's default: on)."""
+        said = [f for f in self.given if f in HYBRID_MANAGER_FLAGS]
+        return not said or said[-1] != HYBRID_MANAGER_FLAGS[0]
 
     def text_of(self, flag: str) -> str | None:
         found = self.given.get(flag)

@@ -97,6 +97,20 @@ class KVLayoutFacts(ProfileModel):
     def special_layers(self) -> int:
         return self.sliding_window_layers + self.chunked_attention_layers + self.state_layers
 
+    def without_hybrid_manager(self, num_layers: int) -> KVLayoutFacts | None:
+        """The layout vLLM keeps with --disable-hybrid-kv-cache-manager: beside full-attention
+        layers, sliding-window and chunked layers keep the whole context too
+        (vllm/v1/core/kv_cache_utils.py unify_hybrid_kv_cache_specs); None when nothing is left."""
+        if self.special_layers - self.state_layers == num_layers - self.state_layers:
+            return self  # no full-attention layer: nothing is promoted
+        if self.state_layers == 0:
+            return None
+        return KVLayoutFacts(
+            state_layers=self.state_layers,
+            state_bytes_per_layer=self.state_bytes_per_layer,
+            state_checkpoint_blocks=self.state_checkpoint_blocks,
+        )
+
 
 class ModelFacts(ProfileModel):
     """The model as served: its shape and the memory it takes."""
