@@ -289,3 +289,23 @@ def test_without_vllms_hybrid_manager_the_window_layers_keep_the_whole_context()
     assert ProfileRequest(**request, engine_args=again).model_facts().kv_layout is not None
     all_sliding = KVLayoutFacts(sliding_window=200, sliding_window_layers=2)
     assert all_sliding.without_hybrid_manager(2) == all_sliding  # nothing to unify with
+
+
+def test_a_block_size_the_spec_fixes_rounds_the_kv_cache():
+    """--block-size 128: every request holds whole blocks of 128 tokens, in the dry run as in vLLM."""
+    spec = LLMDeploymentSpec.model_validate(
+        {
+            "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "workload": {"promptTokens": 200, "outputTokens": 100},
+            "advisor": {"maxNumSeqs": 8},
+            "serving": {"extraArgs": ["--block-size", "128"]},
+        }
+    )
+    profile = simulated_profile(spec)
+    assert profile.block_size == 128
+    from llmpack.advisor.options import options_for_spec
+    from llmpack.advisor.recommend import advise
+    from llmpack.hardware import lookup_gpu
+
+    rec = advise(profile, options_for_spec(spec), lookup_gpu(spec.gpu.product))
+    assert rec.kv_cache_bytes == 8 * 384 * profile.model.kv_bytes_per_token  # 300 tokens in 3 blocks

@@ -97,14 +97,16 @@ class SimulatedBackend(Backend):
         self.in_flight = in_flight_tokens(
             scheduled or vllm_default_max_num_batched_tokens(usable, self.gpu_facts.product)
         )
-        self.kv_blocks = self.layout.num_blocks(pool, DEFAULT_BLOCK_SIZE)
+        # --block-size where the spec sets it (vLLM's choices are checked by its parser), else CUDA's
+        self.block_size = _int_flag(request.engine_args, "--block-size") or DEFAULT_BLOCK_SIZE
+        self.kv_blocks = self.layout.num_blocks(pool, self.block_size)
         if self.layout.is_full_attention:
-            self.kv_capacity_tokens = self.kv_blocks * DEFAULT_BLOCK_SIZE
+            self.kv_capacity_tokens = self.kv_blocks * self.block_size
         else:
             self.kv_capacity_tokens = self.layout.capacity_tokens(
                 pool,
                 max_model_len=request.max_model_len,
-                block_size=DEFAULT_BLOCK_SIZE,
+                block_size=self.block_size,
                 in_flight_tokens=self.in_flight,
             )
         self.pool_bytes = max(pool, 0)
@@ -140,7 +142,7 @@ class SimulatedBackend(Backend):
     def _start_layout(self, request: int) -> None:
         """vLLM's start-up check for a model whose layers keep less than the whole context: the
         pool holds one request of --max-model-len by each layer's rule."""
-        layout, bs = self.layout, DEFAULT_BLOCK_SIZE
+        layout, bs = self.layout, self.block_size
         one = layout.blocks_per_request(
             self.request.max_model_len, block_size=bs, in_flight_tokens=self.in_flight
         )
@@ -187,7 +189,7 @@ class SimulatedBackend(Backend):
         p = self.p
         rng = self._rng(batch)
         prompt, output = self.request.prompt_tokens, self.request.output_tokens
-        fits = self.kv_blocks / self.layout.resident_blocks(prompt + output, block_size=DEFAULT_BLOCK_SIZE)
+        fits = self.kv_blocks / self.layout.resident_blocks(prompt + output, block_size=self.block_size)
         running = min(float(batch), fits)
         num_prompts = max(p.prompts_per_batch * batch, p.min_prompts)
         overflow = max(batch - fits, 0.0) / batch
@@ -243,7 +245,7 @@ class SimulatedBackend(Backend):
             engine=EngineFacts(version="simulated"),
             workload=self.request.workload(dataset="random (simulated)"),
             points=points,
-            block_size=DEFAULT_BLOCK_SIZE,
+            block_size=self.block_size,
             gpu_memory_utilization=self.p.gpu_memory_utilization,
             kv_capacity_tokens=self.kv_capacity_tokens,
             non_kv_memory_bytes=self.model.weight_bytes + self.non_kv_bytes,
