@@ -30,6 +30,11 @@ linear-attention layers vLLM raises the attention block size until one attention
 layer's state (`Platform` `_align_hybrid_block_size`, platforms/interface.py), then pads the
 state page to it.
 
+The pool a batch needs (`pool_blocks`) is llmpack's rule on top of vLLM's: B requests of T tokens
+each hold what they keep while decoding (the window, not the context, in a sliding layer), and one
+more request's prefill holds the in-flight tokens, once per pool, as a step schedules at most that
+many; vLLM's null block is the caller's to add (memory.NULL_BLOCKS).
+
 Limits, stated: every attention layer keeps the same bytes per token (one KV head count and head
 size; vLLM packs layers of different page sizes differently, `_get_packed_kv_cache_groups`, which
 this does not follow); a model has at most one kind of state layer; page alignment of
