@@ -309,3 +309,31 @@ def test_a_block_size_the_spec_fixes_rounds_the_kv_cache():
 
     rec = advise(profile, options_for_spec(spec), lookup_gpu(spec.gpu.product))
     assert rec.kv_cache_bytes == 8 * 384 * profile.model.kv_bytes_per_token  # 300 tokens in 3 blocks
+
+
+def test_one_batch_in_flight_without_async_scheduling_and_what_the_flags_did_is_said():
+    """--no-async-scheduling: one batch of tokens in flight, not two, so the one prefilled request
+    holds less in each sliding layer; --disable-hybrid-kv-cache-manager is named in the profile."""
+    from llmpack.advisor.options import options_for_spec
+    from llmpack.advisor.recommend import advise
+    from llmpack.hardware import lookup_gpu
+
+    def kv(*flags: str) -> tuple[int, list[str]]:
+        spec = LLMDeploymentSpec.model_validate(
+            {
+                "model": {"name": "google/gemma-3-1b-it"},
+                "workload": {"promptTokens": 16000, "outputTokens": 500},
+                "gpu": {"product": "NVIDIA-L4"},
+                "advisor": {"maxNumSeqs": 8},
+                "serving": {"extraArgs": list(flags)},
+            }
+        )
+        profile = simulated_profile(spec)
+        return advise(profile, options_for_spec(spec), lookup_gpu("NVIDIA-L4")).kv_cache_bytes, profile.notes
+
+    default, _ = kv()
+    one_batch, _ = kv("--no-async-scheduling")
+    assert default - one_batch == 6 * (288 - 160) * 4 * 16 * 1024  # cdiv(511 + 4096) vs cdiv(511 + 2048)
+    full, notes = kv("--disable-hybrid-kv-cache-manager")
+    assert full > default and any(n.startswith("--disable-hybrid-kv-cache-manager") for n in notes)
+    assert not any("hybrid" in n for n in kv()[1])

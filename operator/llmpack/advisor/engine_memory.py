@@ -91,7 +91,7 @@ def quantized_weight_bytes(model: ModelFacts, flags: EngineFlags, notes: list[st
     linear = _parameters(model) - embeddings
     served = int(embeddings * 2 + linear * per_weight)
     notes.append(
-        f"--quantization {method}: linear weights in {per_weight:g} bytes each, embeddings 16-bit: "
+        f"--quantization {method}: {per_weight:g} bytes per linear weight, embeddings 16-bit: "
         f"{served / GB:.2f} GB of weights instead of {model.weight_bytes / GB:.2f} GB"
     )
     return min(served, model.weight_bytes)

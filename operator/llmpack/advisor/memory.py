@@ -121,6 +121,14 @@ class KVBudget:
     tokens: int  # a multiple of the block size
     bytes: int
     sizing: str  # which rule set the size, for people
+    blocks: int | None = None  # layers that keep less than the context: the pool's blocks
+
+    def describe(self) -> str:
+        """What the pool holds, in words: tokens where every layer keeps the whole context, blocks
+        (shared by all layer groups) otherwise."""
+        if self.blocks is None:
+            return f"{self.tokens:,} tokens"
+        return f"{self.blocks:,} blocks of {self.tokens // self.blocks:,} tokens"
 
 
 def kv_budget(
@@ -177,8 +185,9 @@ def layout_kv_budget(
     """The KV cache of a model whose layers keep less than the whole context (sliding windows,
     chunked local attention, linear attention or Mamba state): `batch` requests of prompt +
     output tokens decoding while one more is prefilled, by vLLM's rule per kind of layer
-    (KVLayout.pool_blocks), never less than one request of a fixed --max-model-len. `tokens` is
-    the pool's blocks times the block size: the tokens each of its layer groups holds."""
+    (KVLayout.pool_blocks), never less than one request of a fixed --max-model-len. `blocks` are
+    the pool's, which every layer group draws from (a block id holds a page in each of a group's
+    layers); `tokens` is blocks times the block size, not tokens a request can use."""
     tokens = prompt_tokens + output_tokens
     blocks = layout.pool_blocks(
         batch=batch, tokens=tokens, block_size=block_size, in_flight_tokens=in_flight_tokens
@@ -197,6 +206,7 @@ def layout_kv_budget(
         tokens=blocks * layout.block_size(block_size),
         bytes=blocks * layout.bytes_per_block(block_size),
         sizing=sizing,
+        blocks=blocks,
     )
 
 

@@ -63,6 +63,11 @@ class AdvisorOptions(BaseModel):
         description="False where the spec turns chunked prefill off: then --max-model-len stays within "
         "max_num_batched_tokens (vllm/config/scheduler.py).",
     )
+    async_scheduling: bool = Field(
+        True,
+        description="False where the spec turns vLLM's asynchronous scheduling off: one batch in flight "
+        "instead of two (sliding-window layers hold the tokens in flight).",
+    )
     max_batch: int | None = Field(
         None,
         ge=1,
@@ -112,6 +117,7 @@ def options_for_spec(spec: LLMDeploymentSpec) -> AdvisorOptions:
         max_batch=None,  # the planner's, where a MIG slice holds less than B_opt
         max_num_batched_tokens=flags.max_num_batched_tokens,
         chunked_prefill=flags.chunked_prefill is not False,
+        async_scheduling=flags.async_scheduling,
         replicas_per_gpu=advisor.replicas_per_gpu,
         min_replica_gain=advisor.min_replica_gain,
     )

@@ -228,7 +228,7 @@ class ReplicaSize:
     def describe(self) -> str:
         budget, non_kv = self.budget, self.non_kv
         return (
-            f"Its KV cache holds {budget.tokens:,} tokens ({budget.bytes / GIB:.2f} GiB; sized by "
+            f"Its KV cache holds {budget.describe()} ({budget.bytes / GIB:.2f} GiB; sized by "
             f"{budget.sizing}); with {non_kv.bytes / GIB:.2f} GiB besides ({non_kv.source}) one "
             f"replica needs {self.per_replica / GIB:.2f} GiB. {self.context_text}"
         )
@@ -490,7 +490,7 @@ def in_flight_tokens(options: AdvisorOptions, target: GPU) -> int:
     budget = options.max_num_batched_tokens or kv_layout.vllm_default_max_num_batched_tokens(
         target.memory_bytes, target.product
     )
-    return kv_layout.in_flight_tokens(budget)
+    return kv_layout.in_flight_tokens(budget, async_scheduling=options.async_scheduling)
 
 
 def _measured_peak_tokens(profile: Profile, batch: int) -> int | None:

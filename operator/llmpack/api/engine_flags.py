@@ -39,8 +39,10 @@ QUANTIZATION_FLAG = "--quantization"  # short -q: online quantization changes th
 LORA_FLAGS = ("--enable-lora", "--no-enable-lora")
 # vLLM then keeps the whole context in sliding-window and chunked layers beside full attention
 HYBRID_MANAGER_FLAGS = ("--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager")
+# two batches in flight (vLLM's default where its executor supports it) or one
+ASYNC_SCHEDULING_FLAGS = ("--async-scheduling", "--no-async-scheduling")
 MEMORY_FLAGS = ("--max-loras", "--max-lora-rank", "--speculative-config")
-BOOLEAN_FLAGS = (*CHUNKED_PREFILL_FLAGS, *LORA_FLAGS, *HYBRID_MANAGER_FLAGS)
+BOOLEAN_FLAGS = (*CHUNKED_PREFILL_FLAGS, *LORA_FLAGS, *HYBRID_MANAGER_FLAGS, *ASYNC_SCHEDULING_FLAGS)
 SHORT_FLAGS = {**{short: flag for flag, short in PARALLEL_FLAGS.items()}, "-q": QUANTIZATION_FLAG}
 KNOWN_FLAGS = (
     *PARALLEL_FLAGS,
@@ -49,6 +51,7 @@ KNOWN_FLAGS = (
     QUANTIZATION_FLAG,
     *LORA_FLAGS,
     *HYBRID_MANAGER_FLAGS,
+    *ASYNC_SCHEDULING_FLAGS,
     *MEMORY_FLAGS,
 )
 # Beyond any machine: a value above this is a typo, not a size (and stays an exact int)
@@ -134,6 +137,12 @@ class EngineFlags:
         """--enable-lora given last (vLLM's default: off)."""
         said = [f for f in self.given if f in LORA_FLAGS]
         return bool(said) and said[-1] == LORA_FLAGS[0]
+
+    @property
+    def async_scheduling(self) -> bool:
+        """False where --no-async-scheduling was given last (vLLM's default: on)."""
+        said = [f for f in self.given if f in ASYNC_SCHEDULING_FLAGS]
+        return not said or said[-1] == ASYNC_SCHEDULING_FLAGS[0]
 
     @property
     def hybrid_kv_cache_manager(self) -> bool:

@@ -21,6 +21,7 @@ for exercising the operator, not for deciding a deployment.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class SimulatedBackend(Backend):
             }
         )
         self.non_kv_bytes = self.p.non_kv_bytes + self.engine_memory.extra_bytes
+        self.layout_notes: list[str] = []
+        if self.model.kv_layout != dataclasses.replace(request, engine_args=()).model_facts().kv_layout:
+            self.layout_notes.append(
+                "--disable-hybrid-kv-cache-manager: vLLM keeps the whole context in the sliding-window "
+                "and chunked layers beside full attention, and so are they sized here"
+            )
         self.gpu_facts = gpu_facts(request.gpu_product)
         self.bandwidth = self.gpu_facts.bandwidth_bytes_per_s or self.gpu.bandwidth_bytes_per_s
         usable = self.gpu.usable_memory_bytes
@@ -95,7 +102,8 @@ class SimulatedBackend(Backend):
         self.layout = layout_of(self.model)
         scheduled = _int_flag(request.engine_args, "--max-num-batched-tokens")
         self.in_flight = in_flight_tokens(
-            scheduled or vllm_default_max_num_batched_tokens(usable, self.gpu_facts.product)
+            scheduled or vllm_default_max_num_batched_tokens(usable, self.gpu_facts.product),
+            async_scheduling=engine_flags(list(request.engine_args)).async_scheduling,
         )
         # --block-size where the spec sets it (vLLM's choices are checked by its parser), else CUDA's
         self.block_size = _int_flag(request.engine_args, "--block-size") or DEFAULT_BLOCK_SIZE
@@ -251,7 +259,7 @@ class SimulatedBackend(Backend):
             non_kv_memory_bytes=self.model.weight_bytes + self.non_kv_bytes,
             backend="simulated",
             source=f"llmpack simulated backend, seed {self.seed}: memory-traffic model, not a measurement",
-            notes=[*notes, *self.engine_memory.notes],
+            notes=[*notes, *self.engine_memory.notes, *self.layout_notes],
         )
 
 
