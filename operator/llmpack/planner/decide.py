@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from llmpack.advisor import AdvisorError, advise
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.engine_memory import ONLINE_QUANTIZATION, engine_memory
-from llmpack.advisor.memory import GIB, vllm_args
+from llmpack.advisor.memory import GIB, kv_bytes_per_token, vllm_args
 from llmpack.advisor.options import options_for_spec
 from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, QUANTIZATION_FLAG, engine_flags
 from llmpack.api.llmdeployment import (
@@ -305,7 +305,7 @@ def _facts_before_profiling(spec: LLMDeploymentSpec) -> ModelFacts | None:
         num_kv_heads=arch.num_kv_heads,
         head_dim=arch.head_dim,
         weight_bytes=arch.parameter_bytes,
-        kv_bytes_per_token=2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * 2,
+        kv_bytes_per_token=kv_bytes_per_token(arch.num_layers, arch.num_kv_heads, arch.head_dim),
         max_model_len=arch.max_position_embeddings or 1,
     )
 

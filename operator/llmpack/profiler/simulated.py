@@ -72,7 +72,8 @@ class SimulatedBackend(Backend):
         self.gpu: GPU = label.gpu
         self.model = request.model_facts()
         # what the engine flags change: quantized or draft weights, LoRA slots, draft KV layers
-        self.engine_memory = engine_memory(self.model, engine_flags(list(request.engine_args)))
+        flags = engine_flags(list(request.engine_args))
+        self.engine_memory = engine_memory(self.model, flags)
         self.model = self.model.model_copy(
             update={
                 "weight_bytes": self.engine_memory.weight_bytes,
@@ -100,10 +101,10 @@ class SimulatedBackend(Backend):
         # vLLM's rule per kind of layer (advisor/kv_layout.py); with full attention only, the pool
         # holds blocks x block size tokens
         self.layout = layout_of(self.model)
-        scheduled = _int_flag(request.engine_args, "--max-num-batched-tokens")
+        scheduled = flags.max_num_batched_tokens
         self.in_flight = in_flight_tokens(
             scheduled or vllm_default_max_num_batched_tokens(usable, self.gpu_facts.product),
-            async_scheduling=engine_flags(list(request.engine_args)).async_scheduling,
+            async_scheduling=flags.async_scheduling,
         )
         # --block-size where the spec sets it (vLLM's choices are checked by its parser), else CUDA's
         self.block_size = _int_flag(request.engine_args, "--block-size") or DEFAULT_BLOCK_SIZE
