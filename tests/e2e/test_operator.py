@@ -105,6 +105,30 @@ def test_llama_2_7b_exclusive_baseline(operator_process, kube_admin, kubectl, pl
     assert {p["spec"]["nodeName"] for p in pods} <= {"gpu-h100-a", "gpu-h100-b"}
 
 
+def test_a_tensor_parallel_replica_holds_its_gpus_and_the_status_counts_them(
+    operator_process, kube_admin, kubectl, player, namespace
+):
+    kubectl("create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=token=hf_test")
+    doc = yaml.safe_load((EXAMPLES / "llama-2-7b-exclusive.yaml").read_text())
+    doc["metadata"]["name"] = "llama-tp"
+    doc["spec"]["gpu"]["count"] = 4
+    doc["spec"]["serving"] = {"extraArgs": ["--tensor-parallel-size", "2"]}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    obj = wait_phase(kube_admin, player, namespace, "llama-tp")
+    rec = obj["status"]["recommendation"]
+    assert (rec["mode"], rec["gpusPerReplica"], rec["replicas"], rec["gpus"]) == ("exclusive", 2, 2, 4)
+    assert "one replica per 2 GPUs" in rec["explanation"]
+    pods = serving_pods(kube_admin, namespace, "llama-tp")
+    assert len(pods) == 2
+    for pod in pods:
+        (vllm,) = pod["spec"]["containers"]
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert "--tensor-parallel-size" in vllm["args"]
+    assert obj["status"]["gpus"] == 4, "status.gpus (the scale subresource) counts each pod's GPUs"
+    row = kubectl("get", "llmd", "-n", namespace, "llama-tp", "--no-headers").stdout.split()
+    assert "4" in row
+
+
 def test_auto_picks_a_mode_the_cluster_offers_and_explains(
     operator_process, kube_admin, kubectl, player, namespace
 ):

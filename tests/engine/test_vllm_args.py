@@ -94,6 +94,12 @@ FLAG_SPECS: dict[str, dict[str, Any]] = {
         "sharing": {"mode": "exclusive"},
         "serving": {"extraArgs": ["--max-num-batched-tokens=1k", "--no-enable-chunked-prefill"]},
     },
+    # a replica over 2 GPUs (exclusive only): --kv-cache-memory-bytes is each worker's
+    "tensor-parallel": {
+        "sharing": {"mode": "exclusive"},
+        "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": 4},
+        "serving": {"extraArgs": ["-tp", "2"]},
+    },
 }
 # The plan each mode spec must end in: (mode, MPS provider)
 MODE_PLANS = {

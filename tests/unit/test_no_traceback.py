@@ -72,7 +72,20 @@ def test_weights_larger_than_the_gpu_are_refused_before_profiling_naming_what_se
     assert code != 0
     assert "WeightsDoNotFit: the weights of Qwen/Qwen3-Next-80B-A3B-Instruct take 151.5 GiB" in err
     assert "a GPU with more memory (" in err and "NVIDIA-B200" in err
-    assert "quantized checkpoint" in err and "tensor parallelism" in err
+    assert "quantized checkpoint" in err
+    assert (
+        "tensor parallelism over 4 GPUs per replica (sharing.mode exclusive, "
+        'serving.extraArgs ["--tensor-parallel-size", "4"]'
+    ) in err
+    # the advice serves: each GPU holds a quarter of the weights and one of the 2 KV heads
+    split = {
+        **big,
+        "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": 4},
+        "sharing": {"mode": "exclusive"},
+        "serving": {"extraArgs": ["--tensor-parallel-size", "4"]},
+    }
+    code, err = plan(tmp_path, split, capsys)
+    assert code == 0, err
     # an online quantization changes the bytes: profiling, not this estimate, says whether it fits
     quantized = {**big, "serving": {"extraArgs": ["--quantization", "fp8"]}}
     _, err = plan(tmp_path, quantized, capsys)

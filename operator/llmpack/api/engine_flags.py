@@ -29,6 +29,7 @@ PARALLEL_FLAGS: dict[str, str] = {
     "--tensor-parallel-size": "-tp",
     "--pipeline-parallel-size": "-pp",
     "--prefill-context-parallel-size": "-pcp",
+    "--decode-context-parallel-size": "-dcp",
     "--data-parallel-size": "-dp",
     "--data-parallel-size-local": "-dpl",
 }
@@ -115,11 +116,22 @@ class EngineFlags:
     def devices(self) -> int:
         return self.world_size * self.data_parallel_engines
 
+    @property
+    def context_parallel(self) -> int:
+        """Prefill x decode context parallel sizes: above 1, vLLM splits the KV cache by tokens."""
+        return (self.int_of("--prefill-context-parallel-size") or 1) * (
+            self.int_of("--decode-context-parallel-size") or 1
+        )
+
+    def text_of_flags(self, *flags: str) -> str:
+        """Those of `flags` given (other than 1), as written: "-dp 2"."""
+        return " ".join(
+            f"{g.spelling} {g.value}" for f, g in self.given.items() if f in flags and g.value != "1"
+        )
+
     def parallelism_text(self) -> str:
         """The parallel flags given, as written: "-tp 2 --data-parallel-size 2"."""
-        return " ".join(
-            f"{g.spelling} {g.value}" for f, g in self.given.items() if f in PARALLEL_FLAGS and g.value != "1"
-        )
+        return self.text_of_flags(*PARALLEL_FLAGS)
 
     @property
     def max_num_batched_tokens(self) -> int | None:

@@ -1185,6 +1185,12 @@ class RecommendationStatus(CamelModel):
     replicas_per_gpu: int = Field(description="Replicas sharing one GPU (1 for exclusive and mig).")
     gpus: int = Field(description="GPUs (or MIG slices' parent GPUs) the deployment uses.")
     replicas: int = Field(description="vLLM replicas in total.")
+    gpus_per_replica: int = Field(
+        1,
+        description="Whole GPUs one replica's engine spans: --tensor-parallel-size x "
+        "--pipeline-parallel-size of serving.extraArgs (exclusive mode only); memory figures are "
+        "then one GPU's share.",
+    )
     per_replica_memory_bytes: int | None = Field(None, description="Memory one replica needs.")
     predicted_tokens_per_second_per_gpu: float | None = Field(
         None, description="Predicted prompt+output tokens/s per GPU with this packing."
@@ -1202,7 +1208,7 @@ class RecommendationStatus(CamelModel):
     concurrency_per_gpu: int | None = Field(
         None,
         description="Concurrent sequences one GPU serves within the SLO: B_opt x the replicas on it "
-        "(MIG: on its slices).",
+        "(MIG: on its slices; a replica spanning several GPUs: B_opt over them, rounded up).",
     )
 
     memory_freed_fraction: float | None = Field(

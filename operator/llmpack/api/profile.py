@@ -151,6 +151,20 @@ class ModelFacts(ProfileModel):
         "attention, linear attention or Mamba state); None: every layer keeps full attention. "
         "kv_bytes_per_token counts the attention layers only.",
     )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="--tensor-parallel-size of the engine: above 1, layers, KV heads, KV bytes per "
+        "token, state and weights are one worker's (one GPU's), as vLLM sizes each worker.",
+    )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="--pipeline-parallel-size of the engine: above 1, the facts are the largest "
+        "stage's (one GPU's).",
+    )
     max_model_len: int = Field(ge=1, le=MAX_TOKENS, description="--max-model-len of the profiled runs.")
     max_position_embeddings: int | None = Field(
         None,
@@ -159,6 +173,11 @@ class ModelFacts(ProfileModel):
         description="The longest context the model allows (the most --max-model-len vLLM accepts): "
         "derived from its config.json by vLLM's rules, else the built-in catalogue's. None: unknown.",
     )
+
+    @property
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine spans (vLLM's world size without data parallelism)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @model_validator(mode="after")
     def _layout_fits(self) -> ModelFacts:

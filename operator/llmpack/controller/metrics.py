@@ -44,7 +44,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llmpack_llmdeployments": ("LLMDeployments by phase.", ("phase",)),
     "llmpack_gpus_in_use": ("GPUs the LLMDeployments' replicas occupy with packing.", ()),
     "llmpack_gpus_exclusive_equivalent": (
-        "GPUs the same replicas would occupy with one replica per GPU.",
+        "GPUs the same replicas would occupy with one replica per GPU (or per its GPUs, spanning several).",
         (),
     ),
     "llmpack_llmdeployment_phase": (
@@ -124,7 +124,8 @@ def samples_of(objects: Iterable[dict[str, Any]]) -> Samples:
         phases[phase] += 1
         rec = status.get("recommendation") or {}
         gpus += rec.get("gpus", 0) or 0
-        exclusive += rec.get("replicas", 0) or 0
+        # a replica over several GPUs (tensor or pipeline parallel) holds them whole either way
+        exclusive += (rec.get("replicas", 0) or 0) * (rec.get("gpusPerReplica", 1) or 1)
         for name, values, value in deployment_series(obj, status, rec, phase):
             samples.setdefault(name, []).append((values, value))
     samples["llmpack_llmdeployments"] = [((phase,), phases.get(phase, 0)) for phase in PHASES]

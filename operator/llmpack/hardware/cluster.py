@@ -84,6 +84,9 @@ class Offers:
 
     product: str
     exclusive_gpus: int = 0
+    # the most whole GPUs (nvidia.com/gpu) one node offers: a replica spanning several GPUs
+    # (tensor or pipeline parallelism) needs them on one node
+    most_gpus_on_a_node: int = 0
     mps_dra_nodes: list[str] = field(default_factory=list)
     mps_dra_gpus: int = 0
     # clients per GPU the device plugin slices into; with several such nodes the most (the
@@ -172,6 +175,7 @@ class ClusterFacts:
                 continue
             if not shared and node.quantity(GPU_RESOURCE):
                 offers.exclusive_gpus += node.quantity(GPU_RESOURCE)
+                offers.most_gpus_on_a_node = max(offers.most_gpus_on_a_node, node.quantity(GPU_RESOURCE))
                 offers.record_gpu_memory(node)
             for resource, value in node.allocatable.items():
                 if resource.startswith(MIG_RESOURCE_PREFIX) and _int(value):

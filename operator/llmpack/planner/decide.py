@@ -28,7 +28,9 @@ from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.engine_memory import ONLINE_QUANTIZATION, engine_memory
 from llmpack.advisor.memory import GIB, kv_bytes_per_token, vllm_args
 from llmpack.advisor.options import options_for_spec
-from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, QUANTIZATION_FLAG, engine_flags
+from llmpack.advisor.parallelism import Parallelism, per_worker, tensor_parallel_to_fit
+from llmpack.advisor.parallelism import refusal as parallelism_refusal
+from llmpack.api.engine_flags import BATCHED_TOKENS_FLAG, QUANTIZATION_FLAG, EngineFlags, engine_flags
 from llmpack.api.llmdeployment import (
     ADVISED,
     AVAILABLE,
@@ -205,20 +207,8 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
             f"serving.extraArgs {', '.join(unreadable)}: vLLM takes a whole number of at least 1 there "
             "(a --max-num-batched-tokens may be written 8k or 8K)",
         )
-    if flags.devices > 1:
-        mode = spec.sharing.mode
-        if mode in ("mps", "mig"):
-            why = f"sharing.mode {mode} gives each replica one GPU or less (an MPS share or a MIG slice)"
-        else:
-            why = (
-                "llmpack sizes and places replicas of one GPU each (a replica spanning GPUs is not supported)"
-            )
-        return Refused(
-            PROGRESSING,
-            "ParallelismNotSupported",
-            f"serving.extraArgs {flags.parallelism_text()} makes each vllm serve use {flags.devices} GPUs, "
-            f"and {why}: remove the flag and let llmpack pack replicas, or serve a model that fits one GPU",
-        )
+    if (parallel := check_parallelism(spec, flags)) is not None:
+        return parallel
     budget = flags.max_num_batched_tokens
     if budget is None:
         return None
@@ -250,20 +240,81 @@ def check_engine_flags(spec: LLMDeploymentSpec) -> Refused | None:
     return None
 
 
+def check_parallelism(spec: LLMDeploymentSpec, flags: EngineFlags) -> Refused | None:
+    """Parallel flags of serving.extraArgs: tensor and pipeline parallelism make one replica an
+    engine of that many GPUs, which only sharing.mode exclusive (or auto, which then chooses it)
+    can place, on a whole number of replicas' GPUs; data parallelism is what llmpack's replicas
+    already are, and context parallelism splits the KV cache in a way llmpack does not size."""
+    if flags.data_parallel_engines > 1:
+        given = flags.text_of_flags("--data-parallel-size", "--data-parallel-size-local")
+        return _parallelism_refused(
+            f"serving.extraArgs {given} starts several vLLM engines in one replica; llmpack's replicas "
+            "already are data-parallel engines (each its own GPUs, behind the deployment's Service): "
+            "remove the flag and raise gpu.count (or let the autoscaler)"
+        )
+    if flags.context_parallel > 1:
+        given = flags.text_of_flags("--prefill-context-parallel-size", "--decode-context-parallel-size")
+        return _parallelism_refused(
+            f"serving.extraArgs {given}: context parallelism splits each request's KV cache over GPUs, "
+            "which llmpack does not size; remove the flag (tensor or pipeline parallelism it does size)"
+        )
+    parallelism = Parallelism.of(flags)
+    world = parallelism.world_size
+    if world == 1:
+        return None
+    given = flags.parallelism_text()
+    mode = spec.sharing.mode
+    if mode in ("mps", "mig"):
+        return _parallelism_refused(
+            f"serving.extraArgs {given} makes each vllm serve use {world} GPUs, and sharing.mode {mode} "
+            "gives each replica one GPU or less (an MPS share or a MIG slice): set sharing.mode "
+            "exclusive (a replica then holds its GPUs whole), or remove the flag and let llmpack pack "
+            "replicas of a model that fits one GPU"
+        )
+    facts = _facts_before_profiling(spec)
+    if facts is not None and (problem := parallelism_refusal(facts, parallelism)) is not None:
+        return Refused(PROGRESSING, "InvalidSpec", f"serving.extraArgs {given}: {problem}")
+    counts = [("gpu.count", spec.gpu.count)]
+    if spec.autoscaling is not None:
+        counts += [
+            ("autoscaling.minGPUs", spec.autoscaling.min_gpus),
+            ("autoscaling.maxGPUs", spec.autoscaling.max_gpus),
+        ]
+    for name, count in counts:
+        if name == "gpu.count" and spec.autoscaling is not None:
+            continue  # the autoscaler owns it; the serving plan rounds up to whole replicas
+        if count % world:
+            lower, higher = count // world * world, (count // world + 1) * world
+            fits = f"{lower} or {higher}" if lower else str(higher)
+            return Refused(
+                PROGRESSING,
+                "InvalidSpec",
+                f"{name} {count} is not a whole number of replicas of {world} GPUs (serving.extraArgs "
+                f"{given}): set it to {fits}",
+            )
+    return None
+
+
+def _parallelism_refused(message: str) -> Refused:
+    return Refused(PROGRESSING, "ParallelismNotSupported", message)
+
+
 def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
     """A model whose weights alone exceed what one GPU offers a process, refused before any
     profiling, naming what would serve it. Only where the weights are known before profiling
     (spec.model.architecture, or the catalogue at the served dtype), as the engine flags change
-    them (advisor/engine_memory.py: online quantization, LoRA slots, a draft model); a checkpoint
+    them (advisor/engine_memory.py: online quantization, LoRA slots, a draft model) and as
+    tensor or pipeline parallelism divide them over GPUs (advisor/parallelism.py); a checkpoint
     quantized ahead of time publishes bytes llmpack cannot know, so profiling decides."""
     flags = engine_flags(spec.serving.extra_args)
     method = flags.text_of(QUANTIZATION_FLAG)
     if method and method.strip().lower() not in ONLINE_QUANTIZATION:
         return None
-    facts = _facts_before_profiling(spec)
-    if facts is None:
+    whole = _facts_before_profiling(spec)
+    if whole is None:
         return None
-    served = engine_memory(facts, flags)
+    parallelism = Parallelism.of(flags)
+    served = engine_memory(per_worker(whole, parallelism), flags)
     weights = served.weight_bytes + served.lora_bytes
     if weights < gpu.usable_memory_bytes:
         return None
@@ -276,15 +327,30 @@ def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
         if larger
         else "no GPU in llmpack's catalogue holds them; serve it "
     )
+    world = parallelism.world_size
+    split = tensor_parallel_to_fit(
+        whole.model_copy(update={"weight_bytes": served.weight_bytes * world + served.lora_bytes}),
+        gpu.usable_memory_bytes,
+    )
+    if world > 1:
+        whose = f" per GPU of {world} ({flags.parallelism_text()})"
+        parallel = "or with more GPUs per replica (a larger --tensor-parallel-size)"
+    else:
+        whose = ""
+        parallel = (
+            f"or with tensor parallelism over {split} GPUs per replica (sharing.mode exclusive, "
+            f'serving.extraArgs ["--tensor-parallel-size", "{split}"], gpu.count a multiple of {split})'
+            if split
+            else "or with tensor parallelism across more GPUs than one node has"
+        )
     return Refused(
         PROGRESSING,
         "WeightsDoNotFit",
-        f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB"
+        f"the weights of {spec.model.name} take {weights / GIB:.1f} GiB{whose}"
         + (f" ({'; '.join(served.notes)})" if served.notes else "")
         + f" and one {gpu.product} offers a "
         f"process {gpu.usable_memory_bytes / GIB:.1f} GiB: {bigger}from a quantized checkpoint (FP8 "
-        "halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), or with tensor parallelism across "
-        "GPUs (which llmpack does not plan yet)",
+        f"halves 16-bit weights, 4-bit AWQ or GPTQ quarters them), {parallel}",
     )
 
 
@@ -367,7 +433,13 @@ def check_profiling_capacity(spec: LLMDeploymentSpec, offers: Offers, plan: Prof
     DRA claim where only DRA offers the product) or the forced MIG slice; a GPU shared through
     the device plugin's MPS or cut into MIG slices cannot measure the whole GPU."""
     mig_profile = plan.mig_profile
-    if mig_profile and not offers.mig_slices.get(mig_profile):
+    if plan.gpus > 1 and offers.most_gpus_on_a_node < plan.gpus:
+        problem = (
+            f"one engine of serving.extraArgs {engine_flags(spec.serving.extra_args).parallelism_text()} "
+            f"needs {plan.gpus} whole {spec.gpu.product} (nvidia.com/gpu) on one node, and the most one "
+            f"node offers is {offers.most_gpus_on_a_node}"
+        )
+    elif mig_profile and not offers.mig_slices.get(mig_profile):
         offered = ", ".join(sorted(offers.mig_slices)) or "none"
         problem = f"no node offers the MIG slice nvidia.com/mig-{mig_profile} (offered slices: {offered})"
     elif not offers.modes:
@@ -578,7 +650,14 @@ def _explanation(
     utilization: float,
 ) -> str:
     explanation = f"{chosen.label}: {rec.explanation}"
-    if isinstance(chosen.sharing, Exclusive):
+    if isinstance(chosen.sharing, Exclusive) and plan.gpus_per_replica > 1:
+        explanation += (
+            f" Deployed one replica per {plan.gpus_per_replica} GPUs (one vLLM engine over them, "
+            f"tensor x pipeline parallel), {plan.replicas} in all on {plan.gpus} GPUs; memory figures are "
+            f"one GPU's share, tokens/s per GPU the engine's over its GPUs (--gpu-memory-utilization "
+            f"{utilization:.3f} of each)."
+        )
+    elif isinstance(chosen.sharing, Exclusive):
         explanation += f" Deployed one replica per GPU (--gpu-memory-utilization {utilization:.3f})."
     elif isinstance(chosen.sharing, MIG):
         explanation += (

@@ -16,6 +16,7 @@ from typing import Any
 from llmpack.advisor import memory
 from llmpack.advisor.memory import MIB
 from llmpack.advisor.options import known_context_limit
+from llmpack.advisor.parallelism import Parallelism
 from llmpack.advisor.replica_memory import (
     ReplicaDoesNotFit,
     ReplicaMemory,
@@ -60,6 +61,7 @@ class Candidate:
     tokens_per_s_per_gpu: float | None
     itl_ms: float | None
     replica_limit: int | None = None  # MIG: slices of this profile the cluster offers
+    gpus_per_replica: int = 1  # GPUs one replica's engine spans (tensor x pipeline parallel)
 
     @property
     def mode(self) -> ServingMode:
@@ -255,6 +257,7 @@ def profiling_plan(
         image=spec.profiling.image or image,
         args=args,
         gpu_product=spec.gpu.product,
+        gpus=Parallelism.of(engine_flags(spec.serving.extra_args)).world_size,
         mig_profile=spec.sharing.forced_mig_profile,
         dra=dra and not spec.sharing.forced_mig_profile,
         node_selector=spec.gpu.node_selector,
@@ -314,7 +317,7 @@ def candidates(
     found: list[Candidate] = []
     refusals = [] if refusals is None else refusals
 
-    def add(sharing: Sharing, rpg: int) -> None:
+    def add(sharing: Sharing, rpg: int, *, gpus_per_replica: int = 1) -> None:
         if wanted == "auto" and sharing.colocates_namespaces and not auto_colocates_namespaces:
             refusals.append(
                 f"sharing.mode auto does not choose {sharing.label}: the cluster admin keeps auto from "
@@ -329,8 +332,22 @@ def candidates(
         mig = sharing.mig
         tps, itl = predict(rpg, mig.name if mig else None)
         limit = offers.mig_slices.get(mig.name) if mig else None
-        found.append(Candidate(sharing, rpg, memory, tps, itl, limit))
+        found.append(Candidate(sharing, rpg, memory, tps, itl, limit, gpus_per_replica))
 
+    world = Parallelism.of(engine_flags(spec.serving.extra_args)).world_size
+    if world > 1:
+        # One engine on several whole GPUs: only exclusive holds it (decide.check_parallelism
+        # refused mps and mig already), on one node with that many GPUs.
+        if not offers.exclusive_gpus:
+            refusals.append(f"a replica of {world} GPUs needs whole GPUs (nvidia.com/gpu)")
+        elif offers.most_gpus_on_a_node < world:
+            refusals.append(
+                f"a replica of {world} GPUs needs them on one node, and the most one node offers is "
+                f"{offers.most_gpus_on_a_node}"
+            )
+        elif Exclusive.requested_by(wanted, provider):
+            add(Exclusive(), 1, gpus_per_replica=world)
+        return found
     if Exclusive.requested_by(wanted, provider) and offers.exclusive_gpus:
         add(Exclusive(), 1)
     if MPSThroughDRA.requested_by(wanted, provider) and offers.mps_dra_gpus:
@@ -452,6 +469,12 @@ def serving_plan(
         # edit) the operator serves within them too.
         gpus = min(max(gpus, autoscaling.min_gpus), autoscaling.max_gpus)
     replicas = gpus * chosen.replicas_per_gpu
+    per_replica = chosen.gpus_per_replica
+    if per_replica > 1:
+        # A replica spans several GPUs: whole replicas, rounded up (decide.check_parallelism keeps
+        # gpu.count and the autoscaler's bounds multiples of them; the autoscaler's count may not be).
+        replicas = math.ceil(gpus / per_replica)
+        gpus = replicas * per_replica
     if chosen.replica_limit is not None and replicas > chosen.replica_limit:
         # MIG: the slices are partitioned by the cluster admin; serve on what exists.
         replicas = chosen.replica_limit
@@ -484,6 +507,7 @@ def serving_plan(
         gpus=gpus,
         replicas_per_gpu=chosen.replicas_per_gpu,
         replicas=replicas,
+        gpus_per_replica=per_replica,
         mig_profile=chosen.mig_profile,
         vllm_args=[*vllm_args, *spec.serving.extra_args],
         image=spec.serving.image or image,
@@ -494,7 +518,8 @@ def serving_plan(
         tolerations=[t.to_k8s() for t in spec.gpu.tolerations],
         scratch_limit_bytes=None
         if weight_bytes is None
-        else scratch_bytes(weight_bytes, processes=rpg // chosen.sharing.pods_per_gpu(rpg)),
+        # weight_bytes is one GPU's share: the pod downloads the whole checkpoint
+        else scratch_bytes(weight_bytes * per_replica, processes=rpg // chosen.sharing.pods_per_gpu(rpg)),
         network_policy_from=None if network_policy_from is None else json.loads(network_policy_from),
         inference_pool=inference_pool_plan(spec, endpoint_picker),
         autoscaling=None
@@ -503,8 +528,9 @@ def serving_plan(
             min_gpus=autoscaling.min_gpus,
             max_gpus=autoscaling.max_gpus,
             metric=autoscaling_metric,
-            target_per_gpu=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu,
+            target_per_gpu=autoscaling.target_utilization * b_opt * chosen.replicas_per_gpu / per_replica,
             pods_per_gpu=chosen.sharing.pods_per_gpu(chosen.replicas_per_gpu),
+            gpus_per_pod=per_replica,
             behavior=autoscaling.behavior,
         ),
         **extra,
@@ -538,13 +564,14 @@ def recommendation_status(
         max_model_len=max_model_len,
         replicas_per_gpu=chosen.replicas_per_gpu,
         gpus=plan.gpus,
+        gpus_per_replica=plan.gpus_per_replica,
         replicas=plan.replicas,
         per_replica_memory_bytes=per_replica_bytes,
         predicted_tokens_per_second_per_gpu=_round(chosen.tokens_per_s_per_gpu),
         baseline_tokens_per_second_per_gpu=_round(baseline_tokens_per_s),
         predicted_gain_fraction=None if gain is None or math.isnan(gain) else round(gain, 4),
         predicted_itl_ms=_round(chosen.itl_ms, 2),
-        concurrency_per_gpu=b_opt * chosen.replicas_per_gpu,
+        concurrency_per_gpu=math.ceil(b_opt * chosen.replicas_per_gpu / plan.gpus_per_replica),
         memory_freed_fraction=None if memory_freed_fraction is None else round(memory_freed_fraction, 4),
         vllm_args=vllm_args,
         explanation=explanation,

@@ -21,6 +21,8 @@ class Predictions:
     gpu: GPU
     b_opt: int
     baseline_tokens_per_s: float | None
+    # GPUs the profiled engine spanned (tensor x pipeline parallel): its tokens/s are all of theirs
+    gpus_per_engine: int = 1
 
     @classmethod
     def build(cls, profile: Profile, rec: Recommendation, gpu: GPU) -> Predictions:
@@ -30,9 +32,12 @@ class Predictions:
             # Serving does not depend on predictions: the advisor packed by memory and said why.
             return cls(None, gpu, rec.b_opt, None)
         baseline = perfmodel.baseline(model, profile, gpu)
-        return cls(model, gpu, rec.b_opt, baseline.total_tokens_per_s)
+        per_engine = profile.model.gpus_per_engine
+        return cls(model, gpu, rec.b_opt, baseline.total_tokens_per_s / per_engine, per_engine)
 
     def predict(self, replicas_per_gpu: int, mig_profile: str | None) -> tuple[float | None, float | None]:
+        """(tokens/s per GPU, mean ITL in ms of one replica) of this packing; an engine spanning
+        several GPUs shares its tokens/s among them."""
         if self.model is None:
             return None, None
         if mig_profile:
@@ -43,4 +48,4 @@ class Predictions:
             if replicas_per_gpu == 1
             else self.model.mps(replicas_per_gpu, self.b_opt)
         )
-        return packed.total_tokens_per_s, packed.itl_mean_ms
+        return packed.total_tokens_per_s / self.gpus_per_engine, packed.itl_mean_ms

@@ -566,7 +566,8 @@ def _readiness(
     sharing = plan.sharing
     # GPUs in use now (the scale subresource's status.replicas): the pods that exist, whole GPUs'
     # worth of them, as a Deployment's status.replicas counts its pods
-    status.gpus = math.ceil((dstatus.get("replicas") or 0) / sharing.pods_per_gpu(plan.replicas_per_gpu))
+    pods = dstatus.get("replicas") or 0
+    status.gpus = math.ceil(pods * plan.gpus_per_replica / sharing.pods_per_gpu(plan.replicas_per_gpu))
     ready = min(
         plan.replicas, sharing.replicas_serving(dstatus.get("readyReplicas") or 0, snapshot.serving.pods)
     )

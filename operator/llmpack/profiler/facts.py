@@ -17,6 +17,7 @@ from typing import Any
 from llmpack.advisor.architectures import Architecture, find_architecture
 from llmpack.advisor.memory import context_problem, dtype_bytes, kv_bytes_per_token
 from llmpack.advisor.model_config import ModelConfigError, ModelShape, model_shape
+from llmpack.advisor.parallelism import Parallelism, per_worker
 from llmpack.api.engine_flags import engine_flags
 from llmpack.api.llmdeployment import Architecture as SpecArchitecture
 from llmpack.api.profile import GPUFacts, KVLayoutFacts, ModelFacts, WorkloadShape
@@ -152,22 +153,27 @@ class ProfileRequest:
                 raise UserError(f"{flag} must be at least 1, got {size}")
 
     def model_facts(self, measured_weight_bytes: int | None = None) -> ModelFacts:
-        """The model as served. Weight bytes measured by the engine win over flags and catalogue;
-        with --disable-hybrid-kv-cache-manager, local-attention layers keep the whole context."""
+        """The model as served, by one GPU: under --tensor-parallel-size or --pipeline-parallel-size
+        one worker's share (advisor/parallelism.py). Weight bytes measured by the engine (one
+        worker's) win over flags and catalogue; with --disable-hybrid-kv-cache-manager,
+        local-attention layers keep the whole context."""
+        flags = engine_flags(list(self.engine_args))
         facts = model_facts(
             self.model,
             dtype=self.dtype,
             max_model_len=self.max_model_len,
             revision=self.revision,
             architecture=self.architecture,
-            measured_weight_bytes=measured_weight_bytes,
             shape=self.shape,
             kv_cache_dtype=self.kv_cache_dtype,
         )
         layout = facts.kv_layout
-        if layout is None or engine_flags(list(self.engine_args)).hybrid_kv_cache_manager:
-            return facts
-        return facts.model_copy(update={"kv_layout": layout.without_hybrid_manager(facts.num_layers)})
+        if layout is not None and not flags.hybrid_kv_cache_manager:
+            facts = facts.model_copy(update={"kv_layout": layout.without_hybrid_manager(facts.num_layers)})
+        facts = per_worker(facts, Parallelism.of(flags))
+        if measured_weight_bytes:
+            facts = facts.model_copy(update={"weight_bytes": measured_weight_bytes})
+        return facts
 
     def workload(self, **extra: Any) -> WorkloadShape:
         return WorkloadShape(prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens, **extra)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from llmpack.advisor.engine_memory import engine_memory
 from llmpack.advisor.kv_layout import in_flight_tokens, layout_of, vllm_default_max_num_batched_tokens
 from llmpack.advisor.memory import DEFAULT_BLOCK_SIZE, GIB, VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, dtype_bytes
+from llmpack.advisor.parallelism import Parallelism
 from llmpack.api.engine_flags import engine_flags
 from llmpack.api.profile import EngineFacts, Profile, ProfilePoint
 from llmpack.errors import UserError
@@ -82,10 +83,19 @@ class SimulatedBackend(Backend):
         )
         self.non_kv_bytes = self.p.non_kv_bytes + self.engine_memory.extra_bytes
         self.layout_notes: list[str] = []
-        if self.model.kv_layout != dataclasses.replace(request, engine_args=()).model_facts().kv_layout:
+        plain = dataclasses.replace(request, engine_args=()).model_facts().kv_layout
+        local = plain is not None and bool(plain.sliding_window_layers or plain.chunked_attention_layers)
+        if local and not flags.hybrid_kv_cache_manager:
             self.layout_notes.append(
                 "--disable-hybrid-kv-cache-manager: vLLM keeps the whole context in the sliding-window "
                 "and chunked layers beside full attention, and so are they sized here"
+            )
+        parallelism = Parallelism.of(flags)
+        if parallelism.world_size > 1:
+            self.layout_notes.append(
+                f"{parallelism.flags()}: one engine on {parallelism.world_size} GPUs; memory is one GPU's "
+                "share (vLLM's per-worker rules), tokens/s the engine's, each GPU reading its share at "
+                "the GPU's bandwidth (the all-reduce and pipeline bubbles between GPUs are left out)"
             )
         self.gpu_facts = gpu_facts(request.gpu_product)
         self.bandwidth = self.gpu_facts.bandwidth_bytes_per_s or self.gpu.bandwidth_bytes_per_s

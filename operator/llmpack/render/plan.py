@@ -82,6 +82,7 @@ class AutoscalingPlan(Frozen):
         gt=0, description="Requests in flight per GPU to hold: u x B_opt x replicas."
     )
     pods_per_gpu: int = Field(ge=1, description="Serving pods on one GPU (1: a DRA MPS pod, or exclusive).")
+    gpus_per_pod: int = Field(1, ge=1, description="GPUs one serving pod holds (a replica spanning several).")
     behavior: dict[str, Any] | None = None
 
 
@@ -106,6 +107,11 @@ class ServingPlan(Frozen):
     gpus: int = Field(ge=1, description="Whole GPUs (exclusive, mps) the replicas occupy.")
     replicas_per_gpu: int = Field(ge=1)
     replicas: int = Field(ge=1, description="vLLM replicas in total.")
+    gpus_per_replica: int = Field(
+        1,
+        ge=1,
+        description="Whole GPUs one replica's engine spans (tensor x pipeline parallel; exclusive only).",
+    )
     mig_profile: str | None = None
     gpu_slices_per_replica: int | None = Field(
         None, description="devicePlugin MPS: nvidia.com/gpu slices one replica's pod asks for."
@@ -149,6 +155,8 @@ class ServingPlan(Frozen):
         outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from", "inference_pool"}
         if self.model_cache_claim is None:
             outside_pods.add("model_cache_claim")  # plans without a cache hash as they did before it
+        if self.gpus_per_replica == 1:
+            outside_pods.add("gpus_per_replica")  # likewise for plans of one GPU per replica
         pods = self.model_dump(mode="json", exclude=outside_pods)
         if self.inference_pool is not None and self.sharing.replicas_behind_router:
             pods["replicas_exposed"] = True  # the pool reaches replicas through the pod IP
@@ -165,6 +173,9 @@ class ProfilingPlan(Frozen):
     image: str
     args: list[str] = Field(description="Arguments of `llmpack profile` (the image's entrypoint).")
     gpu_product: str
+    gpus: int = Field(
+        1, ge=1, description="Whole GPUs the profiled engine spans (tensor x pipeline parallel)."
+    )
     mig_profile: str | None = None
     dra: bool = Field(
         False,

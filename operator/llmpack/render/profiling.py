@@ -114,7 +114,8 @@ def result_writer_binding(plan: ProfilingPlan) -> dict[str, Any]:
 
 
 def gpu_claim_template(plan: ProfilingPlan) -> dict[str, Any]:
-    """One whole GPU of the DRA driver's class, with no sharing configured: a device allocated to
+    """The profiled engine's whole GPUs (one, unless tensor or pipeline parallel) of the DRA driver's
+    class, with no sharing configured: a device allocated to
     one claim is that claim's alone, so the profiler measures the GPU as exclusive mode would."""
     return {
         "apiVersion": "resource.k8s.io/v1",
@@ -122,13 +123,14 @@ def gpu_claim_template(plan: ProfilingPlan) -> dict[str, Any]:
         "metadata": _meta(plan, plan.name),
         "spec": {
             "metadata": {"labels": profiling_labels(plan)},
-            "spec": {"devices": {"requests": [whole_gpu_request()]}},
+            "spec": {"devices": {"requests": [whole_gpu_request(plan.gpus)]}},
         },
     }
 
 
 def profiling_job(plan: ProfilingPlan) -> dict[str, Any]:
-    """One exclusive GPU (or one MIG slice of the profile to be served on) on a node of the product.
+    """The engine's exclusive GPUs (one, unless tensor or pipeline parallel; or one MIG slice of the
+    profile to be served on) on a node of the product.
 
     No ttlSecondsAfterFinished: the controller reads the finished Job (its conditions, the pod's
     termination message) and deletes it itself once the result is in the cache."""
@@ -167,7 +169,7 @@ def profiler_container(plan: ProfilingPlan) -> dict[str, Any]:
     ENTRYPOINT. The termination message falls back to the log tail, so a crash explains itself in
     the LLMDeployment's status."""
     gpu = MIG_RESOURCE_PREFIX + plan.mig_profile if plan.mig_profile else GPU_RESOURCE
-    gpu_limits, claims = ({}, [{"name": DRA_CLAIM}]) if plan.dra else ({gpu: 1}, None)
+    gpu_limits, claims = ({}, [{"name": DRA_CLAIM}]) if plan.dra else ({gpu: plan.gpus}, None)
     env: list[dict[str, Any]] = [
         {"name": RESULT_CONFIGMAP_ENV, "value": plan.result_configmap},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},

@@ -127,8 +127,10 @@ def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
 
 
 def exclusive_deployment(plan: ServingPlan) -> dict[str, Any]:
-    """One pod per replica, each holding one whole GPU: the baseline every figure is compared with."""
-    return one_replica_per_pod(plan, {GPU_RESOURCE: 1}, _product_selector(plan), shm=True)
+    """One pod per replica, each holding its whole GPUs: one, the baseline every figure is compared
+    with, or as many as the replica's tensor x pipeline parallel engine spans (its workers talk
+    through the /dev/shm emptyDir)."""
+    return one_replica_per_pod(plan, {GPU_RESOURCE: plan.gpus_per_replica}, _product_selector(plan), shm=True)
 
 
 def mig_deployment(plan: ServingPlan) -> dict[str, Any]:
@@ -228,11 +230,11 @@ def mps_claim_template(plan: ServingPlan) -> dict[str, Any]:
     }
 
 
-def whole_gpu_request() -> dict[str, Any]:
-    """The claim's one request: exactly one device of the NVIDIA DRA driver's GPU class."""
+def whole_gpu_request(count: int = 1) -> dict[str, Any]:
+    """The claim's one request: exactly `count` devices of the NVIDIA DRA driver's GPU class."""
     return {
         "name": DRA_CLAIM,
-        "exactly": {"deviceClassName": DRA_GPU_DEVICE_CLASS, "allocationMode": "ExactCount", "count": 1},
+        "exactly": {"deviceClassName": DRA_GPU_DEVICE_CLASS, "allocationMode": "ExactCount", "count": count},
     }
 
 
