@@ -25,6 +25,10 @@ import urllib.request
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+from llmpack.profiler.engine_log import StartupFacts, parse_startup_log
+from llmpack.profiler.vllm import parse_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "hack" / "engine" / "install"
@@ -209,3 +213,19 @@ def serve(
             server.stop()
             raise
     return server
+
+
+def kv_capacity(model: Path | str, log_dir: Path, *args: str, **kwargs: Any) -> tuple[int, StartupFacts]:
+    """Start `vllm serve MODEL ARGS` (keywords as serve() takes them), read its KV block size from
+    /metrics and its start-up log (KV tokens, maximum concurrency), and stop it. Fails where the
+    engine reports no block size or no KV capacity."""
+    server = serve(model, log_dir, *args, **kwargs)
+    try:
+        status, metrics = http_get(server.url + "/metrics")
+        assert status == 200, metrics
+        block_size = parse_metrics(metrics).block_size
+        startup = parse_startup_log(server.log())
+    finally:
+        server.stop()
+    assert block_size and startup.kv_cache_tokens, "the engine reported no KV capacity or block size"
+    return block_size, startup

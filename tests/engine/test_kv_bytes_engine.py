@@ -14,8 +14,6 @@ import pytest
 
 import engine
 from llmpack.advisor.model_config import kv_capacity_tokens, model_shape
-from llmpack.profiler.engine_log import parse_startup_log
-from llmpack.profiler.vllm import parse_metrics
 
 KV_BYTES = 3 << 20  # 3 MiB: not a multiple of most block sizes' bytes, so rounding shows
 
@@ -38,15 +36,10 @@ def test_kv_capacity_computed_equals_reported(case, tiny_models, tmp_path):
     computed = model_shape(config).kv_bytes_per_token(kv_dtype)
     assert computed == by_hand
 
-    server = engine.serve(model, tmp_path, "--max-model-len", "1024", *flags, kv_cache_memory_bytes=KV_BYTES)
-    try:
-        status, metrics = engine.http_get(server.url + "/metrics")
-        assert status == 200
-        block_size = parse_metrics(metrics).block_size
-        reported = parse_startup_log(server.log()).kv_cache_tokens
-    finally:
-        server.stop()
-    assert block_size and reported, "the engine reported no KV capacity or block size"
+    block_size, startup = engine.kv_capacity(
+        model, tmp_path, "--max-model-len", "1024", *flags, kv_cache_memory_bytes=KV_BYTES
+    )
+    reported = startup.kv_cache_tokens
     predicted = kv_capacity_tokens(KV_BYTES, computed, block_size)
     print(
         f"{case}: {computed} bytes/token computed, block {block_size}; engine holds {reported} tokens "

@@ -24,8 +24,6 @@ import engine
 from llmpack.advisor.architectures import find_architecture
 from llmpack.advisor.kv_layout import KVLayout, in_flight_tokens, layout_from_facts, layout_of
 from llmpack.advisor.model_config import model_shape
-from llmpack.profiler.engine_log import parse_startup_log
-from llmpack.profiler.vllm import parse_metrics
 
 KV_BYTES = 3 << 20
 SPECS_SCRIPT = engine.ROOT / "hack" / "engine" / "kv_cache_specs.py"
@@ -50,15 +48,8 @@ def test_the_engine_holds_what_the_layout_predicts(name, max_model_len, batched,
     flags = ["--max-model-len", str(max_model_len)]
     if batched is not None:
         flags += ["--max-num-batched-tokens", str(batched)]
-    server = engine.serve(model, tmp_path, *flags, kv_cache_memory_bytes=KV_BYTES)
-    try:
-        status, metrics = engine.http_get(server.url + "/metrics")
-        assert status == 200
-        block_size = parse_metrics(metrics).block_size
-        startup = parse_startup_log(server.log())
-    finally:
-        server.stop()
-    assert block_size and startup.kv_cache_tokens and startup.max_concurrency
+    block_size, startup = engine.kv_capacity(model, tmp_path, *flags, kv_cache_memory_bytes=KV_BYTES)
+    assert startup.max_concurrency
     # the CPU build's executor schedules one batch at a time; its default budget is 2,048 tokens
     flight = in_flight_tokens(batched or 2048, async_scheduling=False)
     tokens = layout.capacity_tokens(

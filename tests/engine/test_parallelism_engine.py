@@ -19,9 +19,7 @@ import pytest
 
 import engine
 from llmpack.advisor.kv_layout import layout_of
-from llmpack.profiler.engine_log import parse_startup_log
 from llmpack.profiler.facts import ProfileRequest
-from llmpack.profiler.vllm import parse_metrics
 
 KV_BYTES = 512 << 10
 
@@ -57,7 +55,7 @@ def test_the_engine_holds_what_one_worker_is_said_to_hold(flags, ranks, heads, l
     facts = request.model_facts()
     whole = ProfileRequest(**{**request.__dict__, "engine_args": ()}).model_facts()
     assert (facts.num_kv_heads, facts.num_layers) == (heads, layers)
-    server = engine.serve(
+    block_size, startup = engine.kv_capacity(
         model,
         tmp_path,
         "--max-model-len",
@@ -66,14 +64,6 @@ def test_the_engine_holds_what_one_worker_is_said_to_hold(flags, ranks, heads, l
         kv_cache_memory_bytes=KV_BYTES,
         env={"VLLM_CPU_OMP_THREADS_BIND": _binding(ranks)},
     )
-    try:
-        status, metrics = engine.http_get(server.url + "/metrics")
-        assert status == 200
-        block_size = parse_metrics(metrics).block_size
-        startup = parse_startup_log(server.log())
-    finally:
-        server.stop()
-    assert block_size and startup.kv_cache_tokens
     predicted = layout_of(facts).num_blocks(KV_BYTES, block_size) * block_size
     as_one_gpu = layout_of(whole).num_blocks(KV_BYTES, block_size) * block_size
     print(

@@ -51,7 +51,8 @@ from llmpack.api.profile import KVLayoutFacts, ModelFacts
 LayerKind = Literal["full_attention", "sliding_attention", "chunked_attention", "state"]
 
 
-def _cdiv(a: int, b: int) -> int:
+def cdiv(a: int, b: int) -> int:
+    """a / b rounded up (vLLM's cdiv, vllm/utils/math_utils.py)."""
     return -(-a // b)
 
 
@@ -70,13 +71,13 @@ class Layers:
         """Blocks one request of `tokens` tokens may hold in one group of these layers: vLLM's
         admission cap (see the module docstring)."""
         if self.kind == "full_attention":
-            return _cdiv(tokens, block_size)
+            return cdiv(tokens, block_size)
         if self.kind == "state":
             return self.state_blocks
         assert self.window is not None
         if self.kind == "sliding_attention":
-            return _cdiv(min(self.window - 1 + in_flight_tokens, tokens), block_size) + 1
-        return _cdiv(min(self.window + in_flight_tokens, tokens), block_size)
+            return cdiv(min(self.window - 1 + in_flight_tokens, tokens), block_size) + 1
+        return cdiv(min(self.window + in_flight_tokens, tokens), block_size)
 
     def resident_blocks(self, tokens: int, *, block_size: int) -> int:
         """Blocks a request of `tokens` tokens holds while it decodes (one new token a step): the
@@ -117,7 +118,7 @@ class KVLayout:
         page_per_token = self.bytes_per_token_per_layer
         if state == 0 or page_per_token == 0:
             return block_size
-        return max(block_size, block_size * _cdiv(state, block_size * page_per_token))
+        return max(block_size, block_size * cdiv(state, block_size * page_per_token))
 
     def groups(self) -> tuple[int, list[Layers]]:
         """(layers per group, one entry per vLLM KV cache group)."""
@@ -127,7 +128,7 @@ class KVLayout:
         smallest = min(k.count for k in buckets)
         largest = max(k.count for k in buckets)
         size = largest if largest < smallest * 1.5 else smallest
-        return size, [k for k in buckets for _ in range(_cdiv(k.count, size))]
+        return size, [k for k in buckets for _ in range(cdiv(k.count, size))]
 
     def page_bytes(self, block_size: int) -> int:
         """One page: one layer's share of one block (the state page is padded to it)."""

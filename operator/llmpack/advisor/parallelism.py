@@ -32,12 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmpack.advisor.kv_layout import cdiv
 from llmpack.api.engine_flags import EngineFlags
 from llmpack.api.profile import KVLayoutFacts, ModelFacts
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -95,10 +92,10 @@ def per_worker(model: ModelFacts, parallelism: Parallelism) -> ModelFacts:
     layout = model.kv_layout
     attention = model.num_layers - (layout.state_layers if layout else 0)
     worker_layout = _layout_per_worker(layout, tp, pp) if layout else None
-    layers = _cdiv(model.num_layers, pp)
+    layers = cdiv(model.num_layers, pp)
     if layout is not None and worker_layout is not None:
         full = model.num_layers - layout.special_layers
-        layers = max(layers, _cdiv(full, pp) + worker_layout.special_layers)
+        layers = max(layers, cdiv(full, pp) + worker_layout.special_layers)
     worker_attention = layers - (worker_layout.state_layers if worker_layout else 0)
 
     def per_token(whole: int) -> int:
@@ -110,7 +107,7 @@ def per_worker(model: ModelFacts, parallelism: Parallelism) -> ModelFacts:
         "num_kv_heads": heads,
         "num_attention_heads": model.num_attention_heads // tp if model.num_attention_heads else None,
         "kv_bytes_per_token": per_token(model.kv_bytes_per_token),
-        "weight_bytes": _cdiv(model.weight_bytes, parallelism.world_size),
+        "weight_bytes": cdiv(model.weight_bytes, parallelism.world_size),
         "kv_layout": worker_layout,
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
@@ -124,10 +121,10 @@ def _layout_per_worker(layout: KVLayoutFacts, tp: int, pp: int) -> KVLayoutFacts
     state = layout.state_bytes_per_layer
     return layout.model_copy(
         update={
-            "sliding_window_layers": _cdiv(layout.sliding_window_layers, pp),
-            "chunked_attention_layers": _cdiv(layout.chunked_attention_layers, pp),
-            "state_layers": _cdiv(layout.state_layers, pp),
-            "state_bytes_per_layer": None if state is None else _cdiv(state, tp),
+            "sliding_window_layers": cdiv(layout.sliding_window_layers, pp),
+            "chunked_attention_layers": cdiv(layout.chunked_attention_layers, pp),
+            "state_layers": cdiv(layout.state_layers, pp),
+            "state_bytes_per_layer": None if state is None else cdiv(state, tp),
         }
     )
 

@@ -274,15 +274,14 @@ def check_parallelism(spec: LLMDeploymentSpec, flags: EngineFlags) -> Refused | 
     facts = _facts_before_profiling(spec)
     if facts is not None and (problem := parallelism_refusal(facts, parallelism)) is not None:
         return Refused(PROGRESSING, "InvalidSpec", f"serving.extraArgs {given}: {problem}")
-    counts = [("gpu.count", spec.gpu.count)]
-    if spec.autoscaling is not None:
-        counts += [
-            ("autoscaling.minGPUs", spec.autoscaling.min_gpus),
-            ("autoscaling.maxGPUs", spec.autoscaling.max_gpus),
-        ]
+    scaling = spec.autoscaling
+    # with an autoscaler, gpu.count is its to set (the serving plan rounds it up to whole replicas)
+    counts = (
+        [("gpu.count", spec.gpu.count)]
+        if scaling is None
+        else [("autoscaling.minGPUs", scaling.min_gpus), ("autoscaling.maxGPUs", scaling.max_gpus)]
+    )
     for name, count in counts:
-        if name == "gpu.count" and spec.autoscaling is not None:
-            continue  # the autoscaler owns it; the serving plan rounds up to whole replicas
         if count % world:
             lower, higher = count // world * world, (count // world + 1) * world
             fits = f"{lower} or {higher}" if lower else str(higher)
@@ -328,15 +327,14 @@ def check_weights(spec: LLMDeploymentSpec, gpu: GPU) -> Refused | None:
         else "no GPU in llmpack's catalogue holds them; serve it "
     )
     world = parallelism.world_size
-    split = tensor_parallel_to_fit(
-        whole.model_copy(update={"weight_bytes": served.weight_bytes * world + served.lora_bytes}),
-        gpu.usable_memory_bytes,
-    )
     if world > 1:
         whose = f" per GPU of {world} ({flags.parallelism_text()})"
         parallel = "or with more GPUs per replica (a larger --tensor-parallel-size)"
     else:
         whose = ""
+        split = tensor_parallel_to_fit(
+            whole.model_copy(update={"weight_bytes": weights}), gpu.usable_memory_bytes
+        )
         parallel = (
             f"or with tensor parallelism over {split} GPUs per replica (sharing.mode exclusive, "
             f'serving.extraArgs ["--tensor-parallel-size", "{split}"], gpu.count a multiple of {split})'
