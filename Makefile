@@ -50,6 +50,8 @@ demo: venv testbed
 crds: venv
 	$(VENV)/bin/llmpack crd > crds/llmpack.io_llmdeployments.yaml
 	cp crds/llmpack.io_llmdeployments.yaml charts/llmpack/crds/llmpack.io_llmdeployments.yaml
+	$(VENV)/bin/llmpack crd --gpupool > crds/llmpack.io_gpupools.yaml
+	cp crds/llmpack.io_gpupools.yaml charts/llmpack/crds/llmpack.io_gpupools.yaml
 
 docs: venv
 	$(VENV)/bin/llmpack crd --reference > docs/api.md

@@ -21,6 +21,10 @@ It sits beside the layers, not in planner/, because `--simulate` runs the profil
 - Output: {"decision": ..., "objects": [...]}, where `decision` is what the status would say (the
   recommendation with its explanation, or the profiling Job). An unservable spec exits 1 with the
   message the status would carry; bad input (a file that is not an LLMDeployment) exits 2.
+- `--pool POOL.yaml` with several `-f`: the GPUPool's members, each planned as the operator plans
+  a member (the pool's GPUs in place of its own) from its own profile (`--simulate`), then placed
+  together by the pool's pass (planner/pool_pass.py). Output: {"pool": the pool's status,
+  "members": each one's decision, "objects": the pool's claims and every member's objects}.
 """
 
 from __future__ import annotations
@@ -62,7 +66,15 @@ DRY_RUN_UID = "00000000-0000-0000-0000-000000000000"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="the LLMDeployment YAML")
+    parser.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="the LLMDeployment YAML (several with --pool)",
+    )
+    parser.add_argument("--pool", metavar="FILE", help="a GPUPool YAML whose members the -f files are")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--profile", metavar="FILE", help="a Profile JSON to plan with")
     source.add_argument(
@@ -96,7 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.tokens_per_second is not None and not args.tokens_per_second > 0:
         raise UserError("--tokens-per-second must be a positive number of tokens/s")
-    body = read_llmdeployment(Path(args.filename))
+    if args.pool:
+        return run_pool(args)
+    if len(args.filename) > 1:
+        raise UserError("several -f files are the members of a GPUPool: give it with --pool FILE")
+    body = read_llmdeployment(Path(args.filename[0]))
     spec = parse_spec(body)
     meta = body.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace") or "default"
@@ -236,6 +252,82 @@ def simulate(profiling: ProfilingDecision) -> Profile | Refused:
     except BackendError as err:  # what the profiling Job would report, and fail with
         return Refused(PROFILE_READY, "ProfilingFailed", f"the profiling Job would fail: {err}")
     return profile
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    """The placement of a GPUPool's members, as the operator's pool pass decides it."""
+    from llmpack.api.gpupool import GPUPool
+    from llmpack.planner.membership import member_spec, pool_request, pool_slots
+    from llmpack.planner.pool_pass import MemberSeen, decide_pool
+
+    if args.profile or not args.simulate:
+        raise UserError("--pool plans each member from its own profile: give --simulate")
+    pool_body = yaml.safe_load(Path(args.pool).read_text())
+    try:
+        pool = GPUPool.model_validate(pool_body)
+    except ValidationError as err:
+        raise UserError(f"{args.pool}: not a GPUPool: {err.errors()[0]['msg']}") from None
+    pool_name = str(pool.metadata.get("name") or "")
+    namespace = pool.metadata.get("namespace") or "default"
+    pool_body.setdefault("metadata", {}).setdefault("uid", DRY_RUN_UID)
+    decisions: dict[str, planner.ServingDecision] = {}
+    seen = []
+    for filename in args.filename:
+        body = read_llmdeployment(Path(filename))
+        name = (body.get("metadata") or {}).get("name")
+        if not name:
+            raise UserError(f"{filename}: metadata.name is missing")
+        raw = member_spec(body.get("spec") or {}, pool_body, namespace=namespace)
+        if (
+            isinstance(raw, Refused)
+            or (body.get("spec") or {}).get("gpuPoolRef", {}).get("name") != pool_name
+        ):
+            raise UserError(f"{filename}: spec.gpuPoolRef.name must name the GPUPool {pool_name}")
+        spec = parse_spec({**body, "spec": raw})
+        context = Context(
+            name=name,
+            namespace=namespace,
+            owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=DRY_RUN_UID),
+            profiler_image=args.profiler_image,
+            serving_image=args.serving_image,
+            profile_scope=namespace,
+            gpu_hour_prices=tuple(args.gpu_hour_price),
+            currency=args.currency,
+        )
+        cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
+        profile = simulate(planner.profiling(spec, cluster, context))
+        decision = (
+            profile if isinstance(profile, Refused) else planner.decide(spec, profile, cluster, context)
+        )
+        if isinstance(decision, (Refused, ProfilingDecision)):
+            message = decision.message if isinstance(decision, Refused) else "not profiled"
+            print(f"llmpack plan: {name}: {message}", file=sys.stderr)
+            return 1
+        assert isinstance(profile, Profile)
+        decisions[name] = decision
+        seen.append(MemberSeen(name=name, request=pool_request(decision), profile=profile))
+    outcome = decide_pool(pool=pool, namespace=namespace, uid=DRY_RUN_UID, members=seen, claims=[], now="")
+    placed = {**pool_body, "status": outcome.status.to_k8s()}
+    objects = list(outcome.apply)
+    members = {}
+    for name, decision in decisions.items():
+        slots, _, said = pool_slots(name, placed)
+        members[name] = {
+            "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "placed": said or f"{sum(s.replicas for s in slots)} replicas on {len(slots)} GPUs",
+        }
+        if slots:
+            plan = decision.plan.model_copy(
+                update={"pool_slots": slots, "replicas": sum(s.replicas for s in slots)}
+            )
+            objects += render_serving(plan)
+    document = {"pool": outcome.status.to_k8s(), "members": members, "objects": objects}
+    print(
+        json.dumps(document, indent=2)
+        if args.output == "json"
+        else yaml.safe_dump(document, sort_keys=False, width=110)
+    )
+    return 0
 
 
 def render_output(

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def crd_installed(testbed, kubectl):
     kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmpack.io_llmdeployments.yaml"))
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmpack.io_gpupools.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmpack.io", "--timeout=30s")
+    kubectl("wait", "--for=condition=Established", "crd/gpupools.llmpack.io", "--timeout=30s")
     kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     return True
 

@@ -215,3 +215,9 @@ def test_only_the_api_servers_own_flags_stay_out_of_the_profile(extra_args, engi
     its key (a negative number after one is that flag's value, as vLLM's parser reads it)."""
     spec = LLMDeploymentSpec.model_validate({"model": {"name": "m"}, "serving": {"extraArgs": extra_args}})
     assert spec.serving.engine_args() == engine
+
+
+def test_checked_in_gpupool_crd_matches_a_fresh_generation():
+    assert (REPO / "crds" / "llmpack.io_gpupools.yaml").read_text() == crdgen.render_pool_yaml(), (
+        "crds/llmpack.io_gpupools.yaml is stale: run `make crds`"
+    )

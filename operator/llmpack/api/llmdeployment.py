@@ -1079,6 +1079,12 @@ SPEC_RULES: tuple[Rule[LLMDeploymentSpec], ...] = (
 )
 
 
+class GPUPoolRef(CamelModel):
+    """A GPUPool of the LLMDeployment's namespace (api/gpupool.py)."""
+
+    name: ObjectName = Field(description="Name of the GPUPool in the LLMDeployment's namespace.")
+
+
 class LLMDeploymentSpec(CamelModel):
     model_config = ConfigDict(json_schema_extra=cel_validations(SPEC_RULES))
 
@@ -1094,6 +1100,13 @@ class LLMDeploymentSpec(CamelModel):
         None,
         description="Scale GPUs on load with a HorizontalPodAutoscaler llmpack renders and sizes from "
         "the profile. Without it, gpu.count (or `kubectl scale llmd NAME --replicas N`) decides.",
+    )
+    gpu_pool_ref: GPUPoolRef | None = Field(
+        None,
+        description="Serve as a member of this GPUPool: the pool's GPUs (product, node selector, "
+        "tolerations, sharing) replace gpu.product, gpu.nodeSelector, gpu.tolerations and sharing, "
+        "and the pool places this model's replicas (gpu.count GPUs' worth of its own packing) on "
+        "GPUs it shares with its other members.",
     )
 
     @model_validator(mode="after")
@@ -1252,6 +1265,34 @@ class ProfilingProgress(CamelModel):
     attempts: int = Field(0, description="Profiling pods that failed so far.")
 
 
+class PoolGPUShare(CamelModel):
+    """This member's replicas on one GPU of its pool."""
+
+    gpu: int = Field(description="The pool's GPU index (its ResourceClaim is <pool>-gpu-<index>-...).")
+    replicas: int = Field(description="vLLM replicas of this member on that GPU.")
+
+
+class PoolRequest(CamelModel):
+    """What this member asks its GPUPool for, from its own profile and advice."""
+
+    replicas: int = Field(description="Replicas wanted: gpu.count x its own replicas per GPU.")
+    max_num_seqs: int = Field(description="B_opt of each replica.")
+    memory_bytes: int = Field(description="One replica's MPS pinned memory limit, in bytes.")
+    itl_cap_ms: float | None = Field(
+        None, description="The mean ITL each replica must keep (the SLO's, or the advisor's derived cap)."
+    )
+    revision: str = Field(description="Hash of the three above: a change places the member again.")
+
+
+class PoolMembershipStatus(CamelModel):
+    """This member's place in its GPUPool."""
+
+    name: str = Field(description="The GPUPool.")
+    request: PoolRequest | None = Field(None, description="What this member asks the pool for.")
+    gpus: list[PoolGPUShare] = Field(default_factory=list, description="Replicas per pool GPU.")
+    placed: str = Field("", description="What the pool placed, or why it placed nothing.")
+
+
 class LLMDeploymentStatus(CamelModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -1276,6 +1317,9 @@ class LLMDeploymentStatus(CamelModel):
     )
     autoscaler: str | None = Field(
         None, description="The HorizontalPodAutoscaler llmpack rendered for spec.autoscaling, if any."
+    )
+    pool: PoolMembershipStatus | None = Field(
+        None, description="Where the GPUPool of spec.gpuPoolRef placed this member's replicas."
     )
 
 

@@ -30,6 +30,7 @@ from llmpack.controller.cache import ProfileCache
 from llmpack.controller.status import deployment_problem
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner.decide import Context
+from llmpack.planner.membership import member_spec, pool_name
 from llmpack.planner.reconcile import PRUNABLE_KINDS, admit_spec
 from llmpack.planner.refusal import Refused
 from llmpack.planner.snapshot import JobSeen, ServingSeen, Settings, Snapshot
@@ -81,13 +82,18 @@ class Observer:
             gpu_hour_prices=settings.gpu_hour_prices,
             currency=settings.currency,
         )
-        admission = admit_spec(body.get("spec") or {}, self.cluster, context)
+        raw = body.get("spec") or {}
+        pool_ref = pool_name(raw)
+        pool = self.store.get("GPUPool", namespace, pool_ref) if pool_ref else None
+        member = member_spec(raw, pool, namespace=namespace)
+        admission = member if isinstance(member, Refused) else admit_spec(member, self.cluster, context)
         snapshot = Snapshot(
             context=context,
             generation=meta.get("generation"),
             status=body.get("status") or {},
             admission=admission,
             now=now(),
+            pool=pool,
         )
         if isinstance(admission, Refused):
             return snapshot  # nothing else to read: such a spec costs no API call
@@ -167,6 +173,7 @@ class Observer:
         stall = deployment_problem(deployment) if deployment is not None else None
         return ServingSeen(
             deployment=deployment,
+            deployments=tuple(self._owned("Deployment", namespace, labels, uid)),
             pods=pods,
             owned=owned,
             stall=stall or self._claim_problem(namespace, pods),

@@ -28,12 +28,15 @@ from typing import Any, cast
 
 import kopf
 
+from llmpack.api import gpupool
 from llmpack.api.llmdeployment import GROUP, PLURAL, VERSION
 from llmpack.controller import metrics
 from llmpack.controller.client import KubeClient, KubeError
+from llmpack.controller.pool import PoolReconciler
 from llmpack.controller.reconciler import OperatorConfig, Reconciler, Result
 from llmpack.hardware.cluster import ClusterFacts, NodeFacts
 from llmpack.planner.conditions import comparable, pod_problem
+from llmpack.planner.membership import pool_name
 from llmpack.render.plan import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from llmpack.runtime.leader import LeaderElectionConfig, LeaderElector, LeaseLock, NotLeader
 from llmpack.runtime.store import Store
@@ -61,12 +64,19 @@ class OperatorState:
     store: Store = field(default_factory=lambda: Store(index_label=LABEL_DEPLOYMENT))
     queue: WorkQueue[Key] | None = None
     reconciler: Reconciler = field(init=False)
+    pools: dict[Key, dict[str, Any]] = field(default_factory=dict)  # GPUPools, as the watch shows them
+    pool_queue: WorkQueue[Key] | None = None  # GPUPools' passes, beside the LLMDeployments'
+    pool_reconciler: PoolReconciler = field(init=False)
+    pool_queue_stopping: asyncio.Future[None] | None = None
     leader_election: LeaderElectionConfig | None = None  # None: reconcile at once, alone
     elector: LeaderElector | None = None
     exit_on_lost_lease: Any = None  # what to call when leading is lost; default: os._exit(1)
 
     def __post_init__(self) -> None:
         self.reconciler = Reconciler(self.kube, self.config, self.cluster, self.store)
+        self.pool_reconciler = PoolReconciler(
+            kube=self.kube, store=self.store, cache=self.reconciler.cache, members=self.members_in
+        )
         metrics.observe_phases(self.objects.values())  # a live view: /metrics reads it at each scrape
 
     def seed_cluster_facts(self) -> None:
@@ -103,6 +113,22 @@ class OperatorState:
     def enqueue_all(self) -> None:
         for key in list(self.objects):
             self.enqueue(key)
+        for key in list(self.pools):
+            self.enqueue_pool(key)
+
+    def members_in(self, namespace: str) -> list[dict[str, Any]]:
+        return [body for (ns, _), body in list(self.objects.items()) if ns == namespace]
+
+    def enqueue_pool(self, key: Key) -> None:
+        if self.pool_queue is not None:
+            self.pool_queue.add(key)
+
+    def enqueue_members(self, key: Key) -> None:
+        """Every LLMDeployment whose spec.gpuPoolRef names the pool `key`."""
+        namespace, name = key
+        for body in self.members_in(namespace):
+            if pool_name(body.get("spec") or {}) == name:
+                self.enqueue((namespace, body["metadata"]["name"]))
 
     # -- leading --------------------------------------------------------------------------------
 
@@ -110,8 +136,13 @@ class OperatorState:
         self.queue = WorkQueue(
             self.process, workers=self.workers, expected_errors=(KubeError, NotLeader), name="llmdeployment"
         )
+        # one worker: pools are few, and two passes of one pool never run at once anyway
+        self.pool_queue = WorkQueue(
+            self.process_pool, workers=1, expected_errors=(KubeError, NotLeader), name="gpupool"
+        )
         if self.leader_election is None:
             self.queue.start()
+            self.pool_queue.start()
             return
         lock = LeaseLock(
             KubeClient(self.kube.api, self.kube.field_manager),  # unfenced: it is what renews
@@ -133,12 +164,16 @@ class OperatorState:
         logger.info("leading: reconciling %d LLMDeployments", len(self.objects))
         self.enqueue_all()
         assert self.queue is not None  # made by start_queue before the elector it starts calls this
+        assert self.pool_queue is not None
         self.queue.start()
+        self.pool_queue.start()
 
     def stopped_leading(self) -> None:
         """Lost the lease: stop reconciling now. The fence already refuses writes; the queue stops
         handing out keys, and the process exits so nothing still running can carry on."""
         assert self.queue is not None  # as in started_leading
+        if self.pool_queue is not None:
+            self.pool_queue_stopping = asyncio.ensure_future(self.pool_queue.stop())
         task = asyncio.ensure_future(self.queue.stop())
         logger.critical("leader election lost: exiting so that a new candidate takes over")
         for handler in logging.getLogger().handlers:
@@ -150,6 +185,8 @@ class OperatorState:
             os._exit(1)
 
     async def shutdown(self) -> None:
+        if self.pool_queue is not None:
+            await self.pool_queue.stop(drain=SHUTDOWN_DRAIN_SECONDS)
         if self.queue is not None:
             await self.queue.stop(drain=SHUTDOWN_DRAIN_SECONDS)
         if self.elector is not None:
@@ -185,6 +222,36 @@ class OperatorState:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         return result.retry_after
 
+    async def process_pool(self, key: Key) -> float | None:
+        """One pass of a GPUPool; its status is written when it changed, and every member is
+        queued then (their pods follow the placement in it)."""
+        body = self.pools.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            status = await asyncio.to_thread(self.pool_reconciler.reconcile, body)
+            if comparable(body.get("status") or {}) != comparable(status):
+                namespace, name = key
+                updated = await asyncio.to_thread(
+                    self.kube.patch_status,
+                    gpupool.KIND,
+                    namespace,
+                    name,
+                    status,
+                    body["metadata"].get("resourceVersion"),
+                )
+                current = self.pools.get(key)
+                if current is not None and not older(updated, current):
+                    self.pools[key] = updated
+                    self.store.put(gpupool.KIND, updated)
+                self.enqueue_members(key)
+        except KubeError as err:
+            if err.namespace_terminating:
+                return None
+            metrics.RECONCILE_ERRORS.labels(reason=f"api_{err.error_class.value.lower()}").inc()
+            raise
+        return None
+
     def _write_status(self, key: Key, body: dict[str, Any], result: Result) -> dict[str, Any] | None:
         """Events, then the status if it changed (in a worker thread); returns the updated object."""
         namespace, name = key
@@ -207,6 +274,9 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry)(lifecycle.configure)
     kopf.on.cleanup(registry=registry)(lifecycle.stop)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(watches.llmdeployment)
+    kopf.on.event(GROUP, VERSION, gpupool.PLURAL, registry=registry)(watches.gpupool)
+    claims = ("resource.k8s.io", "v1", "resourceclaims")
+    kopf.on.event(*claims, labels=MANAGED, registry=registry)(watches.pool_claim)
     owned = (
         ("batch/v1", "jobs", "Job"),
         ("v1", "configmaps", "ConfigMap"),
@@ -280,6 +350,12 @@ class Watches:
     async def llmdeployment(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         state = self.state
         key = (namespace_of(body), body.metadata.name)
+        # a member's spec or status (what it asks its pool for) changed, or it went: the pool
+        # places again (its own status write included: that is where the request is)
+        pools = {pool_name(b.get("spec") or {}) for b in (body, state.objects.get(key) or {})}
+        for name in pools - {None}:
+            assert name is not None
+            state.enqueue_pool((key[0], name))
         if event["type"] == "DELETED":
             state.objects.pop(key, None)
             return
@@ -292,6 +368,35 @@ class Watches:
         ):
             return  # the echo of our own status write: nothing new to reconcile
         state.enqueue(key)
+
+    async def gpupool(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """A GPUPool: its own pass, and its members' (its status is their placement)."""
+        state = self.state
+        key = (namespace_of(body), body.metadata.name)
+        self.cache(gpupool.KIND, event, body)
+        if event["type"] == "DELETED":
+            state.pools.pop(key, None)
+        else:
+            known = state.pools.get(key)
+            if known is not None and older(body, known):
+                return
+            state.pools[key] = copy.deepcopy(dict(body))
+            state.enqueue_pool(key)
+        state.enqueue_members(key)
+
+    async def pool_claim(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """A ResourceClaim of a GPUPool (members' pods reference it by name)."""
+        self.cache("ResourceClaim", event, body)
+        owner = next(
+            (
+                (namespace_of(body), ref["name"])
+                for ref in body.metadata.get("ownerReferences") or []
+                if ref.get("kind") == gpupool.KIND
+            ),
+            None,
+        )
+        if owner is not None and owner in self.state.pools and event["type"] in (None, "ADDED", "DELETED"):
+            self.state.enqueue_pool(owner)
 
     def cache(self, kind: str, event: kopf.RawEvent, body: kopf.Body) -> None:
         """Keep the watch cache (store) current: every pass reads from it."""

@@ -6,7 +6,7 @@ Pure: the time a condition changes is the pass's observed time, handed in (`now`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from llmpack.api.llmdeployment import (
     CONDITION_TYPES,
@@ -16,8 +16,14 @@ from llmpack.api.llmdeployment import (
 )
 
 
+class HasConditions(Protocol):
+    """A status with standard conditions (an LLMDeployment's, a GPUPool's)."""
+
+    conditions: list[Condition]
+
+
 def set_condition(
-    status: LLMDeploymentStatus,
+    status: HasConditions,
     type_: str,
     value: bool | None,
     reason: str,

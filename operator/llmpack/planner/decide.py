@@ -264,6 +264,12 @@ def check_parallelism(spec: LLMDeploymentSpec, flags: EngineFlags) -> Refused | 
         return None
     given = flags.parallelism_text()
     mode = spec.sharing.mode
+    if spec.gpu_pool_ref is not None:
+        return _parallelism_refused(
+            f"serving.extraArgs {given} makes each vllm serve use {world} GPUs, and a member of the "
+            f"GPUPool {spec.gpu_pool_ref.name} runs each replica on a share of one GPU: remove the flag, "
+            "or remove spec.gpuPoolRef and set sharing.mode exclusive"
+        )
     if mode in ("mps", "mig"):
         return _parallelism_refused(
             f"serving.extraArgs {given} makes each vllm serve use {world} GPUs, and sharing.mode {mode} "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +39,7 @@ from llmpack.api.llmdeployment import (
     LLMDeploymentStatus,
     ModelCacheStatus,
     Phase,
+    PoolMembershipStatus,
     ProfileRef,
     ProfilingProgress,
 )
@@ -47,7 +48,9 @@ from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.conditions import pod_problem, set_condition, termination_message
 from llmpack.planner.decide import Admitted, Context, ProfilingDecision, ServingDecision
+from llmpack.planner.membership import pool_request, pool_slots
 from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
+from llmpack.planner.pool_pass import gpus_worth
 from llmpack.planner.refusal import Refused
 from llmpack.planner.snapshot import ApplyRefusal, JobSeen, Settings, Snapshot
 from llmpack.render import render_profiling, render_serving
@@ -481,6 +484,11 @@ def _serving(snapshot: Snapshot, decision: ServingDecision, draft: _Draft, setti
         draft.event("Warning", reason, message)
     status.recommendation = decision.status
     draft.condition(ADVISED, True, "Advised", decision.explanation[:1000])
+    member = _pool_member(snapshot, decision, draft)
+    if isinstance(member, Stop):
+        return member
+    if member is not None:
+        plan = member
     try:
         desired = render_serving(plan)
     except ValueError as err:  # a combination the renderer cannot express, e.g. no free ports
@@ -494,8 +502,88 @@ def _serving(snapshot: Snapshot, decision: ServingDecision, draft: _Draft, setti
             draft.delete.append(ObjectRef(kind, plan.namespace, name))
     status.selector = ",".join(f"{k}={v}" for k, v in serving_selector(plan).items())
     status.autoscaler = serving_name(plan) if plan.autoscaling is not None else None
+    if plan.pool_slots is not None:
+        return _pool_readiness(snapshot, plan, desired, draft, settings, decision.chosen.replicas_per_gpu)
     deployment = next(o for o in desired if o["kind"] == "Deployment")
     return _readiness(snapshot, plan, deployment, draft, settings)
+
+
+def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -> ServingPlan | Stop | None:
+    """A GPUPool member: its request in its status (the pool's pass reads it), and its plan on
+    the slots the pool's status gives it; None when not a member."""
+    admitted = snapshot.admission
+    ref = admitted.spec.gpu_pool_ref if isinstance(admitted, Admitted) else None
+    if ref is None:
+        return None
+    request = pool_request(decision)
+    slots, shares, said = pool_slots(snapshot.context.name, snapshot.pool)
+    placed = sum(s.replicas for s in slots)
+    draft.status.pool = PoolMembershipStatus(
+        name=ref.name,
+        request=request,
+        gpus=shares,
+        placed=said or f"{placed} replicas on {len(slots)} GPUs of {ref.name}",
+    )
+    if not slots:
+        # the pool's pass places it once it reads the request above (a status change it watches)
+        waiting = not said or said.startswith("not placed")
+        return Stop(
+            "Pending" if waiting else "Failed",
+            AVAILABLE,
+            "WaitingForGPUPool" if waiting else "GPUPoolFull",
+            f"the GPUPool {ref.name} has not placed its {request.replicas} replicas yet"
+            if waiting
+            else f"the GPUPool {ref.name} placed no replica: {said}",
+            retry=waiting,
+        )
+    return decision.plan.model_copy(update={"pool_slots": slots, "replicas": placed})
+
+
+def _pool_readiness(
+    snapshot: Snapshot,
+    plan: ServingPlan,
+    desired: list[dict[str, Any]],
+    draft: _Draft,
+    settings: Settings,
+    replicas_per_gpu: int,
+) -> Stop | None:
+    """_readiness over a member's Deployments (one per pool GPU) taken as one: their pods, their
+    statuses summed, up to date only when every one is."""
+    wanted = [o for o in desired if o["kind"] == "Deployment"]
+    seen = {d["metadata"]["name"]: d for d in snapshot.serving.deployments}
+    hashes = "/".join(str(_config_hash(d)) for d in wanted)
+    total = {"replicas": 0, "readyReplicas": 0, "updatedReplicas": 0}
+    current = True
+    for want in wanted:
+        have = seen.get(want["metadata"]["name"])
+        if have is None or not _matches(have, want):
+            current = False
+            continue
+        dstatus = have.get("status") or {}
+        current &= dstatus.get("observedGeneration") == have["metadata"].get("generation")
+        for key in total:
+            total[key] += int(dstatus.get(key) or 0)
+    annotations = {ANNOTATION_CONFIG_HASH: hashes}
+    template = {"metadata": {"annotations": annotations}}
+    merged_desired = {"spec": {"replicas": len(wanted), "template": template}}
+    merged_seen = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": len(wanted) if current else -1, "template": template},
+        "status": {**total, "observedGeneration": 1 if current else 0},
+    }
+    stop = _readiness(
+        replace(snapshot, serving=replace(snapshot.serving, deployment=merged_seen)),
+        plan.model_copy(update={"replicas_per_gpu": max(s.replicas for s in plan.pool_slots or ())}),
+        merged_desired,
+        draft,
+        settings,
+    )
+    draft.status.gpus = gpus_worth(draft.status.ready_replicas or 0, replicas_per_gpu)
+    short = draft.status.pool.placed if draft.status.pool else ""
+    if stop is None and short and draft.status.phase == "Ready" and "replicas placed" in short:
+        draft.status.phase = "Degraded"
+        draft.status.message += f"; {short}"
+    return stop
 
 
 def _serving_now(snapshot: Snapshot) -> bool:

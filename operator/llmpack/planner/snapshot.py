@@ -76,6 +76,7 @@ class ServingSeen:
     Deployment's own conditions say stops its rollout (reason, message), read by the controller."""
 
     deployment: Object | None = None
+    deployments: tuple[Object, ...] = ()  # every serving Deployment it owns (a pool member has several)
     pods: tuple[Object, ...] = ()
     owned: tuple[tuple[str, str], ...] = ()
     stall: tuple[str, str] | None = None
@@ -108,6 +109,7 @@ class Snapshot:
     jobs: tuple[JobSeen, ...] = ()  # every profiling Job this LLMDeployment owns
     serving: ServingSeen = ServingSeen()
     refused: ApplyRefusal | None = None  # set when acting on this pass's outcome was refused
+    pool: Object | None = None  # the GPUPool of spec.gpuPoolRef as the watch cache holds it
     model_caches: tuple[JobSeen, ...] = ()  # the fill Jobs of model caches this LLMDeployment owns
     model_cache_claims: tuple[str, ...] = ()  # the PersistentVolumeClaims of those caches
     # claims deleted but still held by pods that mount them (kubernetes.io/pvc-protection)

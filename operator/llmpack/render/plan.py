@@ -86,6 +86,15 @@ class AutoscalingPlan(Frozen):
     behavior: dict[str, Any] | None = None
 
 
+class PoolSlot(Frozen):
+    """A pool member's replicas on one GPU of its GPUPool: the claim its pod shares with the
+    other members' pods on that GPU."""
+
+    gpu: int = Field(ge=0, description="The pool's GPU index.")
+    claim: str = Field(description="The pool's ResourceClaim for that GPU.")
+    replicas: int = Field(ge=1)
+
+
 class ServingPlan(Frozen):
     """How one LLMDeployment is served: which objects, which flags, on which GPUs."""
 
@@ -141,6 +150,11 @@ class ServingPlan(Frozen):
     inference_pool: InferencePoolPlan | None = Field(
         None, description="An InferencePool over the replicas (spec.serving.inferencePool); None: none."
     )
+    pool_slots: tuple[PoolSlot, ...] | None = Field(
+        None,
+        description="A GPUPool member: one pod per pool GPU it was placed on, each on that GPU's "
+        "shared claim; None: not a member (the mode's own pods).",
+    )
 
     @property
     def sharing(self) -> type[Sharing]:
@@ -152,7 +166,15 @@ class ServingPlan(Frozen):
         a change of scale (how many GPUs, replicas, the autoscaler's bounds), which adds or removes
         whole pods and leaves the others serving, nor of the NetworkPolicy or the InferencePool,
         separate objects (except where the pool makes a router's replicas listen on the pod IP)."""
-        outside_pods = {"owner", "gpus", "replicas", "autoscaling", "network_policy_from", "inference_pool"}
+        outside_pods = {
+            "owner",
+            "gpus",
+            "replicas",
+            "autoscaling",
+            "network_policy_from",
+            "inference_pool",
+            "pool_slots",  # a slot's pod is hashed with its own replica count (pool_deployment)
+        }
         if self.model_cache_claim is None:
             outside_pods.add("model_cache_claim")  # plans without a cache hash as they did before it
         if self.gpus_per_replica == 1:

@@ -48,6 +48,7 @@ from llmpack.render.plan import (
     LABEL_NAME,
     MANAGED_BY,
     OwnerRef,
+    PoolSlot,
     SecretKey,
     ServingPlan,
     kube_name,
@@ -90,6 +91,7 @@ HEALTH_TIMEOUT_S = 5
 
 
 DRA_CLAIM = "gpu"  # the pod's claim name and the template's request name
+LABEL_POOL_GPU = "llmpack.io/pool-gpu"  # a GPUPool member's pod: the pool GPU it runs on
 
 # What a vLLM container asks the scheduler for where the spec names no request or limit of its
 # own: its API server and engine core are two busy processes (the engine core polls its scheduler
@@ -111,6 +113,10 @@ LOCAL_PROBE_SCRIPT = "import sys, urllib.request; urllib.request.urlopen(sys.arg
 def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
     """The objects that run `plan`'s replicas, in apply order (a claim template before the pods
     using it). render.render_serving adds the autoscaler."""
+    policy = [serving_network_policy(plan)] if plan.network_policy_from is not None else []
+    if plan.pool_slots is not None:
+        pods = [pool_deployment(plan, slot) for slot in plan.pool_slots]
+        return [*pods, serving_service(plan), *policy]
     sharing = plan.sharing
     deployment = {
         Exclusive: exclusive_deployment,
@@ -119,7 +125,6 @@ def serving_objects(plan: ServingPlan) -> list[dict[str, Any]]:
         MPSThroughDevicePlugin: mps_device_plugin_deployment,
     }[sharing](plan)
     claim = [mps_claim_template(plan)] if sharing.uses_claim_template else []
-    policy = [serving_network_policy(plan)] if plan.network_policy_from is not None else []
     return [*claim, deployment, serving_service(plan), *policy]
 
 
@@ -203,6 +208,38 @@ def mps_dra_deployment(plan: ServingPlan) -> dict[str, Any]:
     )
 
 
+def pool_deployment(plan: ServingPlan, slot: PoolSlot) -> dict[str, Any]:
+    """A GPUPool member's pod on one pool GPU: the DRA MPS pod of mps_dra_deployment with
+    `slot.replicas` replicas, on the pool's ResourceClaim for that GPU (shared with the pods of the
+    other members placed there) instead of a claim of its own.
+
+    Each replica is capped at its own size by CUDA_MPS_PINNED_DEVICE_MEM_LIMIT (FACTS.md 3.1): the
+    claim's default limit is the largest member's cap on that GPU, and this member's may be lower.
+    Each slot is its own Deployment (`<name>-gpu<index>`, selected by LABEL_POOL_GPU), so a change
+    of one slot's replicas restarts that pod only, and the other members' pods never."""
+    sized = plan.model_copy(update={"replicas_per_gpu": slot.replicas, "pool_slots": None})
+    deployment = mps_dra_deployment(sized)
+    deployment["spec"]["replicas"] = 1
+    deployment["metadata"]["name"] = pool_deployment_name(plan, slot.gpu)
+    gpu = {LABEL_POOL_GPU: str(slot.gpu)}
+    deployment["metadata"]["labels"] = {**deployment["metadata"]["labels"], **gpu}
+    deployment["spec"]["selector"]["matchLabels"] = {**serving_selector(plan), **gpu}
+    template = deployment["spec"]["template"]
+    template["metadata"]["labels"] = {**template["metadata"]["labels"], **gpu}
+    pod = template["spec"]
+    pod["resourceClaims"] = [{"name": DRA_CLAIM, "resourceClaimName": slot.claim}]
+    if plan.mps_pinned_memory_bytes is not None:
+        megabytes = mebibytes(plan.mps_pinned_memory_bytes).removesuffix("Mi")
+        limit = {"name": "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "value": f"0={megabytes}M"}
+        for container in pod["initContainers"]:
+            container["env"] = merge_env(container["env"], [limit])
+    return deployment
+
+
+def pool_deployment_name(plan: ServingPlan, gpu: int) -> str:
+    return kube_name(plan.name, f"gpu{gpu}")
+
+
 def replica_ports(plan: ServingPlan) -> list[int]:
     """Ports of the replicas of one DRA pod: right after the service port (the router's)."""
     ports = [plan.port + 1 + i for i in range(plan.replicas_per_gpu)]
@@ -246,11 +283,22 @@ def claim_template_name(plan: ServingPlan) -> str:
 
 
 def _claim_spec(plan: ServingPlan) -> dict[str, Any]:
+    return mps_claim_spec(
+        pinned_memory_bytes=plan.mps_pinned_memory_bytes,
+        active_thread_percentage=plan.mps_active_thread_percentage,
+    )
+
+
+def mps_claim_spec(
+    *, pinned_memory_bytes: int | None, active_thread_percentage: int | None
+) -> dict[str, Any]:
+    """A ResourceClaim's spec: one whole GPU of the NVIDIA DRA driver, shared through MPS with these
+    per-client defaults (GpuConfig, FACTS.md DRA section)."""
     mps: dict[str, Any] = {}
-    if plan.mps_active_thread_percentage is not None:
-        mps["defaultActiveThreadPercentage"] = plan.mps_active_thread_percentage
-    if plan.mps_pinned_memory_bytes is not None:
-        mps["defaultPinnedDeviceMemoryLimit"] = mebibytes(plan.mps_pinned_memory_bytes)
+    if active_thread_percentage is not None:
+        mps["defaultActiveThreadPercentage"] = active_thread_percentage
+    if pinned_memory_bytes is not None:
+        mps["defaultPinnedDeviceMemoryLimit"] = mebibytes(pinned_memory_bytes)
     sharing: dict[str, Any] = {"strategy": "MPS"}
     if mps:
         sharing["mpsConfig"] = mps
