@@ -151,6 +151,39 @@ def test_edit_in_one_namespace_may_create_read_and_scale_llmdeployments_there_on
     assert elsewhere.returncode != 0 and "forbidden" in elsewhere.stderr, elsewhere.stderr
 
 
+POOLS = "gpupools.llmpack.io"
+
+
+def test_edit_may_make_gpupools_in_its_namespace_only_and_never_write_their_placement(testbed, tenancy):
+    """A GPUPool holds GPUs of its namespace only (its ResourceClaims are namespaced): a tenant
+    makes its own, cannot make one elsewhere, and cannot forge the placement its members follow."""
+    alice = f"system:serviceaccount:{tenancy['team']}:alice"
+    team, other = tenancy["team"], tenancy["other"]
+    kube.wait_for(lambda: can_i(testbed, alice, team, "create", POOLS), timeout=60, what="aggregation")
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert can_i(testbed, alice, team, verb, POOLS), verb
+        assert not can_i(testbed, alice, other, verb, POOLS), f"{verb} in another namespace"
+    assert not can_i(testbed, alice, team, "patch", POOLS, "status")
+    pool = {
+        "apiVersion": "llmpack.io/v1alpha1",
+        "kind": "GPUPool",
+        "metadata": {"name": "shared"},
+        "spec": {"gpu": {"product": "NVIDIA-H100-80GB-HBM3", "maxGPUs": 2}},
+    }
+    as_alice = f"--as={alice}"
+    testbed.kubectl("create", "-n", team, "-f", "-", as_alice, input=json.dumps(pool))
+    forged = testbed.kubectl(
+        "patch", "gpool", "shared", "-n", team, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"gpus": [{"index": 0, "claim": "x", "pinnedMemoryBytes": 1, "memoryBytes": 1}]}}',
+        as_alice, check=False,
+    )  # fmt: skip
+    assert forged.returncode != 0 and "forbidden" in forged.stderr, forged.stderr
+    elsewhere = testbed.kubectl(
+        "create", "-n", other, "-f", "-", as_alice, input=json.dumps(pool), check=False
+    )
+    assert elsewhere.returncode != 0 and "forbidden" in elsewhere.stderr, elsewhere.stderr
+
+
 def test_view_may_read_llmdeployments_and_not_create_them(testbed, tenancy):
     bob = f"system:serviceaccount:{tenancy['team']}:bob"
     team = tenancy["team"]

@@ -9,6 +9,7 @@ from llmpack.advisor import perfmodel
 from llmpack.advisor.loaders import load_paper_profile
 from llmpack.advisor.perfmodel_colocated import Resident, predict
 from llmpack.hardware import lookup_gpu
+from llmpack.planner import pool as P
 from llmpack.planner.pool import GIB, PoolMember, place
 
 H100 = lookup_gpu("NVIDIA-H100-80GB-HBM3")
@@ -124,3 +125,33 @@ def test_demand_adds_replicas_until_met(opt13):
     )
     assert placement.members["a"].tokens_per_s >= 2.5 * one
     assert placement.members["a"].replicas >= 3
+
+
+def test_a_gpu_opened_for_a_member_short_of_its_demand_is_closed_when_the_others_hold_it(opt13, opt27):
+    """First fit places b's replicas, then a and c next to them lower b's tokens/s below its
+    demand, and b grows on a GPU of its own: 4 GPUs. Consolidation moves that GPU's replicas
+    onto the others within memory and every cap: 3 GPUs, every demand still met."""
+    one13, one27 = opt13.mps(1, 96).total_tokens_per_s, opt27.mps(1, 96).total_tokens_per_s
+    members = [
+        PoolMember("a", opt13, 96, 10 * GIB, 30.0, 1, demand_tokens_per_s=0.8 * one13),
+        PoolMember("b", opt27, 96, 25 * GIB, 40.0, 1, demand_tokens_per_s=2.2 * one27),
+        PoolMember("c", opt13, 96, 10 * GIB, 40.0, 1, demand_tokens_per_s=0.8 * one13),
+    ]
+    placement = place(members, gpu=H100, max_gpus=16)
+    assert placement.gpus_used == 3
+    for m in members:
+        got = placement.members[m.name]
+        assert got.tokens_per_s >= m.demand_tokens_per_s and got.itl_mean_ms <= m.itl_cap_ms
+
+
+def test_running_replicas_are_never_consolidated(opt13):
+    members = [member(opt13, n, 1, gib=30) for n in "ab"]
+    spread = [
+        P.PlacedGPU(index=0, pinned_bytes=30 * GIB, replicas={"a": 1}),
+        P.PlacedGPU(1, 30 * GIB, {"b": 1}),
+    ]
+    placement = place(
+        members, gpu=H100, max_gpus=8, previous=spread, previous_revisions={"a": "r1", "b": "r1"}
+    )
+    assert placement.gpus_used == 2
+    assert dict(placement.members["b"].placed) == {1: 1}

@@ -20,16 +20,19 @@ The rule, in order:
    limit at least this replica's cap (a claim's config is immutable; whether a client may raise
    the limit above the claim's default is unverified, FACTS.md 3), (c) it has fewer than
    `max_clients` replicas, and (d) the performance model (advisor/perfmodel_colocated.py) predicts
-   every member on the GPU, the new one included, within its mean ITL cap, and every member with
-   a demand no further below it than before.
+   every member on the GPU, the new one included, within its mean ITL cap.
 3. Demand. A member wants `replicas` at least; with `demand_tokens_per_s`, more until its predicted
-   tokens/s over all its GPUs reach it.
-4. Refusal. A member whose replicas do not all fit keeps what was placed and says why (the pool's
+   tokens/s over all its GPUs reach it (a replica added next to it lowers its tokens/s: growth
+   runs in rounds until no member is short or none can grow).
+4. Consolidation. A GPU opened in this pass whose replicas the other GPUs can take (with the
+   members left short growing there) is closed, the emptiest first.
+5. Refusal. A member whose replicas do not all fit keeps what was placed and says why (the pool's
    GPUs are full, or one replica alone breaks its cap); the others are unaffected.
 
-Limits: placement is greedy (first fit), not an optimum; a removed member's freed memory is used
-by later growth but running replicas are never compacted without `rebalance`. The mixed
-co-location predictions have no measurement behind them (perfmodel_colocated.py).
+Limits: placement is greedy (first fit, then consolidation), not an optimum; a removed member's
+freed memory is used by later growth, but running replicas are never compacted without
+`rebalance`. The mixed co-location predictions have no measurement behind them
+(perfmodel_colocated.py).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ def place(
         messages = {m.name: state.grow(m) for m in order}
         if state.total() == before:
             break
+    state.consolidate()
     return state.result(messages)
 
 
@@ -158,6 +162,7 @@ class _State:
         self.max_gpus = max_gpus
         self.gpus: dict[int, dict[str, int]] = {}
         self.pinned: dict[int, int] = {}  # each GPU's claim's default pinned limit
+        self.opened: set[int] = set()  # GPUs opened in this pass: nothing runs on them yet
 
     # -- the previous placement ---------------------------------------------------------------
 
@@ -208,6 +213,7 @@ class _State:
         index = min(i for i in range(len(self.gpus) + 1) if i not in self.gpus)
         self.gpus[index], self.pinned[index] = {}, member.replica_bytes
         if self._accepts(index, member):
+            self.opened.add(index)
             return index
         del self.gpus[index], self.pinned[index]
         if member.replica_bytes > self.room:
@@ -235,8 +241,7 @@ class _State:
         replicas = self.gpus[index]
         if sum(replicas.values()) + 1 > self.max_clients:
             return False
-        used = sum(self.members[name].replica_bytes * n for name, n in replicas.items())
-        if used + member.replica_bytes > self.room:
+        if self.memory(index) + member.replica_bytes > self.room:
             return False
         # an empty GPU's claim is made anew (nobody holds it), so its old limit does not bind
         if replicas and member.replica_bytes > self.pinned[index]:
@@ -247,6 +252,50 @@ class _State:
             if other.itl_cap_ms is not None and prediction.itl_mean_ms > other.itl_cap_ms:
                 return False
         return True
+
+    # -- consolidation ----------------------------------------------------------------------
+
+    def consolidate(self) -> None:
+        """Close GPUs opened in this pass that the others can absorb: first fit is greedy, and a
+        GPU opened for a member's last replica often holds little. The emptiest is tried first:
+        its replicas move to the other GPUs (first fit), members left short of their demand grow
+        on the GPUs that remain, and the GPU closes only if all of that fits; else nothing moves.
+        Running replicas (GPUs of the previous placement) are never moved."""
+        closed = True
+        while closed:
+            closed = False
+            for victim in sorted(self.opened, key=lambda i: (self.memory(i), -i)):
+                if self._close(victim):
+                    self.opened.discard(victim)
+                    closed = True
+                    break
+
+    def _close(self, victim: int) -> bool:
+        saved = {i: dict(r) for i, r in self.gpus.items()}, dict(self.pinned)
+        moving = [name for name, count in self.gpus[victim].items() for _ in range(count)]
+        del self.gpus[victim], self.pinned[victim]
+        for name in moving:
+            if not self._add_anywhere(self.members[name]):
+                self.gpus, self.pinned = saved
+                return False
+        for _ in range(sum(len(moving) for _ in self.members) + 1):
+            short = [m for m in self.members.values() if self._short(m)]
+            if not short:
+                return True
+            if not all(self._add_anywhere(m) for m in short):
+                break
+        self.gpus, self.pinned = saved
+        return False
+
+    def _add_anywhere(self, member: PoolMember) -> bool:
+        index = next((i for i in sorted(self.gpus) if self._accepts(i, member)), None)
+        if index is None:
+            return False
+        self._set(index, member.name, self.gpus[index].get(member.name, 0) + 1)
+        return True
+
+    def memory(self, index: int) -> int:
+        return sum(self.members[name].replica_bytes * n for name, n in self.gpus[index].items())
 
     # -- predictions ------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ controller counts (pkg/controller/podautoscaler/replica_calculator.go):
 - k = 1 (a DRA MPS pod holds all of a GPU's replicas; exclusive): a Pods metric, averaged over the
   pods of status.selector, target per pod = per GPU. The HPA keeps the count while the average is
   within 10% of the target, else asks ceil(average / target x pods) = GPUs.
-- k > 1 (device-plugin MPS and MIG run one replica per pod), or a pod holding several GPUs (a
-  replica spanning them, k < 1): a Pods metric would be wrong. The HPA
+- k > 1 (device-plugin MPS and MIG run one replica per pod), a pod holding several GPUs (a
+  replica spanning them, k < 1), or a GPUPool member (one pod per pool GPU it shares, holding
+  some of a GPU's worth of its replicas): a Pods metric would be wrong. The HPA
   multiplies its ratio by the pod count, and its 10% tolerance applies to the per-pod ratio, so no
   single per-pod target makes both come out in GPUs. An External metric with an AverageValue target
   does: the HPA asks ceil(total / target) and tolerates |total / (target x current GPUs) - 1| <= 10%.
@@ -39,7 +40,7 @@ def horizontal_pod_autoscaler(plan: ServingPlan) -> dict[str, Any]:
         raise ValueError("the plan has no autoscaling")
     scaling = plan.autoscaling
     target = {"type": "AverageValue", "averageValue": quantity(scaling.target_per_gpu)}
-    if scaling.pods_per_gpu == 1 and scaling.gpus_per_pod == 1:
+    if scaling.pods_per_gpu == 1 and scaling.gpus_per_pod == 1 and plan.pool_slots is None:
         metric = {"type": "Pods", "pods": {"metric": {"name": scaling.metric}, "target": target}}
     else:
         selector = {"matchLabels": {EXTERNAL_METRIC_LABEL: label_value(plan.name)}}

@@ -1,0 +1,147 @@
+"""A GPUPool and its members through the operator's own passes (controller/reconciler.py for the
+members, controller/pool.py for the pool) on the fake client: each member asks in its status, the
+pool places them all at once, and the members render one pod per pool GPU on the pool's claim.
+The testbed runs the same with the real control plane in tests/e2e/test_gpupool_e2e.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_badinput_pure import body, reconcile_through
+
+from llmpack.controller.pool import PoolReconciler
+from llmpack.runtime.fake import FakeClient as FakeKube
+
+NS = "team-a"
+
+
+def pool_body(max_gpus: int = 4, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "llmpack.io/v1alpha1",
+        "kind": "GPUPool",
+        "metadata": {"name": "shared", "namespace": NS, "uid": "uid-pool", "generation": 1},
+        "spec": {"gpu": {"product": "NVIDIA-H100-80GB-HBM3", "maxGPUs": max_gpus}, **spec},
+    }
+
+
+def member(model: str, *, count: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "gpuPoolRef": {"name": "shared"},
+        "model": {"name": model},
+        "sharing": {"maxReplicasPerGPU": 1},
+        "slo": {"itlMeanMs": 60},
+        "gpu": {"count": count},
+        **extra,
+    }
+
+
+MEMBERS = {"chat": member("facebook/opt-1.3b"), "code": member("facebook/opt-2.7b")}
+
+
+class Cluster:
+    """The fake API server with a pool in its watch cache, and the passes the operator runs."""
+
+    def __init__(self, pool: dict[str, Any]):
+        self.kube = FakeKube()
+        self.pool = pool
+        self.kube.store.put("GPUPool", pool)
+        self.members: dict[str, dict[str, Any]] = {}
+
+    def member_pass(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        run = reconcile_through(spec, name=name, namespace=NS, kube=self.kube)
+        self.members[name] = {**body(spec, name, NS), "status": run.status}
+        return run.status
+
+    def pool_pass(self) -> dict[str, Any]:
+        reconciler = PoolReconciler(
+            kube=self.kube,
+            store=self.kube.store,
+            cache=_cache(self.kube),
+            members=lambda namespace: list(self.members.values()),
+        )
+        status = reconciler.reconcile(self.pool)
+        self.pool = {**self.pool, "status": status}
+        self.kube.store.put("GPUPool", self.pool)
+        return status
+
+    def objects(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {n: o for (k, _, n), o in self.kube.objects.items() if k == kind}
+
+
+def _cache(kube: FakeKube):
+    from llmpack.controller.cache import ProfileCache
+    from llmpack.controller.reconciler import OperatorConfig
+
+    return ProfileCache(kube, OperatorConfig().operator_namespace)
+
+
+def test_members_wait_for_the_pool_then_share_its_claims():
+    cluster = Cluster(pool_body())
+    for name, spec in MEMBERS.items():
+        status = cluster.member_pass(name, spec)
+        assert status["phase"] == "Pending" and "has not placed" in status["message"], status["message"]
+        request = status["pool"]["request"]
+        assert request["replicas"] == status["recommendation"]["replicas"] >= 1
+        assert request["memoryBytes"] > 0 and request["itlCapMs"] == 60
+    pool = cluster.pool_pass()
+    assert pool["phase"] == "Ready", pool["message"]
+    assert pool["gpusUsed"] == 1 and "chat x" in pool["placement"] and "code x" in pool["placement"]
+    (claim,) = cluster.objects("ResourceClaim").values()
+    assert claim["metadata"]["ownerReferences"][0]["kind"] == "GPUPool"
+    for name, spec in MEMBERS.items():
+        status = cluster.member_pass(name, spec)
+        assert status["pool"]["gpus"] == [{"gpu": 0, "replicas": status["pool"]["request"]["replicas"]}]
+        pod = cluster.objects("Deployment")[f"{name}-gpu0"]["spec"]["template"]["spec"]
+        assert pod["resourceClaims"] == [{"name": "gpu", "resourceClaimName": claim["metadata"]["name"]}]
+        caps = {
+            e["value"] for c in pod["initContainers"] for e in c["env"] if e["name"].startswith("CUDA_MPS")
+        }
+        assert caps == {f"0={-(-status['pool']['request']['memoryBytes'] // 2**20)}M"}
+    assert "chat-gpu0" in cluster.objects("Deployment") and "chat" in cluster.objects("Service")
+
+
+def test_scaling_one_member_leaves_the_others_pods_as_they_were():
+    cluster = Cluster(pool_body())
+    for name, spec in MEMBERS.items():
+        cluster.member_pass(name, spec)
+    cluster.pool_pass()
+    for name, spec in MEMBERS.items():
+        cluster.member_pass(name, spec)
+    code_before = cluster.objects("Deployment")["code-gpu0"]["spec"]
+    scaled = member("facebook/opt-1.3b", count=3)
+    cluster.member_pass("chat", scaled)
+    pool = cluster.pool_pass()
+    chat = next(m for m in pool["members"] if m["name"] == "chat")
+    assert chat["placed"] == chat["replicas"] == 3
+    cluster.member_pass("chat", scaled)
+    cluster.member_pass("code", MEMBERS["code"])
+    assert cluster.objects("Deployment")["code-gpu0"]["spec"] == code_before
+
+
+def test_an_autoscaled_member_counts_its_load_in_gpus_worth_through_an_external_metric():
+    cluster = Cluster(pool_body())
+    spec = member("facebook/opt-1.3b", autoscaling={"minGPUs": 1, "maxGPUs": 3})
+    cluster.member_pass("chat", spec)
+    cluster.pool_pass()
+    cluster.member_pass("chat", spec)
+    (metric,) = cluster.objects("HorizontalPodAutoscaler")["chat"]["spec"]["metrics"]
+    assert metric["type"] == "External"
+
+
+def test_a_member_that_does_not_fit_is_refused_and_the_other_keeps_serving():
+    cluster = Cluster(pool_body(max_gpus=1))
+    cluster.member_pass("chat", MEMBERS["chat"])
+    cluster.pool_pass()
+    big = member("facebook/opt-2.7b", count=8)
+    cluster.member_pass("code", big)
+    pool = cluster.pool_pass()
+    assert pool["phase"] == "Degraded" and "GPUs are full (raise spec.gpu.maxGPUs)" in pool["message"]
+    chat = cluster.member_pass("chat", MEMBERS["chat"])
+    assert "chat-gpu0" in cluster.objects("Deployment") and chat["pool"]["gpus"]
+
+
+def test_a_member_with_tensor_parallelism_is_refused_naming_the_pool():
+    cluster = Cluster(pool_body())
+    spec = member("facebook/opt-1.3b", serving={"extraArgs": ["--tensor-parallel-size", "2"]})
+    status = cluster.member_pass("chat", spec)
+    assert status["phase"] == "Failed" and "GPUPool shared" in status["message"], status["message"]
