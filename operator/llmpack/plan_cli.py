@@ -257,7 +257,7 @@ def simulate(profiling: ProfilingDecision) -> Profile | Refused:
 def run_pool(args: argparse.Namespace) -> int:
     """The placement of a GPUPool's members, as the operator's pool pass decides it."""
     from llmpack.api.gpupool import GPUPool
-    from llmpack.planner.membership import member_spec, pool_request, pool_slots
+    from llmpack.planner.membership import member_spec, pool_cluster, pool_request, pool_slots
     from llmpack.planner.pool_pass import MemberSeen, decide_pool
 
     if args.profile or not args.simulate:
@@ -295,6 +295,7 @@ def run_pool(args: argparse.Namespace) -> int:
             currency=args.currency,
         )
         cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
+        cluster = pool_cluster(cluster, pool_body)
         profile = simulate(planner.profiling(spec, cluster, context))
         decision = (
             profile if isinstance(profile, Refused) else planner.decide(spec, profile, cluster, context)
@@ -311,10 +312,10 @@ def run_pool(args: argparse.Namespace) -> int:
     objects = list(outcome.apply)
     members = {}
     for name, decision in decisions.items():
-        slots, _, said = pool_slots(name, placed)
+        slots, shares, said = pool_slots(name, placed)
         members[name] = {
             "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
-            "placed": said or f"{sum(s.replicas for s in slots)} replicas on {len(slots)} GPUs",
+            "placed": said or f"{sum(s.replicas for s in shares)} replicas on {len(shares)} GPUs",
         }
         if slots:
             plan = decision.plan.model_copy(

@@ -193,6 +193,9 @@ def test_two_members_of_one_pool_gpu_serve_two_models_at_once(tiny_models, tmp_p
             models[member] = [m["id"] for m in json.loads(body)["data"]]
             assert models[member] == [sidecars[member]["args"][0]], f"{member} serves {models[member]}"
         assert len({m[0] for m in models.values()}) == 2
+        for member, server in servers.items():  # and the engine loaded that folder's architecture
+            config = json.loads((tiny_models[MEMBERS[member]] / "config.json").read_text())
+            assert f"Resolved architecture: {config['architectures'][0]}" in server.log(), member
 
         barrier = threading.Barrier(len(servers))
         with ThreadPoolExecutor(len(servers)) as pool:

@@ -145,3 +145,19 @@ def test_a_member_with_tensor_parallelism_is_refused_naming_the_pool():
     spec = member("facebook/opt-1.3b", serving={"extraArgs": ["--tensor-parallel-size", "2"]})
     status = cluster.member_pass("chat", spec)
     assert status["phase"] == "Failed" and "GPUPool shared" in status["message"], status["message"]
+
+
+def test_a_mig_pool_says_which_layout_its_nodes_need_and_its_members_ask_for_their_slices():
+    cluster = Cluster(pool_body(sharing={"mode": "mig"}))
+    spec = member("facebook/opt-1.3b", count=1)
+    status = cluster.member_pass("chat", spec)
+    profile = status["recommendation"]["migProfile"]
+    assert status["pool"]["request"]["migProfile"] == profile and status["phase"] != "Pending"
+    pool = cluster.pool_pass()
+    assert pool["migConfig"] and "nvidia.com/mig.config=" + pool["migConfig"] in pool["nodeConfiguration"]
+    assert pool["gpus"][0]["migDevices"] == {profile: status["pool"]["request"]["replicas"]}
+    assert not cluster.objects("ResourceClaim")
+    limits = cluster.objects("Deployment")["chat"]["spec"]["template"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ]
+    assert limits[f"nvidia.com/mig-{profile}"] == 1

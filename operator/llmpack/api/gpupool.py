@@ -6,11 +6,19 @@ Service, status, scale subresource and autoscaler, and the pool decides on which
 member's replicas run (planner/pool.py). Members of different models share a GPU through one DRA
 ResourceClaim per pool GPU configured for MPS.
 
-Limits, stated where a user meets them (`kubectl explain gpupool.spec`):
-- MPS through DRA only: MIG layouts and the device plugin's MPS split are not placed by pools
-  (the schema admits `mps` with provider `dra` alone).
-- A pool and its members live in one namespace (a ResourceClaim, and so a shared GPU, cannot be
-  referenced across namespaces).
+Three ways to share, one per `spec.sharing`:
+- `mps` with `dra` (the default): llmpack places every replica on a pool GPU and makes one
+  ResourceClaim per GPU, which the pods placed there share.
+- `mps` with `devicePlugin`: the NVIDIA device plugin splits every GPU of the nodes into equal
+  slices and the scheduler hands them out; the pool finds the split (nvidia.com/gpu.replicas) that
+  needs the fewest GPUs and says so in its status, and plans the members on it.
+- `mig`: each replica runs on a MIG slice of its own size; the pool lays the slices out on GPUs
+  and says which MIG configuration the nodes need (the GPU Operator's mig-manager config).
+
+Limits: with `devicePlugin` and `mig` the node configuration is the cluster admin's to apply, and
+the scheduler, not llmpack, picks the slice a pod lands on (the placement in the status is the
+plan). A pool and its members live in one namespace (a ResourceClaim cannot be referenced across
+namespaces).
 """
 
 from __future__ import annotations
@@ -60,11 +68,15 @@ class PoolGPUSpec(CamelModel):
 
 
 class PoolSharingSpec(CamelModel):
-    """How the pool's GPUs are shared: MPS through the NVIDIA DRA driver, one ResourceClaim per GPU."""
+    """How the pool's GPUs are shared (see the module docstring of api/gpupool.py)."""
 
-    mode: Literal["mps"] = Field("mps", description="mps: replicas of every member are MPS clients.")
-    mps_provider: Literal["dra"] = Field(
-        "dra", description="dra: one ResourceClaim per pool GPU, shared by the pods placed on it."
+    mode: Literal["mps", "mig"] = Field(
+        "mps", description="mps: replicas of every member are MPS clients. mig: each on a MIG slice."
+    )
+    mps_provider: Literal["dra", "devicePlugin"] = Field(
+        "dra",
+        description="dra: one ResourceClaim per pool GPU, shared by the pods placed on it. devicePlugin: "
+        "the device plugin's equal MPS slices; the pool recommends how many per GPU.",
     )
     max_replicas_per_gpu: PositiveInt = Field(
         16,
@@ -93,18 +105,22 @@ class PoolGPUMember(CamelModel):
     memory_bytes: int = Field(description="Their MPS memory limits together, in bytes.")
     predicted_itl_mean_ms: float | None = Field(None, description="Predicted mean ITL of these replicas.")
     predicted_tokens_per_s: float | None = Field(None, description="Predicted tokens/s of these replicas.")
+    mig_profile: str | None = Field(None, description="mode mig: the MIG profile of each replica's slice.")
 
 
 class PoolGPU(CamelModel):
     """One GPU of the pool: its ResourceClaim and who runs on it."""
 
     index: int = Field(description="The GPU's index in the pool (stable while it is in use).")
-    claim: str = Field(description="The ResourceClaim the pods on this GPU share.")
+    claim: str | None = Field(None, description="mps/dra: the ResourceClaim the pods on this GPU share.")
     pinned_memory_bytes: int = Field(
-        description="The claim's default MPS pinned memory limit (the largest member's cap when made)."
+        0, description="mps/dra: the claim's default MPS pinned memory limit (the largest cap when made)."
     )
     memory_bytes: int = Field(description="Memory its replicas' caps take together, in bytes.")
     members: list[PoolGPUMember] = Field(default_factory=list, description="Members on this GPU.")
+    mig_devices: dict[str, int] | None = Field(
+        None, description="mode mig: the MIG slices this GPU is split into (profile -> count)."
+    )
 
 
 class PoolMemberStatus(CamelModel):
@@ -132,6 +148,20 @@ class GPUPoolStatus(CamelModel):
     gpus: list[PoolGPU] = Field(default_factory=list, description="Per GPU, its claim and members.")
     members: list[PoolMemberStatus] = Field(default_factory=list, description="Per member, what was placed.")
     rebalanced: str | None = Field(None, description="The spec.rebalance value last acted on.")
+    node_configuration: str | None = Field(
+        None,
+        description="devicePlugin and mig: what the pool's nodes must be configured with for this "
+        "placement (the cluster admin applies it).",
+    )
+    device_plugin_replicas: int | None = Field(
+        None, description="devicePlugin: the MPS slices per GPU (nvidia.com/gpu.replicas) the pool needs."
+    )
+    mig_config: str | None = Field(
+        None, description="mig: the nvidia.com/mig.config node label value the layout needs."
+    )
+    mig_parted: str | None = Field(
+        None, description="mig: the mig-parted config (YAML) defining mig_config, where no stock one does."
+    )
     basis: str = Field(
         "",
         description="What the predictions rest on: mixed co-location of different models is predicted "

@@ -1281,7 +1281,8 @@ class PoolRequest(CamelModel):
     itl_cap_ms: float | None = Field(
         None, description="The mean ITL each replica must keep (the SLO's, or the advisor's derived cap)."
     )
-    revision: str = Field(description="Hash of the three above: a change places the member again.")
+    mig_profile: str | None = Field(None, description="mode mig: the MIG profile of each replica's slice.")
+    revision: str = Field(description="Hash of the above: a change places the member again.")
 
 
 class PoolMembershipStatus(CamelModel):

@@ -30,7 +30,7 @@ from llmpack.controller.cache import ProfileCache
 from llmpack.controller.status import deployment_problem
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner.decide import Context
-from llmpack.planner.membership import member_spec, pool_name
+from llmpack.planner.membership import member_spec, pool_cluster, pool_name
 from llmpack.planner.reconcile import PRUNABLE_KINDS, admit_spec
 from llmpack.planner.refusal import Refused
 from llmpack.planner.snapshot import JobSeen, ServingSeen, Settings, Snapshot
@@ -86,7 +86,8 @@ class Observer:
         pool_ref = pool_name(raw)
         pool = self.store.get("GPUPool", namespace, pool_ref) if pool_ref else None
         member = member_spec(raw, pool, namespace=namespace)
-        admission = member if isinstance(member, Refused) else admit_spec(member, self.cluster, context)
+        cluster = pool_cluster(self.cluster, pool)
+        admission = member if isinstance(member, Refused) else admit_spec(member, cluster, context)
         snapshot = Snapshot(
             context=context,
             generation=meta.get("generation"),

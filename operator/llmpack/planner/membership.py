@@ -6,21 +6,27 @@ pool for, and where the pool's status says its replicas run. Pure.
     pool_slots(member, pool object) -> (slots, what the pool says)
 
 A member keeps its own spec but the pool's GPUs: the pool's product, node selector and
-tolerations replace gpu.*, and sharing becomes MPS through DRA (the pool's claims), so the member
-is profiled and advised on the GPU it will share. gpu.count keeps its meaning, GPUs' worth of the
-member's own packing: the member asks for gpu.count x its own replicas per GPU, and the pool
-places them.
+tolerations replace gpu.*, and its sharing becomes the pool's (MPS through DRA on the pool's
+claims, MPS through the device plugin, or MIG), so the member is profiled and advised on the GPU
+it will share. Only with DRA does llmpack pin pods to pool GPUs (pool_slots); with the device
+plugin or MIG the member's pods ask for their share and the scheduler picks it. gpu.count keeps
+its meaning, GPUs' worth of the member's own packing: the member asks for gpu.count x its own
+replicas per GPU, and the pool places them.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from pydantic import ValidationError
 
 from llmpack.api.gpupool import GPUPool
 from llmpack.api.llmdeployment import PROGRESSING, PoolGPUShare, PoolRequest
+from llmpack.hardware import lookup_gpu
+from llmpack.hardware.cluster import GPU_PRODUCT_LABEL, MIG_RESOURCE_PREFIX, ClusterFacts, NodeFacts
+from llmpack.hardware.gpus import UnknownGPUError
 from llmpack.planner.decide import ServingDecision
 from llmpack.planner.refusal import Refused
 from llmpack.render.plan import PoolSlot, stable_hash
@@ -68,37 +74,69 @@ def member_spec(raw_spec: Object, pool: Object | None, *, namespace: str) -> Obj
     return spec
 
 
+def pool_cluster(cluster: ClusterFacts, pool: Object | None) -> ClusterFacts:
+    """The cluster as a member of a MIG pool plans against: where no node offers MIG slices of the
+    pool's product yet, one stand-in node offering every profile of it on the pool's GPUs, since
+    the pool itself decides the layout the nodes get (its status says which). The member's pods
+    then wait for the slices until the layout is applied. Any other pool: the cluster as it is."""
+    try:
+        parsed = GPUPool.model_validate(pool) if pool is not None else None
+    except ValidationError:
+        return cluster
+    if parsed is None or parsed.spec.sharing.mode != "mig":
+        return cluster
+    product = parsed.spec.gpu.product
+    if cluster.offers(product, parsed.spec.gpu.node_selector).mig_slices:
+        return cluster
+    try:
+        gpu = lookup_gpu(product)
+    except UnknownGPUError:
+        return cluster
+    name = f"gpupool-{parsed.metadata.get('name', '')}-mig-layout"
+    stand_in = NodeFacts(
+        name=name,
+        labels={**parsed.spec.gpu.node_selector, GPU_PRODUCT_LABEL: product},
+        allocatable={
+            MIG_RESOURCE_PREFIX + p.name: str(p.max_instances * parsed.spec.gpu.max_gpus)
+            for p in gpu.mig_profiles
+        },
+    )
+    return dataclasses.replace(cluster, nodes={**cluster.nodes, name: stand_in})
+
+
 def pool_request(decision: ServingDecision) -> PoolRequest:
     """What the member asks its pool for: its replicas (gpu.count x its own replicas per GPU) and
     what one of them is (B_opt, its MPS memory cap, the mean ITL cap it must keep)."""
     plan, rec = decision.plan, decision.recommendation
     memory = plan.mps_pinned_memory_bytes or rec.per_replica_memory_bytes
     cap = rec.latency_cap_ms
-    sized = {"batch": rec.b_opt, "memory": memory, "cap": cap}
+    sized = {"batch": rec.b_opt, "memory": memory, "cap": cap, "mig": plan.mig_profile}
     return PoolRequest(
         replicas=plan.replicas,
         max_num_seqs=rec.b_opt,
         memory_bytes=memory,
         itl_cap_ms=None if cap is None else round(cap, 3),
+        mig_profile=plan.mig_profile,
         revision=stable_hash(sized)[:12],
     )
 
 
 def pool_slots(member: str, pool: Object | None) -> tuple[tuple[PoolSlot, ...], list[PoolGPUShare], str]:
-    """Where the pool's status places `member`: its slots (GPU, claim, replicas), the same as status
-    rows, and what the pool says about it ('' when all its replicas are placed)."""
+    """Where the pool's status places `member`: its slots (GPU, claim, replicas; only where the pool
+    has claims), its replicas per pool GPU as status rows, and what the pool says about it (''
+    when all its replicas are placed)."""
     status = (pool or {}).get("status") or {}
     slots, shares = [], []
     for gpu in status.get("gpus") or []:
         for row in gpu.get("members") or []:
             if row.get("name") == member and int(row.get("replicas") or 0) > 0:
-                slots.append(
-                    PoolSlot(gpu=int(gpu["index"]), claim=str(gpu["claim"]), replicas=int(row["replicas"]))
-                )
-                shares.append(PoolGPUShare(gpu=int(gpu["index"]), replicas=int(row["replicas"])))
+                index, replicas = int(gpu["index"]), int(row["replicas"])
+                if gpu.get("claim"):  # MPS through DRA: the pod goes on that GPU's claim
+                    slots.append(PoolSlot(gpu=index, claim=str(gpu["claim"]), replicas=replicas))
+                shares.append(PoolGPUShare(gpu=index, replicas=replicas))
     said = next((m for m in status.get("members") or [] if m.get("name") == member), None)
     message = str(said.get("message") or "") if said else "not placed by the pool yet"
     return tuple(slots), shares, message
 
 
-__all__ = ["member_spec", "pool_name", "pool_request", "pool_slots"]
+__all__ = ["member_spec", "pool_cluster", "pool_name", "pool_request", "pool_slots"]

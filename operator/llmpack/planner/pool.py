@@ -125,16 +125,23 @@ def place(
     previous: Sequence[PlacedGPU] = (),
     previous_revisions: Mapping[str, str] | None = None,
     rebalance: bool = False,
+    room: int | None = None,
+    claims: bool = True,
 ) -> Placement:
     """Place `members` on at most `max_gpus` GPUs of `gpu` (see the module docstring).
 
     `previous`: the last placement (the pool's status); `previous_revisions`: each member's
-    revision when it was placed (a member whose revision differs now is placed again). Raises
+    revision when it was placed (a member whose revision differs now is placed again). `room`:
+    what the replicas may take on one GPU (default: room_bytes(gpu)); `claims`: whether GPUs carry
+    a claim whose default pinned limit bounds the replicas on it (MPS through DRA). Raises
     ValueError on duplicate member names."""
     by_name = {m.name: m for m in members}
     if len(by_name) != len(members):
         raise ValueError("pool members must have distinct names")
-    state = _State(by_name, room_bytes(gpu), min(max_clients, MPS_MAX_CLIENTS), max_gpus)
+    state = _State(
+        by_name, room_bytes(gpu) if room is None else room, min(max_clients, MPS_MAX_CLIENTS), max_gpus
+    )
+    state.claims = claims
     if not rebalance:
         state.keep(previous, previous_revisions or {})
     order = sorted(members, key=lambda m: (-m.replica_bytes, m.name))
@@ -163,6 +170,7 @@ class _State:
         self.gpus: dict[int, dict[str, int]] = {}
         self.pinned: dict[int, int] = {}  # each GPU's claim's default pinned limit
         self.opened: set[int] = set()  # GPUs opened in this pass: nothing runs on them yet
+        self.claims = True  # a GPU's claim limit binds (MPS through DRA)
 
     # -- the previous placement ---------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class _State:
         if self.memory(index) + member.replica_bytes > self.room:
             return False
         # an empty GPU's claim is made anew (nobody holds it), so its old limit does not bind
-        if replicas and member.replica_bytes > self.pinned[index]:
+        if self.claims and replicas and member.replica_bytes > self.pinned[index]:
             return False
         trial = {**replicas, member.name: replicas.get(member.name, 0) + 1}
         for name, prediction in self._predict(trial).items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmpack.advisor import perfmodel
@@ -30,6 +30,7 @@ from llmpack.hardware.gpus import UnknownGPUError
 from llmpack.planner.conditions import set_condition
 from llmpack.planner.outcome import ObjectRef
 from llmpack.planner.pool import PlacedGPU, Placement, PoolMember, place
+from llmpack.planner.pool_layouts import MIGLayout, MIGMember, device_plugin_split, mig_layout
 from llmpack.render.plan import OwnerRef
 from llmpack.render.pool import pool_claim, pool_claim_name
 
@@ -85,27 +86,67 @@ def decide_pool(
         set_condition(status, PLACED, False, "UnknownGPU", status.message, generation=generation, now=now)
         return PoolOutcome(status=status)
     placed_members, waiting = _members(members, gpu)
-    placement = place(
-        list(placed_members.values()),
-        gpu=gpu,
-        max_gpus=pool.spec.gpu.max_gpus,
-        max_clients=pool.spec.sharing.max_replicas_per_gpu,
-        previous=_previous(previous),
-        previous_revisions={m.name: m.revision for m in previous.members},
-        rebalance=(pool.spec.rebalance or None) != (previous.rebalanced or None),
-    )
-    owner = OwnerRef(api_version=pool.api_version, kind=pool.kind, name=name, uid=uid)
-    desired = [
-        pool_claim(pool=name, namespace=namespace, owner=owner, gpu=g.index, pinned_bytes=g.pinned_bytes)
-        for g in placement.gpus
-    ]
+    profiles = {m.name: m.request.mig_profile for m in members if m.request is not None}
+    rebalance = (pool.spec.rebalance or None) != (previous.rebalanced or None)
+    sharing = pool.spec.sharing
+    desired: list[dict[str, Any]] = []
+    slices: Mapping[int, Mapping[str, int]] = {}
+    if sharing.mode == "mig":
+        layout = _mig(pool, name, gpu, placed_members, profiles, waiting, previous, rebalance)
+        placement, slices = layout.placement, layout.slices
+        status.mig_config, status.mig_parted = layout.config, layout.mig_parted
+        status.node_configuration = (
+            f"label the pool's nodes nvidia.com/mig.config={layout.config}"
+            + (
+                " after adding this config to the GPU Operator's mig-parted ConfigMap"
+                if layout.mig_parted
+                else ""
+            )
+            + " (the GPU Operator's mig-manager then splits the GPUs); the device plugin's mixed strategy "
+            "advertises the slices as nvidia.com/mig-<profile>"
+        )
+    elif sharing.mps_provider == "devicePlugin":
+        split = device_plugin_split(list(placed_members.values()), gpu=gpu, max_gpus=pool.spec.gpu.max_gpus)
+        placement = split.placement
+        status.device_plugin_replicas = split.replicas_per_gpu
+        status.node_configuration = (
+            f"configure the device plugin's MPS sharing with replicas: {split.replicas_per_gpu} on the "
+            f"pool's nodes (node label nvidia.com/gpu.replicas={split.replicas_per_gpu}): slices of "
+            f"{split.slice_bytes / GIB:.2f} GiB, one per replica; the "
+            "scheduler hands the slices out, so the placement here is the plan"
+        )
+    else:
+        placement = place(
+            list(placed_members.values()),
+            gpu=gpu,
+            max_gpus=pool.spec.gpu.max_gpus,
+            max_clients=sharing.max_replicas_per_gpu,
+            previous=_previous(previous),
+            previous_revisions={m.name: m.revision for m in previous.members},
+            rebalance=rebalance,
+        )
+        owner = OwnerRef(api_version=pool.api_version, kind=pool.kind, name=name, uid=uid)
+        desired = [
+            pool_claim(pool=name, namespace=namespace, owner=owner, gpu=g.index, pinned_bytes=g.pinned_bytes)
+            for g in placement.gpus
+        ]
     keep = {c["metadata"]["name"] for c in desired}
     outcome = PoolOutcome(
         status=status,
         apply=desired,
         delete=[ObjectRef("ResourceClaim", namespace, c) for c in sorted(claims) if c not in keep],
     )
-    _status(status, name, placement, placed_members, waiting, gpu)
+    _status(
+        status,
+        name,
+        placement,
+        placed_members,
+        waiting,
+        gpu,
+        slices,
+        claims=not sharing_elsewhere(pool),
+        profiles=profiles,
+    )
     short = any(m.message for m in status.members if m.name in placed_members)
     set_condition(
         status,
@@ -117,6 +158,62 @@ def decide_pool(
         now=now,
     )
     return outcome
+
+
+def sharing_elsewhere(pool: GPUPool) -> bool:
+    """Whether the cluster, not the pool's claims, hands out the shares (mig, device plugin)."""
+    return pool.spec.sharing.mode == "mig" or pool.spec.sharing.mps_provider == "devicePlugin"
+
+
+def _mig(
+    pool: GPUPool,
+    name: str,
+    gpu: GPU,
+    members: dict[str, PoolMember],
+    profiles: Mapping[str, str | None],
+    waiting: dict[str, str],
+    previous: GPUPoolStatus,
+    rebalance: bool,
+) -> MIGLayout:
+    """The MIG layout of the members whose request names a profile of the pool's GPU; the others
+    wait (moved to `waiting`, out of `members`)."""
+    sized = []
+    for member_name, member in list(members.items()):
+        try:
+            profile = gpu.mig_profile(profiles.get(member_name) or "")
+        except ValueError:
+            waiting[member_name] = "not advised on a MIG slice of the pool's GPU yet"
+            del members[member_name]
+            continue
+        members[member_name] = replace(member, replica_bytes=profile.memory_bytes)
+        sized.append(
+            MIGMember(
+                name=member_name,
+                perf=member.perf,
+                batch=member.batch,
+                profile=profile,
+                itl_cap_ms=member.itl_cap_ms,
+                replicas=member.replicas,
+            )
+        )
+    return mig_layout(
+        sized,
+        gpu=gpu,
+        max_gpus=pool.spec.gpu.max_gpus,
+        pool=name,
+        previous=() if rebalance else _previous(previous),
+        previous_profiles=_previous_profiles(previous),
+    )
+
+
+def _previous_profiles(status: GPUPoolStatus) -> dict[str, str]:
+    """Each member's MIG profile in the previous layout, from the GPUs' slices and members."""
+    found: dict[str, str] = {}
+    for g in status.gpus:
+        for m in g.members:
+            if g.mig_devices and m.mig_profile:
+                found[m.name] = m.mig_profile
+    return found
 
 
 def _members(members: Sequence[MemberSeen], gpu: GPU) -> tuple[dict[str, PoolMember], dict[str, str]]:
@@ -166,6 +263,10 @@ def _status(
     members: Mapping[str, PoolMember],
     waiting: Mapping[str, str],
     gpu: GPU,
+    slices: Mapping[int, Mapping[str, int]],
+    *,
+    claims: bool,
+    profiles: Mapping[str, str | None],
 ) -> None:
     for placed in placement.gpus:
         rows = []
@@ -178,15 +279,17 @@ def _status(
                     memory_bytes=members[member].replica_bytes * replicas,
                     predicted_itl_mean_ms=round(prediction.itl_mean_ms, 2),
                     predicted_tokens_per_s=round(prediction.total_tokens_per_s, 1),
+                    mig_profile=profiles.get(member) if slices else None,
                 )
             )
         status.gpus.append(
             PoolGPU(
                 index=placed.index,
-                claim=pool_claim_name(pool, placed.index, placed.pinned_bytes),
-                pinned_memory_bytes=placed.pinned_bytes,
+                claim=pool_claim_name(pool, placed.index, placed.pinned_bytes) if claims else None,
+                pinned_memory_bytes=placed.pinned_bytes if claims else 0,
                 memory_bytes=sum(r.memory_bytes for r in rows),
                 members=rows,
+                mig_devices=dict(slices[placed.index]) if slices else None,
             )
         )
     short = []
@@ -208,11 +311,13 @@ def _status(
     status.members.sort(key=lambda m: m.name)
     status.gpus_used = placement.gpus_used
     status.memory_bound = placement.memory_bound(members, gpu.usable_memory_bytes) if members else 0
+    room = placement.room_bytes or gpu.usable_memory_bytes
     status.placement = (
         "; ".join(
             f"gpu{g.index}: "
             + ", ".join(f"{m.name} x{m.replicas}" for m in g.members)
-            + f" ({g.memory_bytes / GIB:.1f}/{placement.room_bytes / GIB:.1f} GiB)"
+            + (f" [{', '.join(f'{c}x{p}' for p, c in g.mig_devices.items())}]" if g.mig_devices else "")
+            + f" ({g.memory_bytes / GIB:.1f}/{room / GIB:.1f} GiB)"
             for g in status.gpus
         )
         or "no replicas placed"

@@ -517,6 +517,15 @@ def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -
         return None
     request = pool_request(decision)
     slots, shares, said = pool_slots(snapshot.context.name, snapshot.pool)
+    if not decision.plan.sharing.uses_claim_template:
+        # the device plugin or MIG hands out the shares: the pods ask for theirs, the pool plans
+        draft.status.pool = PoolMembershipStatus(
+            name=ref.name,
+            request=request,
+            gpus=shares,
+            placed=said or f"planned on {len(shares)} GPUs of {ref.name}; the scheduler places the pods",
+        )
+        return None
     placed = sum(s.replicas for s in slots)
     draft.status.pool = PoolMembershipStatus(
         name=ref.name,
