@@ -44,11 +44,28 @@ def claims_of(kube, namespace, name):
     }
 
 
+class Timeline:
+    """When each step a user waits for was reached, printed at the end (pytest -s shows it)."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.steps: list[tuple[float, str]] = []
+
+    def mark(self, what: str) -> None:
+        self.steps.append((time.monotonic() - self.start, what))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{t:7.1f} s  {what}" for t, what in self.steps)
+
+
 def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl, player, namespace):
+    timeline = Timeline()
     kubectl("apply", "-n", namespace, "-f", str(POOL / "pool.yaml"))
     for member in MEMBERS:
         kubectl("apply", "-n", namespace, "-f", str(POOL / f"{member}.yaml"))
+    timeline.mark("pool and 3 members applied")
     objs = {m: wait_phase(kube_admin, player, namespace, m, timeout=180) for m in MEMBERS}
+    timeline.mark("3 members Ready (profiled by the simulated backend, placed, pods running)")
     pool = wait_pool(
         kube_admin,
         player,
@@ -73,6 +90,10 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
     assert len(claim["status"].get("reservedFor") or []) >= 2
     table = kubectl("get", "gpool", "-n", namespace).stdout
     assert "shared-h100" in table and "Ready" in table and "gpu0:" in table
+    timeline.mark(
+        f"pool Ready: {status['gpusUsed']} GPUs for 3 members (apart: {apart}); {status['placement']}"
+    )
+    print(table, kubectl("get", "llmd", "-n", namespace).stdout, sep="\n")
 
     # scaling one member, then changing its serving flags, leaves the others' pods untouched
     others = {m: pod_uids(kube_admin, namespace, m) for m in MEMBERS[1:]}
@@ -81,6 +102,7 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
         kube_admin, player, namespace, lambda s: _placed(s, "chat") == 2 * _wanted_per_gpu(objs["chat"])
     )
     wait_phase(kube_admin, player, namespace, "chat")
+    timeline.mark("chat scaled to gpu.count 2: placed and Ready; the others' pods untouched")
     kubectl(
         "patch",
         "llmd",
@@ -95,6 +117,7 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
     wait_phase(kube_admin, player, namespace, "chat")
     for member, uids in others.items():
         assert pod_uids(kube_admin, namespace, member) == uids, member
+    timeline.mark("chat's serving env changed: its pods rolled, the others' pod UIDs the same")
 
     # deleting a member frees its memory for the next one
     before = get_pool(kube_admin, namespace)["status"]
@@ -104,6 +127,7 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
         kube_admin, player, namespace, lambda s: all(m["name"] != "summarize" for m in s["members"])
     )
     assert sum(g["memoryBytes"] for g in after["status"]["gpus"]) < used
+    timeline.mark("summarize deleted: its memory freed in the pool's status")
     doc = yaml.safe_load((POOL / "summarize.yaml").read_text())
     doc["metadata"]["name"] = "summarize-2"
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
@@ -112,6 +136,8 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
     assert final["status"]["gpusUsed"] <= before["gpusUsed"]
     for member in ("route",):
         assert pod_uids(kube_admin, namespace, member) == others[member]
+    timeline.mark(f"summarize-2 placed in the freed memory: {final['status']['placement']}")
+    print(timeline)
 
 
 def _placed(status, member):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_badinput_pure import body, reconcile_through
 
 from llmpack.controller.pool import PoolReconciler
@@ -41,14 +42,15 @@ MEMBERS = {"chat": member("facebook/opt-1.3b"), "code": member("facebook/opt-2.7
 class Cluster:
     """The fake API server with a pool in its watch cache, and the passes the operator runs."""
 
-    def __init__(self, pool: dict[str, Any]):
+    def __init__(self, pool: dict[str, Any], settings: Any = None):
         self.kube = FakeKube()
+        self.settings = settings
         self.pool = pool
         self.kube.store.put("GPUPool", pool)
         self.members: dict[str, dict[str, Any]] = {}
 
     def member_pass(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        run = reconcile_through(spec, name=name, namespace=NS, kube=self.kube)
+        run = reconcile_through(spec, name=name, namespace=NS, kube=self.kube, settings=self.settings)
         self.members[name] = {**body(spec, name, NS), "status": run.status}
         return run.status
 
@@ -161,3 +163,27 @@ def test_a_mig_pool_says_which_layout_its_nodes_need_and_its_members_ask_for_the
         "limits"
     ]
     assert limits[f"nvidia.com/mig-{profile}"] == 1
+
+
+def test_members_pay_their_memory_share_of_the_gpus_they_sit_on():
+    from llmpack.controller.reconciler import OperatorConfig
+
+    prices = OperatorConfig(gpu_hour_prices=(("NVIDIA-H100-80GB-HBM3", 2.5),))
+    cluster = Cluster(pool_body(), settings=prices)
+    for name, spec in MEMBERS.items():
+        cluster.member_pass(name, spec)
+    pool = cluster.pool_pass()
+    assert pool["gpusUsed"] == 1
+    costs = {
+        name: cluster.member_pass(name, spec)["recommendation"]["cost"] for name, spec in MEMBERS.items()
+    }
+    # one GPU, paid for in full by its two members, each by the memory its replicas take on it
+    assert sum(c["gpuHoursPerHour"] for c in costs.values()) == pytest.approx(1.0, abs=1e-3)
+    (gpu,) = pool["gpus"]
+    for name, cost in costs.items():
+        row = next(m for m in gpu["members"] if m["name"] == name)
+        assert cost["gpuHoursPerHour"] == pytest.approx(row["memoryBytes"] / gpu["memoryBytes"], abs=1e-4)
+        assert cost["costPerHour"] == pytest.approx(2.5 * cost["gpuHoursPerHour"], abs=1e-3)
+        expected = 2.5 * cost["gpuHoursPerHour"] / (row["predictedTokensPerS"] * 3600) * 1e6
+        assert cost["costPerMillionTokens"] == pytest.approx(expected, rel=1e-3)
+        assert "GPUPool shared" in cost["poolShare"]

@@ -150,3 +150,33 @@ def test_a_file_without_an_llmdeployment_is_bad_input(capsys, tmp_path):
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     code, _, err = plan(capsys, "-f", str(path))
     assert code == 2 and "holds 0 LLMDeployment objects" in err
+
+
+def test_plan_places_the_pool_example_and_renders_its_claims_and_members_pods(capsys, monkeypatch):
+    """`llmpack plan --pool` on examples/gpupool: the README's pool of three models on 2 GPUs."""
+    pool = ROOT / "examples" / "gpupool"
+    monkeypatch.chdir(pool)
+    code, out, err = plan(
+        capsys, "--pool", "pool.yaml", "-f", "chat.yaml", "-f", "summarize.yaml", "-f", "route.yaml",
+        "--simulate", "-o", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(out)
+    status = document["pool"]
+    assert status["phase"] == "Ready" and status["gpusUsed"] == 2 and status["memoryBound"] == 2
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in document["objects"]}
+    claims = {name for kind, name in kinds if kind == "ResourceClaim"}
+    assert len(claims) == 2
+    for member in ("chat", "summarize", "route"):
+        assert ("Service", member) in kinds
+        pods = [
+            o
+            for o in document["objects"]
+            if o["kind"] == "Deployment" and o["metadata"]["name"].startswith(member)
+        ]
+        assert pods and all(
+            p["spec"]["template"]["spec"]["resourceClaims"][0]["resourceClaimName"] in claims for p in pods
+        )
+    assert (
+        not plan(capsys, "-f", "chat.yaml", "-f", "route.yaml", "--simulate")[0] == 0
+    )  # several need --pool

@@ -1185,6 +1185,11 @@ class CostStatus(CamelModel):
     saving: str | None = Field(
         None, description="1 - costPerMillionTokens / baselineCostPerMillionTokens, as a percentage."
     )
+    pool_share: str | None = Field(
+        None,
+        description="A GPUPool member: it pays its share of the memory in use on each pool GPU it "
+        "sits on (gpuHoursPerHour is the sum of those shares), at the tokens/s the pool predicts for it.",
+    )
 
 
 class RecommendationStatus(CamelModel):

@@ -10,6 +10,8 @@ price only (no CPU, memory, storage or network), and whole GPU-hours as billed b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llmpack.api.llmdeployment import CostStatus, RecommendationStatus
 from llmpack.api.profile import Profile
 
@@ -35,6 +37,34 @@ def cost_status(*, recommendation: RecommendationStatus, gpu_hour_price: float, 
         cost_per_million_tokens=_round(per_million),
         baseline_cost_per_million_tokens=_round(baseline_per_million),
         saving=saving,
+    )
+
+
+def pool_member_cost(
+    *, alone: CostStatus, shares: Sequence[float], tokens_per_s: float, pool: str
+) -> CostStatus:
+    """The cost of a GPUPool member: `shares` are its fractions of the memory in use on each pool
+    GPU it sits on (so a pool's GPUs are paid for in full by its members), `tokens_per_s` what the
+    pool predicts its replicas deliver together; `alone` is its cost block as if it ran alone,
+    whose price, currency and baseline it keeps."""
+    gpu_hours = sum(shares)
+    per_million = None
+    if tokens_per_s > 0:
+        per_million = (
+            alone.gpu_hour_price * gpu_hours / (tokens_per_s * SECONDS_PER_HOUR) * TOKENS_PER_PRICE_UNIT
+        )
+    baseline = alone.baseline_cost_per_million_tokens
+    saving = None
+    if per_million is not None and baseline:
+        saving = f"{(1 - per_million / baseline) * 100:.1f}%"
+    return alone.model_copy(
+        update={
+            "gpu_hours_per_hour": round(gpu_hours, 4),
+            "cost_per_hour": round(gpu_hours * alone.gpu_hour_price, 4),
+            "cost_per_million_tokens": _round(per_million),
+            "saving": saving,
+            "pool_share": " + ".join(f"{s:.2f}" for s in shares) + f" of GPUs of the GPUPool {pool}",
+        }
     )
 
 

@@ -139,4 +139,17 @@ def pool_slots(member: str, pool: Object | None) -> tuple[tuple[PoolSlot, ...], 
     return tuple(slots), shares, message
 
 
-__all__ = ["member_spec", "pool_cluster", "pool_name", "pool_request", "pool_slots"]
+def pool_share(member: str, pool: Object | None) -> tuple[list[float], float]:
+    """`member`'s share of the memory in use on each pool GPU it sits on, and the tokens/s the
+    pool predicts for its replicas together (from the pool's status)."""
+    shares, tokens = [], 0.0
+    for gpu in ((pool or {}).get("status") or {}).get("gpus") or []:
+        used = int(gpu.get("memoryBytes") or 0)
+        for row in gpu.get("members") or []:
+            if row.get("name") == member and used > 0:
+                shares.append(int(row.get("memoryBytes") or 0) / used)
+                tokens += float(row.get("predictedTokensPerS") or 0.0)
+    return shares, tokens
+
+
+__all__ = ["member_spec", "pool_cluster", "pool_name", "pool_request", "pool_share", "pool_slots"]

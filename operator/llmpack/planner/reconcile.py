@@ -47,8 +47,9 @@ from llmpack.api.profile import Profile
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.conditions import pod_problem, set_condition, termination_message
+from llmpack.planner.cost import pool_member_cost
 from llmpack.planner.decide import Admitted, Context, ProfilingDecision, ServingDecision
-from llmpack.planner.membership import pool_request, pool_slots
+from llmpack.planner.membership import pool_request, pool_share, pool_slots
 from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
 from llmpack.planner.pool_pass import gpus_worth
 from llmpack.planner.refusal import Refused
@@ -517,6 +518,11 @@ def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -
         return None
     request = pool_request(decision)
     slots, shares, said = pool_slots(snapshot.context.name, snapshot.pool)
+    cost = draft.status.recommendation.cost if draft.status.recommendation else None
+    fractions, tokens_per_s = pool_share(snapshot.context.name, snapshot.pool)
+    if cost is not None and fractions and draft.status.recommendation is not None:
+        member_cost = pool_member_cost(alone=cost, shares=fractions, tokens_per_s=tokens_per_s, pool=ref.name)
+        draft.status.recommendation = draft.status.recommendation.model_copy(update={"cost": member_cost})
     if not decision.plan.sharing.uses_claim_template:
         # the device plugin or MIG hands out the shares: the pods ask for theirs, the pool plans
         draft.status.pool = PoolMembershipStatus(
