@@ -177,6 +177,5 @@ def test_plan_places_the_pool_example_and_renders_its_claims_and_members_pods(ca
         assert pods and all(
             p["spec"]["template"]["spec"]["resourceClaims"][0]["resourceClaimName"] in claims for p in pods
         )
-    assert (
-        not plan(capsys, "-f", "chat.yaml", "-f", "route.yaml", "--simulate")[0] == 0
-    )  # several need --pool
+    code, _, err = plan(capsys, "-f", "chat.yaml", "-f", "route.yaml", "--simulate")
+    assert code == 2 and "give it with --pool" in err
