@@ -257,7 +257,7 @@ def simulate(profiling: ProfilingDecision) -> Profile | Refused:
 def run_pool(args: argparse.Namespace) -> int:
     """The placement of a GPUPool's members, as the operator's pool pass decides it."""
     from llmpack.api.gpupool import GPUPool
-    from llmpack.planner.membership import member_spec, pool_cluster, pool_request, pool_slots
+    from llmpack.planner.membership import member_plan, member_spec, pool_cluster, pool_request, pool_slots
     from llmpack.planner.pool_pass import MemberSeen, decide_pool
 
     if args.profile or not args.simulate:
@@ -307,20 +307,20 @@ def run_pool(args: argparse.Namespace) -> int:
         assert isinstance(profile, Profile)
         decisions[name] = decision
         seen.append(MemberSeen(name=name, request=pool_request(decision), profile=profile))
-    outcome = decide_pool(pool=pool, namespace=namespace, uid=DRY_RUN_UID, members=seen, claims=[], now="")
+    outcome = decide_pool(pool=pool, namespace=namespace, uid=DRY_RUN_UID, members=seen, claims={}, now="")
     placed = {**pool_body, "status": outcome.status.to_k8s()}
     objects = list(outcome.apply)
     members = {}
     for name, decision in decisions.items():
-        slots, shares, said = pool_slots(name, placed)
+        placement = pool_slots(name, placed, revision=pool_request(decision).revision)
+        shares = placement.shares
         members[name] = {
             "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
-            "placed": said or f"{sum(s.replicas for s in shares)} replicas on {len(shares)} GPUs",
+            "placed": placement.message
+            or f"{sum(s.replicas for s in shares)} replicas on {len(shares)} GPUs",
         }
-        if slots:
-            plan = decision.plan.model_copy(
-                update={"pool_slots": slots, "replicas": sum(s.replicas for s in slots)}
-            )
+        plan = member_plan(decision.plan, placement)
+        if plan.pool_slots != ():  # a member the pool placed nothing for has no pods
             objects += render_serving(plan)
     document = {"pool": outcome.status.to_k8s(), "members": members, "objects": objects}
     print(

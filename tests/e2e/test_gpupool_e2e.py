@@ -119,24 +119,28 @@ def test_three_models_share_the_pools_gpus(operator_process, kube_admin, kubectl
         assert pod_uids(kube_admin, namespace, member) == uids, member
     timeline.mark("chat's serving env changed: its pods rolled, the others' pod UIDs the same")
 
-    # deleting a member frees its memory for the next one
+    # deleting a member that shares a GPU frees its memory there for the next one
     before = get_pool(kube_admin, namespace)["status"]
     used = sum(g["memoryBytes"] for g in before["gpus"])
-    kubectl("delete", "llmd", "summarize", "-n", namespace, "--wait=false")
-    after = wait_pool(
-        kube_admin, player, namespace, lambda s: all(m["name"] != "summarize" for m in s["members"])
-    )
+    shared_gpu = next(g for g in before["gpus"] if len({m["name"] for m in g["members"]}) >= 2)
+    gone = next(m["name"] for m in shared_gpu["members"] if m["name"] != "chat")
+    stays = {m["name"] for g in before["gpus"] for m in g["members"]} - {gone, "chat"}
+    kept = {m: pod_uids(kube_admin, namespace, m) for m in stays}
+    kubectl("delete", "llmd", gone, "-n", namespace, "--wait=false")
+    after = wait_pool(kube_admin, player, namespace, lambda s: all(m["name"] != gone for m in s["members"]))
     assert sum(g["memoryBytes"] for g in after["status"]["gpus"]) < used
-    timeline.mark("summarize deleted: its memory freed in the pool's status")
-    doc = yaml.safe_load((POOL / "summarize.yaml").read_text())
-    doc["metadata"]["name"] = "summarize-2"
+    timeline.mark(f"{gone} deleted: its memory on gpu{shared_gpu['index']} freed in the pool's status")
+    doc = yaml.safe_load((POOL / f"{gone}.yaml").read_text())
+    doc["metadata"]["name"] = f"{gone}-2"
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-    wait_phase(kube_admin, player, namespace, "summarize-2", timeout=180)
-    final = wait_pool(kube_admin, player, namespace, lambda s: _placed(s, "summarize-2") > 0)
+    wait_phase(kube_admin, player, namespace, f"{gone}-2", timeout=180)
+    final = wait_pool(kube_admin, player, namespace, lambda s: _placed(s, f"{gone}-2") > 0)
     assert final["status"]["gpusUsed"] <= before["gpusUsed"]
-    for member in ("route",):
-        assert pod_uids(kube_admin, namespace, member) == others[member]
-    timeline.mark(f"summarize-2 placed in the freed memory: {final['status']['placement']}")
+    landed = {g["index"] for g in final["status"]["gpus"] for m in g["members"] if m["name"] == f"{gone}-2"}
+    assert shared_gpu["index"] in landed, (landed, shared_gpu)
+    for member, uids in kept.items():
+        assert pod_uids(kube_admin, namespace, member) == uids, member
+    timeline.mark(f"{gone}-2 placed in the freed memory: {final['status']['placement']}")
     print(timeline)
 
 

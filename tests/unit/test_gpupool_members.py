@@ -187,3 +187,70 @@ def test_members_pay_their_memory_share_of_the_gpus_they_sit_on():
         expected = 2.5 * cost["gpuHoursPerHour"] / (row["predictedTokensPerS"] * 3600) * 1e6
         assert cost["costPerMillionTokens"] == pytest.approx(expected, rel=1e-3)
         assert "GPUPool shared" in cost["poolShare"]
+
+
+def placed_cluster(*members: str) -> Cluster:
+    cluster = Cluster(pool_body())
+    for name in members:
+        cluster.member_pass(name, MEMBERS[name])
+    cluster.pool_pass()
+    for name in members:
+        cluster.member_pass(name, MEMBERS[name])
+    return cluster
+
+
+def caps(deployment: dict[str, Any]) -> set[str]:
+    pod = deployment["spec"]["template"]["spec"]
+    return {e["value"] for c in pod["initContainers"] for e in c["env"] if e["name"].startswith("CUDA_MPS")}
+
+
+def test_a_changed_replica_keeps_serving_until_the_pool_places_it_again():
+    cluster = placed_cluster("chat", "code")
+    before = cluster.objects("Deployment")["chat-gpu0"]["spec"]
+    changed = {**MEMBERS["chat"], "advisor": {"maxNumSeqs": 32}}  # a smaller replica: a new revision
+    status = cluster.member_pass("chat", changed)
+    assert status["phase"] == "Deploying" and "has yet to place the changed replicas" in status["message"]
+    assert cluster.objects("Deployment")["chat-gpu0"]["spec"] == before  # nothing applied, nothing pruned
+    pool = cluster.pool_pass()
+    chat = next(m for m in pool["members"] if m["name"] == "chat")
+    assert chat["revision"] == status["pool"]["request"]["revision"] and chat["state"] == "Placed"
+    cluster.member_pass("chat", changed)
+    (deployment,) = (d for n, d in cluster.objects("Deployment").items() if n.startswith("chat-gpu"))
+    assert caps(deployment) == {f"0={-(-status['pool']['request']['memoryBytes'] // 2**20)}M"}
+
+
+def test_a_member_that_leaves_its_pool_drops_its_pool_pods_and_its_pool_status():
+    cluster = placed_cluster("chat")
+    alone = {k: v for k, v in MEMBERS["chat"].items() if k != "gpuPoolRef"}
+    status = cluster.member_pass("chat", alone)
+    assert "pool" not in status
+    assert "chat-gpu0" not in cluster.objects("Deployment") and "chat" in cluster.objects("Deployment")
+
+
+def test_a_member_the_pool_cannot_place_any_more_loses_its_pods_and_says_why():
+    cluster = placed_cluster("chat", "code")
+    cluster.pool = {**cluster.pool, "spec": pool_body(max_gpus=1)["spec"]}
+    big = member("facebook/opt-2.7b", count=4)
+    cluster.member_pass("code", big)
+    pool = cluster.pool_pass()
+    code = next(m for m in pool["members"] if m["name"] == "code")
+    assert code["state"] == "Short" and "GPUs are full" in code["message"], code
+    status = cluster.member_pass("code", big)
+    assert "the GPUPool shared: " in status["message"] and "GPUs are full" in status["message"]
+    # what it does run matches what the pool placed
+    placed = {n for n in cluster.objects("Deployment") if n.startswith("code-gpu")}
+    assert placed == {f"code-gpu{g['gpu']}" for g in status["pool"]["gpus"]}
+
+
+def test_a_pool_that_cannot_be_placed_keeps_its_placement_and_says_why():
+    cluster = placed_cluster("chat", "code")
+    placed = cluster.pool["status"]["gpus"]
+    cluster.pool = {
+        **cluster.pool,
+        "spec": {**cluster.pool["spec"], "gpu": {"product": "NVIDIA-NOPE", "maxGPUs": 4}},
+    }
+    status = cluster.pool_pass()
+    assert status["phase"] == "Degraded" and "NVIDIA-NOPE" in status["message"]
+    assert status["gpus"] == placed
+    cluster.member_pass("chat", MEMBERS["chat"])
+    assert "chat-gpu0" in cluster.objects("Deployment")

@@ -90,8 +90,10 @@ def test_placement_is_stable_when_one_member_changes(opt13, opt27):
         assert second.members["b"].placed.get(gpu, 0) >= count  # b's running replicas stay put
     assert second.members["b"].replicas == 3
     # removing a member frees its memory for the next, moving nobody
+    revisions = {m.name: m.revision for m in changed}
     third = place(changed[1:], gpu=H100, max_gpus=8, previous=second.gpus, previous_revisions=revisions)
-    assert dict(third.members["b"].placed) == dict(second.members["b"].placed)
+    for name in "bc":
+        assert dict(third.members[name].placed) == dict(second.members[name].placed), name
 
 
 def test_a_rebalance_may_move_everyone_and_packs_tighter(opt13):
@@ -155,3 +157,38 @@ def test_running_replicas_are_never_consolidated(opt13):
     )
     assert placement.gpus_used == 2
     assert dict(placement.members["b"].placed) == {1: 1}
+
+
+def test_a_lowered_max_gpus_gives_up_the_gpus_above_it(opt13):
+    members = [member(opt13, n, 1, gib=40) for n in "abc"]
+    first = place(members, gpu=H100, max_gpus=8)
+    assert first.gpus_used == 3
+    revisions = {m.name: m.revision for m in members}
+    second = place(members, gpu=H100, max_gpus=1, previous=first.gpus, previous_revisions=revisions)
+    assert second.gpus_used == 1 and {g.index for g in second.gpus} == {0}
+    assert [n for n, r in second.members.items() if r.message] == ["b", "c"]
+    assert "the pool's 1 GPUs are full" in second.members["b"].message
+
+
+def test_more_co_residents_than_the_model_predicts_are_no_room_not_a_crash(opt13):
+    """Exact MVA over 18 different models exceeds MAX_STATES: such a GPU takes no more replicas."""
+    members = [member(opt13, f"m{i:02}", 1, gib=1) for i in range(18)]
+    placement = place(members, gpu=H100, max_gpus=8, max_clients=48)
+    assert all(r.replicas == 1 for r in placement.members.values())
+    assert placement.gpus_used >= 2
+
+
+def test_a_gpu_whose_claim_is_still_being_deleted_is_not_opened_again(opt13):
+    """Its pods hold the old claim while they terminate: a new claim of that name would be
+    deleted with it, so the replicas go to another GPU, and a full pool counts it as held."""
+    placement = place([member(opt13, "a", 1, gib=20)], gpu=H100, max_gpus=8, released=[0])
+    assert set(placement.members["a"].placed) == {1}
+    full = place([member(opt13, "a", 1, gib=20)], gpu=H100, max_gpus=1, released=[0])
+    assert full.gpus_used == 0 and "GPUs are full" in full.members["a"].message
+    emptied = place(
+        [member(opt13, "b", 1, gib=20)],
+        gpu=H100,
+        max_gpus=8,
+        previous=[P.PlacedGPU(index=0, pinned_bytes=20 * GIB, replicas={"gone": 1})],
+    )
+    assert set(emptied.members["b"].placed) == {1}  # index 0's claim goes in this very pass

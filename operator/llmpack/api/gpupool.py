@@ -130,6 +130,11 @@ class PoolMemberStatus(CamelModel):
     replicas: int = Field(description="Replicas it wants: gpu.count x its own replicas per GPU.")
     placed: int = Field(description="Replicas the pool placed.")
     revision: str = Field(description="Hash of what sizes one replica; a change places the member again.")
+    state: Literal["Placed", "Short", "Waiting"] = Field(
+        "Waiting",
+        description="Placed: all its replicas are. Short: some or none are (message says why). "
+        "Waiting: not sized yet (profiling, advising, refused), so not placed.",
+    )
     message: str = Field("", description="Why replicas are missing, if they are.")
 
 

@@ -381,6 +381,10 @@ class Watches:
             if known is not None and older(body, known):
                 return
             state.pools[key] = copy.deepcopy(dict(body))
+            if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get(
+                "resourceVersion"
+            ):
+                return  # the echo of the pool pass's own status write: its members are queued already
             state.enqueue_pool(key)
         state.enqueue_members(key)
 

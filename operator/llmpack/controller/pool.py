@@ -18,14 +18,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmpack.api.gpupool import GPUPool, GPUPoolStatus
+from llmpack.api.gpupool import GPUPool
 from llmpack.api.llmdeployment import PoolRequest
 from llmpack.controller.act import Actor
 from llmpack.controller.cache import ProfileCache
 from llmpack.controller.observe import now
 from llmpack.planner.membership import pool_name
 from llmpack.planner.pool_pass import MemberSeen, decide_pool
-from llmpack.render.pool import pool_labels
+from llmpack.render.pool import claim_gpu, pool_labels
 from llmpack.runtime.client import Client
 from llmpack.runtime.store import Store
 
@@ -53,8 +53,11 @@ class PoolReconciler:
         try:
             pool = GPUPool.model_validate(body)
         except ValidationError as err:
-            status = GPUPoolStatus(phase="Degraded", message=f"invalid spec: {err.errors()[0]['msg']}")
-            return status.to_k8s()
+            # the placement stays as the last valid spec left it: members keep serving on it
+            kept = dict(body.get("status") or {})
+            problem = err.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            return {**kept, "phase": "Degraded", "message": f"invalid spec: {where}: {problem['msg']}"}
         outcome = decide_pool(
             pool=pool,
             namespace=namespace,
@@ -91,16 +94,20 @@ class PoolReconciler:
                 request = None  # a mangled status is not trusted; the member's next pass rewrites it
         key = (status.get("profileRef") or {}).get("key")
         profile = self.cache.lookup(key).profile if key and request is not None else None
-        waiting = f"{status.get('phase', 'Pending')}: {status.get('message', '')}".strip(": ")
+        # its phase and why, not its message: a profiling member's progress would rewrite the
+        # pool's status (and queue every member) at each point it measures
+        failing = next((c for c in status.get("conditions") or [] if c.get("status") == "False"), None)
+        waiting = status.get("phase", "Pending") + (f" ({failing.get('reason')})" if failing else "")
         return MemberSeen(name=name, request=request, profile=profile, waiting=waiting)
 
-    def _claims(self, namespace: str, name: str, uid: str) -> list[str]:
+    def _claims(self, namespace: str, name: str, uid: str) -> dict[str, int | None]:
+        """The pool's ResourceClaims (live or being deleted): name -> the pool GPU they stand for."""
         claims = self.store.list("ResourceClaim", namespace, pool_labels(name))
-        return [
-            c["metadata"]["name"]
+        return {
+            c["metadata"]["name"]: claim_gpu(c)
             for c in claims
             if any(ref.get("uid") == uid for ref in c["metadata"].get("ownerReferences") or [])
-        ]
+        }
 
 
 __all__ = ["PoolReconciler"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -29,7 +30,7 @@ from llmpack.hardware.cluster import GPU_PRODUCT_LABEL, MIG_RESOURCE_PREFIX, Clu
 from llmpack.hardware.gpus import UnknownGPUError
 from llmpack.planner.decide import ServingDecision
 from llmpack.planner.refusal import Refused
-from llmpack.render.plan import PoolSlot, stable_hash
+from llmpack.render.plan import PoolSlot, ServingPlan, stable_hash
 
 Object = dict[str, Any]
 
@@ -121,11 +122,35 @@ def pool_request(decision: ServingDecision) -> PoolRequest:
     )
 
 
-def pool_slots(member: str, pool: Object | None) -> tuple[tuple[PoolSlot, ...], list[PoolGPUShare], str]:
-    """Where the pool's status places `member`: its slots (GPU, claim, replicas; only where the pool
-    has claims), its replicas per pool GPU as status rows, and what the pool says about it (''
-    when all its replicas are placed)."""
+@dataclass(frozen=True)
+class PoolPlacement:
+    """Where a pool's status puts one member.
+
+    state: `placed` (slots, or shares where the cluster hands out the shares), `hold` (the pool
+    placed an earlier revision of the member's replica and has yet to place this one: its pods
+    stay as they are), `none` (nothing placed: a new member, one the pool refused, `short`, or
+    one that moved here from another pool)."""
+
+    state: Literal["placed", "hold", "none"]
+    slots: tuple[PoolSlot, ...] = ()
+    shares: list[PoolGPUShare] = field(default_factory=list)
+    message: str = ""  # what the pool says of the member, '' when all its replicas are placed
+    short: bool = False  # the pool tried and could not place it (full, or over its cap)
+
+
+def pool_slots(member: str, pool: Object | None, *, revision: str) -> PoolPlacement:
+    """Where the pool's status places `member` at `revision` (its PoolRequest's): its slots
+    (GPU, claim, replicas; only where the pool has claims) and its replicas per pool GPU as
+    status rows."""
     status = (pool or {}).get("status") or {}
+    said = next((m for m in status.get("members") or [] if m.get("name") == member), None)
+    if said is None or said.get("state") == "Waiting":
+        return PoolPlacement("none", message="not placed by the pool yet")
+    message = str(said.get("message") or "")
+    if said.get("revision") != revision:
+        return PoolPlacement(
+            "hold", message=f"the pool has yet to place the changed replicas ({message})".replace(" ()", "")
+        )
     slots, shares = [], []
     for gpu in status.get("gpus") or []:
         for row in gpu.get("members") or []:
@@ -134,9 +159,20 @@ def pool_slots(member: str, pool: Object | None) -> tuple[tuple[PoolSlot, ...], 
                 if gpu.get("claim"):  # MPS through DRA: the pod goes on that GPU's claim
                     slots.append(PoolSlot(gpu=index, claim=str(gpu["claim"]), replicas=replicas))
                 shares.append(PoolGPUShare(gpu=index, replicas=replicas))
-    said = next((m for m in status.get("members") or [] if m.get("name") == member), None)
-    message = str(said.get("message") or "") if said else "not placed by the pool yet"
-    return tuple(slots), shares, message
+    if not shares:
+        return PoolPlacement("none", message=message, short=True)
+    return PoolPlacement("placed", tuple(slots), shares, message)
+
+
+def member_plan(plan: ServingPlan, placement: PoolPlacement) -> ServingPlan:
+    """A member's serving plan on what its pool placed: one pod per slot where the pool has claims
+    (none while nothing is placed); where the cluster hands out the shares, its own plan."""
+    if not plan.sharing.uses_claim_template:
+        return plan
+    if placement.state != "placed":
+        return plan.model_copy(update={"pool_slots": ()})
+    replicas = sum(s.replicas for s in placement.slots)
+    return plan.model_copy(update={"pool_slots": placement.slots, "replicas": replicas})
 
 
 def pool_share(member: str, pool: Object | None) -> tuple[list[float], float]:
@@ -152,4 +188,12 @@ def pool_share(member: str, pool: Object | None) -> tuple[list[float], float]:
     return shares, tokens
 
 
-__all__ = ["member_spec", "pool_cluster", "pool_name", "pool_request", "pool_share", "pool_slots"]
+__all__ = [
+    "PoolPlacement",
+    "member_spec",
+    "pool_cluster",
+    "pool_name",
+    "pool_request",
+    "pool_share",
+    "pool_slots",
+]

@@ -38,9 +38,10 @@ freed memory is used by later growth, but running replicas are never compacted w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llmpack.advisor.errors import AdvisorError
 from llmpack.advisor.packing import STARTUP_RESERVE_BYTES
 from llmpack.advisor.perfmodel import PerfModel, Prediction
 from llmpack.advisor.perfmodel_colocated import Resident, predict
@@ -127,14 +128,16 @@ def place(
     rebalance: bool = False,
     room: int | None = None,
     claims: bool = True,
+    released: Collection[int] = (),
 ) -> Placement:
     """Place `members` on at most `max_gpus` GPUs of `gpu` (see the module docstring).
 
     `previous`: the last placement (the pool's status); `previous_revisions`: each member's
     revision when it was placed (a member whose revision differs now is placed again). `room`:
     what the replicas may take on one GPU (default: room_bytes(gpu)); `claims`: whether GPUs carry
-    a claim whose default pinned limit bounds the replicas on it (MPS through DRA). Raises
-    ValueError on duplicate member names."""
+    a claim whose default pinned limit bounds the replicas on it (MPS through DRA); `released`:
+    GPU indices whose claims are still being deleted (they count as held and are not reopened).
+    Raises ValueError on duplicate member names."""
     by_name = {m.name: m for m in members}
     if len(by_name) != len(members):
         raise ValueError("pool members must have distinct names")
@@ -142,6 +145,7 @@ def place(
         by_name, room_bytes(gpu) if room is None else room, min(max_clients, MPS_MAX_CLIENTS), max_gpus
     )
     state.claims = claims
+    state.released = {i for i in released if i < max_gpus}
     if not rebalance:
         state.keep(previous, previous_revisions or {})
     order = sorted(members, key=lambda m: (-m.replica_bytes, m.name))
@@ -170,20 +174,29 @@ class _State:
         self.gpus: dict[int, dict[str, int]] = {}
         self.pinned: dict[int, int] = {}  # each GPU's claim's default pinned limit
         self.opened: set[int] = set()  # GPUs opened in this pass: nothing runs on them yet
+        # GPUs whose claim is still held (pods of a gone member terminating): not reopened until the
+        # claim is gone, as a new claim under the same name would be deleted with the old one
+        self.released: set[int] = set()
         self.claims = True  # a GPU's claim limit binds (MPS through DRA)
 
     # -- the previous placement ---------------------------------------------------------------
 
     def keep(self, previous: Sequence[PlacedGPU], revisions: Mapping[str, str]) -> None:
+        """The previous placement of members whose replica is unchanged, on GPUs the pool still
+        has (a lowered maxGPUs gives up the GPUs above it: their replicas are placed again)."""
         for placed in sorted(previous, key=lambda g: g.index):
+            if placed.index >= self.max_gpus:
+                continue
             kept = {
                 name: n
                 for name, n in placed.replicas.items()
                 if n > 0 and name in self.members and revisions.get(name, "") == self.members[name].revision
             }
-            if kept:  # an emptied GPU is free: its claim goes, its index may be opened again
+            if kept:
                 self.gpus[placed.index] = kept
                 self.pinned[placed.index] = placed.pinned_bytes
+            else:  # emptied: its claim goes, and its index is free once the claim is gone
+                self.released.add(placed.index)
 
     def trim(self, member: PoolMember) -> None:
         """Fewer replicas than placed: from the highest GPU index down."""
@@ -198,6 +211,9 @@ class _State:
             if take:
                 self._set(index, member.name, here - take)
                 excess -= take
+            if not self.gpus[index]:  # emptied: as in keep()
+                del self.gpus[index], self.pinned[index]
+                self.released.add(index)
 
     # -- growth -----------------------------------------------------------------------------
 
@@ -216,9 +232,10 @@ class _State:
 
     def _open(self, member: PoolMember) -> int | str:
         """A new GPU for `member`, or why there is none."""
-        if len(self.gpus) >= self.max_gpus:
+        held = set(self.gpus) | self.released
+        if len(held) >= self.max_gpus:
             return self._refusal(member, f"the pool's {self.max_gpus} GPUs are full (raise spec.gpu.maxGPUs)")
-        index = min(i for i in range(len(self.gpus) + 1) if i not in self.gpus)
+        index = min(i for i in range(len(held) + 1) if i not in held)
         self.gpus[index], self.pinned[index] = {}, member.replica_bytes
         if self._accepts(index, member):
             self.opened.add(index)
@@ -255,7 +272,11 @@ class _State:
         if self.claims and replicas and member.replica_bytes > self.pinned[index]:
             return False
         trial = {**replicas, member.name: replicas.get(member.name, 0) + 1}
-        for name, prediction in self._predict(trial).items():
+        try:
+            predicted = self._predict(trial)
+        except AdvisorError:  # beyond what the model predicts (too many clients or states): no room
+            return False
+        for name, prediction in predicted.items():
             other = self.members[name]
             if other.itl_cap_ms is not None and prediction.itl_mean_ms > other.itl_cap_ms:
                 return False

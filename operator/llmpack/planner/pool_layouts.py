@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from llmpack.advisor.perfmodel import PerfModel
 from llmpack.hardware import GPU, MIGProfile
 from llmpack.hardware.gpus import COMPUTE_SLICES_PER_GPU, MEMORY_SLICES_PER_GPU
-from llmpack.planner.pool import MemberResult, PlacedGPU, Placement, PoolMember, place
+from llmpack.planner.pool import GIB, MemberResult, PlacedGPU, Placement, PoolMember, place
 
 MIB = 1 << 20
 MAX_DEVICE_PLUGIN_REPLICAS = 16
@@ -210,14 +210,17 @@ class DevicePluginSplit:
 
 def device_plugin_split(members: Sequence[PoolMember], *, gpu: GPU, max_gpus: int) -> DevicePluginSplit:
     """The split N that places `members` (replica_bytes: one replica's memory) on the fewest GPUs,
-    one slice per replica (see the module docstring). Raises ValueError when a replica is larger
-    than the whole GPU."""
+    one slice per replica (see the module docstring). A member whose replica is larger than the
+    whole GPU is not placed (its message says so); the others are."""
+    whole = gpu.reported_memory_bytes // MIB * MIB
+    too_large = {m.name for m in members if m.replica_bytes > whole}
+    fitting = [m for m in members if m.name not in too_large]
     best: tuple[tuple[int, int, int], DevicePluginSplit] | None = None
     for split in range(1, MAX_DEVICE_PLUGIN_REPLICAS + 1):
         slice_bytes = gpu.reported_memory_bytes // split // MIB * MIB
-        if any(m.replica_bytes > slice_bytes for m in members):
+        if any(m.replica_bytes > slice_bytes for m in fitting):
             continue  # a replica larger than a slice: the plugin's client limit would starve it
-        sized = [replace(m, replica_bytes=slice_bytes) for m in members]
+        sized = [replace(m, replica_bytes=slice_bytes) for m in fitting]
         placement = place(
             sized, gpu=gpu, max_gpus=max_gpus, max_clients=split, room=split * slice_bytes, claims=False
         )
@@ -228,9 +231,24 @@ def device_plugin_split(members: Sequence[PoolMember], *, gpu: GPU, max_gpus: in
                 key,
                 DevicePluginSplit(replicas_per_gpu=split, slice_bytes=slice_bytes, placement=placement),
             )
-    if best is None:
-        raise ValueError(f"no member replica fits one {gpu.product}")
-    return best[1]
+    assert best is not None  # N = 1 holds every fitting replica
+    chosen = best[1]
+    if too_large:
+        refused = {
+            m.name: MemberResult(
+                name=m.name,
+                wanted=m.replicas,
+                placed={},
+                tokens_per_s=0.0,
+                itl_mean_ms=None,
+                message=f"one replica's {m.replica_bytes / GIB:.2f} GiB exceed a whole {gpu.product}",
+            )
+            for m in members
+            if m.name in too_large
+        }
+        placement = replace(chosen.placement, members={**chosen.placement.members, **refused})
+        chosen = replace(chosen, placement=placement)
+    return chosen
 
 
 __all__ = [

@@ -65,11 +65,11 @@ def decide_pool(
     namespace: str,
     uid: str,
     members: Sequence[MemberSeen],
-    claims: Sequence[str],
+    claims: Mapping[str, int | None],
     now: str,
 ) -> PoolOutcome:
-    """The placement of `pool`'s members, its claims and its status (`claims`: the names of the
-    ResourceClaims the pool owns now)."""
+    """The placement of `pool`'s members, its claims and its status (`claims`: the ResourceClaims
+    the pool owns now, live or being deleted, each with the pool GPU it stands for)."""
     name = str(pool.metadata.get("name", ""))
     previous = pool.status or GPUPoolStatus()
     status = GPUPoolStatus(
@@ -78,13 +78,41 @@ def decide_pool(
         conditions=list(previous.conditions),
         basis=BASIS,
     )
-    generation = pool.metadata.get("generation")
     try:
         gpu = lookup_gpu(pool.spec.gpu.product)
     except UnknownGPUError as err:
-        status.phase, status.message = "Degraded", f"spec.gpu.product: {err}"
-        set_condition(status, PLACED, False, "UnknownGPU", status.message, generation=generation, now=now)
-        return PoolOutcome(status=status)
+        return degraded(pool, "UnknownGPU", f"spec.gpu.product: {err}", now=now)
+    try:
+        return _decide(pool, name, namespace, uid, members, claims, gpu, status, previous, now)
+    except (AdvisorError, ValueError) as err:  # the model cannot predict this pool: keep what runs
+        return degraded(pool, "PlacementFailed", f"cannot place the members: {err}", now=now)
+
+
+def degraded(pool: GPUPool, reason: str, message: str, *, now: str) -> PoolOutcome:
+    """A pass that cannot place: the previous placement stays as it was (members keep serving on
+    it, and it is what a later pass starts from), with the reason in the status."""
+    previous = pool.status or GPUPoolStatus()
+    status = previous.model_copy(deep=True)
+    status.phase, status.message = "Degraded", message
+    set_condition(
+        status, PLACED, False, reason, message[:1000], generation=pool.metadata.get("generation"), now=now
+    )
+    return PoolOutcome(status=status)
+
+
+def _decide(
+    pool: GPUPool,
+    name: str,
+    namespace: str,
+    uid: str,
+    members: Sequence[MemberSeen],
+    claims: Mapping[str, int | None],
+    gpu: GPU,
+    status: GPUPoolStatus,
+    previous: GPUPoolStatus,
+    now: str,
+) -> PoolOutcome:
+    generation = pool.metadata.get("generation")
     placed_members, waiting = _members(members, gpu)
     profiles = {m.name: m.request.mig_profile for m in members if m.request is not None}
     rebalance = (pool.spec.rebalance or None) != (previous.rebalanced or None)
@@ -124,6 +152,7 @@ def decide_pool(
             previous=_previous(previous),
             previous_revisions={m.name: m.revision for m in previous.members},
             rebalance=rebalance,
+            released=_released(previous, claims),
         )
         owner = OwnerRef(api_version=pool.api_version, kind=pool.kind, name=name, uid=uid)
         desired = [
@@ -158,6 +187,13 @@ def decide_pool(
         now=now,
     )
     return outcome
+
+
+def _released(previous: GPUPoolStatus, claims: Mapping[str, int | None]) -> set[int]:
+    """GPUs whose claim still exists though the placement dropped it (deleted, its pods still
+    holding it): a claim of the same name made now would go with the old one."""
+    placed = {g.claim for g in previous.gpus}
+    return {index for claim, index in claims.items() if claim not in placed and index is not None}
 
 
 def sharing_elsewhere(pool: GPUPool) -> bool:
@@ -301,13 +337,16 @@ def _status(
                 replicas=sized.replicas,
                 placed=result.replicas,
                 revision=sized.revision,
+                state="Short" if result.message else "Placed",
                 message=result.message,
             )
         )
         if result.message:
             short.append(f"{name}: {result.message}")
     for name, why in waiting.items():
-        status.members.append(PoolMemberStatus(name=name, replicas=0, placed=0, revision="", message=why))
+        status.members.append(
+            PoolMemberStatus(name=name, replicas=0, placed=0, revision="", state="Waiting", message=why)
+        )
     status.members.sort(key=lambda m: m.name)
     status.gpus_used = placement.gpus_used
     status.memory_bound = placement.memory_bound(members, gpu.usable_memory_bytes) if members else 0

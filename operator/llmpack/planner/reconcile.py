@@ -49,7 +49,7 @@ from llmpack.planner import decide as planner
 from llmpack.planner.conditions import pod_problem, set_condition, termination_message
 from llmpack.planner.cost import pool_member_cost
 from llmpack.planner.decide import Admitted, Context, ProfilingDecision, ServingDecision
-from llmpack.planner.membership import pool_request, pool_share, pool_slots
+from llmpack.planner.membership import member_plan, pool_request, pool_share, pool_slots
 from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
 from llmpack.planner.pool_pass import gpus_worth
 from llmpack.planner.refusal import Refused
@@ -489,7 +489,7 @@ def _serving(snapshot: Snapshot, decision: ServingDecision, draft: _Draft, setti
     if isinstance(member, Stop):
         return member
     if member is not None:
-        plan = member
+        plan = member.plan
     try:
         desired = render_serving(plan)
     except ValueError as err:  # a combination the renderer cannot express, e.g. no free ports
@@ -503,55 +503,76 @@ def _serving(snapshot: Snapshot, decision: ServingDecision, draft: _Draft, setti
             draft.delete.append(ObjectRef(kind, plan.namespace, name))
     status.selector = ",".join(f"{k}={v}" for k, v in serving_selector(plan).items())
     status.autoscaler = serving_name(plan) if plan.autoscaling is not None else None
+    if member is not None and member.unplaced is not None:
+        return member.unplaced  # its old pods pruned above: the pool gave it nothing
     if plan.pool_slots is not None:
         return _pool_readiness(snapshot, plan, desired, draft, settings, decision.chosen.replicas_per_gpu)
     deployment = next(o for o in desired if o["kind"] == "Deployment")
     return _readiness(snapshot, plan, deployment, draft, settings)
 
 
-def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -> ServingPlan | Stop | None:
-    """A GPUPool member: its request in its status (the pool's pass reads it), and its plan on
-    the slots the pool's status gives it; None when not a member."""
+@dataclass(frozen=True)
+class _Member:
+    """A GPUPool member's plan on the slots its pool gives it, and where the pass ends when it
+    has none (after its old pods are pruned)."""
+
+    plan: ServingPlan
+    unplaced: Stop | None = None
+
+
+def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -> _Member | Stop | None:
+    """A GPUPool member: its request in its status (the pool's pass reads it), its cost share,
+    and its plan on the slots the pool's status gives it. None when not a member; a Stop (nothing
+    applied, nothing pruned: the old pods serve) while the pool has yet to place a changed replica."""
     admitted = snapshot.admission
     ref = admitted.spec.gpu_pool_ref if isinstance(admitted, Admitted) else None
     if ref is None:
+        draft.status.pool = None  # left its pool (or never had one)
         return None
+    name = snapshot.context.name
     request = pool_request(decision)
-    slots, shares, said = pool_slots(snapshot.context.name, snapshot.pool)
+    placement = pool_slots(name, snapshot.pool, revision=request.revision)
     cost = draft.status.recommendation.cost if draft.status.recommendation else None
-    fractions, tokens_per_s = pool_share(snapshot.context.name, snapshot.pool)
+    fractions, tokens_per_s = pool_share(name, snapshot.pool)
     if cost is not None and fractions and draft.status.recommendation is not None:
         member_cost = pool_member_cost(alone=cost, shares=fractions, tokens_per_s=tokens_per_s, pool=ref.name)
         draft.status.recommendation = draft.status.recommendation.model_copy(update={"cost": member_cost})
-    if not decision.plan.sharing.uses_claim_template:
-        # the device plugin or MIG hands out the shares: the pods ask for theirs, the pool plans
-        draft.status.pool = PoolMembershipStatus(
-            name=ref.name,
-            request=request,
-            gpus=shares,
-            placed=said or f"planned on {len(shares)} GPUs of {ref.name}; the scheduler places the pods",
-        )
-        return None
-    placed = sum(s.replicas for s in slots)
+    placed = sum(s.replicas for s in placement.slots)
     draft.status.pool = PoolMembershipStatus(
         name=ref.name,
         request=request,
-        gpus=shares,
-        placed=said or f"{placed} replicas on {len(slots)} GPUs of {ref.name}",
+        gpus=placement.shares,
+        placed=placement.message or f"{placed} replicas on {len(placement.slots)} GPUs of {ref.name}",
     )
-    if not slots:
-        # the pool's pass places it once it reads the request above (a status change it watches)
-        waiting = not said or said.startswith("not placed")
+    plan = member_plan(decision.plan, placement)
+    if not plan.sharing.uses_claim_template:
+        # the device plugin or MIG hands out the shares: the pods ask for theirs, the pool plans
+        if not placement.message:
+            draft.status.pool.placed = (
+                f"planned on {len(placement.shares)} GPUs of {ref.name}; the scheduler places the pods"
+            )
+        return _Member(plan)
+    if placement.state == "hold":
         return Stop(
+            "Deploying",
+            PROGRESSING,
+            "WaitingForGPUPool",
+            f"the GPUPool {ref.name} has yet to place the changed replicas; the current pods serve meanwhile",
+            retry=True,
+        )
+    if placement.state == "none":
+        waiting = not placement.short
+        unplaced = Stop(
             "Pending" if waiting else "Failed",
             AVAILABLE,
             "WaitingForGPUPool" if waiting else "GPUPoolFull",
             f"the GPUPool {ref.name} has not placed its {request.replicas} replicas yet"
             if waiting
-            else f"the GPUPool {ref.name} placed no replica: {said}",
+            else f"the GPUPool {ref.name} placed no replica: {placement.message}",
             retry=waiting,
         )
-    return decision.plan.model_copy(update={"pool_slots": slots, "replicas": placed})
+        return _Member(plan, unplaced)
+    return _Member(plan)
 
 
 def _pool_readiness(
@@ -594,10 +615,12 @@ def _pool_readiness(
         settings,
     )
     draft.status.gpus = gpus_worth(draft.status.ready_replicas or 0, replicas_per_gpu)
-    short = draft.status.pool.placed if draft.status.pool else ""
-    if stop is None and short and draft.status.phase == "Ready" and "replicas placed" in short:
-        draft.status.phase = "Degraded"
-        draft.status.message += f"; {short}"
+    pool = draft.status.pool
+    if stop is None and pool is not None and pool.request:
+        placed = sum(g.replicas for g in pool.gpus)
+        if placed < pool.request.replicas:  # the pool placed some of them only: it says why
+            draft.status.phase = "Degraded" if draft.status.phase == "Ready" else draft.status.phase
+            draft.status.message += f"; the GPUPool {pool.name}: {pool.placed}"
     return stop
 
 

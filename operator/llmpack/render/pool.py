@@ -18,7 +18,7 @@ from llmpack.render.plan import (
     label_value,
     stable_hash,
 )
-from llmpack.render.serving import mps_claim_spec
+from llmpack.render.serving import LABEL_POOL_GPU, mps_claim_spec
 
 LABEL_POOL = "llmpack.io/gpupool"
 COMPONENT_POOL_GPU = "pool-gpu"
@@ -34,6 +34,12 @@ def pool_labels(pool: str) -> dict[str, str]:
     return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_POOL_GPU, LABEL_POOL: label_value(pool)}
 
 
+def claim_gpu(claim: dict[str, Any]) -> int | None:
+    """The pool GPU index a pool claim stands for (its LABEL_POOL_GPU label)."""
+    value = ((claim.get("metadata") or {}).get("labels") or {}).get(LABEL_POOL_GPU)
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def pool_claim(*, pool: str, namespace: str, owner: OwnerRef, gpu: int, pinned_bytes: int) -> dict[str, Any]:
     """The ResourceClaim of pool GPU `gpu`: one whole GPU under MPS, every client's default pinned
     memory limit `pinned_bytes` (the largest member's cap on it; each replica's own, lower cap is
@@ -45,11 +51,11 @@ def pool_claim(*, pool: str, namespace: str, owner: OwnerRef, gpu: int, pinned_b
         "metadata": {
             "name": pool_claim_name(pool, gpu, pinned_bytes),
             "namespace": namespace,
-            "labels": pool_labels(pool),
+            "labels": {**pool_labels(pool), LABEL_POOL_GPU: str(gpu)},
             "ownerReferences": [owner.to_k8s()],
         },
         "spec": mps_claim_spec(pinned_memory_bytes=pinned_bytes, active_thread_percentage=None),
     }
 
 
-__all__ = ["LABEL_POOL", "pool_claim", "pool_claim_name", "pool_labels"]
+__all__ = ["LABEL_POOL", "claim_gpu", "pool_claim", "pool_claim_name", "pool_labels"]
