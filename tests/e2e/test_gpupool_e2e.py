@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from test_operator import EXAMPLES, get_llmd, serving_pods, wait_phase
+from test_operator import EXAMPLES, serving_pods, wait_phase
 
 POOL = EXAMPLES / "gpupool"
 MEMBERS = ("chat", "summarize", "route")
@@ -156,6 +156,7 @@ def test_a_member_of_a_missing_pool_says_so(operator_process, kube_admin, kubect
     doc = yaml.safe_load((POOL / "route.yaml").read_text())
     doc["spec"]["gpuPoolRef"]["name"] = "nowhere"
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-    obj = wait_phase(kube_admin, player, namespace, "route", phase="Failed", timeout=60)
+    obj = wait_phase(kube_admin, player, namespace, "route", phase="Pending", timeout=60)
     assert "GPUPool nowhere" in obj["status"]["message"] and "create it" in obj["status"]["message"]
-    assert get_llmd(kube_admin, namespace, "route")["status"]["phase"] == "Failed"
+    reasons = {c["reason"] for c in obj["status"]["conditions"]}
+    assert "GPUPoolNotFound" in reasons, obj["status"]["conditions"]

@@ -55,6 +55,7 @@ def member_spec(raw_spec: Object, pool: Object | None, *, namespace: str) -> Obj
             f"spec.gpuPoolRef names the GPUPool {name}, which namespace {namespace} does not hold: "
             "create it (kind GPUPool, llmpack.io/v1alpha1) or remove spec.gpuPoolRef",
             retryable=True,
+            waiting=True,  # applied together, the members may come before their pool
         )
     try:
         parsed = GPUPool.model_validate(pool)

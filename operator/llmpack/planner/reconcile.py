@@ -216,7 +216,8 @@ def _pass(snapshot: Snapshot, settings: Settings, draft: _Draft) -> Stop | None:
 def _stop(refused: Refused) -> Stop:
     """The planner's refusal as where this pass ends: Failed, looked at again later where the
     cluster may change."""
-    return Stop("Failed", refused.condition, refused.reason, refused.message, retry=refused.retryable)
+    phase: Phase = "Pending" if refused.waiting else "Failed"
+    return Stop(phase, refused.condition, refused.reason, refused.message, retry=refused.retryable)
 
 
 # -- the model cache -----------------------------------------------------------------------------
