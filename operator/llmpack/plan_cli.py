@@ -257,7 +257,14 @@ def simulate(profiling: ProfilingDecision) -> Profile | Refused:
 def run_pool(args: argparse.Namespace) -> int:
     """The placement of a GPUPool's members, as the operator's pool pass decides it."""
     from llmpack.api.gpupool import GPUPool
-    from llmpack.planner.membership import member_plan, member_spec, pool_cluster, pool_request, pool_slots
+    from llmpack.planner.membership import (
+        member_plan,
+        member_recommendation,
+        member_spec,
+        pool_cluster,
+        pool_request,
+        pool_slots,
+    )
     from llmpack.planner.pool_pass import MemberSeen, decide_pool
 
     if args.profile or not args.simulate:
@@ -315,7 +322,9 @@ def run_pool(args: argparse.Namespace) -> int:
         placement = pool_slots(name, placed, revision=pool_request(decision).revision)
         shares = placement.shares
         members[name] = {
-            "recommendation": decision.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "recommendation": member_recommendation(decision.status, name, placed).model_dump(
+                by_alias=True, exclude_none=True, mode="json"
+            ),
             "placed": placement.message
             or f"{sum(s.replicas for s in shares)} replicas on {len(shares)} GPUs",
         }

@@ -179,3 +179,19 @@ def test_plan_places_the_pool_example_and_renders_its_claims_and_members_pods(ca
         )
     code, _, err = plan(capsys, "-f", "chat.yaml", "-f", "route.yaml", "--simulate")
     assert code == 2 and "give it with --pool" in err
+
+
+def test_plan_prices_pool_members_by_their_memory_share_as_the_operator_does(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT / "examples" / "gpupool")
+    code, out, err = plan(
+        capsys, "--pool", "pool.yaml", "-f", "chat.yaml", "-f", "summarize.yaml", "-f", "route.yaml",
+        "--simulate", "--gpu-hour-price", f"{H100}=2.5", "-o", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(out)
+    costs = {name: m["recommendation"]["cost"] for name, m in document["members"].items()}
+    assert all("GPUPool shared-h100" in c["poolShare"] for c in costs.values())
+    # the pool's GPUs are paid for in full by its members
+    assert sum(c["gpuHoursPerHour"] for c in costs.values()) == pytest.approx(
+        document["pool"]["gpusUsed"], abs=1e-3
+    )

@@ -24,10 +24,11 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from llmpack.api.gpupool import GPUPool
-from llmpack.api.llmdeployment import PROGRESSING, PoolGPUShare, PoolRequest
+from llmpack.api.llmdeployment import PROGRESSING, PoolGPUShare, PoolRequest, RecommendationStatus
 from llmpack.hardware import lookup_gpu
 from llmpack.hardware.cluster import GPU_PRODUCT_LABEL, MIG_RESOURCE_PREFIX, ClusterFacts, NodeFacts
 from llmpack.hardware.gpus import UnknownGPUError
+from llmpack.planner.cost import pool_member_cost
 from llmpack.planner.decide import ServingDecision
 from llmpack.planner.refusal import Refused
 from llmpack.render.plan import PoolSlot, ServingPlan, stable_hash
@@ -174,6 +175,21 @@ def member_plan(plan: ServingPlan, placement: PoolPlacement) -> ServingPlan:
         return plan.model_copy(update={"pool_slots": ()})
     replicas = sum(s.replicas for s in placement.slots)
     return plan.model_copy(update={"pool_slots": placement.slots, "replicas": replicas})
+
+
+def member_recommendation(
+    recommendation: RecommendationStatus, member: str, pool: Object | None
+) -> RecommendationStatus:
+    """A member's recommendation with its cost as a pool member (planner/cost.py
+    pool_member_cost): its memory share of the pool GPUs it sits on, at the tokens/s the pool
+    predicts for it. Unchanged without a price or a placement."""
+    cost = recommendation.cost
+    fractions, tokens_per_s = pool_share(member, pool)
+    if cost is None or not fractions:
+        return recommendation
+    name = str(((pool or {}).get("metadata") or {}).get("name", ""))
+    shared = pool_member_cost(alone=cost, shares=fractions, tokens_per_s=tokens_per_s, pool=name)
+    return recommendation.model_copy(update={"cost": shared})
 
 
 def pool_share(member: str, pool: Object | None) -> tuple[list[float], float]:

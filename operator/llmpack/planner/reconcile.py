@@ -47,9 +47,8 @@ from llmpack.api.profile import Profile
 from llmpack.hardware.cluster import ClusterFacts
 from llmpack.planner import decide as planner
 from llmpack.planner.conditions import pod_problem, set_condition, termination_message
-from llmpack.planner.cost import pool_member_cost
 from llmpack.planner.decide import Admitted, Context, ProfilingDecision, ServingDecision
-from llmpack.planner.membership import member_plan, pool_request, pool_share, pool_slots
+from llmpack.planner.membership import member_plan, member_recommendation, pool_request, pool_slots
 from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
 from llmpack.planner.pool_pass import gpus_worth
 from llmpack.planner.refusal import Refused
@@ -533,11 +532,8 @@ def _pool_member(snapshot: Snapshot, decision: ServingDecision, draft: _Draft) -
     name = snapshot.context.name
     request = pool_request(decision)
     placement = pool_slots(name, snapshot.pool, revision=request.revision)
-    cost = draft.status.recommendation.cost if draft.status.recommendation else None
-    fractions, tokens_per_s = pool_share(name, snapshot.pool)
-    if cost is not None and fractions and draft.status.recommendation is not None:
-        member_cost = pool_member_cost(alone=cost, shares=fractions, tokens_per_s=tokens_per_s, pool=ref.name)
-        draft.status.recommendation = draft.status.recommendation.model_copy(update={"cost": member_cost})
+    if draft.status.recommendation is not None:
+        draft.status.recommendation = member_recommendation(draft.status.recommendation, name, snapshot.pool)
     placed = sum(s.replicas for s in placement.slots)
     draft.status.pool = PoolMembershipStatus(
         name=ref.name,
