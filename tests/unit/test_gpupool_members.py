@@ -254,3 +254,13 @@ def test_a_pool_that_cannot_be_placed_keeps_its_placement_and_says_why():
     assert status["gpus"] == placed
     cluster.member_pass("chat", MEMBERS["chat"])
     assert "chat-gpu0" in cluster.objects("Deployment")
+
+
+def test_a_member_of_a_mig_pool_may_fix_its_slice():
+    cluster = Cluster(pool_body(sharing={"mode": "mig"}))
+    spec = {**member("facebook/opt-1.3b"), "sharing": {"mode": "mig", "migProfile": "3g.40gb"}}
+    status = cluster.member_pass("chat", spec)
+    assert status["recommendation"]["migProfile"] == "3g.40gb"
+    assert status["pool"]["request"]["migProfile"] == "3g.40gb"
+    pool = cluster.pool_pass()
+    assert pool["gpus"][0]["migDevices"] == {"3g.40gb": status["pool"]["request"]["replicas"]}

@@ -61,7 +61,9 @@ def test_a_layout_respects_compute_and_memory_slices_and_instance_limits(opt13):
 def test_a_slice_that_breaks_the_members_latency_cap_is_refused_with_the_figure(opt13):
     alone = opt13.mig(H100.mig_profile("1g.10gb"), 32).itl_mean_ms
     layout = mig_layout([mig(opt13, "a", "1g.10gb", 1, cap=alone * 0.9)], gpu=H100, max_gpus=1, pool="p")
-    assert f"predicted at {alone:.1f} ms mean ITL, above its cap" in layout.placement.members["a"].message
+    message = layout.placement.members["a"].message
+    assert f"predicted at {alone:.1f} ms mean ITL, above its cap" in message
+    assert "set sharing.migProfile: 2g.20gb on the member" in message  # the next slice up serves it
     assert layout.placement.gpus_used == 0
 
 

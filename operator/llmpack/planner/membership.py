@@ -71,7 +71,8 @@ def member_spec(raw_spec: Object, pool: Object | None, *, namespace: str) -> Obj
     gpu["tolerations"] = [t.to_k8s() for t in parsed.spec.gpu.tolerations]
     spec["gpu"] = gpu
     sharing = dict(spec.get("sharing") or {})
-    sharing.pop("migProfile", None)
+    if parsed.spec.sharing.mode != "mig":
+        sharing.pop("migProfile", None)  # a member of a MIG pool may fix its slice
     sharing["mode"], sharing["mpsProvider"] = parsed.spec.sharing.mode, parsed.spec.sharing.mps_provider
     spec["sharing"] = sharing
     return spec

@@ -86,7 +86,7 @@ def mig_layout(
         if member.itl_cap_ms is not None and alone.itl_mean_ms > member.itl_cap_ms:
             messages[member.name] = (
                 f"one replica on a {member.profile.name} slice is predicted at {alone.itl_mean_ms:.1f} ms "
-                f"mean ITL, above its cap of {member.itl_cap_ms:g} ms"
+                f"mean ITL, above its cap of {member.itl_cap_ms:g} ms" + _larger_slice(member, gpu)
             )
             continue
         while sum(g.get(member.name, 0) for g in gpus.values()) < member.replicas:
@@ -106,6 +106,27 @@ def mig_layout(
     placement = _placement(gpus, by_name, messages)
     config, parted = _config(slices, gpu, pool)
     return MIGLayout(placement=placement, slices=slices, config=config, mig_parted=parted)
+
+
+def _larger_slice(member: MIGMember, gpu: GPU) -> str:
+    """What would serve `member` within its cap: the smallest larger slice predicted within it."""
+    cap = member.itl_cap_ms
+    larger = sorted(
+        (
+            p
+            for p in gpu.mig_profiles
+            if p.compute_slices > member.profile.compute_slices and not p.name.endswith(".me")
+        ),
+        key=lambda p: (p.compute_slices, p.memory_bytes),
+    )
+    for profile in larger:
+        itl = member.perf.mig(profile, member.batch).itl_mean_ms
+        if cap is not None and itl <= cap:
+            return (
+                f"; a {profile.name} slice is predicted at {itl:.1f} ms: set sharing.migProfile: "
+                f"{profile.name} on the member (or raise its slo.itlMeanMs)"
+            )
+    return "; no slice of this GPU is predicted within it: raise its slo.itlMeanMs"
 
 
 def _trim(gpus: dict[int, dict[str, int]], member: MIGMember) -> None:
