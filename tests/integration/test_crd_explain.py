@@ -54,3 +54,26 @@ def test_kubectl_explain_describes_every_spec_field(crd_applied, kubectl):
 def test_kubectl_explain_shows_the_users_words(crd_applied, kubectl):
     out = kubectl("explain", "llmd.spec.sharing.mode").stdout
     assert "pick among what the cluster offers by predicted tokens/s per GPU" in " ".join(out.split())
+
+
+def test_kubectl_explain_describes_every_gpupool_spec_field(kubectl):
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "llmpack.io_gpupools.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/gpupools.llmpack.io", "--timeout=30s")
+    kube.wait_for(
+        lambda: kubectl("explain", "gpool", check=False).returncode == 0, timeout=30, what="gpool discovery"
+    )
+    spec = crdgen.pool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    paths = []
+
+    def walk(node, path):
+        for name, child in node.get("properties", {}).items():
+            paths.append(f"{path}.{name}")
+            walk(child, f"{path}.{name}")
+
+    walk(spec, "spec")
+    assert {"spec.gpu.maxGPUs", "spec.sharing.mpsProvider", "spec.rebalance"} <= set(paths)
+    for path in paths:
+        out = kubectl("explain", f"gpool.{path}").stdout
+        assert "DESCRIPTION:" in out and "<empty>" not in out, out
+    rebalance = " ".join(kubectl("explain", "gpool.spec.rebalance").stdout.split())
+    assert "place every member again from scratch" in rebalance

@@ -11,6 +11,7 @@ import pytest
 from test_badinput_pure import body, reconcile_through
 
 from llmpack.controller.pool import PoolReconciler
+from llmpack.render.autoscaling import quantity
 from llmpack.runtime.fake import FakeClient as FakeKube
 
 NS = "team-a"
@@ -126,8 +127,18 @@ def test_an_autoscaled_member_counts_its_load_in_gpus_worth_through_an_external_
     cluster.member_pass("chat", spec)
     cluster.pool_pass()
     cluster.member_pass("chat", spec)
-    (metric,) = cluster.objects("HorizontalPodAutoscaler")["chat"]["spec"]["metrics"]
+    hpa = cluster.objects("HorizontalPodAutoscaler")["chat"]["spec"]
+    (metric,) = hpa["metrics"]
+    # its pods are pool GPUs' shares, not GPUs: the HPA divides the member's total load by the
+    # requests one GPU's worth of its own packing holds, and scales gpu.count (GPUs' worth)
     assert metric["type"] == "External"
+    assert metric["external"]["metric"]["selector"] == {"matchLabels": {"llmdeployment": "chat"}}
+    rec = cluster.members["chat"]["status"]["recommendation"]
+    assert metric["external"]["target"]["averageValue"] == quantity(
+        0.8 * rec["maxNumSeqs"] * rec["replicasPerGPU"]
+    )
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 3)
+    assert hpa["scaleTargetRef"]["kind"] == "LLMDeployment"
 
 
 def test_a_member_that_does_not_fit_is_refused_and_the_other_keeps_serving():
