@@ -5,15 +5,17 @@ pointed at it with HF_ENDPOINT downloads as it would from huggingface.co.
 Routes (as huggingface_hub 2.x calls them; hf_api.py repo_info and list_repo_tree,
 file_download.py get_hf_file_metadata, utils/_http.py hf_raise_for_status for the error codes):
 
-    GET  /api/models/{repo}[/revision/{rev}]         {"id", "sha", "siblings"}
+    GET  /api/models/{repo}[/revision/{rev}]         {"id", "sha", "siblings", "gated", "private"}
+    GET  /api/models/{repo}/auth-check               200 when the token may read the repo
     GET  /api/models/{repo}/tree/{rev}[?recursive=]  [{"type": "file", "path", "size", "oid", "lfs"}]
     HEAD /{repo}/resolve/{rev}/{file}                X-Repo-Commit, ETag, X-Linked-Etag, Content-Length
     GET  /{repo}/resolve/{rev}/{file}                the bytes
 
 A repo may be marked gated (every request without the token is refused with X-Error-Code:
-GatedRepo, as the Hub does). An unknown repo answers RepoNotFound, an unknown revision
-RevisionNotFound. Limits: one revision per repo ("main", or the commit it is published as); no
-pagination, no xet, no datasets; files are read whole into memory (test models are small).
+GatedRepo, as the Hub does for its files; its info then says "gated": "manual"). An unknown repo
+answers RepoNotFound, an unknown revision RevisionNotFound. Limits: one revision per repo ("main",
+or the commit it is published as); no pagination, no xet, no datasets; files are read whole into
+memory (test models are small).
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, *, head: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/api/models/"):
+        if path.startswith("/api/models/") and path.endswith("/auth-check"):
+            if self._repo(path.removeprefix("/api/models/").removesuffix("/auth-check"), "main"):
+                self._json({})
+        elif path.startswith("/api/models/"):
             self._api(path.removeprefix("/api/models/"))
         elif "/resolve/" in path:
             self._resolve(path.lstrip("/"), head=head)
@@ -119,7 +124,17 @@ class _Handler(BaseHTTPRequestHandler):
                 if verb == "/tree/":
                     return self._json(files)
                 siblings = [_sibling(f) for f in files]
-                return self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "siblings": siblings})
+                gated = "manual" if repo.token else False
+                return self._json(
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": repo.sha,
+                        "siblings": siblings,
+                        "gated": gated,
+                        "private": False,
+                    }
+                )
             if found:
                 return None
         return self._error(404, "EntryNotFound")

@@ -11,6 +11,7 @@ from llmpack.api.llmdeployment import (
     ENV_RULES,
     ENV_SOURCE_RULES,
     GPU_RULES,
+    MODEL_CACHE_RULES,
     MODEL_RULES,
     SERVING_RULES,
     SHARING_RULES,
@@ -21,6 +22,7 @@ from llmpack.api.llmdeployment import (
 _MODEL = {"name": "facebook/opt-1.3b"}
 ALL_RULES = (
     *MODEL_RULES,
+    *MODEL_CACHE_RULES,
     *ARCHITECTURE_RULES,
     *SHARING_RULES,
     *TOLERATION_RULES,
@@ -48,6 +50,10 @@ BREAKING_SPECS: dict[str, dict[str, Any]] = {
     ARCHITECTURE_RULES[4].message: _with_arch(stateLayers=26, stateBytesPerLayer=1),
     MODEL_RULES[0].message: {"model": {"name": "--help"}},
     MODEL_RULES[1].message: {"model": {**_MODEL, "revision": "--trust-remote-code"}},
+    MODEL_CACHE_RULES[0].message: {"model": {**_MODEL, "cache": {"size": "10Gi", "claimName": "models"}}},
+    MODEL_CACHE_RULES[1].message: {
+        "model": {**_MODEL, "cache": {"claimName": "models", "accessMode": "ReadWriteOnce"}}
+    },
     SHARING_RULES[0].message: {"model": _MODEL, "sharing": {"mode": "mps", "migProfile": "1g.10gb"}},
     TOLERATION_RULES[0].message: {
         "model": _MODEL,

@@ -2,11 +2,16 @@
 a static PersistentVolume (a hostPath: a folder of this machine, as the testbed has no
 provisioner), a real fill Job whose pod the player runs (`llmpack fill-model-cache`, its own
 arguments, the cache folder being the volume's) against a local stand-in for the Hub
-(tests/hub.py), then profiling and serving pods that mount the claim read-only."""
+(tests/hub.py), then profiling and serving pods that mount the claim read-only. And the cluster
+admin's cache, filled once and shared with two namespaces through read-only volumes bound ahead
+to each one's claim: checked by the operator's Job (`--verify-only`), never written or deleted."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -180,3 +185,159 @@ def test_a_gated_model_without_a_token_fails_with_what_to_do(
             kube_admin, player, namespace, "gated", lambda s: s.get("phase") == "Ready", 180, "Ready"
         )
     assert status["modelCache"]["phase"] == "Ready"
+
+
+# -- one cache the cluster admin fills once and shares with several namespaces -------------------
+
+
+def admin_fill(folder: Path, hub_url: str, token: str) -> None:
+    """What the admin's own Job does once: `llmpack fill-model-cache` into the shared volume."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_ENDPOINT": hub_url, "HF_TOKEN": token, "HF_HOME": str(folder.parent / "admin-home")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmpack.cli",
+            "fill-model-cache",
+            "--model",
+            MODEL,
+            "--cache-dir",
+            str(folder),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shared-model-cache"
+
+
+def example(file: str, kind: str, name: str) -> dict:
+    docs = yaml.safe_load_all((EXAMPLE / file).read_text())
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def shared_volume(name: str, folder: Path, namespace: str) -> dict:
+    """The example's read-only volume of team-a, for `namespace`, over a folder of this machine
+    (a hostPath: the testbed has no NFS server) instead of the NFS export."""
+    pv = example("admin.yaml", "PersistentVolume", "llmpack-models-team-a")
+    pv["metadata"]["name"] = name
+    pv["spec"]["claimRef"]["namespace"] = namespace
+    del pv["spec"]["nfs"], pv["spec"]["mountOptions"]
+    pv["spec"]["hostPath"] = {"path": str(folder), "type": "Directory"}
+    return pv
+
+
+def shared_claim(volume: str) -> dict:
+    claim = next(
+        d
+        for d in yaml.safe_load_all((EXAMPLE / "admin.yaml").read_text())
+        if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["namespace"] == "team-a"
+    )
+    del claim["metadata"]["namespace"]
+    claim["spec"]["volumeName"] = volume
+    return claim
+
+
+def shared_spec(name: str, **model: object) -> str:
+    """The example's LLMDeployment, profiled by the simulated backend (no GPU here)."""
+    body = example("opt-1.3b.yaml", "LLMDeployment", "opt-1-3b")
+    body["metadata"] = {"name": name}
+    body["spec"]["model"] |= model
+    body["spec"]["profiling"] = {"backend": "simulated"}
+    return yaml.safe_dump(body)
+
+
+@pytest.fixture
+def other_namespace(admin_api, namespace):
+    import kube
+
+    name = kube.create_namespace(admin_api, f"{namespace}-b"[:63])
+    yield name
+    kube.delete_namespace(admin_api, name)
+
+
+def test_an_admin_cache_is_filled_once_and_shared_with_namespaces_but_a_gated_model_only_with_their_token(
+    operator_process, kube_admin, kubectl, namespace, other_namespace, hub_player, tmp_path
+):
+    """The admin fills one folder once; each namespace gets a read-only volume over it and a claim
+    bound to that. Namespace a holds a token the Hub grants: its check passes, nothing is
+    downloaded again, and its pods mount the shared claim read-only. Namespace b has none: its
+    check fails saying so, until it gives one. Deleting both LLMDeployments leaves the claims."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    repo = HubRepo(MODEL, hub_folder(tmp_path), token="hf_granted")
+    volumes = [f"models-{ns}"[:63] for ns in (namespace, other_namespace)]
+    with serve_hub(repo) as hub:
+        admin_fill(folder, hub.url, "hf_granted")
+        filled, files = len(hub.downloads), listing(folder)
+        for pv, ns in zip(volumes, (namespace, other_namespace), strict=True):
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(shared_volume(pv, folder, ns)))
+            kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(shared_claim(pv)))
+        player = hub_player(hub.url)
+        try:
+            kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=hf_granted")
+            kubectl(
+                "apply", "-n", namespace, "-f", "-", input=shared_spec("a", hfTokenSecretRef={"name": "hf"})
+            )
+            kubectl("apply", "-n", other_namespace, "-f", "-", input=shared_spec("b"))
+            done = lambda s: s.get("phase") in ("Ready", "Failed")  # noqa: E731
+            a = wait_status(kube_admin, player, namespace, "a", done, 180, "Ready")
+            b = wait_status(kube_admin, player, other_namespace, "b", done, 180, "Failed")
+            assert a["phase"] == "Ready", a
+            assert a["modelCache"] | {"job": ""} == {
+                "claim": "models",
+                "job": "",
+                "shared": True,
+                "phase": "Ready",
+                "message": "verified",
+            }
+            assert b["phase"] == "Failed" and b["modelCache"]["phase"] == "Failed", b
+            assert "a shared cache serves it only to a namespace whose own token may read it" in b["message"]
+            assert len(hub.downloads) == filled, "a namespace downloaded what the shared cache holds"
+
+            pods = kube_admin.list(
+                "Pod",
+                namespace,
+                label_selector="llmpack.io/llmdeployment=a,app.kubernetes.io/component=serving",
+            )
+            assert pods and all(
+                {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+                in p["spec"]["volumes"]
+                for p in pods
+            )
+
+            kubectl(
+                "create", "secret", "generic", "hf", "-n", other_namespace, "--from-literal=token=hf_granted"
+            )
+            kubectl(
+                "apply",
+                "-n",
+                other_namespace,
+                "-f",
+                "-",
+                input=shared_spec("b", hfTokenSecretRef={"name": "hf"}),
+            )
+            b = wait_status(
+                kube_admin, player, other_namespace, "b", lambda s: s.get("phase") == "Ready", 180, "Ready"
+            )
+            assert b["modelCache"]["phase"] == "Ready" and len(hub.downloads) == filled
+
+            for ns, name in ((namespace, "a"), (other_namespace, "b")):
+                kubectl("delete", "llmd", name, "-n", ns, "--wait=true", "--timeout=60s")
+                claim = kube_admin.get("PersistentVolumeClaim", ns, "models")
+                assert claim and not claim["metadata"].get("deletionTimestamp"), (
+                    "the admin's claim was deleted"
+                )
+        finally:
+            for pv in volumes:
+                kubectl("delete", "pv", pv, "--wait=false", check=False)
+    assert listing(folder) == files, "the operator's checks wrote to the shared cache"
+
+
+def listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))

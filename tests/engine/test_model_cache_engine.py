@@ -1,8 +1,10 @@
 """The model cache with real vLLM: `llmpack fill-model-cache` fills a folder from a local stand-in
 for the Hub (tests/hub.py, through HF_ENDPOINT), and `vllm serve` with the environment the
 renderer gives a pod that mounts the cache (serving.model_cache_env: HF_HUB_CACHE, HF_HUB_OFFLINE)
-loads the tiny model from it and answers, with the Hub gone. The same model served the download
-way (a fresh HF_HUB_CACHE, the Hub reachable) is the baseline; both times to /health are printed.
+loads the tiny model from it and answers, with the Hub gone and the cache read-only (as every pod
+mounts it), after `--verify-only` (the check of a shared cache) passed on it offline. The same
+model served the download way (a fresh HF_HUB_CACHE, the Hub reachable) is the baseline; both
+times to /health are printed.
 
 Limits: the tiny model is about 1 MB on a loopback link, so the two times differ by vLLM's start-up
 noise, not by a download; on a real model the download path adds the transfer of every weight
@@ -51,6 +53,12 @@ def rendered_cache_env(cache: Path) -> dict[str, str]:
     return {**env, "HF_HUB_CACHE": str(cache), "TRANSFORMERS_OFFLINE": "1"}
 
 
+def read_only(folder: Path, on: bool) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~0o222 if on else path.stat().st_mode | 0o200)
+
+
 @pytest.mark.timeout(900)
 def test_vllm_serves_from_the_filled_cache_with_the_hub_gone(tmp_path: Path, capsys) -> None:
     repo = HubRepo(MODEL, engine.tiny_models()["llama-gqa"])
@@ -85,12 +93,26 @@ def test_vllm_serves_from_the_filled_cache_with_the_hub_gone(tmp_path: Path, cap
             timeout=300,
         )
         assert filled.returncode == 0, filled.stderr
-    # the Hub is shut down: only the cache can serve the model now
-    server, cache_s = timed_start(tmp_path / "cached", rendered_cache_env(cache))
+    # the Hub is shut down: only the cache can serve the model now; and it is read-only, as every
+    # pod mounts it (a shared cache's volume is ReadOnlyMany too)
+    check = ["fill-model-cache", "--model", MODEL, "--cache-dir", str(cache), "--verify-only"]
+    verified = subprocess.run(
+        [sys.executable, "-m", "llmpack.cli", *check],
+        env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verified.returncode == 0, verified.stderr
+    read_only(cache, True)
     try:
-        answer = completion(server)
+        server, cache_s = timed_start(tmp_path / "cached", rendered_cache_env(cache))
+        try:
+            answer = completion(server)
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        read_only(cache, False)
     assert answer["model"] == MODEL and answer["choices"][0]["text"] is not None
     with capsys.disabled():
         print(

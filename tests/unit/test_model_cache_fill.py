@@ -146,3 +146,103 @@ def test_a_corrupt_file_in_the_cache_is_refused(tmp_path: Path) -> None:
     listed = model_cache.RepoFile("model.safetensors", 8, sha256="0" * 64)
     with pytest.raises(model_cache.CacheFillError, match="does not match the Hub's SHA-256"):
         model_cache.verify(tmp_path, [listed])
+
+
+# -- a cache the cluster admin filled and shares: --verify-only ---------------------------------
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing answers
+
+
+def test_a_shared_cache_is_verified_offline_against_the_record_its_fill_left(tmp_path: Path) -> None:
+    repo = HubRepo(MODEL, model_folder(tmp_path))
+    cache = tmp_path / "cache"
+    with serve_hub(repo) as hub:
+        assert fill(cache, hub.url).returncode == 0
+    record = json.loads((cache / "models--acme--tiny" / "llmpack" / f"{repo.sha}.json").read_text())
+    assert record["gated"] is False and record["private"] is False
+    assert {f["path"]: f["size"] for f in record["files"]}["model.safetensors"] == 4096
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    for revision in ([], ["--revision", repo.sha]):
+        done = fill(cache, UNREACHABLE, "--verify-only", *revision)
+        assert done.returncode == 0, done.stderr
+        assert f"model cache verified: {MODEL}" in done.stdout
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before, "verifying wrote to the cache"
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("corrupt", "model.safetensors in the cache does not match the Hub's SHA-256: ask the cluster admin"),
+        ("truncated", "tokenizer.json has 2 bytes in the cache, the Hub lists"),
+        (
+            "missing",
+            "config.json is missing from the cache: ask the cluster admin to delete the model's folder",
+        ),
+        ("no record", "has no record of its files (models--acme--tiny/llmpack/"),
+        ("other revision", "holds no copy of acme/tiny at revision v2: ask the cluster admin to fill it"),
+        ("empty", "holds no copy of acme/tiny at revision main"),
+    ],
+)
+def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
+    tmp_path: Path, damage: str, says: str
+) -> None:
+    repo = HubRepo(MODEL, model_folder(tmp_path))
+    cache = tmp_path / "cache"
+    with serve_hub(repo) as hub:
+        assert fill(cache, hub.url).returncode == 0
+    snapshot = cache / "models--acme--tiny" / "snapshots" / repo.sha
+    extra: list[str] = []
+    if damage == "corrupt":
+        blob = (snapshot / "model.safetensors").resolve()
+        blob.write_bytes(b"X" * 4096)  # same size, other bytes
+    elif damage == "truncated":
+        (snapshot / "tokenizer.json").resolve().write_bytes(b"{}")
+    elif damage == "missing":
+        (snapshot / "config.json").unlink()
+    elif damage == "no record":
+        (cache / "models--acme--tiny" / "llmpack" / f"{repo.sha}.json").unlink()
+    elif damage == "other revision":
+        extra = ["--revision", "v2"]
+    elif damage == "empty":
+        cache = tmp_path / "empty"
+        cache.mkdir()
+    done = fill(cache, UNREACHABLE, "--verify-only", *extra)
+    assert done.returncode != 0
+    (line,) = done.stdout.splitlines()
+    assert says in line, line
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("token", "hub_up", "says"),
+    [
+        (
+            None,
+            True,
+            "acme/tiny is gated or private, and a shared cache serves it only to a namespace whose own token",
+        ),
+        (
+            "hf_other",
+            True,
+            "the token of spec.model.hfTokenSecretRef may not read acme/tiny: accept its terms",
+        ),
+        ("s3cret", False, "could not ask the Hub whether the token may read acme/tiny"),
+        ("s3cret", True, None),
+    ],
+)
+def test_a_gated_model_in_a_shared_cache_is_served_only_with_a_token_the_hub_grants(
+    tmp_path: Path, token: str | None, hub_up: bool, says: str | None
+) -> None:
+    repo = HubRepo(MODEL, model_folder(tmp_path), token="s3cret")
+    cache = tmp_path / "cache"
+    with serve_hub(repo) as hub:
+        assert fill(cache, hub.url, token="s3cret").returncode == 0
+        record = json.loads((cache / "models--acme--tiny" / "llmpack" / f"{repo.sha}.json").read_text())
+        assert record["gated"] == "manual"
+        done = fill(cache, hub.url if hub_up else UNREACHABLE, "--verify-only", token=token)
+    if says is None:
+        assert done.returncode == 0, done.stdout + done.stderr
+        return
+    assert done.returncode != 0
+    (line,) = done.stdout.splitlines()
+    assert says in line, line

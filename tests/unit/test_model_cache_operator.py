@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_badinput_pure import (
     FakeKube,
     body,
@@ -214,3 +215,169 @@ def test_a_deleted_claim_is_filled_again_before_anything_loads_from_it():
     assert claim in objects(kube, "PersistentVolumeClaim") and fill["metadata"]["name"] in objects(
         kube, "Job"
     )
+
+
+# -- a claim the cluster admin filled and shares (spec.model.cache.claimName) --------------------
+
+SHARED = {**SPEC, "model": {**SPEC["model"], "cache": {"claimName": "models-shared"}}}
+
+
+def admin_claim(kube: FakeKube, *, phase: str = "Bound", uid: str = "uid-1") -> None:
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models-shared", "namespace": "team-a", "uid": uid},
+            "spec": {"accessModes": ["ReadOnlyMany"], "volumeName": "models-team-a"},
+            "status": {"phase": phase},
+        }
+    )
+
+
+def test_a_shared_claim_is_checked_read_only_then_mounted_and_never_written_nor_deleted():
+    kube, again = run(SHARED)
+    admin_claim(kube)
+    status = again()
+    assert status["phase"] == "Pending" and "checking the shared model cache" in status["message"], status
+    assert status["modelCache"] == {
+        "claim": "models-shared",
+        "job": status["modelCache"]["job"],
+        "shared": True,
+        "phase": "Verifying",
+        "message": "reading facebook/opt-1.3b from models-shared",
+    }
+    assert not applied(kube, "PersistentVolumeClaim"), "the admin's claim is not the operator's to apply"
+    (check,) = objects(kube, "Job").values()
+    pod = check["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][-1] == "--verify-only" and container["args"][:4] == [
+        "--model",
+        "facebook/opt-1.3b",
+        "--revision",
+        "main",
+    ]
+    assert {
+        "name": "model-cache",
+        "persistentVolumeClaim": {"claimName": "models-shared", "readOnly": True},
+    } in pod["volumes"]
+    assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+    assert "HF_TOKEN" in {e["name"] for e in container["env"]}, "a gated model's access is asked with it"
+
+    complete(check)
+    status = again()
+    assert status["phase"] == "Profiling" and status["modelCache"]["phase"] == "Ready", status
+    assert status["modelCache"]["message"] == "verified"
+    profiler = next(j for j in objects(kube, "Job").values() if j is not check)
+    assert_offline_from(profiler["spec"]["template"]["spec"], "models-shared")
+    finish_profiling_of(kube, profiler)
+    assert again()["phase"] == "Deploying"
+    (deployment,) = objects(kube, "Deployment").values()
+    assert_offline_from(deployment["spec"]["template"]["spec"], "models-shared")
+
+    # back to a cache of its own: the shared claim is left as it is
+    status = again(SPEC)
+    assert status["modelCache"]["shared"] is False and status["modelCache"]["phase"] == "Filling"
+    assert ("delete", "Job", "team-a", check["metadata"]["name"]) in kube.calls
+    assert not [c for c in kube.calls if c[0] == "delete" and c[1] == "PersistentVolumeClaim"]
+    again({**SPEC, "model": {k: v for k, v in SPEC["model"].items() if k != "cache"}})
+    assert ("PersistentVolumeClaim", "team-a", "models-shared") in kube.objects
+    assert not [
+        c
+        for c in kube.calls
+        if c[1:] == ("PersistentVolumeClaim", "team-a", "models-shared") and c[0] != "get"
+    ]
+
+
+def test_a_shared_claim_that_fails_its_check_says_what_the_admin_must_do():
+    kube, again = run(SHARED)
+    admin_claim(kube)
+    again()
+    (check,) = objects(kube, "Job").values()
+    complete(
+        check,
+        failed_with="model.safetensors in the cache does not match the Hub's SHA-256: ask the cluster admin",
+        kube=kube,
+    )
+    status = again()
+    assert status["phase"] == "Failed" and status["modelCache"]["phase"] == "Failed", status
+    assert status["message"].startswith("checking the shared model cache models-shared failed (Job ")
+    assert (
+        "ask the cluster admin" in status["message"]
+        and "delete the Job to check it again" in status["message"]
+    )
+    assert not objects(kube, "Deployment") and len(objects(kube, "Job")) == 1, (
+        "nothing loads an unchecked cache"
+    )
+
+
+def test_a_shared_claim_made_again_by_the_admin_is_checked_again():
+    kube, again = run(SHARED)
+    admin_claim(kube, uid="uid-1")
+    again()
+    (first,) = objects(kube, "Job").values()
+    complete(first)
+    assert again()["modelCache"]["phase"] == "Ready"
+    admin_claim(kube, uid="uid-2")
+    status = again()
+    assert status["modelCache"]["phase"] == "Verifying", status
+    assert ("delete", "Job", "team-a", first["metadata"]["name"]) in kube.calls
+    assert status["modelCache"]["job"] != first["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("claim", "reason", "says"),
+    [
+        (
+            None,
+            "ModelCacheClaimNotFound",
+            "claim models-shared does not exist in namespace team-a: ask the cluster admin",
+        ),
+        (
+            "Pending",
+            "ModelCacheClaimUnbound",
+            "is Pending, not bound to a volume: ask the cluster admin to bind it",
+        ),
+        ("Lost", "ModelCacheClaimUnbound", "is Lost, not bound to a volume"),
+        ("deleting", "ModelCacheClaimDeleted", "is being deleted (it goes once no pod mounts it)"),
+    ],
+)
+def test_a_shared_claim_not_ready_to_read_is_waited_for_and_looked_at_again(claim, reason, says):
+    kube, again = run(SHARED)
+    if claim == "deleting":
+        admin_claim(kube)
+        kube.objects[("PersistentVolumeClaim", "team-a", "models-shared")]["metadata"][
+            "deletionTimestamp"
+        ] = "now"
+    elif claim is not None:
+        admin_claim(kube, phase=claim)
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
+    outcome = reconciler.reconcile(body(SHARED))
+    status = outcome.status
+    assert status["phase"] == "Pending" and says in status["message"], status
+    cached = next(c for c in status["conditions"] if c["type"] == "ModelCached")
+    assert cached["reason"] == reason and cached["status"] == "False"
+    assert status["modelCache"]["phase"] == "Failed" and status["modelCache"]["shared"] is True
+    assert not objects(kube, "Job"), "nothing reads a claim that is not there to read"
+    assert outcome.retry_after, "no watch sees the admin's claim: the operator looks again"
+    admin_claim(kube)
+    assert again()["modelCache"]["phase"] == "Verifying"
+
+
+@pytest.mark.parametrize(
+    ("cache", "says"),
+    [
+        ({}, "model.cache takes one of size"),
+        ({"size": "1Gi", "claimName": "x"}, "model.cache takes one of size"),
+        (
+            {"claimName": "x", "storageClassName": "nfs"},
+            "storageClassName and accessMode are for a claim the operator makes",
+        ),
+        (
+            {"claimName": "x", "accessMode": "ReadWriteOnce"},
+            "storageClassName and accessMode are for a claim the operator makes",
+        ),
+    ],
+)
+def test_a_cache_is_either_the_operators_or_the_admins(cache, says):
+    with pytest.raises(ValueError, match=says):
+        LLMDeploymentSpec.model_validate({**SPEC, "model": {**SPEC["model"], "cache": cache}})

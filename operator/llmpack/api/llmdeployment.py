@@ -259,27 +259,67 @@ MODEL_RULES: tuple[Rule[ModelSpec], ...] = (
 )
 
 
-class ModelCacheSpec(CamelModel):
-    """A PersistentVolumeClaim the operator fills once with the model's files (a Job running
-    `llmpack fill-model-cache`), which the profiling Job and every serving pod mount read-only and
-    load from offline, instead of each pod downloading the model at every start."""
+# A cache is one of two kinds: a claim the operator makes and fills in the LLMDeployment's
+# namespace (size), or a claim the cluster admin filled and shares (claimName).
+MODEL_CACHE_RULES: tuple[Rule[ModelCacheSpec], ...] = (
+    Rule(
+        cel="has(self.size) != has(self.claimName)",
+        holds=lambda c: (c.size is None) != (c.claim_name is None),
+        message="model.cache takes one of size (the operator makes a claim of that size in this "
+        "namespace and fills it) or claimName (a claim the cluster admin filled and shares with this "
+        "namespace)",
+    ),
+    Rule(
+        cel="!has(self.claimName) || (!has(self.storageClassName) && !has(self.accessMode))",
+        holds=lambda c: c.claim_name is None or (c.storage_class_name is None and c.access_mode is None),
+        message="model.cache.storageClassName and accessMode are for a claim the operator makes "
+        "(size); the claim of claimName already has its own: remove them",
+    ),
+)
 
-    size: Quantity = Field(
+
+class ModelCacheSpec(CamelModel):
+    """Where the model's files are cached, so that the profiling Job and every serving pod mount
+    them read-only and load offline instead of downloading the model at every start: a
+    PersistentVolumeClaim the operator makes and fills once (a Job running `llmpack
+    fill-model-cache`), or one the cluster admin filled and shares with the namespace, which the
+    operator checks (`llmpack fill-model-cache --verify-only`) and never writes or deletes."""
+
+    model_config = ConfigDict(json_schema_extra=cel_validations(MODEL_CACHE_RULES))
+
+    size: Quantity | None = Field(
+        None,
         description="Storage to claim: room for the weights as published (safetensors; twice the bytes "
-        "on the GPU where the engine quantizes at load), e.g. 20Gi for a 7B model in bf16."
+        "on the GPU where the engine quantizes at load), e.g. 20Gi for a 7B model in bf16. The "
+        "operator makes the claim in this namespace and fills it. One of size and claimName.",
+    )
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="An existing PersistentVolumeClaim of this namespace holding the model, filled by "
+        "`llmpack fill-model-cache` (the cluster admin's shared cache: one volume bound into several "
+        "namespaces). Checked against the record the fill left before anything loads from it; a gated "
+        "or private model also needs hfTokenSecretRef, with a token the Hub lets read it. Never "
+        "written or deleted by the operator. One of size and claimName.",
     )
     storage_class_name: str | None = Field(
         None,
         min_length=1,
         max_length=253,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        description="StorageClass of the claim. Default: the cluster's default StorageClass.",
+        description="With size: StorageClass of the claim. Default: the cluster's default StorageClass.",
     )
-    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
-        "ReadWriteMany",
-        description="ReadWriteMany (the default) lets pods on every node mount the cache; with "
-        "ReadWriteOnce every pod that mounts it must run on the one node the volume attaches to.",
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] | None = Field(
+        None,
+        description="With size: ReadWriteMany (the default) lets pods on every node mount the cache; "
+        "with ReadWriteOnce every pod that mounts it must run on the one node the volume attaches to.",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelCacheSpec:
+        return _check(MODEL_CACHE_RULES, self)
 
 
 class ModelSpec(CamelModel):
@@ -317,9 +357,10 @@ class ModelSpec(CamelModel):
     )
     cache: ModelCacheSpec | None = Field(
         None,
-        description="Download the model once into a PersistentVolumeClaim of this namespace that the "
-        "profiling Job and the serving pods mount read-only (HF_HUB_OFFLINE). Default: each pod "
-        "downloads the model into its own scratch volume at every start.",
+        description="Load the model from a PersistentVolumeClaim of this namespace that the profiling "
+        "Job and the serving pods mount read-only (HF_HUB_OFFLINE): one the operator fills once "
+        "(size), or one the cluster admin filled and shares (claimName). Default: each pod downloads "
+        "the model into its own scratch volume at every start.",
     )
 
     @model_validator(mode="after")
@@ -1258,9 +1299,17 @@ class RecommendationStatus(CamelModel):
 class ModelCacheStatus(CamelModel):
     claim: str = Field(description="The PersistentVolumeClaim holding the model's files.")
     job: str = Field(
-        description="The Job that fills it (kept: its success is the record that the cache is full)."
+        description="The Job that fills it, or checks a shared one (kept: its success is the record "
+        "that the cache is full)."
     )
-    phase: Literal["Filling", "Ready", "Failed"] = Field(description="Filling, Ready or Failed.")
+    shared: bool = Field(
+        False,
+        description="The claim is the cluster admin's (spec.model.cache.claimName): checked, never "
+        "written or deleted.",
+    )
+    phase: Literal["Filling", "Verifying", "Ready", "Failed"] = Field(
+        description="Filling (the operator's own claim), Verifying (a shared claim), Ready or Failed."
+    )
     message: str = Field("", description="What the fill is doing, or why it failed.")
 
 

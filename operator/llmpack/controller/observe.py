@@ -12,7 +12,9 @@ What it reads, and from where:
   FailedResourceClaimCreation events (one LIST, by field selector). The claim is created by the
   controller-manager, not by a controller whose status the operator watches, so its refusal (a
   ResourceQuota on the DRA device class: `<class>.deviceclass.resource.k8s.io/devices`) is told
-  only in an event on the pod.
+  only in an event on the pod;
+- only for spec.model.cache.claimName: that PersistentVolumeClaim (one GET a pass), the cluster
+  admin's, which carries none of llmpack's labels.
 
 Objects count as this LLMDeployment's only when they carry its labels and its owner reference
 (its uid): an object a tenant labels to look like llmpack's is never read, nor deleted.
@@ -24,7 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from llmpack.api.llmdeployment import API_VERSION, KIND
+from llmpack.api.llmdeployment import API_VERSION, KIND, LLMDeploymentSpec
 from llmpack.controller import metrics
 from llmpack.controller.cache import ProfileCache
 from llmpack.controller.status import deployment_problem
@@ -110,7 +112,15 @@ class Observer:
             model_caches=self._model_caches(namespace, name, uid),
             model_cache_claims=self._model_cache_claims(namespace, name, uid, deleted=False),
             model_cache_claims_deleted=self._model_cache_claims(namespace, name, uid, deleted=True),
+            shared_cache_claim=self._shared_cache_claim(namespace, admission.spec),
         )
+
+    def _shared_cache_claim(self, namespace: str, spec: LLMDeploymentSpec) -> Object | None:
+        """The admin's claim of spec.model.cache.claimName: one GET a pass, only for such a spec."""
+        cache = spec.model.cache
+        if cache is None or cache.claim_name is None:
+            return None
+        return self.kube.get("PersistentVolumeClaim", namespace, cache.claim_name)
 
     @staticmethod
     def _cache_labels(name: str) -> dict[str, str]:

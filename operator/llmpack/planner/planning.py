@@ -270,16 +270,18 @@ def profiling_plan(
 
 
 def model_cache_claim(owner: str, spec: LLMDeploymentSpec) -> str | None:
-    """The claim of spec.model.cache, or None without one."""
+    """The claim of spec.model.cache (the admin's shared one, or the operator's own), or None
+    without one."""
     if spec.model.cache is None:
         return None
-    return model_cache_name(owner, spec.model.name, spec.model.revision)
+    return spec.model.cache.claim_name or model_cache_name(owner, spec.model.name, spec.model.revision)
 
 
 def model_cache_plan(
     *, name: str, namespace: str, owner: OwnerRef, spec: LLMDeploymentSpec, image: str
 ) -> ModelCachePlan | None:
-    """The cache of spec.model.cache (filled in the profiler's image, which has the fill command)."""
+    """The cache of spec.model.cache (filled, or a shared one checked, in the profiler's image,
+    which has the fill command)."""
     cache, claim = spec.model.cache, model_cache_claim(name, spec)
     if cache is None or claim is None:
         return None
@@ -290,9 +292,9 @@ def model_cache_plan(
         owner=owner,
         model=spec.model.name,
         revision=spec.model.revision,
-        size=str(cache.size),
+        size=None if cache.size is None else str(cache.size),
         storage_class_name=cache.storage_class_name,
-        access_mode=cache.access_mode,
+        access_mode=cache.access_mode or "ReadWriteMany",
         image=spec.profiling.image or image,
         hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
     )

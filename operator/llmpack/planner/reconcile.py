@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -52,12 +52,13 @@ from llmpack.planner.membership import member_plan, member_recommendation, pool_
 from llmpack.planner.outcome import Event, EventType, ObjectRef, Outcome
 from llmpack.planner.pool_pass import gpus_worth
 from llmpack.planner.refusal import Refused
-from llmpack.planner.snapshot import ApplyRefusal, JobSeen, Settings, Snapshot
+from llmpack.planner.snapshot import ApplyRefusal, JobSeen, Object, Settings, Snapshot
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.model_cache import render_model_cache
 from llmpack.render.plan import (
     ANNOTATION_CONFIG_HASH,
     PROFILE_DATA_KEY,
+    ModelCachePlan,
     ProfilingPlan,
     ServingPlan,
     profile_cache_name,
@@ -223,12 +224,17 @@ def _stop(refused: Refused) -> Stop:
 
 
 def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings: Settings) -> Stop | None:
-    """Fill the model cache of spec.model.cache before anything loads the model (the profiling Job
-    and the serving pods load it offline); None once it is full, or without one. Caches and fill
-    Jobs of another model, revision or token are pruned; their claims once the new cache is full
-    (pods still serving from an old one can restart meanwhile), and then only once no pod mounts
-    them (their kubernetes.io/pvc-protection finalizer waits for that)."""
+    """Fill the model cache of spec.model.cache, or check the admin's shared one, before anything
+    loads the model (the profiling Job and the serving pods load it offline); None once it is
+    full, or without one. Caches and Jobs of another model, revision or token are pruned; the
+    operator's own claims once the new cache is full (pods still serving from an old one can
+    restart meanwhile), and then only once no pod mounts them (their kubernetes.io/pvc-protection
+    finalizer waits for that). A shared claim is never written nor deleted."""
     plan = planner.model_cache(admitted.spec, snapshot.context)
+    shared = snapshot.shared_cache_claim
+    if plan is not None and plan.shared and shared is not None:
+        # the check holds for this claim only: one the admin made again is checked again
+        plan = plan.model_copy(update={"claim_uid": shared["metadata"].get("uid")})
     namespace = snapshot.context.namespace
     for seen in snapshot.model_caches:
         if plan is None or seen.name != plan.job:
@@ -246,53 +252,113 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
     refused = snapshot.refused
     if refused is not None and refused.name in (plan.name, plan.job):
         status.model_cache = ModelCacheStatus(
-            claim=plan.name, job=plan.job, phase="Failed", message=refused.message
+            claim=plan.name, job=plan.job, shared=plan.shared, phase="Failed", message=refused.message
         )
         return _refused(
             refused, MODEL_CACHED, serving=_serving_now(snapshot), settings=settings, namespace=namespace
         )
-    if plan.name in snapshot.model_cache_claims_deleted:
-        # a user deleted the claim (clearing a corrupt cache): what the Job filled is going, so its
-        # success says nothing any more; a new claim can be made only once the old one is gone, and
-        # it goes only once no pod mounts it: the serving pods are stopped (they could not restart
-        # on a claim being deleted either) and come back once the new cache is full
-        if current is not None:
-            draft.delete.append(ObjectRef("Job", namespace, plan.job))
-        draft.delete += [
-            ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
-        ]
-        gone = (
-            f"the model cache's claim {plan.name} was deleted: the serving pods that mount it are "
-            "stopped so that it goes (kubernetes.io/pvc-protection); then it is filled again and they start"
-        )
-        status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Filling", message=gone)
-        return Stop("Pending", MODEL_CACHED, "Filling", gone, value=None)
-    if current is not None and plan.name not in snapshot.model_cache_claims:
+    if plan.shared:
+        unusable = _shared_claim_problem(plan, shared, namespace)
+        if unusable is not None:
+            status.model_cache = ModelCacheStatus(
+                claim=plan.name, job=plan.job, shared=True, phase="Failed", message=unusable.message
+            )
+            return unusable
+    elif plan.name in snapshot.model_cache_claims_deleted:
+        return _own_claim_deleted(snapshot, plan, current, draft)
+    elif current is not None and plan.name not in snapshot.model_cache_claims:
         draft.delete.append(ObjectRef("Job", namespace, plan.job))  # its claim is gone: fill the new one
         current = None
     draft.apply += render_model_cache(plan)
+    return _cache_job_state(plan, current, admitted, draft)
+
+
+def _shared_claim_problem(plan: ModelCachePlan, claim: Object | None, namespace: str) -> Stop | None:
+    """Why the admin's claim cannot be read yet (not there, not bound, going), as a wait that is
+    looked at again (no watch sees the admin's claim); None where it is bound."""
+    where = f"the shared model cache's claim {plan.name}"
+    if claim is None:
+        why = (
+            f"{where} does not exist in namespace {namespace}: ask the cluster admin to make it "
+            "(bound to the volume holding the cache), or set spec.model.cache.size for a cache of "
+            "this namespace's own"
+        )
+        return Stop("Pending", MODEL_CACHED, "ModelCacheClaimNotFound", why, retry=True)
+    if claim["metadata"].get("deletionTimestamp"):
+        why = (
+            f"{where} is being deleted (it goes once no pod mounts it): ask the cluster admin which "
+            "claim replaces it, and set spec.model.cache.claimName to that"
+        )
+        return Stop("Pending", MODEL_CACHED, "ModelCacheClaimDeleted", why, retry=True)
+    bound = (claim.get("status") or {}).get("phase")
+    if bound != "Bound":
+        why = (
+            f"{where} is {bound or 'Pending'}, not bound to a volume: ask the cluster admin to bind it "
+            "to the volume holding the cache"
+        )
+        return Stop("Pending", MODEL_CACHED, "ModelCacheClaimUnbound", why, retry=True)
+    return None
+
+
+def _own_claim_deleted(
+    snapshot: Snapshot, plan: ModelCachePlan, current: JobSeen | None, draft: _Draft
+) -> Stop:
+    """A user deleted the operator's claim (clearing a corrupt cache): what the Job filled is going,
+    so its success says nothing any more; a new claim can be made only once the old one is gone,
+    and it goes only once no pod mounts it: the serving pods are stopped (they could not restart
+    on a claim being deleted either) and come back once the new cache is full."""
+    namespace = snapshot.context.namespace
+    if current is not None:
+        draft.delete.append(ObjectRef("Job", namespace, plan.job))
+    draft.delete += [
+        ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
+    ]
+    gone = (
+        f"the model cache's claim {plan.name} was deleted: the serving pods that mount it are "
+        "stopped so that it goes (kubernetes.io/pvc-protection); then it is filled again and they start"
+    )
+    draft.status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Filling", message=gone)
+    return Stop("Pending", MODEL_CACHED, "Filling", gone, value=None)
+
+
+def _cache_job_state(
+    plan: ModelCachePlan, current: JobSeen | None, admitted: Admitted, draft: _Draft
+) -> Stop | None:
+    """The fill (or check) Job's state as the cache's: None once it succeeded."""
+    status, model = draft.status, admitted.spec.model.name
     done = _job_conditions(current.job) if current is not None else {}
+    which = "the shared model cache" if plan.shared else "the model cache"
     if "Complete" in done:
-        status.model_cache = ModelCacheStatus(claim=plan.name, job=plan.job, phase="Ready", message="filled")
-        draft.condition(MODEL_CACHED, True, "Filled", f"{admitted.spec.model.name} is in {plan.name}")
+        verb = "verified" if plan.shared else "filled"
+        status.model_cache = ModelCacheStatus(
+            claim=plan.name, job=plan.job, shared=plan.shared, phase="Ready", message=verb
+        )
+        draft.condition(MODEL_CACHED, True, verb.capitalize(), f"{model} is in {plan.name}")
         return None
     if "Failed" in done:
         assert current is not None
         why = termination_message(list(current.pods)) or done["Failed"].get("message") or "no reason given"
+        doing = "checking" if plan.shared else "filling"
         message = (
-            f"filling the model cache {plan.name} failed (Job {plan.job}): {why}. Fix what it names, "
-            f"then delete the Job to fill it again with the same spec"
+            f"{doing} {which} {plan.name} failed (Job {plan.job}): {why}. Fix what it names, "
+            f"then delete the Job to {'check' if plan.shared else 'fill'} it again with the same spec"
         )
         status.model_cache = ModelCacheStatus(
-            claim=plan.name, job=plan.job, phase="Failed", message=why[:1000]
+            claim=plan.name, job=plan.job, shared=plan.shared, phase="Failed", message=why[:1000]
         )
         return Stop("Failed", MODEL_CACHED, "ModelCacheFailed", message)
     waiting = next((p for p in map(pod_problem, current.pods) if p), None) if current else None
-    doing = waiting or f"downloading {admitted.spec.model.name} into {plan.name}"
+    if plan.shared:
+        doing = waiting or f"reading {model} from {plan.name}"
+        phase: Literal["Filling", "Verifying"] = "Verifying"
+    else:
+        doing = waiting or f"downloading {model} into {plan.name}"
+        phase = "Filling"
     status.model_cache = ModelCacheStatus(
-        claim=plan.name, job=plan.job, phase="Filling", message=doing[:1000]
+        claim=plan.name, job=plan.job, shared=plan.shared, phase=phase, message=doing[:1000]
     )
-    return Stop("Pending", MODEL_CACHED, "Filling", f"filling the model cache: {doing}", value=None)
+    verb = "checking" if plan.shared else "filling"
+    return Stop("Pending", MODEL_CACHED, phase, f"{verb} {which}: {doing}", value=None)
 
 
 # -- the profile and its Job ---------------------------------------------------------------------

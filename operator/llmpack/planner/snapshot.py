@@ -114,3 +114,6 @@ class Snapshot:
     model_cache_claims: tuple[str, ...] = ()  # the PersistentVolumeClaims of those caches
     # claims deleted but still held by pods that mount them (kubernetes.io/pvc-protection)
     model_cache_claims_deleted: tuple[str, ...] = ()
+    # the cluster admin's claim of spec.model.cache.claimName as the API server has it (a GET: it
+    # carries none of llmpack's labels, so no watch of the operator's holds it); None: not found
+    shared_cache_claim: Object | None = None

@@ -3,14 +3,22 @@ in the layout vLLM reads offline (huggingface_hub's cache: models--ORG--NAME/sna
 so the profiling Job and every serving pod mount it read-only with HF_HUB_CACHE pointing at it.
 
     llmpack fill-model-cache --model ORG/NAME [--revision REV] --cache-dir DIR
-        [--termination-log PATH]
+        [--verify-only] [--termination-log PATH]
 
 It fetches what vLLM's default loader reads offline (vllm/model_executor/model_loader/,
 load format auto): the files of the first of *.safetensors, *.bin, *.pt the repo has, outside
 original/**/*, plus every file that holds no weights (config, tokenizer, generation config).
 Before downloading it checks that the files fit the free space; after, that every file has its
 listed size and every LFS file its SHA-256, so a cache that was cut short or corrupted is refused
-here, not by a crash-looping vLLM. Running it again over a full cache downloads nothing.
+here, not by a crash-looping vLLM. Running it again over a full cache downloads nothing. It
+leaves a record of what it filled beside the snapshot (models--ORG--NAME/llmpack/COMMIT.json:
+every file with its size and SHA-256, and whether the Hub gates the model or keeps it private).
+
+With --verify-only it writes and downloads nothing: it checks a cache someone else filled (a
+volume the cluster admin shares with several namespaces) against that record, offline, and for
+a gated or private model asks the Hub whether $HF_TOKEN may read it (huggingface_hub's
+auth_check): a gated model is served from a shared cache only to a namespace whose own token
+is granted, so the files never reach a namespace that could not download them itself.
 
 Failures end with exit code 2 and one line in the termination message that says what to change:
 a gated or private model without a token that may read it, an unknown revision, a full disk.
@@ -18,7 +26,9 @@ The token, if any, comes from $HF_TOKEN (huggingface_hub reads it); the Hub from
 
 Limits: models on the Hub (or a server speaking its API) only; no object storage (vLLM's
 Run:ai streamer reads those without a cache); sharded GGUF and custom load formats are not
-special-cased (every file of the chosen weight format is fetched).
+special-cased (every file of the chosen weight format is fetched). --verify-only accepts only a
+cache this command filled (it needs the record); it reads every file once, so it takes as long
+as reading the weights from the volume.
 """
 
 from __future__ import annotations
@@ -27,7 +37,10 @@ import argparse
 import errno
 import fnmatch
 import hashlib
+import json
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +62,13 @@ VLLM_IGNORE_PATTERNS = ("original/**/*",)
 # original/consolidated.*.pth alone is as large as the model).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
 GIB = 1024**3
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# What to do about a file that fails the check, in a cache the operator filled and in a shared one.
+REFILL_OWN = "delete the cache's PersistentVolumeClaim to fill it again"
+REFILL_SHARED = (
+    "ask the cluster admin to delete the model's folder (models--ORG--NAME) from the shared volume "
+    "and fill it again"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,40 @@ class RepoFile:
     sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class Record:
+    """What a fill left beside the snapshot: the files it verified, and whether the Hub restricts
+    the model (gated: "auto" or "manual" as the Hub's model info says; private)."""
+
+    model: str
+    commit: str
+    files: tuple[RepoFile, ...]
+    gated: str | bool = False
+    private: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        """Only a token that may read it on the Hub may be served it."""
+        return bool(self.gated) or self.private
+
+    def to_json(self) -> str:
+        files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]
+        body = {"model": self.model, "commit": self.commit, "gated": self.gated, "private": self.private}
+        return json.dumps({**body, "files": files}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        data = json.loads(text)
+        files = tuple(RepoFile(f["path"], int(f["size"]), f.get("sha256")) for f in data["files"])
+        return cls(
+            model=str(data["model"]),
+            commit=str(data["commit"]),
+            files=files,
+            gated=data.get("gated") or False,
+            private=bool(data.get("private")),
+        )
+
+
 class CacheFillError(UserError):
     """A reason the cache cannot be filled, phrased as what to change."""
 
@@ -68,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hub id, ORG/NAME")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     parser.add_argument("--cache-dir", required=True, type=Path, help="the cache folder (HF_HUB_CACHE)")
+    parser.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="check a cache this command filled, offline (the Hub only for a gated model's access); "
+        "write nothing",
+    )
     parser.add_argument(
         "--termination-log",
         default=None,
@@ -80,11 +140,15 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        folder = fill(model=args.model, revision=args.revision, cache_dir=args.cache_dir)
+        if args.verify_only:
+            folder = verify_shared(model=args.model, revision=args.revision, cache_dir=args.cache_dir)
+        else:
+            folder = fill(model=args.model, revision=args.revision, cache_dir=args.cache_dir)
     except CacheFillError as err:
         write_termination_log(str(err), args.termination_log)  # the status says what failed
         raise
-    write_termination_log(f"model cache ready: {args.model} in {folder}", args.termination_log)
+    done = "verified" if args.verify_only else "ready"
+    write_termination_log(f"model cache {done}: {args.model} in {folder}", args.termination_log)
     print(folder)
     return 0
 
@@ -117,7 +181,81 @@ def fill(*, model: str, revision: str | None, cache_dir: Path) -> Path:
         # commit (so a push to the branch mid-download cannot mix two commits), wrote none
         _write_ref(cache_dir, model, revision or "main", commit)
     verify(folder, files)
+    record = Record(model, commit, tuple(files), gated=info.gated or False, private=bool(info.private))
+    _write_record(cache_dir, record)
     return folder
+
+
+def verify_shared(*, model: str, revision: str | None, cache_dir: Path) -> Path:
+    """Check a cache filled by `fill` (a volume shared by the cluster admin), writing nothing: the
+    snapshot of `revision`, every file against the record, and for a restricted model that
+    $HF_TOKEN may read it on the Hub; the snapshot folder. Raises CacheFillError with what to change."""
+    wanted = revision or "main"
+    commit = resolve_revision(cache_dir, model, wanted)
+    if commit is None:
+        raise CacheFillError(
+            f"the shared model cache holds no copy of {model} at revision {wanted}: ask the cluster "
+            f"admin to fill it (llmpack fill-model-cache --model {model} --revision {wanted} "
+            "--cache-dir <the volume>)"
+        )
+    path = _record_path(cache_dir, model, commit)
+    if not path.is_file():
+        raise CacheFillError(
+            f"the shared model cache's copy of {model} at {commit[:12]} has no record of its files "
+            f"({path.relative_to(cache_dir)}): it was not filled by llmpack fill-model-cache; ask the "
+            "cluster admin to fill it with that command"
+        )
+    record = Record.from_json(path.read_text(encoding="utf-8"))
+    folder = _repo_folder(cache_dir, model) / "snapshots" / commit
+    verify(folder, list(record.files), remedy=REFILL_SHARED)
+    if record.restricted:
+        check_access(model)
+    return folder
+
+
+def resolve_revision(cache_dir: Path, model: str, revision: str) -> str | None:
+    """The commit `revision` names in the cache (a commit names itself), as huggingface_hub
+    resolves it offline (refs/REVISION); None where the cache has no such snapshot."""
+    repo = _repo_folder(cache_dir, model)
+    ref = repo / "refs" / revision
+    commit = (
+        revision
+        if COMMIT.match(revision)
+        else (ref.read_text(encoding="utf-8").strip() if ref.is_file() else None)
+    )
+    if commit is None or not (repo / "snapshots" / commit).is_dir():
+        return None
+    return commit
+
+
+def check_access(model: str) -> None:
+    """A gated or private model is served from a shared cache only where $HF_TOKEN may read it on
+    the Hub (GET /api/models/ORG/NAME/auth-check)."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if not get_token():
+        raise CacheFillError(
+            f"{model} is gated or private, and a shared cache serves it only to a namespace whose own "
+            "token may read it: set spec.model.hfTokenSecretRef to a Secret holding such a token"
+        )
+    try:
+        HfApi().auth_check(model)
+    except GatedRepoError as err:
+        raise CacheFillError(
+            f"the token of spec.model.hfTokenSecretRef may not read {model}: accept its terms on the Hub "
+            "with that token's account, or give the token of an account that was granted access"
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise CacheFillError(
+            f"the token of spec.model.hfTokenSecretRef may not read {model} (private, or not found on "
+            "the Hub): give the token of an account that may read it"
+        ) from err
+    except Exception as err:  # the network's: the Job's retries ask again
+        raise CacheFillError(
+            f"could not ask the Hub whether the token may read {model}: {type(err).__name__}: "
+            f"{_first_line(err)}"
+        ) from err
 
 
 def chosen_files(files: list[RepoFile]) -> list[RepoFile]:
@@ -153,22 +291,19 @@ def check_space(files: list[RepoFile], cache_dir: Path) -> None:
         )
 
 
-def verify(folder: Path, files: list[RepoFile]) -> None:
-    """Every file present with its listed size, every LFS file with its SHA-256."""
+def verify(folder: Path, files: list[RepoFile], *, remedy: str = REFILL_OWN) -> None:
+    """Every file present with its listed size, every LFS file with its SHA-256; `remedy` says
+    what to do about one that is not."""
     for f in files:
         path = folder / f.path
         if not path.is_file():
-            raise CacheFillError(f"{f.path} is missing from the cache after the download")
+            raise CacheFillError(f"{f.path} is missing from the cache: {remedy}")
         if path.stat().st_size != f.size:
             raise CacheFillError(
-                f"{f.path} has {path.stat().st_size} bytes in the cache, the Hub lists {f.size}: "
-                "delete the cache's PersistentVolumeClaim to fill it again"
+                f"{f.path} has {path.stat().st_size} bytes in the cache, the Hub lists {f.size}: {remedy}"
             )
         if f.sha256 and _sha256(path) != f.sha256:
-            raise CacheFillError(
-                f"{f.path} in the cache does not match the Hub's SHA-256: delete the cache's "
-                "PersistentVolumeClaim to fill it again"
-            )
+            raise CacheFillError(f"{f.path} in the cache does not match the Hub's SHA-256: {remedy}")
 
 
 def explain(err: BaseException, *, model: str, revision: str | None) -> str:
@@ -209,8 +344,27 @@ def _repo_file(sibling: Any) -> RepoFile:
     )
 
 
+def _repo_folder(cache_dir: Path, model: str) -> Path:
+    """huggingface_hub's folder of a model in its cache."""
+    return cache_dir / f"models--{model.replace('/', '--')}"
+
+
+def _record_path(cache_dir: Path, model: str, commit: str) -> Path:
+    """Beside refs/, snapshots/ and blobs/, which huggingface_hub's cache scan only reads."""
+    return _repo_folder(cache_dir, model) / "llmpack" / f"{commit}.json"
+
+
+def _write_record(cache_dir: Path, record: Record) -> None:
+    """Written last and whole (a rename): a record means every file it lists was verified."""
+    path = _record_path(cache_dir, record.model, record.commit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(record.to_json(), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _write_ref(cache_dir: Path, model: str, revision: str, commit: str) -> None:
-    ref = cache_dir / f"models--{model.replace('/', '--')}" / "refs" / revision  # refs/pr/1 nests
+    ref = _repo_folder(cache_dir, model) / "refs" / revision  # refs/pr/1 nests
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit, encoding="utf-8")
 

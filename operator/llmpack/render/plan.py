@@ -221,25 +221,39 @@ class ProfilingPlan(Frozen):
 
 
 class ModelCachePlan(Frozen):
-    """The model cache of one LLMDeployment: a PersistentVolumeClaim and the Job that fills it."""
+    """The model cache of one LLMDeployment: a PersistentVolumeClaim and the Job that fills it,
+    or, for a claim the cluster admin shares, the Job that checks it."""
 
     name: str = Field(description="Name of the claim and of its fill Job.")
     namespace: str
     owner: OwnerRef
     model: str
     revision: str | None = None
-    size: str = Field(description="The claim's storage request, a Kubernetes quantity.")
+    size: str | None = Field(
+        None, description="The claim's storage request, a Kubernetes quantity; None: the admin's claim."
+    )
     storage_class_name: str | None = None
     access_mode: str = "ReadWriteMany"
     image: str = Field(description="An image with `llmpack fill-model-cache` (the profiler's).")
     hf_token_secret: SecretKey | None = None
+    claim_uid: str | None = Field(
+        None, description="A shared claim's uid as observed: one made again is checked again."
+    )
+
+    @property
+    def shared(self) -> bool:
+        """The claim is the cluster admin's (spec.model.cache.claimName): checked, never written."""
+        return self.size is None
 
     @property
     def job(self) -> str:
-        """The fill Job: `<claim>-<hash of how it fills>`. A Job's pod template is immutable, so a
-        new token Secret or image is a new Job (the old one pruned), while a failed Job of the
-        same inputs stays failed until deleted (its failure is the status)."""
+        """The fill Job, or the check Job of a shared claim: `<claim>-<hash of what it does>`. A
+        Job's pod template is immutable, so a new token Secret or image is a new Job (the old one
+        pruned), while a failed Job of the same inputs stays failed until deleted (its failure is
+        the status)."""
         how = self.model_dump(mode="json", include={"model", "revision", "image", "hf_token_secret"})
+        if self.shared:
+            how |= {"verifyOnly": True, "claimUid": self.claim_uid}
         return kube_name(self.name, stable_hash(how)[:6])
 
 
