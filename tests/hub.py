@@ -73,6 +73,11 @@ def _sibling(entry: dict[str, Any]) -> dict[str, Any]:
     return sibling
 
 
+def git_blob_id(data: bytes) -> str:
+    """git's id of a file (`git hash-object`), which the Hub lists as a file's oid and ETag."""
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+
+
 def _lfs(name: str) -> bool:
     return name.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf"))
 
@@ -146,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             "type": "file",
             "path": name,
             "size": len(data),
-            "oid": hashlib.sha1(data).hexdigest(),
+            "oid": git_blob_id(data),
         }
         if _lfs(name):
             entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
@@ -162,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in repo.files:
             return self._error(404, "EntryNotFound")
         data = file.read_bytes()
-        etag = hashlib.sha256(data).hexdigest() if _lfs(name) else hashlib.sha1(data).hexdigest()
+        etag = hashlib.sha256(data).hexdigest() if _lfs(name) else git_blob_id(data)
         self.send_response(200)
         self.send_header("X-Repo-Commit", repo.sha)
         self.send_header("ETag", f'"{etag}"')

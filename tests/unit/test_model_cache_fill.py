@@ -136,7 +136,7 @@ def test_a_cache_too_small_is_refused_before_downloading(
         model_cache.CacheFillError,
         match=r"needs 10.0 GiB and the cache volume has 2.0 GiB free: raise spec.model.cache.size",
     ):
-        model_cache.check_space(files, tmp_path / "cache")
+        model_cache.check_space(files, tmp_path / "cache", model=MODEL)
 
 
 def test_a_corrupt_file_in_the_cache_is_refused(tmp_path: Path) -> None:
@@ -176,11 +176,24 @@ def test_a_shared_cache_is_verified_offline_against_the_record_its_fill_left(tmp
         ("truncated", "tokenizer.json has 2 bytes in the cache, the Hub lists"),
         (
             "missing",
-            "config.json is missing from the cache: ask the cluster admin to delete the model's folder",
+            "config.json is missing from the cache: ask the cluster admin to fill the model again",
         ),
         ("no record", "has no record of its files (models--acme--tiny/llmpack/"),
         ("other revision", "holds no copy of acme/tiny at revision v2: ask the cluster admin to fill it"),
         ("empty", "holds no copy of acme/tiny at revision main"),
+        (
+            "config edited",
+            "config.json in the cache does not match the Hub's git blob id: ask the cluster admin",
+        ),
+        (
+            "extra weights",
+            "evil.safetensors is in the shared cache's copy of acme/tiny but not in the record",
+        ),
+        ("extra code", "modeling_evil.py is in the shared cache's copy of acme/tiny but not in the record"),
+        ("other record", "has the record of acme/other at"),
+        ("broken record", "has a broken record (Expecting property name"),
+        ("record outside", "../../../../outside points outside the model's folder of the cache"),
+        ("record without weights", "has a record that lists no weights"),
     ],
 )
 def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
@@ -206,6 +219,24 @@ def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
     elif damage == "empty":
         cache = tmp_path / "empty"
         cache.mkdir()
+    elif damage == "config edited":
+        config = (snapshot / "config.json").resolve()
+        config.write_text(config.read_text().replace("llama", "LLAMA"))  # same size
+    elif damage in ("extra weights", "extra code"):
+        (snapshot / ("evil.safetensors" if damage == "extra weights" else "modeling_evil.py")).write_bytes(
+            b"x"
+        )
+    else:
+        path = cache / "models--acme--tiny" / "llmpack" / f"{repo.sha}.json"
+        record = json.loads(path.read_text())
+        if damage == "other record":
+            record["model"] = "acme/other"
+        elif damage == "record outside":
+            (tmp_path / "outside").write_text("x")
+            record["files"].append({"path": "../../../../outside", "size": 1})
+        elif damage == "record without weights":
+            record["files"] = [f for f in record["files"] if not f["path"].endswith(".safetensors")]
+        path.write_text("{not json" if damage == "broken record" else json.dumps(record))
     done = fill(cache, UNREACHABLE, "--verify-only", *extra)
     assert done.returncode != 0
     (line,) = done.stdout.splitlines()

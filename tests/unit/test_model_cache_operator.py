@@ -310,18 +310,81 @@ def test_a_shared_claim_that_fails_its_check_says_what_the_admin_must_do():
     )
 
 
-def test_a_shared_claim_made_again_by_the_admin_is_checked_again():
-    kube, again = run(SHARED)
+def serving_from_the_shared_claim(kube: FakeKube, again) -> dict[str, Any]:
+    """Checked, profiled and serving; the check Job."""
     admin_claim(kube, uid="uid-1")
     again()
-    (first,) = objects(kube, "Job").values()
-    complete(first)
-    assert again()["modelCache"]["phase"] == "Ready"
+    (check,) = objects(kube, "Job").values()
+    assert check["metadata"]["annotations"]["llmpack.io/claim-uid"] == "uid-1"
+    complete(check)
+    again()
+    profiler = next(j for j in objects(kube, "Job").values() if j is not check)
+    finish_profiling_of(kube, profiler)
+    assert again()["phase"] == "Deploying"
+    assert objects(kube, "Deployment")
+    return check
+
+
+def deployments_deleted(kube: FakeKube) -> bool:
+    return any(c[0] == "delete" and c[1] == "Deployment" for c in kube.calls)
+
+
+def test_a_shared_claim_made_again_by_the_admin_stops_serving_until_it_is_checked_again():
+    """Pods that start after the admin replaced the claim would mount what nobody checked."""
+    kube, again = run(SHARED)
+    check = serving_from_the_shared_claim(kube, again)
     admin_claim(kube, uid="uid-2")
     status = again()
+    assert status["phase"] == "Pending" and status["modelCache"]["phase"] == "Verifying", status
+    assert "models-shared was made again: checking it again" in status["message"]
+    assert ("delete", "Job", "team-a", check["metadata"]["name"]) in kube.calls
+    assert deployments_deleted(kube)
+    status = again()
+    (again_check,) = objects(kube, "Job").values()
+    assert again_check["metadata"]["annotations"]["llmpack.io/claim-uid"] == "uid-2"
+    assert status["modelCache"]["phase"] == "Verifying" and not objects(kube, "Deployment")
+    complete(again_check)
+    again()
+    assert again()["phase"] == "Deploying" and objects(kube, "Deployment"), "serving comes back once checked"
+
+
+def test_a_shared_claim_being_deleted_stops_serving_so_that_it_can_go():
+    kube, again = run(SHARED)
+    check = serving_from_the_shared_claim(kube, again)
+    kube.objects[("PersistentVolumeClaim", "team-a", "models-shared")]["metadata"]["deletionTimestamp"] = (
+        "now"
+    )
+    status = again()
+    assert status["modelCache"]["phase"] == "Waiting" and "is being deleted" in status["message"], status
+    assert deployments_deleted(kube)
+    assert check["metadata"]["name"] in objects(kube, "Job"), "the claim's check is kept while it waits"
+    assert ("PersistentVolumeClaim", "team-a", "models-shared") in kube.objects
+
+
+def test_a_new_token_checks_the_same_claim_again_while_serving_goes_on_and_a_failed_check_stops_it():
+    kube, again = run(SHARED)
+    serving_from_the_shared_claim(kube, again)
+    other = {**SHARED, "model": {**SHARED["model"], "hfTokenSecretRef": {"name": "hf-other"}}}
+    status = again(other)
     assert status["modelCache"]["phase"] == "Verifying", status
-    assert ("delete", "Job", "team-a", first["metadata"]["name"]) in kube.calls
-    assert status["modelCache"]["job"] != first["metadata"]["name"]
+    assert not deployments_deleted(kube), "the same claim was checked: its pods may go on"
+    (recheck,) = objects(kube, "Job").values()
+    complete(
+        recheck,
+        failed_with="the token of spec.model.hfTokenSecretRef may not read facebook/opt-1.3b",
+        kube=kube,
+    )
+    status = again(other)
+    assert status["phase"] == "Failed" and "may not read facebook/opt-1.3b" in status["message"], status
+    assert deployments_deleted(kube)
+
+
+def test_the_check_runs_in_the_operators_image_whatever_the_spec_names():
+    kube, again = run({**SHARED, "profiling": {"image": "registry.example/tenant/profiler:1"}})
+    admin_claim(kube)
+    again()
+    (check,) = objects(kube, "Job").values()
+    assert check["spec"]["template"]["spec"]["containers"][0]["image"] == OperatorConfig().profiler_image
 
 
 @pytest.mark.parametrize(
@@ -338,7 +401,11 @@ def test_a_shared_claim_made_again_by_the_admin_is_checked_again():
             "is Pending, not bound to a volume: ask the cluster admin to bind it",
         ),
         ("Lost", "ModelCacheClaimUnbound", "is Lost, not bound to a volume"),
-        ("deleting", "ModelCacheClaimDeleted", "is being deleted (it goes once no pod mounts it)"),
+        (
+            "deleting",
+            "ModelCacheClaimDeleted",
+            "is being deleted: the serving pods that mount it are stopped",
+        ),
     ],
 )
 def test_a_shared_claim_not_ready_to_read_is_waited_for_and_looked_at_again(claim, reason, says):
@@ -356,7 +423,7 @@ def test_a_shared_claim_not_ready_to_read_is_waited_for_and_looked_at_again(clai
     assert status["phase"] == "Pending" and says in status["message"], status
     cached = next(c for c in status["conditions"] if c["type"] == "ModelCached")
     assert cached["reason"] == reason and cached["status"] == "False"
-    assert status["modelCache"]["phase"] == "Failed" and status["modelCache"]["shared"] is True
+    assert status["modelCache"]["phase"] == "Waiting" and status["modelCache"]["shared"] is True
     assert not objects(kube, "Job"), "nothing reads a claim that is not there to read"
     assert outcome.retry_after, "no watch sees the admin's claim: the operator looks again"
     admin_claim(kube)

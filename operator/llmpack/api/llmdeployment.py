@@ -1307,8 +1307,9 @@ class ModelCacheStatus(CamelModel):
         description="The claim is the cluster admin's (spec.model.cache.claimName): checked, never "
         "written or deleted.",
     )
-    phase: Literal["Filling", "Verifying", "Ready", "Failed"] = Field(
-        description="Filling (the operator's own claim), Verifying (a shared claim), Ready or Failed."
+    phase: Literal["Filling", "Verifying", "Waiting", "Ready", "Failed"] = Field(
+        description="Filling (the operator's own claim), Verifying (a shared claim being checked), "
+        "Waiting (a shared claim not there to read: missing, unbound or being deleted), Ready or Failed."
     )
     message: str = Field("", description="What the fill is doing, or why it failed.")
 

@@ -399,14 +399,18 @@ def key_of(spec: LLMDeploymentSpec, context: Context) -> str:
     return profile_key(spec, image, context.owner.uid, scope=context.profile_scope)
 
 
-def model_cache(spec: LLMDeploymentSpec, context: Context) -> ModelCachePlan | None:
-    """The model cache of spec.model.cache, filled before anything loads the model."""
+def model_cache(
+    spec: LLMDeploymentSpec, context: Context, *, claim_uid: str | None = None
+) -> ModelCachePlan | None:
+    """The model cache of spec.model.cache, filled (or the admin's shared one checked: `claim_uid`
+    is its uid as observed) before anything loads the model."""
     return model_cache_plan(
         name=context.name,
         namespace=context.namespace,
         owner=context.owner,
         spec=spec,
         image=context.profiler_image,
+        claim_uid=claim_uid,
     )
 
 

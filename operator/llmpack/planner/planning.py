@@ -278,10 +278,17 @@ def model_cache_claim(owner: str, spec: LLMDeploymentSpec) -> str | None:
 
 
 def model_cache_plan(
-    *, name: str, namespace: str, owner: OwnerRef, spec: LLMDeploymentSpec, image: str
+    *,
+    name: str,
+    namespace: str,
+    owner: OwnerRef,
+    spec: LLMDeploymentSpec,
+    image: str,
+    claim_uid: str | None = None,
 ) -> ModelCachePlan | None:
-    """The cache of spec.model.cache (filled, or a shared one checked, in the profiler's image,
-    which has the fill command)."""
+    """The cache of spec.model.cache, filled in the profiler's image (which has the fill command),
+    the LLMDeployment's own where it names one; a shared claim (`claim_uid`: its uid as observed)
+    is checked in the operator's, as the check is the operator's, not the tenant's."""
     cache, claim = spec.model.cache, model_cache_claim(name, spec)
     if cache is None or claim is None:
         return None
@@ -292,10 +299,12 @@ def model_cache_plan(
         owner=owner,
         model=spec.model.name,
         revision=spec.model.revision,
+        shared=cache.claim_name is not None,
+        claim_uid=claim_uid if cache.claim_name is not None else None,
         size=None if cache.size is None else str(cache.size),
         storage_class_name=cache.storage_class_name,
         access_mode=cache.access_mode or "ReadWriteMany",
-        image=spec.profiling.image or image,
+        image=image if cache.claim_name is not None else (spec.profiling.image or image),
         hf_token_secret=SecretKey(name=secret.name, key=secret.key) if secret else None,
     )
 

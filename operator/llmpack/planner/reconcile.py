@@ -56,6 +56,7 @@ from llmpack.planner.snapshot import ApplyRefusal, JobSeen, Object, Settings, Sn
 from llmpack.render import render_profiling, render_serving
 from llmpack.render.model_cache import render_model_cache
 from llmpack.render.plan import (
+    ANNOTATION_CLAIM_UID,
     ANNOTATION_CONFIG_HASH,
     PROFILE_DATA_KEY,
     ModelCachePlan,
@@ -230,11 +231,9 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
     operator's own claims once the new cache is full (pods still serving from an old one can
     restart meanwhile), and then only once no pod mounts them (their kubernetes.io/pvc-protection
     finalizer waits for that). A shared claim is never written nor deleted."""
-    plan = planner.model_cache(admitted.spec, snapshot.context)
     shared = snapshot.shared_cache_claim
-    if plan is not None and plan.shared and shared is not None:
-        # the check holds for this claim only: one the admin made again is checked again
-        plan = plan.model_copy(update={"claim_uid": shared["metadata"].get("uid")})
+    uid = None if shared is None else shared["metadata"].get("uid")
+    plan = planner.model_cache(admitted.spec, snapshot.context, claim_uid=uid)
     namespace = snapshot.context.namespace
     for seen in snapshot.model_caches:
         if plan is None or seen.name != plan.job:
@@ -258,23 +257,56 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
             refused, MODEL_CACHED, serving=_serving_now(snapshot), settings=settings, namespace=namespace
         )
     if plan.shared:
-        unusable = _shared_claim_problem(plan, shared, namespace)
-        if unusable is not None:
-            status.model_cache = ModelCacheStatus(
-                claim=plan.name, job=plan.job, shared=True, phase="Failed", message=unusable.message
-            )
-            return unusable
-    elif plan.name in snapshot.model_cache_claims_deleted:
+        return _shared_cache(snapshot, plan, current, admitted, draft)
+    if plan.name in snapshot.model_cache_claims_deleted:
         return _own_claim_deleted(snapshot, plan, current, draft)
-    elif current is not None and plan.name not in snapshot.model_cache_claims:
+    if current is not None and plan.name not in snapshot.model_cache_claims:
         draft.delete.append(ObjectRef("Job", namespace, plan.job))  # its claim is gone: fill the new one
         current = None
     draft.apply += render_model_cache(plan)
     return _cache_job_state(plan, current, admitted, draft)
 
 
+def _shared_cache(
+    snapshot: Snapshot, plan: ModelCachePlan, current: JobSeen | None, admitted: Admitted, draft: _Draft
+) -> Stop | None:
+    """The admin's claim, checked by a Job before anything loads from it. Serving stops where what
+    its pods would mount is not what was checked: the claim gone, going (it goes only once no pod
+    mounts it), made again (another uid), or failing its check. It goes on while a check of the
+    same claim runs again (a new token or image)."""
+    namespace = snapshot.context.namespace
+    unusable = _shared_claim_problem(plan, snapshot.shared_cache_claim, namespace)
+    checked = (
+        None if current is None else current.job["metadata"].get("annotations", {}).get(ANNOTATION_CLAIM_UID)
+    )
+    if unusable is None and current is not None and checked != plan.claim_uid:
+        draft.delete.append(ObjectRef("Job", namespace, plan.job))  # made again next pass, for this claim
+        why = f"the shared model cache's claim {plan.name} was made again: checking it again"
+        unusable = Stop("Pending", MODEL_CACHED, "Verifying", why, value=None)
+    if unusable is not None:
+        _stop_serving(snapshot, draft)
+        phase: Literal["Waiting", "Verifying"] = "Verifying" if unusable.reason == "Verifying" else "Waiting"
+        draft.status.model_cache = ModelCacheStatus(
+            claim=plan.name, job=plan.job, shared=True, phase=phase, message=unusable.message[:1000]
+        )
+        return unusable
+    draft.apply += render_model_cache(plan)
+    state = _cache_job_state(plan, current, admitted, draft)
+    if state is not None and state.phase == "Failed":
+        _stop_serving(snapshot, draft)
+    return state
+
+
+def _stop_serving(snapshot: Snapshot, draft: _Draft) -> None:
+    """Delete the serving Deployments (their pods mount the cache); they come back once it is Ready."""
+    namespace = snapshot.context.namespace
+    draft.delete += [
+        ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
+    ]
+
+
 def _shared_claim_problem(plan: ModelCachePlan, claim: Object | None, namespace: str) -> Stop | None:
-    """Why the admin's claim cannot be read yet (not there, not bound, going), as a wait that is
+    """Why the admin's claim cannot be read (not there, not bound, going), as a wait that is
     looked at again (no watch sees the admin's claim); None where it is bound."""
     where = f"the shared model cache's claim {plan.name}"
     if claim is None:
@@ -286,8 +318,9 @@ def _shared_claim_problem(plan: ModelCachePlan, claim: Object | None, namespace:
         return Stop("Pending", MODEL_CACHED, "ModelCacheClaimNotFound", why, retry=True)
     if claim["metadata"].get("deletionTimestamp"):
         why = (
-            f"{where} is being deleted (it goes once no pod mounts it): ask the cluster admin which "
-            "claim replaces it, and set spec.model.cache.claimName to that"
+            f"{where} is being deleted: the serving pods that mount it are stopped so that it goes "
+            "(kubernetes.io/pvc-protection); ask the cluster admin which claim replaces it, and set "
+            "spec.model.cache.claimName to that"
         )
         return Stop("Pending", MODEL_CACHED, "ModelCacheClaimDeleted", why, retry=True)
     bound = (claim.get("status") or {}).get("phase")
@@ -307,12 +340,9 @@ def _own_claim_deleted(
     so its success says nothing any more; a new claim can be made only once the old one is gone,
     and it goes only once no pod mounts it: the serving pods are stopped (they could not restart
     on a claim being deleted either) and come back once the new cache is full."""
-    namespace = snapshot.context.namespace
     if current is not None:
-        draft.delete.append(ObjectRef("Job", namespace, plan.job))
-    draft.delete += [
-        ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
-    ]
+        draft.delete.append(ObjectRef("Job", snapshot.context.namespace, plan.job))
+    _stop_serving(snapshot, draft)
     gone = (
         f"the model cache's claim {plan.name} was deleted: the serving pods that mount it are "
         "stopped so that it goes (kubernetes.io/pvc-protection); then it is filled again and they start"

@@ -17,8 +17,10 @@ every file with its size and SHA-256, and whether the Hub gates the model or kee
 With --verify-only it writes and downloads nothing: it checks a cache someone else filled (a
 volume the cluster admin shares with several namespaces) against that record, offline, and for
 a gated or private model asks the Hub whether $HF_TOKEN may read it (huggingface_hub's
-auth_check): a gated model is served from a shared cache only to a namespace whose own token
-is granted, so the files never reach a namespace that could not download them itself.
+auth_check): llmpack serves a gated model from a shared cache only to a namespace whose own
+token is granted. That is a guard against mistakes, not access control: any pod of a namespace
+the volume is bound into can read its files; which namespaces get the volume is the admin's
+access control.
 
 Failures end with exit code 2 and one line in the termination message that says what to change:
 a gated or private model without a token that may read it, an unknown revision, a full disk.
@@ -28,7 +30,8 @@ Limits: models on the Hub (or a server speaking its API) only; no object storage
 Run:ai streamer reads those without a cache); sharded GGUF and custom load formats are not
 special-cased (every file of the chosen weight format is fetched). --verify-only accepts only a
 cache this command filled (it needs the record); it reads every file once, so it takes as long
-as reading the weights from the volume.
+as reading the weights from the volume; whether the Hub gates a model is as the Hub said when the
+cache was filled.
 """
 
 from __future__ import annotations
@@ -66,18 +69,20 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # What to do about a file that fails the check, in a cache the operator filled and in a shared one.
 REFILL_OWN = "delete the cache's PersistentVolumeClaim to fill it again"
 REFILL_SHARED = (
-    "ask the cluster admin to delete the model's folder (models--ORG--NAME) from the shared volume "
-    "and fill it again"
+    "ask the cluster admin to fill the model again into a new shared volume (other namespaces may "
+    "be serving from this one) and bind that"
 )
 
 
 @dataclass(frozen=True)
 class RepoFile:
-    """A file of the repo at the resolved commit: `sha256` for LFS files (the Hub's own digest)."""
+    """A file of the repo at the resolved commit: `sha256` for LFS files (the Hub's own digest),
+    `blob_id` for the others (git's blob id: SHA-1 of "blob SIZE\\0" and the bytes)."""
 
     path: str
     size: int
     sha256: str | None = None
+    blob_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,21 +102,30 @@ class Record:
         return bool(self.gated) or self.private
 
     def to_json(self) -> str:
-        files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]
+        files = [
+            {"path": f.path, "size": f.size, "sha256": f.sha256, "blobId": f.blob_id} for f in self.files
+        ]
         body = {"model": self.model, "commit": self.commit, "gated": self.gated, "private": self.private}
         return json.dumps({**body, "files": files}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Record:
-        data = json.loads(text)
-        files = tuple(RepoFile(f["path"], int(f["size"]), f.get("sha256")) for f in data["files"])
-        return cls(
-            model=str(data["model"]),
-            commit=str(data["commit"]),
-            files=files,
-            gated=data.get("gated") or False,
-            private=bool(data.get("private")),
-        )
+        """Raises ValueError (a JSONDecodeError, a missing key, a wrong type) for a broken record."""
+        try:
+            data = json.loads(text)
+            files = tuple(
+                RepoFile(str(f["path"]), int(f["size"]), f.get("sha256"), f.get("blobId"))
+                for f in data["files"]
+            )
+            return cls(
+                model=str(data["model"]),
+                commit=str(data["commit"]),
+                files=files,
+                gated=data.get("gated") or False,
+                private=bool(data.get("private")),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{type(err).__name__}: {err}") from err
 
 
 class CacheFillError(UserError):
@@ -163,7 +177,7 @@ def fill(*, model: str, revision: str | None, cache_dir: Path) -> Path:
         info = api.model_info(model, revision=revision, files_metadata=True)
         commit = info.sha or ""
         files = chosen_files([_repo_file(s) for s in info.siblings or []])
-        check_space(files, cache_dir)
+        check_space(files, cache_dir, model=model)
         folder = Path(
             snapshot_download(
                 repo_id=model,
@@ -176,20 +190,24 @@ def fill(*, model: str, revision: str | None, cache_dir: Path) -> Path:
         raise
     except Exception as err:  # the Hub's errors, the network's and the disk's, each explained
         raise CacheFillError(explain(err, model=model, revision=revision)) from err
-    if (revision or "main") != commit:
-        # offline, a branch or tag resolves through refs/ only; snapshot_download, asked for the
-        # commit (so a push to the branch mid-download cannot mix two commits), wrote none
-        _write_ref(cache_dir, model, revision or "main", commit)
     verify(folder, files)
     record = Record(model, commit, tuple(files), gated=info.gated or False, private=bool(info.private))
     _write_record(cache_dir, record)
+    if (revision or "main") != commit:
+        # offline, a branch or tag resolves through refs/ only; snapshot_download, asked for the
+        # commit (so a push to the branch mid-download cannot mix two commits), wrote none. Moved
+        # last: a fill that fails leaves the branch on the commit it named before
+        _write_ref(cache_dir, model, revision or "main", commit)
     return folder
 
 
 def verify_shared(*, model: str, revision: str | None, cache_dir: Path) -> Path:
     """Check a cache filled by `fill` (a volume shared by the cluster admin), writing nothing: the
-    snapshot of `revision`, every file against the record, and for a restricted model that
-    $HF_TOKEN may read it on the Hub; the snapshot folder. Raises CacheFillError with what to change."""
+    snapshot of `revision`, for a restricted model that $HF_TOKEN may read it on the Hub (first:
+    it is quick), then every file against the record, and that the snapshot holds no weights or
+    code the record does not list; the snapshot folder. Raises CacheFillError with what to change.
+
+    Limits: whether the Hub gates the model is as the Hub said when the admin filled it."""
     wanted = revision or "main"
     commit = resolve_revision(cache_dir, model, wanted)
     if commit is None:
@@ -198,19 +216,42 @@ def verify_shared(*, model: str, revision: str | None, cache_dir: Path) -> Path:
             f"admin to fill it (llmpack fill-model-cache --model {model} --revision {wanted} "
             "--cache-dir <the volume>)"
         )
-    path = _record_path(cache_dir, model, commit)
-    if not path.is_file():
-        raise CacheFillError(
-            f"the shared model cache's copy of {model} at {commit[:12]} has no record of its files "
-            f"({path.relative_to(cache_dir)}): it was not filled by llmpack fill-model-cache; ask the "
-            "cluster admin to fill it with that command"
-        )
-    record = Record.from_json(path.read_text(encoding="utf-8"))
-    folder = _repo_folder(cache_dir, model) / "snapshots" / commit
-    verify(folder, list(record.files), remedy=REFILL_SHARED)
+    record = _read_record(cache_dir, model, commit)
     if record.restricted:
         check_access(model)
+    folder = _repo_folder(cache_dir, model) / "snapshots" / commit
+    verify(folder, list(record.files), remedy=REFILL_SHARED)
+    listed = {f.path for f in record.files}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if name.endswith((*WEIGHT_SUFFIXES, ".py")) and name not in listed:
+            raise CacheFillError(
+                f"{name} is in the shared cache's copy of {model} but not in the record of its fill "
+                f"(vLLM could load it unchecked): {REFILL_SHARED}"
+            )
     return folder
+
+
+def _read_record(cache_dir: Path, model: str, commit: str) -> Record:
+    """The record of `model` at `commit`, checked to be that one and to list weights."""
+    path = _record_path(cache_dir, model, commit)
+    where = f"the shared model cache's copy of {model} at {commit[:12]}"
+    if not path.is_file():
+        raise CacheFillError(
+            f"{where} has no record of its files ({path.relative_to(cache_dir)}): it was not filled by "
+            "llmpack fill-model-cache; ask the cluster admin to fill it with that command"
+        )
+    try:
+        record = Record.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise CacheFillError(f"{where} has a broken record ({err}): {REFILL_SHARED}") from err
+    if (record.model, record.commit) != (model, commit):
+        raise CacheFillError(
+            f"{where} has the record of {record.model} at {record.commit[:12]}: {REFILL_SHARED}"
+        )
+    if not any(f.path.endswith(WEIGHT_SUFFIXES) for f in record.files):
+        raise CacheFillError(f"{where} has a record that lists no weights: {REFILL_SHARED}")
+    return record
 
 
 def resolve_revision(cache_dir: Path, model: str, revision: str) -> str | None:
@@ -223,7 +264,7 @@ def resolve_revision(cache_dir: Path, model: str, revision: str) -> str | None:
         if COMMIT.match(revision)
         else (ref.read_text(encoding="utf-8").strip() if ref.is_file() else None)
     )
-    if commit is None or not (repo / "snapshots" / commit).is_dir():
+    if commit is None or not COMMIT.match(commit) or not (repo / "snapshots" / commit).is_dir():
         return None
     return commit
 
@@ -277,25 +318,35 @@ def chosen_files(files: list[RepoFile]) -> list[RepoFile]:
     ]
 
 
-def check_space(files: list[RepoFile], cache_dir: Path) -> None:
-    """Refuse before downloading when the files cannot fit in what is free plus what the cache
-    folder already holds (an earlier run's files, which a rerun does not download again)."""
+def check_space(files: list[RepoFile], cache_dir: Path, *, model: str) -> None:
+    """Refuse before downloading when the files cannot fit in what is free plus what the model's
+    folder already holds (an earlier run's files, which a rerun does not download again; other
+    models of a shared cache do not count)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     needed = sum(f.size for f in files)
-    present = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    own = _repo_folder(cache_dir, model)
+    present = sum(p.stat().st_size for p in own.rglob("*") if p.is_file() and not p.is_symlink())
     free = shutil.disk_usage(cache_dir).free
     if needed > free + present:
         raise CacheFillError(
             f"the model needs {needed / GIB:.1f} GiB and the cache volume has {free / GIB:.1f} GiB free: "
-            "raise spec.model.cache.size"
+            "raise spec.model.cache.size (a shared cache: give its volume more room)"
         )
 
 
 def verify(folder: Path, files: list[RepoFile], *, remedy: str = REFILL_OWN) -> None:
-    """Every file present with its listed size, every LFS file with its SHA-256; `remedy` says
-    what to do about one that is not."""
+    """Every file present, inside the model's folder of the cache (a snapshot's files are links
+    into its blobs/), with its listed size, its SHA-256 (LFS files) or git blob id (the others);
+    `remedy` says what to do about one that is not."""
+    repo = folder.parent.parent.resolve()
     for f in files:
         path = folder / f.path
+        if (
+            Path(f.path).is_absolute()
+            or ".." in Path(f.path).parts
+            or not path.resolve().is_relative_to(repo)
+        ):
+            raise CacheFillError(f"{f.path} points outside the model's folder of the cache: {remedy}")
         if not path.is_file():
             raise CacheFillError(f"{f.path} is missing from the cache: {remedy}")
         if path.stat().st_size != f.size:
@@ -304,6 +355,8 @@ def verify(folder: Path, files: list[RepoFile], *, remedy: str = REFILL_OWN) -> 
             )
         if f.sha256 and _sha256(path) != f.sha256:
             raise CacheFillError(f"{f.path} in the cache does not match the Hub's SHA-256: {remedy}")
+        if not f.sha256 and f.blob_id and _git_blob_id(path) != f.blob_id:
+            raise CacheFillError(f"{f.path} in the cache does not match the Hub's git blob id: {remedy}")
 
 
 def explain(err: BaseException, *, model: str, revision: str | None) -> str:
@@ -328,7 +381,7 @@ def explain(err: BaseException, *, model: str, revision: str | None) -> str:
     if isinstance(err, RevisionNotFoundError):
         return f"{model} has no revision {revision!r}: check spec.model.revision"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return "the cache volume is full: raise spec.model.cache.size"
+        return "the cache volume is full: raise spec.model.cache.size (a shared cache: give its volume room)"
     if isinstance(err, HfHubHTTPError):
         return f"the Hub refused the download: {_first_line(err)}"
     return f"could not download {model}: {type(err).__name__}: {_first_line(err)}"
@@ -341,6 +394,7 @@ def _repo_file(sibling: Any) -> RepoFile:
         path=str(sibling.rfilename),
         size=int(sibling.size if sibling.size is not None else (lfs.size if lfs else 0)),
         sha256=lfs.sha256 if lfs else None,
+        blob_id=None if lfs else getattr(sibling, "blob_id", None),
     )
 
 
@@ -367,6 +421,15 @@ def _write_ref(cache_dir: Path, model: str, revision: str, commit: str) -> None:
     ref = _repo_folder(cache_dir, model) / "refs" / revision  # refs/pr/1 nests
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit, encoding="utf-8")
+
+
+def _git_blob_id(path: Path) -> str:
+    """git's id of a file's bytes (`git hash-object`): what the Hub lists for a file kept in git."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # git's id, not a security digest
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpack.render.plan import ModelCachePlan
+from llmpack.render.plan import ANNOTATION_CLAIM_UID, ModelCachePlan
 from llmpack.render.serving import (
     COMPONENT_MODEL_CACHE,
     MODEL_CACHE_MOUNT,
@@ -54,7 +54,10 @@ def model_cache_labels(plan: ModelCachePlan) -> dict[str, str]:
 
 
 def model_cache_claim(plan: ModelCachePlan) -> dict[str, Any]:
-    assert plan.size is not None, "a shared claim is the admin's"
+    if plan.shared or plan.size is None:
+        raise ValueError(
+            f"{plan.name} is the cluster admin's claim, or has no size: not the operator's to make"
+        )
     spec: dict[str, Any] = {
         "accessModes": [plan.access_mode],
         "resources": {"requests": {"storage": plan.size}},
@@ -100,10 +103,13 @@ def fill_job(plan: ModelCachePlan) -> dict[str, Any]:
     pod["volumes"] += model_cache_volumes(plan.name, read_only=not writes)
     pod["restartPolicy"] = "Never"
     labels = model_cache_labels(plan)
+    meta = metadata(plan.job, plan.namespace, labels, plan.owner)
+    if plan.shared:
+        meta.setdefault("annotations", {})[ANNOTATION_CLAIM_UID] = plan.claim_uid or ""
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(plan.job, plan.namespace, labels, plan.owner),
+        "metadata": meta,
         "spec": {
             "backoffLimit": FILL_BACKOFF_LIMIT,
             "activeDeadlineSeconds": FILL_DEADLINE_S,

@@ -24,6 +24,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_DEPLOYMENT = "llmpack.io/llmdeployment"
 LABEL_PROFILE_KEY = "llmpack.io/profile-key"
 ANNOTATION_CONFIG_HASH = "llmpack.io/config-hash"
+# On the check Job of a shared model cache: the uid of the claim it checks (one made again is not
+# what was checked).
+ANNOTATION_CLAIM_UID = "llmpack.io/claim-uid"
 
 MAX_NAME = 63
 _DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -229,21 +232,20 @@ class ModelCachePlan(Frozen):
     owner: OwnerRef
     model: str
     revision: str | None = None
+    shared: bool = Field(
+        False,
+        description="The claim is the cluster admin's (spec.model.cache.claimName): checked, never written.",
+    )
+    claim_uid: str | None = Field(
+        None, description="A shared claim's uid as observed, None where it is not there."
+    )
     size: str | None = Field(
-        None, description="The claim's storage request, a Kubernetes quantity; None: the admin's claim."
+        None, description="The claim's storage request, a Kubernetes quantity (not shared)."
     )
     storage_class_name: str | None = None
     access_mode: str = "ReadWriteMany"
     image: str = Field(description="An image with `llmpack fill-model-cache` (the profiler's).")
     hf_token_secret: SecretKey | None = None
-    claim_uid: str | None = Field(
-        None, description="A shared claim's uid as observed: one made again is checked again."
-    )
-
-    @property
-    def shared(self) -> bool:
-        """The claim is the cluster admin's (spec.model.cache.claimName): checked, never written."""
-        return self.size is None
 
     @property
     def job(self) -> str:
@@ -253,7 +255,7 @@ class ModelCachePlan(Frozen):
         the status)."""
         how = self.model_dump(mode="json", include={"model", "revision", "image", "hf_token_secret"})
         if self.shared:
-            how |= {"verifyOnly": True, "claimUid": self.claim_uid}
+            how["verifyOnly"] = True
         return kube_name(self.name, stable_hash(how)[:6])
 
 
