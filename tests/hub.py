@@ -36,11 +36,13 @@ __all__ = ["Hub", "HubRepo", "serve_hub"]
 
 @dataclass(frozen=True)
 class HubRepo:
-    """A model folder served as `repo_id` at one commit; `token`: gated, only this bearer passes."""
+    """A model folder served as `repo_id` at one commit; `token`: gated, only this bearer passes;
+    `corrupt`: files whose bytes are sent altered (same size) while listed as they are."""
 
     repo_id: str
     folder: Path
     token: str | None = None
+    corrupt: tuple[str, ...] = ()
 
     @property
     def files(self) -> list[str]:
@@ -167,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in repo.files:
             return self._error(404, "EntryNotFound")
         data = file.read_bytes()
+        sent = bytes([data[0] ^ 1]) + data[1:] if name in repo.corrupt and data else data
         etag = hashlib.sha256(data).hexdigest() if _lfs(name) else git_blob_id(data)
         self.send_response(200)
         self.send_header("X-Repo-Commit", repo.sha)
@@ -177,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.hub.downloads.append(f"{repo_id}/{name}")
-            self.wfile.write(data)
+            self.wfile.write(sent)
         return None
 
     def _json(self, body: object) -> None:

@@ -194,6 +194,13 @@ def test_a_shared_cache_is_verified_offline_against_the_record_its_fill_left(tmp
         ("broken record", "has a broken record (Expecting property name"),
         ("record outside", "../../../../outside points outside the model's folder of the cache"),
         ("record without weights", "has a record that lists no weights"),
+        ("record without digest", "has a record without a digest of config.json"),
+        ("record missing key", "has a broken record (KeyError"),
+        (
+            "extra template",
+            "chat_template.jinja is in the shared cache's copy of acme/tiny but not in the record",
+        ),
+        ("link outside", "config.json points outside the model's folder of the cache"),
     ],
 )
 def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
@@ -222,10 +229,14 @@ def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
     elif damage == "config edited":
         config = (snapshot / "config.json").resolve()
         config.write_text(config.read_text().replace("llama", "LLAMA"))  # same size
-    elif damage in ("extra weights", "extra code"):
-        (snapshot / ("evil.safetensors" if damage == "extra weights" else "modeling_evil.py")).write_bytes(
-            b"x"
-        )
+    elif damage in ("extra weights", "extra code", "extra template"):
+        extra_file = {"extra weights": "evil.safetensors", "extra code": "modeling_evil.py"}.get(damage)
+        (snapshot / (extra_file or "chat_template.jinja")).write_bytes(b"x")
+    elif damage == "link outside":
+        config = snapshot / "config.json"
+        (tmp_path / "outside.json").write_bytes(config.read_bytes())
+        config.unlink()
+        config.symlink_to(tmp_path / "outside.json")
     else:
         path = cache / "models--acme--tiny" / "llmpack" / f"{repo.sha}.json"
         record = json.loads(path.read_text())
@@ -233,7 +244,11 @@ def test_a_shared_cache_that_fails_the_check_says_what_the_admin_must_do(
             record["model"] = "acme/other"
         elif damage == "record outside":
             (tmp_path / "outside").write_text("x")
-            record["files"].append({"path": "../../../../outside", "size": 1})
+            record["files"].append({"path": "../../../../outside", "size": 1, "blobId": "0" * 40})
+        elif damage == "record without digest":
+            next(f for f in record["files"] if f["path"] == "config.json")["blobId"] = None
+        elif damage == "record missing key":
+            del record["files"][0]["size"]
         elif damage == "record without weights":
             record["files"] = [f for f in record["files"] if not f["path"].endswith(".safetensors")]
         path.write_text("{not json" if damage == "broken record" else json.dumps(record))
@@ -277,3 +292,36 @@ def test_a_gated_model_in_a_shared_cache_is_served_only_with_a_token_the_hub_gra
     assert done.returncode != 0
     (line,) = done.stdout.splitlines()
     assert says in line, line
+
+
+def test_a_fill_that_fails_leaves_the_branch_on_the_commit_it_named_before(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path)
+    cache = tmp_path / "cache"
+    with serve_hub(HubRepo(MODEL, folder)) as hub:
+        assert fill(cache, hub.url).returncode == 0
+    ref = cache / "models--acme--tiny" / "refs" / "main"
+    before = ref.read_text()
+    (folder / "model.safetensors").write_bytes(b"T" * 4096)  # a new commit
+    with serve_hub(HubRepo(MODEL, folder, corrupt=("model.safetensors",))) as hub:
+        done = fill(cache, hub.url)
+    assert done.returncode != 0, done.stderr
+    assert "does not match the Hub's SHA-256" in done.stdout, done.stdout
+    assert ref.read_text() == before, "the branch points at a commit whose files failed the check"
+    assert fill(cache, UNREACHABLE, "--verify-only").returncode == 0, "the old commit stays servable"
+
+
+def test_the_space_check_counts_only_this_models_files_already_in_a_shared_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmpack.profiler import model_cache
+
+    cache = tmp_path / "cache"
+    (cache / "models--acme--other" / "blobs").mkdir(parents=True)
+    (cache / "models--acme--other" / "blobs" / "x").write_bytes(b"o" * 100)
+    (cache / "models--acme--tiny" / "blobs").mkdir(parents=True)
+    (cache / "models--acme--tiny" / "blobs" / "y").write_bytes(b"t" * 30)
+    monkeypatch.setattr(model_cache.shutil, "disk_usage", lambda _p: SimpleNamespace(free=50))
+    files = [model_cache.RepoFile("model.safetensors", 100)]
+    with pytest.raises(model_cache.CacheFillError, match="the model needs"):
+        model_cache.check_space(files, cache, model=MODEL)  # 50 free + 30 its own < 100
+    model_cache.check_space([model_cache.RepoFile("model.safetensors", 80)], cache, model=MODEL)

@@ -325,8 +325,9 @@ def serving_from_the_shared_claim(kube: FakeKube, again) -> dict[str, Any]:
     return check
 
 
-def deployments_deleted(kube: FakeKube) -> bool:
-    return any(c[0] == "delete" and c[1] == "Deployment" for c in kube.calls)
+def deployments_deleted(kube: FakeKube, *, since: int = 0) -> bool:
+    """Whether a pass after call number `since` deleted a Deployment."""
+    return any(c[0] == "delete" and c[1] == "Deployment" for c in kube.calls[since:])
 
 
 def test_a_shared_claim_made_again_by_the_admin_stops_serving_until_it_is_checked_again():
@@ -334,11 +335,12 @@ def test_a_shared_claim_made_again_by_the_admin_stops_serving_until_it_is_checke
     kube, again = run(SHARED)
     check = serving_from_the_shared_claim(kube, again)
     admin_claim(kube, uid="uid-2")
+    mark = len(kube.calls)
     status = again()
     assert status["phase"] == "Pending" and status["modelCache"]["phase"] == "Verifying", status
     assert "models-shared was made again: checking it again" in status["message"]
     assert ("delete", "Job", "team-a", check["metadata"]["name"]) in kube.calls
-    assert deployments_deleted(kube)
+    assert deployments_deleted(kube, since=mark)
     status = again()
     (again_check,) = objects(kube, "Job").values()
     assert again_check["metadata"]["annotations"]["llmpack.io/claim-uid"] == "uid-2"
@@ -361,13 +363,14 @@ def test_a_shared_claim_being_deleted_stops_serving_so_that_it_can_go():
     assert ("PersistentVolumeClaim", "team-a", "models-shared") in kube.objects
 
 
-def test_a_new_token_checks_the_same_claim_again_while_serving_goes_on_and_a_failed_check_stops_it():
+def test_a_new_token_checks_the_same_claim_again_and_a_failed_check_stops_nothing_already_serving():
+    """The running pods mount the claim an earlier check passed; new pods wait for a passing one."""
     kube, again = run(SHARED)
     serving_from_the_shared_claim(kube, again)
+    mark = len(kube.calls)
     other = {**SHARED, "model": {**SHARED["model"], "hfTokenSecretRef": {"name": "hf-other"}}}
     status = again(other)
     assert status["modelCache"]["phase"] == "Verifying", status
-    assert not deployments_deleted(kube), "the same claim was checked: its pods may go on"
     (recheck,) = objects(kube, "Job").values()
     complete(
         recheck,
@@ -376,7 +379,63 @@ def test_a_new_token_checks_the_same_claim_again_while_serving_goes_on_and_a_fai
     )
     status = again(other)
     assert status["phase"] == "Failed" and "may not read facebook/opt-1.3b" in status["message"], status
-    assert deployments_deleted(kube)
+    assert not deployments_deleted(kube, since=mark) and objects(kube, "Deployment")
+
+
+def test_a_shared_claim_gone_for_a_while_keeps_its_check_and_stops_only_its_own_pods():
+    kube, again = run(SHARED)
+    check = serving_from_the_shared_claim(kube, again)
+    claim = kube.objects.pop(("PersistentVolumeClaim", "team-a", "models-shared"))
+    mark = len(kube.calls)
+    status = again()
+    assert status["modelCache"]["phase"] == "Waiting" and status["phase"] == "Pending", status
+    assert ("delete", "Job", "team-a", check["metadata"]["name"]) not in kube.calls[mark:]
+    assert deployments_deleted(kube, since=mark), "pods that start now could not mount it"
+    kube.put(claim)  # the same claim (its uid): what was checked
+    status = again()
+    assert status["modelCache"]["phase"] == "Ready" and check["metadata"]["name"] in objects(kube, "Job")
+    assert ("delete", "Job", "team-a", check["metadata"]["name"]) not in kube.calls[mark:]
+
+
+def test_moving_from_an_own_cache_to_a_missing_shared_claim_keeps_serving_from_the_own_one():
+    kube, again = run(SPEC)
+    again()
+    (fill,) = objects(kube, "Job").values()
+    complete(fill)
+    again()
+    profiler = next(j for j in objects(kube, "Job").values() if j is not fill)
+    finish_profiling_of(kube, profiler)
+    assert again()["phase"] == "Deploying"
+    mark = len(kube.calls)
+    status = again(SHARED)  # no such claim yet
+    assert status["modelCache"]["phase"] == "Waiting", status
+    assert not deployments_deleted(kube, since=mark), "those pods mount the own cache, not the missing one"
+    assert not [c for c in kube.calls[mark:] if c[0] == "delete" and c[1] == "PersistentVolumeClaim"]
+
+
+def test_a_ready_shared_cache_is_looked_at_again_as_no_watch_sees_the_admins_claim():
+    kube, _ = run(SHARED)
+    admin_claim(kube)
+    reconciler = Reconciler(kube, OperatorConfig(), cluster_offering_everything(), kube.store)
+    reconciler.reconcile(body(SHARED))
+    (check,) = objects(kube, "Job").values()
+    complete(check)
+    outcome = reconciler.reconcile(body(SHARED))
+    assert outcome.status["modelCache"]["phase"] == "Ready"
+    assert outcome.retry_after == OperatorConfig().retry_seconds
+
+
+def test_a_claim_without_a_uid_is_checked_once_not_in_a_loop():
+    kube, again = run(SHARED)
+    admin_claim(kube)
+    del kube.objects[("PersistentVolumeClaim", "team-a", "models-shared")]["metadata"]["uid"]
+    again()
+    (check,) = objects(kube, "Job").values()
+    mark = len(kube.calls)
+    again()
+    again()
+    assert not [c for c in kube.calls[mark:] if c[0] == "delete"], kube.calls[mark:]
+    assert objects(kube, "Job") == {check["metadata"]["name"]: check}
 
 
 def test_the_check_runs_in_the_operators_image_whatever_the_spec_names():

@@ -179,7 +179,8 @@ def _finish(snapshot: Snapshot, settings: Settings, draft: _Draft, stop: Stop | 
         )
         if stop.phase == "Failed":
             draft.condition(PROGRESSING, False, stop.reason, stop.message)
-        draft.requeue_after = settings.retry_seconds if stop.retry else None
+        if stop.retry:
+            draft.requeue_after = settings.retry_seconds  # else as the pass left it (a shared cache's)
     status.observed_generation = draft.generation
     new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     if snapshot.status.get("phase") != new.get("phase"):
@@ -257,7 +258,7 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
             refused, MODEL_CACHED, serving=_serving_now(snapshot), settings=settings, namespace=namespace
         )
     if plan.shared:
-        return _shared_cache(snapshot, plan, current, admitted, draft)
+        return _shared_cache(snapshot, plan, current, admitted, draft, settings)
     if plan.name in snapshot.model_cache_claims_deleted:
         return _own_claim_deleted(snapshot, plan, current, draft)
     if current is not None and plan.name not in snapshot.model_cache_claims:
@@ -268,23 +269,28 @@ def _model_cache(snapshot: Snapshot, admitted: Admitted, draft: _Draft, settings
 
 
 def _shared_cache(
-    snapshot: Snapshot, plan: ModelCachePlan, current: JobSeen | None, admitted: Admitted, draft: _Draft
+    snapshot: Snapshot,
+    plan: ModelCachePlan,
+    current: JobSeen | None,
+    admitted: Admitted,
+    draft: _Draft,
+    settings: Settings,
 ) -> Stop | None:
-    """The admin's claim, checked by a Job before anything loads from it. Serving stops where what
-    its pods would mount is not what was checked: the claim gone, going (it goes only once no pod
-    mounts it), made again (another uid), or failing its check. It goes on while a check of the
-    same claim runs again (a new token or image)."""
+    """The admin's claim, checked by a Job before anything loads from it. The pods that mount it
+    stop where they would mount what was not checked: the claim gone, going (it goes only once no
+    pod mounts it) or made again (another uid). A check that fails or runs again stops nothing
+    already serving: that claim passed an earlier check. No watch sees the admin's claim, so a
+    pass that finds it Ready looks again after settings.retry_seconds."""
     namespace = snapshot.context.namespace
     unusable = _shared_claim_problem(plan, snapshot.shared_cache_claim, namespace)
-    checked = (
-        None if current is None else current.job["metadata"].get("annotations", {}).get(ANNOTATION_CLAIM_UID)
-    )
+    annotations = {} if current is None else current.job["metadata"].get("annotations") or {}
+    checked = annotations.get(ANNOTATION_CLAIM_UID) or None
     if unusable is None and current is not None and checked != plan.claim_uid:
         draft.delete.append(ObjectRef("Job", namespace, plan.job))  # made again next pass, for this claim
         why = f"the shared model cache's claim {plan.name} was made again: checking it again"
         unusable = Stop("Pending", MODEL_CACHED, "Verifying", why, value=None)
     if unusable is not None:
-        _stop_serving(snapshot, draft)
+        _stop_serving(snapshot, draft, claim=plan.name)
         phase: Literal["Waiting", "Verifying"] = "Verifying" if unusable.reason == "Verifying" else "Waiting"
         draft.status.model_cache = ModelCacheStatus(
             claim=plan.name, job=plan.job, shared=True, phase=phase, message=unusable.message[:1000]
@@ -292,17 +298,25 @@ def _shared_cache(
         return unusable
     draft.apply += render_model_cache(plan)
     state = _cache_job_state(plan, current, admitted, draft)
-    if state is not None and state.phase == "Failed":
-        _stop_serving(snapshot, draft)
+    if state is None:
+        draft.requeue_after = settings.retry_seconds
     return state
 
 
-def _stop_serving(snapshot: Snapshot, draft: _Draft) -> None:
-    """Delete the serving Deployments (their pods mount the cache); they come back once it is Ready."""
+def _stop_serving(snapshot: Snapshot, draft: _Draft, *, claim: str) -> None:
+    """Delete the serving Deployments whose pods mount `claim` (a pool member has one per GPU);
+    they come back once the cache is Ready."""
     namespace = snapshot.context.namespace
     draft.delete += [
-        ObjectRef(kind, namespace, name) for kind, name in snapshot.serving.owned if kind == "Deployment"
+        ObjectRef("Deployment", namespace, d["metadata"]["name"])
+        for d in snapshot.serving.deployments
+        if claim in _mounted_claims(d)
     ]
+
+
+def _mounted_claims(deployment: Object) -> set[str]:
+    volumes = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
+    return {v["persistentVolumeClaim"].get("claimName") for v in volumes if v.get("persistentVolumeClaim")}
 
 
 def _shared_claim_problem(plan: ModelCachePlan, claim: Object | None, namespace: str) -> Stop | None:
@@ -342,7 +356,7 @@ def _own_claim_deleted(
     on a claim being deleted either) and come back once the new cache is full."""
     if current is not None:
         draft.delete.append(ObjectRef("Job", snapshot.context.namespace, plan.job))
-    _stop_serving(snapshot, draft)
+    _stop_serving(snapshot, draft, claim=plan.name)
     gone = (
         f"the model cache's claim {plan.name} was deleted: the serving pods that mount it are "
         "stopped so that it goes (kubernetes.io/pvc-protection); then it is filled again and they start"

@@ -204,8 +204,8 @@ def fill(*, model: str, revision: str | None, cache_dir: Path) -> Path:
 def verify_shared(*, model: str, revision: str | None, cache_dir: Path) -> Path:
     """Check a cache filled by `fill` (a volume shared by the cluster admin), writing nothing: the
     snapshot of `revision`, for a restricted model that $HF_TOKEN may read it on the Hub (first:
-    it is quick), then every file against the record, and that the snapshot holds no weights or
-    code the record does not list; the snapshot folder. Raises CacheFillError with what to change.
+    it is quick), then every file against the record, and that the snapshot holds no file
+    the record does not list; the snapshot folder. Raises CacheFillError with what to change.
 
     Limits: whether the Hub gates the model is as the Hub said when the admin filled it."""
     wanted = revision or "main"
@@ -224,10 +224,10 @@ def verify_shared(*, model: str, revision: str | None, cache_dir: Path) -> Path:
     listed = {f.path for f in record.files}
     for path in sorted(folder.rglob("*")):
         name = str(path.relative_to(folder))
-        if name.endswith((*WEIGHT_SUFFIXES, ".py")) and name not in listed:
+        if not path.is_dir() and name not in listed:
             raise CacheFillError(
                 f"{name} is in the shared cache's copy of {model} but not in the record of its fill "
-                f"(vLLM could load it unchecked): {REFILL_SHARED}"
+                f"(vLLM could read it unchecked): {REFILL_SHARED}"
             )
     return folder
 
@@ -251,6 +251,9 @@ def _read_record(cache_dir: Path, model: str, commit: str) -> Record:
         )
     if not any(f.path.endswith(WEIGHT_SUFFIXES) for f in record.files):
         raise CacheFillError(f"{where} has a record that lists no weights: {REFILL_SHARED}")
+    undigested = next((f.path for f in record.files if not (f.sha256 or f.blob_id)), None)
+    if undigested is not None:
+        raise CacheFillError(f"{where} has a record without a digest of {undigested}: {REFILL_SHARED}")
     return record
 
 
