@@ -16,14 +16,20 @@ GatedRepo, as the Hub does for its files; its info then says "gated": "manual").
 answers RepoNotFound, an unknown revision RevisionNotFound. Limits: one revision per repo ("main",
 or the commit it is published as); no pagination, no xet, no datasets; files are read whole into
 memory (test models are small).
+
+`run_fill` runs `llmpack fill-model-cache` against it, as the fill Job (or the cluster admin's)
+does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +37,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Hub", "HubRepo", "serve_hub"]
+__all__ = ["Hub", "HubRepo", "run_fill", "serve_hub"]
+
+
+def run_fill(
+    cache: Path, model: str, *extra: str, env: Mapping[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`llmpack fill-model-cache --model MODEL --cache-dir CACHE EXTRA...` in its own process
+    (huggingface_hub reads the environment when imported), with no HF_* variable of this one:
+    only `env`'s (HF_ENDPOINT: the stand-in's url)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmpack.cli",
+            "fill-model-cache",
+            "--model",
+            model,
+            "--cache-dir",
+            str(cache),
+            *extra,
+        ],
+        env=clean | dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving-image", default=DEFAULT_SERVING_IMAGE, metavar="IMAGE")
 
 
+def dry_run_context(args: argparse.Namespace, *, name: str, namespace: str, uid: str | None) -> Context:
+    """The Context the operator would decide in, from the command's flags (a made-up uid where the
+    file has none)."""
+    return Context(
+        name=name,
+        namespace=namespace,
+        owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=uid or DRY_RUN_UID),
+        profiler_image=args.profiler_image,
+        serving_image=args.serving_image,
+        profile_scope=None if args.share_profiles_across_namespaces else namespace,
+        gpu_hour_prices=tuple(args.gpu_hour_price),
+        currency=args.currency,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tokens_per_second is not None and not args.tokens_per_second > 0:
         raise UserError("--tokens-per-second must be a positive number of tokens/s")
@@ -118,16 +133,7 @@ def run(args: argparse.Namespace) -> int:
     name, namespace = meta.get("name"), meta.get("namespace") or "default"
     if not name:
         raise UserError(f"{args.filename}: metadata.name is missing")
-    context = Context(
-        name=name,
-        namespace=namespace,
-        owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=meta.get("uid") or DRY_RUN_UID),
-        profiler_image=args.profiler_image,
-        serving_image=args.serving_image,
-        profile_scope=None if args.share_profiles_across_namespaces else namespace,
-        gpu_hour_prices=tuple(args.gpu_hour_price),
-        currency=args.currency,
-    )
+    context = dry_run_context(args, name=name, namespace=namespace, uid=meta.get("uid"))
     cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
     profile = read_profile(Path(args.profile)) if args.profile else None
     admitted = planner.admit(spec, cluster, context)  # as the operator: refusals before any Job
@@ -291,16 +297,7 @@ def run_pool(args: argparse.Namespace) -> int:
         ):
             raise UserError(f"{filename}: spec.gpuPoolRef.name must name the GPUPool {pool_name}")
         spec = parse_spec({**body, "spec": raw})
-        context = Context(
-            name=name,
-            namespace=namespace,
-            owner=OwnerRef(api_version=API_VERSION, kind=KIND, name=name, uid=DRY_RUN_UID),
-            profiler_image=args.profiler_image,
-            serving_image=args.serving_image,
-            profile_scope=namespace,
-            gpu_hour_prices=tuple(args.gpu_hour_price),
-            currency=args.currency,
-        )
+        context = dry_run_context(args, name=name, namespace=namespace, uid=None)
         cluster = read_cluster(Path(args.cluster)) if args.cluster else default_cluster(spec)
         cluster = pool_cluster(cluster, pool_body)
         profile = simulate(planner.profiling(spec, cluster, context))

@@ -9,16 +9,13 @@ to each one's claim: checked by the operator's Job (`--verify-only`), never writ
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hub import HubRepo, serve_hub
+from hub import HubRepo, run_fill, serve_hub
 
 pytestmark = pytest.mark.e2e
 
@@ -192,24 +189,8 @@ def test_a_gated_model_without_a_token_fails_with_what_to_do(
 
 def admin_fill(folder: Path, hub_url: str, token: str) -> None:
     """What the admin's own Job does once: `llmpack fill-model-cache` into the shared volume."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env |= {"HF_ENDPOINT": hub_url, "HF_TOKEN": token, "HF_HOME": str(folder.parent / "admin-home")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmpack.cli",
-            "fill-model-cache",
-            "--model",
-            MODEL,
-            "--cache-dir",
-            str(folder),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {"HF_ENDPOINT": hub_url, "HF_TOKEN": token, "HF_HOME": str(folder.parent / "admin-home")}
+    done = run_fill(folder, MODEL, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
 
 

@@ -14,16 +14,13 @@ file at every pod start (15 GB for a 7B model in bf16).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import engine
-from hub import HubRepo, serve_hub
+from hub import HubRepo, run_fill, serve_hub
 from llmpack.render.serving import MODEL_CACHE_MOUNT, model_cache_env
 
 MODEL = "acme/tiny-llama"
@@ -76,32 +73,13 @@ def test_vllm_serves_from_the_filled_cache_with_the_hub_gone(tmp_path: Path, cap
         finally:
             server.stop()
         assert any(d.endswith("model.safetensors") for d in hub.downloads), hub.downloads
-        filled = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "llmpack.cli",
-                "fill-model-cache",
-                "--model",
-                MODEL,
-                "--cache-dir",
-                str(cache),
-            ],
-            env={**os.environ, "HF_ENDPOINT": hub.url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        home = {"HF_HOME": str(tmp_path / "home")}
+        filled = run_fill(cache, MODEL, env={**home, "HF_ENDPOINT": hub.url})
         assert filled.returncode == 0, filled.stderr
     # the Hub is shut down: only the cache can serve the model now; and it is read-only, as every
     # pod mounts it (a shared cache's volume is ReadOnlyMany too)
-    check = ["fill-model-cache", "--model", MODEL, "--cache-dir", str(cache), "--verify-only"]
-    verified = subprocess.run(
-        [sys.executable, "-m", "llmpack.cli", *check],
-        env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    verified = run_fill(
+        cache, MODEL, "--verify-only", env={**home, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}
     )
     assert verified.returncode == 0, verified.stderr
     read_only(cache, True)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hub import HubRepo, serve_hub
+from hub import HubRepo, run_fill, serve_hub
 
 MODEL = "acme/tiny"
 
@@ -38,19 +38,11 @@ def fill(
 ) -> subprocess.CompletedProcess[str]:
     """The command as the fill Job runs it, in its own process (huggingface_hub reads the
     environment when imported)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env |= {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(cache.parent / "home")}
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(cache.parent / "home")}
     if token:
         env["HF_TOKEN"] = token
     log = cache.parent / "termination-log"
-    argv = ["--model", MODEL, "--cache-dir", str(cache), "--termination-log", str(log), *extra]
-    done = subprocess.run(
-        [sys.executable, "-m", "llmpack.cli", "fill-model-cache", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_fill(cache, MODEL, "--termination-log", str(log), *extra, env=env, timeout=120)
     done.stdout += log.read_text() if log.exists() else ""
     return done
 

@@ -256,81 +256,65 @@ def openapi_schema(
 
 
 def crd() -> dict[str, Any]:
-    spec = openapi_schema(api.LLMDeploymentSpec, default_sections=True)
-    status = openapi_schema(api.LLMDeploymentStatus, mode="serialization")
-    status.pop("required", None)  # the operator writes status piecewise
-    schema = {
-        "type": "object",
-        "description": api.LLMDeployment.__doc__,
-        "required": ["spec"],
-        "x-kubernetes-validations": [NAME_RULE],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-    }
-    crd_spec: dict[str, Any] = {
-        "group": api.GROUP,
-        "scope": "Namespaced",
-        "names": {
-            "kind": api.KIND,
-            "listKind": f"{api.KIND}List",
-            "plural": api.PLURAL,
-            "singular": api.SINGULAR,
-            "shortNames": api.SHORT_NAMES,
-            "categories": ["llmpack"],
-        },
-        "versions": [
-            {
-                "name": api.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": schema},
-            }
-        ],
-    }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(crd_spec)},
-        },
-        "spec": crd_spec,
-    }
+    """The LLMDeployment CRD: namespaced, with the status and scale subresources."""
+    return _crd(
+        spec=api.LLMDeploymentSpec,
+        status=api.LLMDeploymentStatus,
+        doc=api.LLMDeployment.__doc__,
+        names=(api.KIND, api.PLURAL, api.SINGULAR, api.SHORT_NAMES),
+        subresources={"status": {}, "scale": SCALE_SUBRESOURCE},
+        printer_columns=PRINTER_COLUMNS,
+        validations=[NAME_RULE],
+    )
 
 
 def pool_crd() -> dict[str, Any]:
     """The GPUPool CRD (api/gpupool.py): namespaced, with a status subresource."""
-    spec = openapi_schema(gpupool.GPUPoolSpec, default_sections=True)
-    status = openapi_schema(gpupool.GPUPoolStatus, mode="serialization")
-    status.pop("required", None)
-    schema = {
-        "type": "object",
-        "description": gpupool.GPUPool.__doc__,
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
+    return _crd(
+        spec=gpupool.GPUPoolSpec,
+        status=gpupool.GPUPoolStatus,
+        doc=gpupool.GPUPool.__doc__,
+        names=(gpupool.KIND, gpupool.PLURAL, gpupool.SINGULAR, gpupool.SHORT_NAMES),
+        subresources={"status": {}},
+        printer_columns=POOL_PRINTER_COLUMNS,
+        validations=[],
+    )
+
+
+def _crd(
+    *,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    doc: str | None,
+    names: tuple[str, str, str, list[str]],
+    subresources: dict[str, Any],
+    printer_columns: list[dict[str, Any]],
+    validations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A namespaced CRD of llmpack's group, one served and stored version, its spec hashed into
+    an annotation (SPEC_HASH_ANNOTATION)."""
+    status_schema = openapi_schema(status, mode="serialization")
+    status_schema.pop("required", None)  # the operator writes status piecewise
+    schema: dict[str, Any] = {"type": "object", "description": doc, "required": ["spec"]}
+    if validations:
+        schema["x-kubernetes-validations"] = validations
+    schema["properties"] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": openapi_schema(spec, default_sections=True),
+        "status": status_schema,
     }
+    kind, plural, singular, short_names = names
     crd_spec: dict[str, Any] = {
         "group": api.GROUP,
         "scope": "Namespaced",
         "names": {
-            "kind": gpupool.KIND,
-            "listKind": f"{gpupool.KIND}List",
-            "plural": gpupool.PLURAL,
-            "singular": gpupool.SINGULAR,
-            "shortNames": gpupool.SHORT_NAMES,
+            "kind": kind,
+            "listKind": f"{kind}List",
+            "plural": plural,
+            "singular": singular,
+            "shortNames": short_names,
             "categories": ["llmpack"],
         },
         "versions": [
@@ -338,8 +322,8 @@ def pool_crd() -> dict[str, Any]:
                 "name": api.VERSION,
                 "served": True,
                 "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": POOL_PRINTER_COLUMNS,
+                "subresources": subresources,
+                "additionalPrinterColumns": printer_columns,
                 "schema": {"openAPIV3Schema": schema},
             }
         ],
@@ -348,7 +332,7 @@ def pool_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{gpupool.PLURAL}.{api.GROUP}",
+            "name": f"{plural}.{api.GROUP}",
             "annotations": {SPEC_HASH_ANNOTATION: spec_hash(crd_spec)},
         },
         "spec": crd_spec,

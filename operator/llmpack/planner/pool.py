@@ -365,19 +365,32 @@ class _State:
             gpus.append(PlacedGPU(index=index, pinned_bytes=pinned, replicas=dict(sorted(replicas.items()))))
             for name, prediction in self._predict(replicas).items():
                 predictions[(index, name)] = prediction
-        results = {}
-        for name, member in sorted(self.members.items()):
-            placed = {g.index: g.replicas[name] for g in gpus if name in g.replicas}
-            mine = [p for (_, n), p in predictions.items() if n == name]
-            results[name] = MemberResult(
-                name=name,
-                wanted=member.replicas,
-                placed=placed,
-                tokens_per_s=sum(p.total_tokens_per_s for p in mine),
-                itl_mean_ms=max((p.itl_mean_ms for p in mine), default=None),
-                message=messages.get(name, ""),
-            )
+        wanted = {name: member.replicas for name, member in self.members.items()}
+        results = member_results(wanted, gpus, predictions, messages)
         return Placement(gpus=tuple(gpus), members=results, predictions=predictions, room_bytes=self.room)
 
 
-__all__ = ["MemberResult", "PlacedGPU", "Placement", "PoolMember", "place", "room_bytes"]
+def member_results(
+    wanted: Mapping[str, int],
+    gpus: Sequence[PlacedGPU],
+    predictions: Mapping[tuple[int, str], Prediction],
+    messages: Mapping[str, str],
+) -> dict[str, MemberResult]:
+    """Each member's replicas per GPU, with its predictions over them: tokens/s summed, mean ITL
+    the worst of its GPUs."""
+    results = {}
+    for name in sorted(wanted):
+        placed = {g.index: g.replicas[name] for g in gpus if name in g.replicas}
+        mine = [p for (_, n), p in predictions.items() if n == name]
+        results[name] = MemberResult(
+            name=name,
+            wanted=wanted[name],
+            placed=placed,
+            tokens_per_s=sum(p.total_tokens_per_s for p in mine),
+            itl_mean_ms=max((p.itl_mean_ms for p in mine), default=None),
+            message=messages.get(name, ""),
+        )
+    return results
+
+
+__all__ = ["MemberResult", "PlacedGPU", "Placement", "PoolMember", "member_results", "place", "room_bytes"]

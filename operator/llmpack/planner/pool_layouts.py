@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from llmpack.advisor.perfmodel import PerfModel
 from llmpack.hardware import GPU, MIGProfile
 from llmpack.hardware.gpus import COMPUTE_SLICES_PER_GPU, MEMORY_SLICES_PER_GPU
-from llmpack.planner.pool import GIB, MemberResult, PlacedGPU, Placement, PoolMember, place
+from llmpack.planner.pool import GIB, MemberResult, PlacedGPU, Placement, PoolMember, member_results, place
 
 MIB = 1 << 20
 MAX_DEVICE_PLUGIN_REPLICAS = 16
@@ -175,18 +175,8 @@ def _placement(
         for name, count in g.replicas.items():
             member = by_name[name]
             predictions[(g.index, name)] = member.perf.mig(member.profile, member.batch, count)
-    results = {}
-    for name, member in sorted(by_name.items()):
-        mine = {g.index: g.replicas[name] for g in placed if name in g.replicas}
-        found = [p for (_, n), p in predictions.items() if n == name]
-        results[name] = MemberResult(
-            name=name,
-            wanted=member.replicas,
-            placed=mine,
-            tokens_per_s=sum(p.total_tokens_per_s for p in found),
-            itl_mean_ms=max((p.itl_mean_ms for p in found), default=None),
-            message=messages.get(name, ""),
-        )
+    wanted = {name: member.replicas for name, member in by_name.items()}
+    results = member_results(wanted, placed, predictions, messages)
     return Placement(gpus=placed, members=results, predictions=predictions, room_bytes=0)
 
 
